@@ -1,0 +1,1 @@
+"""The napari front end: the only place that imports Qt, napari, magicgui or superqt."""

@@ -1,0 +1,1 @@
+"""Exploration: convected volumes, series, paths, movies, particle subsets."""

@@ -1,0 +1,1 @@
+"""File formats: STAR, cryoSPARC .cs, MRC, particle stacks, checkpoints, exports."""

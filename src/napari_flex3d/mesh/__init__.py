@@ -1,0 +1,1 @@
+"""Tetrahedral mesh: masks, tetgen build, barycentric interpolation, rigidity prior."""

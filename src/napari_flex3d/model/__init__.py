@@ -1,0 +1,1 @@
+"""The 3DFlex model: flow generator, canonical map, composed forward model."""

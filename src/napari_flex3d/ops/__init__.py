@@ -1,0 +1,1 @@
+"""Operators: rotations, CTF, Fourier tools, reference projection, convect-project splat, FSC."""

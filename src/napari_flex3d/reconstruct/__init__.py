@@ -1,0 +1,1 @@
+"""Reconstruction: rigid back-projection, motion-corrected half maps, validation."""

@@ -1,0 +1,1 @@
+"""Synthetic flexible molecules with ground truth."""

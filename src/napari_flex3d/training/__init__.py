@@ -1,0 +1,1 @@
+"""Training: auto-decoder latents, losses, schedule, event-generating loop."""
