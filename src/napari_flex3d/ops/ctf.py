@@ -1,0 +1,136 @@
+"""The contrast transfer function, RELION's definition (DESIGN.md section 1).
+
+``CTF(k) = sqrt(1 - w^2) sin(chi) + w cos(chi)`` with
+``chi = pi * lambda * df(theta) * k^2 - (pi / 2) * Cs * lambda^3 * k^4 + phase_shift``,
+``df(theta) = (dU + dV) / 2 + (dU - dV) / 2 * cos(2 (theta - angle))``, ``theta`` the
+direction of the frequency vector ``(kx, ky)`` and ``w`` the amplitude contrast. It is
+positive at low frequency and multiplies the Fourier transform of a projection.
+
+Layout: unshifted (DC at ``[0, 0]``), ``rfft`` half-plane ``(h, w // 2 + 1)`` by default.
+The closed form here is checked against ``torch_ctf.calculate_ctf_2d`` in the tests.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from napari_flex3d.conventions import electron_wavelength_a
+
+__all__ = ["ctf_2d", "apply_ctf", "particle_ctf", "frequency_grid_2d"]
+
+
+def _as_batch(x, device, dtype) -> torch.Tensor:
+    """Any scalar / array / tensor -> ``(b,)`` tensor (``b`` may be 1)."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, dtype).reshape(-1)
+    return torch.as_tensor(np.array(x, dtype=np.float64), device=device).to(dtype).reshape(-1)
+
+
+def frequency_grid_2d(box: int, apix: float, rfft: bool = True, device=None, dtype=torch.float32):
+    """Spatial frequencies of a ``box`` image, unshifted, in 1/Å.
+
+    Returns ``(ky, kx)``, each ``(box, box // 2 + 1)`` (rfft) or ``(box, box)``.
+    """
+    ky = torch.fft.fftfreq(box, d=apix, device=device, dtype=dtype)  # (h,)
+    kx = torch.fft.rfftfreq(box, d=apix, device=device, dtype=dtype) if rfft else ky  # (w',)
+    return torch.meshgrid(ky, kx, indexing="ij")
+
+
+def ctf_2d(
+    box: int,
+    apix: float,
+    defocus_u_a,
+    defocus_v_a,
+    defocus_angle_deg,
+    voltage_kv,
+    cs_mm,
+    amplitude_contrast,
+    phase_shift_deg=0.0,
+    rfft: bool = True,
+    device=None,
+    dtype=torch.float32,
+) -> torch.Tensor:
+    """RELION's CTF for a batch of particles.
+
+    Parameters
+    ----------
+    box, apix
+        Image size (pixels) and pixel size (Å).
+    defocus_u_a, defocus_v_a, defocus_angle_deg
+        ``(b,)`` (or scalars): defocus U/V in Å (positive = underfocus), astigmatism angle
+        in degrees from the x axis (``rlnDefocusAngle``).
+    voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg
+        ``(b,)`` or scalars, in kV, mm, fraction and degrees.
+    rfft
+        Half-plane ``(b, box, box // 2 + 1)`` if True, else full ``(b, box, box)``; DC at ``[0, 0]``.
+    device, dtype
+        Used when no argument is a tensor; otherwise the device follows the first tensor.
+
+    Returns
+    -------
+    ``(b, box, box // 2 + 1)`` real tensor (differentiable in every tensor argument).
+    """
+    for x in (defocus_u_a, defocus_v_a, defocus_angle_deg, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg):
+        if isinstance(x, torch.Tensor):
+            device = x.device if device is None else device
+            if x.is_floating_point():
+                dtype = x.dtype if x.dtype == torch.float64 else dtype
+            break
+    if not isinstance(voltage_kv, torch.Tensor):
+        wavelength = torch.as_tensor(electron_wavelength_a(np.asarray(voltage_kv, dtype=np.float64)), device=device)
+        wavelength = wavelength.to(dtype).reshape(-1)
+    else:
+        v = voltage_kv.to(device, dtype).reshape(-1) * 1e3
+        wavelength = 12.2642598 / torch.sqrt(v * (1 + 0.978466e-6 * v))
+    du = _as_batch(defocus_u_a, device, dtype)
+    dv = _as_batch(defocus_v_a, device, dtype)
+    angle = torch.deg2rad(_as_batch(defocus_angle_deg, device, dtype))
+    cs_a = _as_batch(cs_mm, device, dtype) * 1e7
+    w = _as_batch(amplitude_contrast, device, dtype)
+    phase = torch.deg2rad(_as_batch(phase_shift_deg, device, dtype))
+
+    ky, kx = frequency_grid_2d(box, apix, rfft=rfft, device=device, dtype=dtype)  # (h, w')
+    k2 = kx**2 + ky**2
+    theta = torch.atan2(ky, kx)  # (h, w') direction of (kx, ky)
+    b = lambda t: t[:, None, None]  # noqa: E731  (b,) -> (b, 1, 1)
+    df = b((du + dv) / 2) + b((du - dv) / 2) * torch.cos(2 * (theta - b(angle)))  # (b, h, w')
+    lam = b(wavelength)
+    chi = math.pi * lam * df * k2 - (math.pi / 2) * b(cs_a) * lam**3 * k2**2 + b(phase)
+    return torch.sqrt(1 - b(w) ** 2) * torch.sin(chi) + b(w) * torch.cos(chi)
+
+
+def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:
+    """Multiply ``images (..., h, w)`` by ``ctf (..., h, w // 2 + 1)`` in Fourier space."""
+    if ctf.shape[-2:] != (images.shape[-2], images.shape[-1] // 2 + 1):
+        raise ValueError(f"ctf shape {tuple(ctf.shape)} does not fit images {tuple(images.shape)} (need rfft layout)")
+    ft = torch.fft.rfftn(images, dim=(-2, -1))
+    return torch.fft.irfftn(ft * ctf, s=images.shape[-2:], dim=(-2, -1))
+
+
+def particle_ctf(ps, idx=None, box: int | None = None, apix: float | None = None, device=None,
+                 dtype=torch.float32) -> torch.Tensor:
+    """CTFs ``(b, box, box // 2 + 1)`` of particles ``idx`` of a ``ParticleSet``.
+
+    ``box``/``apix`` default to the particles' own; pass a Fourier-cropped box and its
+    pixel size (``apix * box_in / box``) to get the CTF of cropped images.
+    """
+    idx = np.arange(len(ps)) if idx is None else np.asarray(idx)
+    box = int(ps.box) if box is None else int(box)
+    apix = float(ps.apix) * int(ps.box) / box if apix is None else float(apix)
+    groups = [ps.optics[int(g)] for g in np.asarray(ps.optics_group)[idx]]
+    return ctf_2d(
+        box,
+        apix,
+        np.asarray(ps.defocus_u_a, dtype=np.float64)[idx],
+        np.asarray(ps.defocus_v_a, dtype=np.float64)[idx],
+        np.asarray(ps.defocus_angle_deg, dtype=np.float64)[idx],
+        np.array([g.voltage_kv for g in groups], dtype=np.float64),
+        np.array([g.cs_mm for g in groups], dtype=np.float64),
+        np.array([g.amplitude_contrast for g in groups], dtype=np.float64),
+        np.asarray(ps.phase_shift_deg, dtype=np.float64)[idx],
+        device=device,
+        dtype=dtype,
+    )
