@@ -1,0 +1,88 @@
+"""STAR files: a thin boundary over the ``starfile`` library.
+
+``starfile`` (0.5) parses every odd file in ``testdata/formats`` correctly (labels with
+and without ``#N``, tab/space mixes, blank lines, missing final newline, blocks in any
+order, one-row loops, quoted cells). What it does not do is fail cleanly: on garbage
+it raises whatever pandas or its tokenizer raises. ``read_star`` turns any parser
+failure into a ``ValueError`` naming the file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["read_star", "write_star_blocks", "numeric_column"]
+
+
+def read_star(path) -> dict[str, pd.DataFrame | dict]:
+    """All data blocks of a STAR file: ``{name: DataFrame (loop) | dict (key/value)}``.
+
+    Block names lose their ``data_`` prefix (``data_`` alone gives ``""``); labels lose
+    their leading underscore. Raises FileNotFoundError if absent, ValueError if unparsable.
+    """
+    import starfile
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such STAR file")
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+        head.decode("utf-8")  # binary garbage is not a STAR file
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a STAR file (not UTF-8 text)") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blocks = starfile.read(path, always_dict=True, parse_as_string=[])
+    except Exception as exc:  # the parser's own errors (pandas, tokenizer, decoding) are opaque
+        raise ValueError(f"{path}: not a readable STAR file ({type(exc).__name__}: {exc})") from None
+    if not isinstance(blocks, dict) or not blocks:
+        raise ValueError(f"{path}: no data blocks found (not a STAR file?)")
+    out: dict[str, pd.DataFrame | dict] = {}
+    for name, block in blocks.items():
+        if isinstance(block, pd.DataFrame):
+            block = block.copy()
+            block.columns = [str(c) for c in block.columns]
+        out[str(name)] = block
+    return out
+
+
+def numeric_column(table: pd.DataFrame, column: str, path, *, dtype=np.float64, allow_missing=False):
+    """``table[column]`` as a finite numpy array, or a ValueError naming file, column and row."""
+    if column not in table.columns:
+        if allow_missing:
+            return None
+        raise ValueError(f"{path}: missing column {column}")
+    raw = table[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"{path}: column {column} has a non-numeric, NaN or infinite value {raw.iloc[row]!r} "
+            f"at data row {row + 1} ({int(bad.sum())} bad value(s) in all)"
+        )
+    if np.issubdtype(np.dtype(dtype), np.integer):
+        if not np.all(values == np.round(values)):
+            row = int(np.flatnonzero(values != np.round(values))[0])
+            raise ValueError(f"{path}: column {column} must hold integers, got {raw.iloc[row]!r} at data row {row + 1}")
+    return values.astype(dtype)
+
+
+def write_star_blocks(path, blocks: dict[str, pd.DataFrame]) -> None:
+    """Write loop blocks in the given order with a RELION 3.1 version comment."""
+    import starfile
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        starfile.write(blocks, tmp, overwrite=True, float_format="%.12g")
+    text = tmp.read_text()
+    tmp.unlink()
+    path.write_text("\n# version 30001\n" + text)
