@@ -1,0 +1,111 @@
+"""The flow generator ``f_theta``: latent ``z (K)`` -> displacement of every mesh vertex.
+
+An MLP ``K -> H x L (ReLU) -> 3 v`` whose last layer is linear without bias and starts
+near zero, so a fresh model is (almost) the rigid model (paper §2, "Flow generator").
+A per-vertex deformation mask ``m in [0, 1]`` multiplies the displacements, so masked
+vertices (e.g. a micelle) never move. Voxel flow is the exact linear FEM interpolation
+of these vertex displacements (:func:`interpolate_vertex_flow`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["FlowGenerator", "interpolate_vertex_flow", "sparse_to_barycentric"]
+
+
+class FlowGenerator(nn.Module):
+    """MLP from latent coordinates to vertex displacements in Å.
+
+    Parameters
+    ----------
+    latent_dim
+        ``K``, the number of latent coordinates (cryoSPARC default 2).
+    n_vertices
+        ``v``, the number of mesh vertices.
+    hidden, layers
+        Width ``H`` and count ``L`` of the hidden ReLU layers (cryoSPARC: 64 x 6).
+    vertex_mask
+        ``(v,)`` deformation mask in [0, 1]; ``None`` lets every vertex move.
+    init_std_a
+        Standard deviation of the final layer's weights: with ``z ~ N(0, 1)`` the first
+        displacements are of order ``init_std_a * sqrt(H)`` Å at most (near zero), but
+        not exactly zero, so every layer gets a gradient from the first step.
+    """
+
+    def __init__(
+        self,
+        latent_dim: int,
+        n_vertices: int,
+        hidden: int = 64,
+        layers: int = 6,
+        vertex_mask: torch.Tensor | None = None,
+        init_std_a: float = 1e-4,
+    ):
+        super().__init__()
+        if latent_dim < 1 or n_vertices < 1 or hidden < 1 or layers < 1:
+            raise ValueError(
+                f"FlowGenerator needs positive sizes, got latent_dim={latent_dim}, "
+                f"n_vertices={n_vertices}, hidden={hidden}, layers={layers}"
+            )
+        self.latent_dim = int(latent_dim)
+        self.n_vertices = int(n_vertices)
+        blocks: list[nn.Module] = []
+        width = self.latent_dim
+        for _ in range(int(layers)):
+            blocks += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        self.hidden = nn.Sequential(*blocks)
+        self.out = nn.Linear(width, 3 * self.n_vertices, bias=False)  # final layer: linear, no bias
+        nn.init.normal_(self.out.weight, std=init_std_a)
+        if vertex_mask is None:
+            vertex_mask = torch.ones(self.n_vertices)
+        vertex_mask = torch.as_tensor(vertex_mask, dtype=torch.float32)
+        if vertex_mask.shape != (self.n_vertices,):
+            raise ValueError(f"vertex_mask must have shape ({self.n_vertices},), got {tuple(vertex_mask.shape)}")
+        self.register_buffer("vertex_mask", vertex_mask.clone())
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Displacements ``(b, v, 3)`` xyz Å of every vertex for latents ``z (b, K)``."""
+        if z.ndim != 2 or z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape (b, {self.latent_dim}), got {tuple(z.shape)}")
+        out = self.out(self.hidden(z))  # (b, 3 v)
+        d = out.reshape(z.shape[0], self.n_vertices, 3)  # (b, v, 3)
+        return d * self.vertex_mask[:, None]
+
+
+def sparse_to_barycentric(b_matrix: torch.Tensor, n_max: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """A sparse FEM matrix ``B (n_vox, v)`` as dense ``(index, weight)``, both ``(n_vox, n_max)``.
+
+    Each voxel row of ``B`` holds at most four barycentric weights (those of its cell's
+    vertices). Rows with fewer are padded with index 0 and weight 0, so that
+    ``u[n] = sum_k weight[n, k] * d[index[n, k]]`` equals ``B @ d`` exactly.
+    """
+    coo = b_matrix.coalesce() if b_matrix.is_sparse else b_matrix.to_sparse().coalesce()
+    rows, cols = coo.indices()  # (nnz,), (nnz,)
+    vals = coo.values()
+    n_vox = b_matrix.shape[0]
+    counts = torch.bincount(rows, minlength=n_vox)  # (n_vox,)
+    if counts.numel() and int(counts.max()) > n_max:
+        raise ValueError(f"barycentric matrix has a row with {int(counts.max())} non-zeros (at most {n_max} allowed)")
+    # slot of each non-zero within its row (COO is sorted by row after coalesce)
+    starts = torch.cumsum(counts, 0) - counts  # (n_vox,)
+    slot = torch.arange(rows.numel(), device=rows.device) - starts[rows]
+    index = torch.zeros(n_vox, n_max, dtype=torch.long, device=rows.device)
+    weight = torch.zeros(n_vox, n_max, dtype=vals.dtype, device=rows.device)
+    index[rows, slot] = cols
+    weight[rows, slot] = vals
+    return index, weight
+
+
+def interpolate_vertex_flow(
+    displacements: torch.Tensor, bary_index: torch.Tensor, bary_weight: torch.Tensor
+) -> torch.Tensor:
+    """Voxel flow ``u (b, n_vox, 3)`` from vertex displacements ``d (b, v, 3)`` (linear FEM).
+
+    ``bary_index (n_vox, 4)`` are the vertices of each voxel's cell and ``bary_weight
+    (n_vox, 4)`` its barycentric weights: ``u = B d`` with ``B`` never formed.
+    """
+    gathered = displacements[:, bary_index, :]  # (b, n_vox, 4, 3)
+    return (gathered * bary_weight[None, :, :, None].to(displacements.dtype)).sum(dim=2)  # (b, n_vox, 3)
