@@ -1,0 +1,324 @@
+"""Settings for every stage, as frozen dataclasses saved with each run.
+
+Every field carries a help string in ``dataclasses.field(metadata={"help": ...})``; the
+command line (:func:`add_arguments`, :func:`from_arguments`) and the magicgui forms are
+built from these classes, so a setting is declared once. ``to_dict``/``from_dict`` give a
+JSON round trip; :func:`provenance` adds the version, time and command line that every
+run writes next to its settings (``config.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SimulateConfig",
+    "MeshConfig",
+    "TrainConfig",
+    "GenerateConfig",
+    "ReconstructConfig",
+    "to_dict",
+    "from_dict",
+    "provenance",
+    "write_config_json",
+    "read_config_json",
+    "add_arguments",
+    "from_arguments",
+]
+
+
+def _f(default, help: str, **meta):
+    """A dataclass field with its help text (and optional ``choices``) in the metadata."""
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """A synthetic flexible dataset with ground truth (``flex3d simulate``)."""
+
+    out: str = _f("", "output folder")
+    n_particles: int = _f(5000, "number of particle images")
+    box: int = _f(64, "box size in pixels")
+    apix: float = _f(3.0, "pixel size in Å")
+    snr: float = _f(0.1, "signal-to-noise ratio (signal variance / noise variance)")
+    motion: str = _f("hinge", "kind of motion", choices=("hinge", "twist", "both"))
+    seed: int = _f(0, "random seed")
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """Solvent mask and tetrahedral mesh built from the consensus map."""
+
+    threshold: float | None = _f(None, "density threshold for the mask (None: automatic, from the map's histogram)")
+    dilate_a: float = _f(6.0, "dilate the thresholded mask by this many Å before meshing")
+    cell_size_a: float | None = _f(
+        None, "target tetrahedron edge length in Å (None: about 20 cells across the box, cryoSPARC's default)"
+    )
+    rigidity_floor: float = _f(0.5, "smallest rigidity weight of a mesh cell (cryoSPARC: 0.5); the densest cell has 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training of the flow generator, canonical map and per-particle latents (DESIGN.md §3).
+
+    The defaults are cryoSPARC's 3DFlex defaults where it has one (K=2, 6 layers of 64
+    units, rigidity 2.0, latent noise 0.15, about 16 epochs).
+    """
+
+    # inputs and outputs
+    particles: str = _f("", "particle file (RELION STAR or cryoSPARC .cs) with poses and CTF")
+    map: str = _f("", "consensus map (MRC) that initialises the canonical map and the mesh")
+    out: str = _f("", "run folder to write (config.json, checkpoints/, latents.npy, ...)")
+    mesh: str | None = _f(None, "a saved mesh to use (None: build one from --map with the mesh settings)")
+    passthrough: str | None = _f(None, "cryoSPARC passthrough .cs merged by uid")
+    root: str | None = _f(None, "folder to resolve relative image paths against")
+    # model
+    latent_dim: int = _f(2, "number of latent dimensions K")
+    hidden: int = _f(64, "hidden units per layer of the flow generator")
+    layers: int = _f(6, "hidden layers of the flow generator")
+    rigidity_lambda: float = _f(2.0, "weight of the local rigidity penalty (lambda_rigid)")
+    kernel: str = _f("cubic", "convection interpolation kernel", choices=("cubic", "linear"))
+    # mask and mesh (used when no --mesh is given)
+    mask_threshold: float | None = _f(None, "density threshold of the solvent mask (None: automatic)")
+    mask_dilate_a: float = _f(6.0, "dilation of the mask in Å before meshing")
+    mesh_cell_size_a: float | None = _f(None, "mesh cell size in Å (None: about 20 cells across the box)")
+    rigidity_floor: float = _f(0.5, "smallest rigidity weight of a mesh cell")
+    # data
+    box: int | None = _f(None, "training box N_L in pixels, Fourier-cropped from the particles (None: min(box, 128))")
+    val_fraction: float = _f(0.05, "fraction of particles held out for the validation loss")
+    # optimisation
+    epochs: int = _f(16, "passes over the training particles")
+    batch: int = _f(256, "particles per minibatch (the paper uses >= 500 on real data)")
+    lr_flow: float = _f(1e-3, "Adam learning rate of the flow generator")
+    lr_canonical: float = _f(1e-2, "Adam learning rate of the canonical map, relative to its RMS density")
+    warmup_epochs: int = _f(0, "epochs training the flow and map with the latents held at their initial values")
+    flow_batches: int = _f(1, "minibatches per cycle updating the flow generator (latents inferred, map fixed)")
+    structure_batches: int = _f(1, "minibatches per cycle updating the canonical map (flow fixed)")
+    band_start: float = _f(0.25, "starting band limit as a fraction of the training box's Nyquist")
+    band_end: float = _f(0.8, "final band limit as a fraction of the training box's Nyquist")
+    band_ramp_epochs: float | None = _f(None, "epochs over which the band limit rises (None: two thirds of --epochs)")
+    # latents
+    latent_init: str = _f(
+        "zero", "initial latents: zero, random, or a file (.npy, cryoDRGN z.pkl, cryoSPARC .cs, STAR column via --latent-column)"
+    )
+    latent_column: str | None = _f(
+        None, "STAR column prefix (rlnFlex3dLatent) or .cs field prefix (components_mode_) for --latent-init"
+    )
+    latent_inference: str = _f(
+        "grid", "latent inference per minibatch with the model frozen", choices=("grid", "gradient", "none")
+    )
+    latent_steps: int = _f(2, "coordinate-descent sweeps (grid) or gradient steps (gradient) per minibatch")
+    latent_grid: int = _f(9, "candidate values per latent axis in a coordinate-descent sweep")
+    latent_range: float = _f(2.5, "coordinate descent searches z_k in +-latent_range (prior standard deviations)")
+    lr_latent: float = _f(0.1, "step size of gradient latent inference (Adam)")
+    latent_noise: float = _f(0.15, "standard deviation of the noise injected into the latents during the model update")
+    latent_prior: float = _f(1.0, "weight of the unit Gaussian prior on the latents")
+    # run
+    device: str = _f("auto", "auto, cpu, or cuda[:i]")
+    seed: int = _f(0, "random seed (runs are deterministic on the CPU given the seed)")
+    threads: int | None = _f(None, "CPU threads for torch (None: torch's default)")
+    preview_every: int = _f(1, "epochs between preview volumes at -1/+1 sigma along each latent axis (0: never)")
+    max_particles: int | None = _f(None, "use only the first N particles (for quick trials)")
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    """Convected volumes at latent points and series along a latent axis."""
+
+    run: str = _f("", "training run folder")
+    out: str = _f("", "output MRC (one point) or folder (series)")
+    z: tuple[float, ...] | None = _f(None, "latent point, comma separated")
+    axis: int | None = _f(None, "latent axis for a series (0-based)")
+    frames: int = _f(41, "frames in a series (odd: the middle frame is the mean)")
+    sigma_range: float = _f(1.5, "a series runs from -range to +range standard deviations of the learned latents")
+    box: int | None = _f(None, "output box (None: the training box)")
+
+
+@dataclass(frozen=True)
+class ReconstructConfig:
+    """High-resolution half maps by full-batch L-BFGS (DESIGN.md §4)."""
+
+    run: str = _f("", "training run folder")
+    out: str = _f("", "output folder")
+    box: int | None = _f(None, "reconstruction box (None: the particles' full box N_H)")
+    iterations: int = _f(30, "L-BFGS iterations per half map")
+    chunk: int = _f(512, "particles per streamed chunk")
+    mask: str | None = _f(None, "mask (MRC) for the masked FSC")
+    rigid_baseline: bool = _f(True, "also solve the zero-flow baseline with the same solver")
+    device: str = _f("auto", "auto, cpu, or cuda[:i]")
+
+
+# --------------------------------------------------------------------------- JSON round trip
+
+
+def to_dict(config) -> dict[str, Any]:
+    """A JSON-able dict of every field of a config dataclass (tuples become lists)."""
+    out = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def _allowed_types(annotation) -> tuple:
+    """The plain types an annotation such as ``int | None`` admits."""
+    hint = annotation
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for t in typing.get_args(hint))
+    return (hint,)
+
+
+def _coerce(cls, name: str, value, hint):
+    allowed = _allowed_types(hint)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ValueError(f"{cls.__name__}.{name} may not be None")
+    for t in allowed:
+        if t is type(None):
+            continue
+        base = typing.get_origin(t) or t
+        if base is tuple and isinstance(value, (list, tuple)):
+            return tuple(float(v) for v in value)
+        if base is bool and isinstance(value, bool):
+            return value
+        if base is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if base is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if base is str and isinstance(value, str):
+            return value
+    raise ValueError(f"{cls.__name__}.{name}: {value!r} is not a {hint}")
+
+
+def from_dict(cls, data: dict):
+    """Build ``cls`` from :func:`to_dict`'s output; unknown keys and wrong types raise ``ValueError``."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
+    hints = typing.get_type_hints(cls)
+    kwargs = {k: _coerce(cls, k, v, hints[k]) for k, v in data.items()}
+    config = cls(**kwargs)
+    _check_choices(config)
+    return config
+
+
+def _check_choices(config) -> None:
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ValueError(f"{type(config).__name__}.{f.name}: {getattr(config, f.name)!r} is not one of {choices}")
+
+
+def provenance(cli_argv: list[str] | None = None) -> dict[str, Any]:
+    """Version, time (UTC, ISO 8601), command line and Python/torch versions of this run."""
+    from . import __version__
+
+    try:
+        import torch
+
+        torch_version = torch.__version__
+    except ImportError:  # pragma: no cover
+        torch_version = None
+    return {
+        "version": __version__,
+        "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command_line": list(cli_argv) if cli_argv is not None else list(sys.argv),
+        "python": sys.version.split()[0],
+        "torch": torch_version,
+    }
+
+
+def write_config_json(path, config, cli_argv: list[str] | None = None, **extra) -> None:
+    """Write ``{"kind": ..., "settings": ..., "provenance": ..., **extra}`` as JSON."""
+    doc = {"kind": type(config).__name__, "settings": to_dict(config), "provenance": provenance(cli_argv), **extra}
+    Path(path).write_text(json.dumps(doc, indent=2, default=str))
+
+
+def read_config_json(path, cls=None):
+    """Read a ``config.json`` written by :func:`write_config_json` back into its dataclass."""
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        kind, settings = doc["kind"], doc["settings"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a napari-flex3d config.json ({exc})") from exc
+    classes = {c.__name__: c for c in (SimulateConfig, MeshConfig, TrainConfig, GenerateConfig, ReconstructConfig)}
+    if cls is None:
+        if kind not in classes:
+            raise ValueError(f"{path}: unknown config kind {kind!r}")
+        cls = classes[kind]
+    elif kind != cls.__name__:
+        raise ValueError(f"{path}: holds a {kind}, not a {cls.__name__}")
+    return from_dict(cls, settings)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
+def _parse_optional(parse):
+    def inner(text: str):
+        return None if text.lower() in ("none", "auto", "") else parse(text)
+
+    return inner
+
+
+def _parse_floats(text: str) -> tuple[float, ...]:
+    return tuple(float(t) for t in text.replace(" ", "").split(",") if t)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls, exclude: tuple[str, ...] = (), required: tuple[str, ...] = ()):
+    """Add one ``--option`` per field of ``cls`` (``latent_dim`` -> ``--latent-dim``), help and default from the field."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        allowed = [t for t in _allowed_types(hints[f.name]) if t is not type(None)]
+        optional = len(allowed) < len(_allowed_types(hints[f.name]))
+        base = typing.get_origin(allowed[0]) or allowed[0]
+        parse = {int: int, float: float, str: str, bool: _parse_bool, tuple: _parse_floats}[base]
+        if optional:
+            parse = _parse_optional(parse)
+        help_text = f.metadata.get("help", "")
+        if f.name not in required:
+            help_text += f" (default: {f.default})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            type=parse,
+            default=f.default,
+            choices=f.metadata.get("choices"),
+            required=f.name in required,
+            help=help_text,
+        )
+    return parser
+
+
+def from_arguments(cls, args: argparse.Namespace, **overrides):
+    """Build ``cls`` from a namespace filled by :func:`add_arguments` (missing names keep their defaults)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(overrides)
+    config = cls(**values)
+    _check_choices(config)
+    return config

@@ -1,0 +1,106 @@
+"""What a training run reports, as small frozen dataclasses (one per kind of news).
+
+:func:`napari_flex3d.training.loop.train_run` yields these; the CLI prints them with a
+progress bar (:mod:`napari_flex3d.training.progress`) and the napari widget plots them.
+Arrays inside events are NumPy copies: a consumer may keep them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "Event",
+    "RunStarted",
+    "StepLoss",
+    "EpochSummary",
+    "FSCCurve",
+    "LatentSnapshot",
+    "PreviewVolumes",
+    "CheckpointWritten",
+    "RunFinished",
+]
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of every training event."""
+
+
+@dataclass(frozen=True)
+class RunStarted(Event):
+    run_dir: str
+    n_particles: int
+    n_train: int
+    n_val: int
+    box: int  # training box N_L
+    apix: float  # Å per pixel at the training box
+    device: str
+    epochs: int
+    steps_per_epoch: int
+    start_epoch: int  # 0 for a new run, the number of finished epochs when resuming
+    n_vertices: int
+
+
+@dataclass(frozen=True)
+class StepLoss(Event):
+    epoch: int  # 0-based
+    step: int  # minibatch within the epoch, 0-based
+    global_step: int
+    phase: str  # "warmup" | "flow" | "structure"
+    loss: float  # data + rigidity (+ prior) per particle
+    data_loss: float
+    rigidity_loss: float
+    band_limit: float  # fraction of the training box's Nyquist
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class EpochSummary(Event):
+    epoch: int
+    train_loss: float  # mean per-particle loss over the epoch
+    val_loss: float  # per-particle data loss on held-out particles with inferred latents (nan if none held out)
+    seconds: float
+    band_limit: float
+    latent_std: tuple[float, ...]  # (K,) spread of the training latents
+    peak_memory_mb: float  # peak resident memory of the process (CPU) or the device (CUDA)
+
+
+@dataclass(frozen=True, eq=False)
+class FSCCurve(Event):
+    """Model FSC: the canonical map against the consensus map it started from, at the training box."""
+
+    epoch: int
+    kind: str  # "model"
+    frequencies_per_a: np.ndarray  # (n//2+1,) 1/Å
+    fsc: np.ndarray  # (n//2+1,)
+    resolution_a: float  # at 0.143
+
+
+@dataclass(frozen=True, eq=False)
+class LatentSnapshot(Event):
+    epoch: int
+    latents: np.ndarray  # (n_particles, K) float32, the input's row order
+
+
+@dataclass(frozen=True, eq=False)
+class PreviewVolumes(Event):
+    epoch: int
+    sigmas: tuple[float, ...]  # e.g. (-1.0, 1.0)
+    volumes: np.ndarray  # (K, len(sigmas), n, n, n) float32 convected maps
+    apix: float
+
+
+@dataclass(frozen=True)
+class CheckpointWritten(Event):
+    epoch: int  # epochs finished
+    path: str
+
+
+@dataclass(frozen=True)
+class RunFinished(Event):
+    run_dir: str
+    epochs: int
+    seconds: float

@@ -1,0 +1,268 @@
+"""Per-particle latents: where they start and how each minibatch refines them (DESIGN.md §3).
+
+Auto-decoder inference: every particle's ``z_i (K,)`` is a stored point estimate. For a
+minibatch, with the model frozen, :func:`infer_latents_grid` (coordinate descent over a
+coarse-to-fine grid, one axis at a time) or :func:`infer_latents_gradient` (a few Adam
+steps on ``z``) lowers ``E_data(z) + prior/2 |z|^2`` per particle. Both take the model as
+a function ``loss_fn(z (b, K)) -> (b,)`` of per-particle data losses, so they know nothing
+of projection or CTF.
+
+Initial latents come from :func:`initial_latents`: zero, random, or read from a file
+written by another method (a ``.npy``, a cryoDRGN ``z.pkl`` read by a restricted
+unpickler that only rebuilds NumPy arrays, cryoSPARC 3DVA components in a ``.cs``, or a
+STAR column), standardised to zero mean and unit spread so that they sit in the unit
+Gaussian prior.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "read_latents_pkl",
+    "read_latents_file",
+    "initial_latents",
+    "infer_latents_grid",
+    "infer_latents_gradient",
+]
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], object]:
+    """The only callables a latent pickle may name: NumPy's array and dtype rebuilders."""
+    from numpy._core import multiarray, numeric
+
+    allowed = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): __import__("codecs").encode,  # protocol-2 pickles spell bytes through it
+    }
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = multiarray._reconstruct
+        allowed[(f"{module}.numeric", "_frombuffer")] = numeric._frombuffer
+    return allowed
+
+
+class _ArrayOnlyUnpickler(pickle.Unpickler):
+    """An unpickler whose ``find_class`` resolves NumPy's array rebuilders and refuses all else."""
+
+    _allowed = None
+
+    def find_class(self, module: str, name: str):
+        if _ArrayOnlyUnpickler._allowed is None:
+            _ArrayOnlyUnpickler._allowed = _numpy_pickle_globals()
+        try:
+            return _ArrayOnlyUnpickler._allowed[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: only NumPy arrays are read") from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("refusing persistent ids: only NumPy arrays are read")
+
+
+def read_latents_pkl(path) -> np.ndarray:
+    """Read a cryoDRGN ``z.pkl`` (a pickled NumPy array) without executing arbitrary pickle code.
+
+    Returns ``(n, K)`` float32. A pickle naming any global other than NumPy's array and
+    dtype rebuilders (``os.system``, ``builtins.eval``, ...) raises ``ValueError``.
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            obj = _ArrayOnlyUnpickler(io.BytesIO(fh.read())).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise ValueError(f"{path}: not a plain pickled NumPy array (cryoDRGN z.pkl): {exc}") from exc
+    if not isinstance(obj, np.ndarray) or obj.dtype.kind not in "fiu":
+        raise ValueError(f"{path}: holds {type(obj).__name__}, not a numeric NumPy array")
+    return _as_2d(obj, path)
+
+
+def _as_2d(arr: np.ndarray, source) -> np.ndarray:
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim != 2:
+        raise ValueError(f"{source}: latents must be (n,) or (n, K), got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{source}: latents contain NaN or infinite values")
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+def _columns_with_prefix(names, prefix: str) -> list[str]:
+    """Columns ``prefix1, prefix2, ...`` (or ``prefix0/...``), in numeric order."""
+    import re
+
+    pattern = re.compile(re.escape(prefix) + r"(\d+)(/value)?$")
+    found = [(int(m.group(1)), n) for n in names if (m := pattern.match(n))]
+    return [n for _, n in sorted(found)]
+
+
+def read_latents_file(path, column: str | None = None, table=None) -> np.ndarray:
+    """Latents ``(n, K)`` float32 from a ``.npy``, cryoDRGN ``.pkl``, cryoSPARC ``.cs`` or STAR file.
+
+    ``column`` is the prefix of numbered columns: ``rlnFlex3dLatent`` (STAR, the default
+    there) or ``components_mode_`` (cryoSPARC 3DVA ``components_mode_0/value``..., the
+    default for ``.cs``). When ``table`` (the particles' DataFrame) is given and both hold
+    a ``uid``, ``.cs`` rows are matched to it by ``uid``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: latent file not found")
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not a plain .npy array ({exc})") from exc
+        return _as_2d(arr, path)
+    if suffix in (".pkl", ".pickle"):
+        return read_latents_pkl(path)
+    if suffix == ".cs":
+        rec = np.load(path, allow_pickle=False)
+        names = rec.dtype.names or ()
+        cols = _columns_with_prefix(names, column or "components_mode_")
+        if not cols:
+            raise ValueError(f"{path}: no '{column or 'components_mode_'}N/value' fields (3DVA components)")
+        arr = np.stack([rec[c].astype(np.float64) for c in cols], axis=1)
+        if table is not None and "uid" in names and "uid" in getattr(table, "columns", ()):
+            order = {int(u): i for i, u in enumerate(rec["uid"])}
+            try:
+                arr = arr[[order[int(u)] for u in table["uid"]]]
+            except KeyError as exc:
+                raise ValueError(f"{path}: particle uid {exc} has no 3DVA components") from None
+        return _as_2d(arr, path)
+    if suffix == ".star":
+        import starfile
+
+        data = starfile.read(path, always_dict=True)
+        for block in data.values():
+            if hasattr(block, "columns"):
+                cols = _columns_with_prefix(block.columns, column or "rlnFlex3dLatent")
+                if cols:
+                    return _as_2d(block[cols].to_numpy(np.float64), path)
+        raise ValueError(f"{path}: no '{column or 'rlnFlex3dLatent'}N' columns")
+    raise ValueError(f"{path}: latent file must be .npy, .pkl, .cs or .star")
+
+
+def _standardise(z: np.ndarray) -> np.ndarray:
+    """Zero mean, unit standard deviation per axis (axes with no spread stay zero)."""
+    z = z - z.mean(axis=0, keepdims=True)
+    std = z.std(axis=0, keepdims=True)
+    return (z / np.where(std > 0, std, 1.0)).astype(np.float32)
+
+
+def initial_latents(
+    how: str, n: int, latent_dim: int, seed: int = 0, column: str | None = None, table=None
+) -> np.ndarray:
+    """Initial latents ``(n, K)`` float32.
+
+    ``how``: ``"zero"``; ``"random"`` (unit normal, from ``seed``); ``"column"`` (numbered
+    ``column`` prefix in ``table``, the input particles' rows, default ``rlnFlex3dLatent``);
+    or a file path for :func:`read_latents_file`. Read latents are standardised and cut
+    or zero-padded to ``K`` axes; their row count must equal ``n``.
+    """
+    if how == "zero":
+        return np.zeros((n, latent_dim), np.float32)
+    if how == "random":
+        return np.random.default_rng(seed).standard_normal((n, latent_dim)).astype(np.float32)
+    if how == "column":
+        if table is None:
+            raise ValueError("latent_init='column' needs the particles' table")
+        cols = _columns_with_prefix(table.columns, column or "rlnFlex3dLatent")
+        if not cols:
+            raise ValueError(f"particles have no '{column or 'rlnFlex3dLatent'}N' columns for the initial latents")
+        z = _as_2d(table[cols].to_numpy(np.float64), "particle table")
+    else:
+        z = read_latents_file(how, column=column, table=table)
+    if len(z) != n:
+        raise ValueError(f"{how}: {len(z)} latent rows for {n} particles")
+    z = _standardise(z[:, :latent_dim])
+    if z.shape[1] < latent_dim:
+        z = np.concatenate([z, np.zeros((n, latent_dim - z.shape[1]), np.float32)], axis=1)
+    return z
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def infer_latents_grid(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    sweeps: int = 2,
+    n_grid: int = 9,
+    z_range: float = 2.5,
+    prior_weight: float = 1.0,
+) -> torch.Tensor:
+    """Coordinate descent over ``z``, one axis at a time, on a grid that narrows every sweep.
+
+    Sweep 0 tries ``n_grid`` values spread over ``[-z_range, z_range]`` on each axis (and
+    the current value); each later sweep tries ``n_grid`` values around the current best
+    within one grid spacing of the previous sweep. The objective per particle is
+    ``loss_fn(z) + prior_weight/2 |z|^2``.
+
+    Args:
+        loss_fn: ``z (b, K) -> (b,)`` data loss per particle, model frozen.
+        z0: ``(b, K)`` starting latents.
+    Returns:
+        ``(b, K)`` refined latents (never worse than ``z0`` by the objective).
+    """
+    z = z0.clone()
+    b, k_dim = z.shape
+    best = loss_fn(z) + 0.5 * prior_weight * (z**2).sum(-1)  # (b,)
+    half_width = float(z_range)
+    for sweep in range(sweeps):
+        offsets = torch.linspace(-half_width, half_width, n_grid, device=z.device, dtype=z.dtype)  # (g,)
+        for k in range(k_dim):
+            centre = torch.zeros_like(z[:, k]) if sweep == 0 else z[:, k].clone()  # (b,)
+            for off in offsets:
+                cand = z.clone()
+                cand[:, k] = centre + off
+                obj = loss_fn(cand) + 0.5 * prior_weight * (cand**2).sum(-1)  # (b,)
+                better = obj < best
+                z[better] = cand[better]
+                best = torch.where(better, obj, best)
+        half_width = 2.0 * half_width / max(n_grid - 1, 1)  # one previous grid spacing
+    return z
+
+
+def infer_latents_gradient(
+    loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    z0: torch.Tensor,
+    steps: int = 5,
+    lr: float = 0.1,
+    prior_weight: float = 1.0,
+) -> torch.Tensor:
+    """A few Adam steps on ``z`` with the model frozen; returns the best ``z`` seen per particle.
+
+    Args:
+        loss_fn: ``z (b, K) -> (b,)`` data loss per particle, differentiable in ``z``.
+        z0: ``(b, K)`` starting latents.
+    Returns:
+        ``(b, K)`` refined latents (detached).
+    """
+    z = z0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    best_z = z0.detach().clone()
+    best = None
+    for _ in range(steps + 1):
+        obj = loss_fn(z) + 0.5 * prior_weight * (z**2).sum(-1)  # (b,)
+        with torch.no_grad():
+            if best is None:
+                best = obj.detach().clone()
+            else:
+                better = obj < best
+                best_z[better] = z.detach()[better]
+                best = torch.where(better, obj.detach(), best)
+        if _ == steps:
+            break
+        (z.grad,) = torch.autograd.grad(obj.sum(), [z])  # only z: the model's parameters get no gradient
+        opt.step()
+    return best_z

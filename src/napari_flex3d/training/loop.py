@@ -1,0 +1,509 @@
+"""The training loop: a generator of typed events (DESIGN.md §3, paper §2).
+
+:func:`train_run` prepares a run (or restores one from its last checkpoint), then for
+every minibatch: reads and Fourier-crops the particles to the training box, infers their
+latents with the model frozen (auto-decoder; :mod:`.latents`), injects latent noise, and
+takes one Adam step of the flow generator or of the canonical map as the schedule says
+(:mod:`.schedule`), with the map and the data term band-limited by frequency marching.
+After every epoch it measures the validation loss, writes a checkpoint atomically, and
+yields the epoch's news. The caller may stop iterating at any yield (``close()``, or
+napari's worker ``quit()``): the last checkpoint stays intact and ``resume=True``
+continues from it, ending with the same parameters as an uninterrupted run on the CPU.
+
+Run folder (``out_dir``)::
+
+    config.json      every setting, version, command line, time (+ each resumption)
+    checkpoints/last.pt   model, latents, optimisers, RNG state, schedule position, config
+    mesh.npz         the mesh (mesh.build.save_mesh)
+    latents.npy      (n_particles, K) float32, the input's row order (every epoch)
+    history.json     per-epoch losses and timings (every epoch)
+    canonical.mrc    the canonical map at the training box (at the end)
+    particles.star   the input's rows and columns + rlnFlex3dLatent1..K (at the end)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig, from_dict, provenance, to_dict
+from . import events as ev
+from .latents import infer_latents_gradient, infer_latents_grid, initial_latents
+from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, phase_of_step
+
+__all__ = ["train_run", "checkpoint_path", "load_run", "RunState"]
+
+CHECKPOINT_NAME = "last.pt"
+
+
+def checkpoint_path(run_dir) -> Path:
+    """``run_dir/checkpoints/last.pt``."""
+    return Path(run_dir) / "checkpoints" / CHECKPOINT_NAME
+
+
+@dataclass
+class RunState:
+    """Everything a training run holds between minibatches (mutable; not an event)."""
+
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    ps: object  # io.particles.ParticleSet
+    model: torch.nn.Module  # model.flex.FlexModel
+    spectra: torch.Tensor  # (n_groups, n_shells) noise spectra at the training box
+    latents: torch.Tensor  # (n_particles, K) float32 on the CPU, input row order
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    opt_flow: torch.optim.Optimizer
+    opt_canonical: torch.optim.Optimizer
+    generator: torch.Generator  # CPU: shuffles and latent noise
+    consensus: torch.Tensor  # (N, N, N) consensus map at the training box (for the model FSC)
+    epoch: int = 0  # epochs finished
+    global_step: int = 0
+    history: list = field(default_factory=list)
+
+    @property
+    def box(self) -> int:
+        return self.model.box
+
+    @property
+    def apix(self) -> float:
+        return self.model.apix
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.train_idx) / self.config.batch))
+
+
+# --------------------------------------------------------------------------- building
+
+
+def _read_inputs(config: TrainConfig):
+    from ..io.particles import read_particles
+
+    if not config.particles:
+        raise ValueError("TrainConfig.particles: no particle file given")
+    if not config.map:
+        raise ValueError("TrainConfig.map: no consensus map given")
+    ps = read_particles(config.particles, passthrough=config.passthrough, root=config.root)
+    if not ps.has_poses:
+        raise ValueError(f"{config.particles}: particles have no poses (a consensus refinement is needed)")
+    if config.max_particles is not None and config.max_particles < len(ps):
+        ps = ps.subset(np.arange(config.max_particles))
+    return ps
+
+
+def _adam_for_canonical(model, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam on ``V`` with a step relative to the RMS of the initial map (its units are arbitrary)."""
+    values = model.canonical.values
+    rms = float(values.detach().pow(2).mean().sqrt()) or 1.0
+    return torch.optim.Adam([values], lr=config.lr_canonical * rms)
+
+
+def _new_run(config: TrainConfig, out_dir: Path, device: torch.device) -> RunState:
+    from ..mesh.build import save_mesh
+    from .setup import build_mask_and_mesh, build_model, consensus_at_box, estimate_spectra, split_train_val, training_box
+
+    ps = _read_inputs(config)
+    box = training_box(config.box, int(ps.box))
+    apix = float(ps.apix) * ps.box / box
+    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
+    mask, mesh = build_mask_and_mesh(consensus, apix, config)
+    save_mesh(mesh, out_dir / "mesh.npz")
+    torch.manual_seed(config.seed)  # the flow generator's initial weights
+    model = build_model(consensus, apix, mask, mesh, config).to(device)
+    train_idx, val_idx = split_train_val(len(ps), config.val_fraction, config.seed)
+    spectrum_idx = np.arange(min(len(ps), 2048))
+    spectra = estimate_spectra(ps, spectrum_idx, box, device)
+    z0 = initial_latents(config.latent_init, len(ps), config.latent_dim, config.seed, config.latent_column, ps.table)
+    generator = torch.Generator().manual_seed(config.seed)
+    return RunState(
+        config=config,
+        out_dir=out_dir,
+        device=device,
+        ps=ps,
+        model=model,
+        spectra=spectra.to(device),
+        latents=torch.as_tensor(z0),
+        train_idx=train_idx,
+        val_idx=val_idx,
+        opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
+        opt_canonical=_adam_for_canonical(model, config),
+        generator=generator,
+        consensus=torch.as_tensor(consensus, device=device),
+    )
+
+
+def _state_dict(run: RunState) -> dict:
+    """The checkpoint: plain tensors, numbers and strings (``torch.load(weights_only=True)`` reads it)."""
+    from .. import __version__
+
+    return {
+        "package_version": __version__,
+        "config_json": json.dumps(to_dict(run.config)),
+        "epoch": run.epoch,
+        "global_step": run.global_step,
+        "box": run.box,
+        "apix": run.apix,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "latents": run.latents.clone(),
+        "spectra": run.spectra.detach().cpu(),
+        "train_idx": torch.as_tensor(run.train_idx),
+        "val_idx": torch.as_tensor(run.val_idx),
+        "opt_flow": run.opt_flow.state_dict(),
+        "opt_canonical": run.opt_canonical.state_dict(),
+        "rng_torch": run.generator.get_state(),
+        "history_json": json.dumps(run.history),
+    }
+
+
+def _optimizer_to(opt: torch.optim.Optimizer, device) -> None:
+    for st in opt.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                st[k] = v.to(device)
+
+
+def _config_and_model(state: dict, path, config: TrainConfig | None = None):
+    """The checkpoint's settings (``config`` may change only epochs/device/threads/preview) and its model (CPU)."""
+    from .setup import model_from_state
+
+    try:
+        saved = from_dict(TrainConfig, json.loads(state["config_json"]))
+        if config is not None:  # a resumed run may only change how long and where it runs
+            saved = dataclasses.replace(
+                saved, epochs=config.epochs, device=config.device, threads=config.threads,
+                preview_every=config.preview_every,
+            )
+        model = model_from_state(state["model"], int(state["box"]), float(state["apix"]), saved)
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: checkpoint lacks {exc}") from exc
+    return saved, model
+
+
+def load_run(run_dir, device="cpu") -> tuple[TrainConfig, dict, torch.nn.Module]:
+    """``(config, checkpoint, model)`` of a run folder's last checkpoint; the model on ``device``."""
+    from ..io.checkpoint import load_checkpoint
+
+    state = load_checkpoint(checkpoint_path(run_dir))
+    config, model = _config_and_model(state, checkpoint_path(run_dir))
+    return config, state, model.to(device)
+
+
+def _restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
+    from ..io.checkpoint import load_checkpoint
+    from .setup import consensus_at_box, resolve_device
+
+    state = load_checkpoint(checkpoint_path(out_dir))
+    config, model = _config_and_model(state, checkpoint_path(out_dir), config)
+    device = resolve_device(config.device)
+    model = model.to(device)
+    ps = _read_inputs(config)
+    box, apix = int(state["box"]), float(state["apix"])
+    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
+    latents = state["latents"].to(torch.float32)
+    if latents.shape != (len(ps), config.latent_dim):
+        raise ValueError(f"{out_dir}: checkpoint has latents {tuple(latents.shape)} for {len(ps)} particles")
+    generator = torch.Generator()
+    generator.set_state(state["rng_torch"])
+    run = RunState(
+        config=config,
+        out_dir=out_dir,
+        device=device,
+        ps=ps,
+        model=model,
+        spectra=state["spectra"].to(device),
+        latents=latents.clone(),
+        train_idx=state["train_idx"].numpy(),
+        val_idx=state["val_idx"].numpy(),
+        opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
+        opt_canonical=torch.optim.Adam([model.canonical.values], lr=config.lr_canonical),
+        generator=generator,
+        consensus=torch.as_tensor(consensus, device=device),
+        epoch=int(state["epoch"]),
+        global_step=int(state["global_step"]),
+        history=json.loads(state["history_json"]),
+    )
+    run.opt_flow.load_state_dict(state["opt_flow"])
+    run.opt_canonical.load_state_dict(state["opt_canonical"])  # carries the scaled learning rate
+    _optimizer_to(run.opt_flow, device)
+    _optimizer_to(run.opt_canonical, device)
+    return run
+
+
+# --------------------------------------------------------------------------- one step
+
+
+@contextlib.contextmanager
+def _trainable(model: torch.nn.Module, params: list):
+    """Only ``params`` require gradients inside the block."""
+    keep = [p.requires_grad for p in model.parameters()]
+    ids = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    try:
+        yield
+    finally:
+        for p, k in zip(model.parameters(), keep):
+            p.requires_grad_(k)
+
+
+def _data_terms(run: RunState, batch: dict, z: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+    """Whitened data loss per particle ``(b,)`` of the model at latents ``z (b, K)``."""
+    from ..model.loss import data_loss
+
+    pred = run.model.project(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"])  # (b, N, N)
+    noise = run.spectra[batch["optics_group"]]  # (b, n_shells)
+    return data_loss(pred, batch["images"], noise, max_freq_px=max_freq_px, scale="fit")
+
+
+def _infer(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+    """Latents ``(b, K)`` refined with the model frozen."""
+    cfg = run.config
+    if cfg.latent_inference == "none":
+        return z0
+
+    def loss_fn(z):
+        return _data_terms(run, batch, z, max_freq_px)
+
+    with _trainable(run.model, []):
+        if cfg.latent_inference == "grid":
+            return infer_latents_grid(
+                loss_fn, z0, sweeps=cfg.latent_steps, n_grid=cfg.latent_grid, z_range=cfg.latent_range,
+                prior_weight=cfg.latent_prior,
+            )
+        return infer_latents_gradient(loss_fn, z0, steps=cfg.latent_steps, lr=cfg.lr_latent, prior_weight=cfg.latent_prior)
+
+
+def _batch(run: RunState, idx: np.ndarray) -> dict:
+    from ..model.flex import batch_from_particles
+
+    return batch_from_particles(run.ps, idx, box=run.box, device=run.device)
+
+
+def _step(run: RunState, idx: np.ndarray, phase: str, band: float) -> tuple[float, float, float]:
+    """One minibatch: latent inference (after warm-up), noise injection, one Adam step. Returns per-particle losses."""
+    from ..model.loss import total_loss
+
+    cfg, model = run.config, run.model
+    max_freq_px = band * run.box / 2
+    model.max_freq_px = max_freq_px
+    batch = _batch(run, idx)
+    z = run.latents[idx].to(run.device)
+    if phase != WARMUP:
+        z = _infer(run, batch, z, max_freq_px)
+        run.latents[idx] = z.detach().cpu()
+    noise = torch.randn(z.shape, generator=run.generator) * cfg.latent_noise  # CPU generator: same on any device
+    z_noisy = z + noise.to(run.device)
+    if phase == WARMUP:
+        params, opts = list(model.flow.parameters()) + [model.canonical.values], [run.opt_flow, run.opt_canonical]
+    elif phase == FLOW:
+        params, opts = list(model.flow.parameters()), [run.opt_flow]
+    else:
+        params, opts = [model.canonical.values], [run.opt_canonical]
+    with _trainable(model, params):
+        data = _data_terms(run, batch, z_noisy, max_freq_px)  # (b,)
+        if phase == STRUCTURE:
+            with torch.no_grad():
+                rigid = model.rigidity(z_noisy)
+            loss = total_loss(data)
+        else:
+            rigid = model.rigidity(z_noisy)  # (b,)
+            loss = total_loss(data, rigid, cfg.rigidity_lambda)
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in opts:
+            opt.step()
+    data_m, rigid_m = float(data.detach().mean()), float(rigid.detach().mean())
+    return data_m + cfg.rigidity_lambda * rigid_m, data_m, rigid_m
+
+
+def _validate(run: RunState, band: float) -> float:
+    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any."""
+    if len(run.val_idx) == 0:
+        return float("nan")
+    max_freq_px = band * run.box / 2
+    run.model.max_freq_px = max_freq_px
+    total = 0.0
+    for s in range(0, len(run.val_idx), run.config.batch):
+        idx = run.val_idx[s : s + run.config.batch]
+        batch = _batch(run, idx)
+        z = _infer(run, batch, run.latents[idx].to(run.device), max_freq_px)
+        run.latents[idx] = z.detach().cpu()
+        with torch.no_grad():
+            total += float(_data_terms(run, batch, z, max_freq_px).sum())
+    return total / len(run.val_idx)
+
+
+# --------------------------------------------------------------------------- epoch news
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    except ImportError:  # pragma: no cover (Windows)
+        return float("nan")
+
+
+@torch.no_grad()
+def preview_volumes(model, latents: torch.Tensor, sigmas=(-1.0, 1.0)) -> np.ndarray:
+    """Convected maps at ``mean + s * std`` along each latent axis: ``(K, len(sigmas), N, N, N)``."""
+    mean, std = latents.mean(0), latents.std(0) if len(latents) > 1 else torch.ones(latents.shape[1])
+    out = []
+    for k in range(latents.shape[1]):
+        row = []
+        for s in sigmas:
+            z = mean.clone()
+            z[k] = mean[k] + s * std[k]
+            row.append(model.volume(z.to(model.vertices_a)).cpu().numpy())
+        out.append(np.stack(row))
+    return np.stack(out).astype(np.float32)
+
+
+@torch.no_grad()
+def _model_fsc(run: RunState) -> ev.FSCCurve:
+    from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+
+    vol = run.model.canonical.to_volume(run.model.canonical_values())
+    curve = fsc(vol, run.consensus).cpu().numpy()
+    return ev.FSCCurve(
+        epoch=run.epoch - 1,
+        kind="model",
+        frequencies_per_a=shell_frequencies_a(run.box, run.apix),
+        fsc=curve,
+        resolution_a=fsc_resolution(curve, run.box, run.apix),
+    )
+
+
+def _write_progress(run: RunState) -> None:
+    """Files refreshed every epoch: ``latents.npy`` and ``history.json`` (each written atomically)."""
+    from ..io.checkpoint import atomic_write_bytes
+
+    atomic_write_bytes(run.out_dir / "latents.npy", lambda fh: np.save(fh, run.latents.numpy().astype(np.float32)))
+    atomic_write_bytes(run.out_dir / "history.json", lambda fh: fh.write(json.dumps(run.history, indent=1).encode()))
+
+
+def write_final_outputs(run: RunState) -> None:
+    """``canonical.mrc``, ``particles.star`` (+ ``particles.cs`` for a ``.cs`` input), latents and history."""
+    from ..io.mrc import write_map
+    from ..io.particles import write_cs, write_star
+
+    _write_progress(run)
+    with torch.no_grad():
+        vol = run.model.canonical.to_volume(run.model.canonical_values()).cpu().numpy()
+    write_map(run.out_dir / "canonical.mrc", vol.astype(np.float32), run.apix, label="napari-flex3d canonical map")
+    z = run.latents.numpy().astype(np.float32)
+    write_star(run.ps, run.out_dir / "particles.star", extra_columns={"rlnFlex3dLatent": z})
+    if run.ps.fmt == "cryosparc":
+        write_cs(run.ps, run.out_dir / "particles.cs", extra_fields={f"flex3d/latent_{k}": z[:, k] for k in range(z.shape[1])})
+
+
+def _write_config(run: RunState, cli_argv, resumed: bool) -> None:
+    path = run.out_dir / "config.json"
+    doc = {"kind": "TrainConfig", "settings": to_dict(run.config), "provenance": provenance(cli_argv)}
+    if resumed and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        doc["provenance"] = old.get("provenance", doc["provenance"])
+        doc["resumed"] = old.get("resumed", []) + [{**provenance(cli_argv), "from_epoch": run.epoch}]
+    doc["training_box"] = run.box
+    doc["training_apix"] = run.apix
+    path.write_text(json.dumps(doc, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- the generator
+
+
+def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_argv=None) -> Iterator[ev.Event]:
+    """Train 3DFlex, yielding :mod:`.events` as it goes; stop iterating at any time.
+
+    Args:
+        config: the settings (a resumed run takes its own from the checkpoint, but
+            ``epochs``, ``device``, ``threads`` and ``preview_every`` from here if given).
+        out_dir: run folder (created). A new run refuses a folder holding a checkpoint.
+        resume: continue from ``out_dir/checkpoints/last.pt``.
+        cli_argv: the command line to record in ``config.json``.
+    """
+    from ..io.checkpoint import save_checkpoint
+    from .setup import resolve_device
+
+    out_dir = Path(out_dir)
+    t_start = time.perf_counter()
+    if resume:
+        if not checkpoint_path(out_dir).is_file():
+            raise ValueError(f"{out_dir}: no checkpoint to resume (checkpoints/{CHECKPOINT_NAME} missing)")
+        run = _restored_run(config, out_dir)
+    else:
+        if config is None:
+            raise ValueError("train_run needs a TrainConfig for a new run")
+        if checkpoint_path(out_dir).is_file():
+            raise ValueError(f"{out_dir}: holds a training run already; resume it or choose another folder")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        run = _new_run(config, out_dir, resolve_device(config.device))
+    cfg = run.config
+    if resume and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    _write_config(run, cli_argv, resumed=resume)
+    yield ev.RunStarted(
+        run_dir=str(out_dir), n_particles=len(run.ps), n_train=len(run.train_idx), n_val=len(run.val_idx),
+        box=run.box, apix=run.apix, device=str(run.device), epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
+        start_epoch=run.epoch, n_vertices=int(run.model.vertices_a.shape[0]),
+    )
+    spe = run.steps_per_epoch
+    while run.epoch < cfg.epochs:
+        epoch, t0 = run.epoch, time.perf_counter()
+        order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
+        losses = []
+        for step in range(spe):
+            idx = run.train_idx[np.sort(order[step * cfg.batch : (step + 1) * cfg.batch])]
+            band = band_limit(epoch + step / spe, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
+            phase = phase_of_step(
+                epoch, run.global_step - cfg.warmup_epochs * spe, cfg.warmup_epochs, cfg.flow_batches, cfg.structure_batches
+            )
+            loss, data, rigid = _step(run, idx, phase, band)
+            run.global_step += 1
+            losses.append(loss)
+            yield ev.StepLoss(
+                epoch=epoch, step=step, global_step=run.global_step, phase=phase, loss=loss, data_loss=data,
+                rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe,
+            )
+        band = band_limit(epoch + 1, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
+        val_loss = _validate(run, band)
+        run.epoch += 1
+        seconds = time.perf_counter() - t0
+        std = tuple(float(s) for s in run.latents.std(0)) if len(run.latents) > 1 else (0.0,) * cfg.latent_dim
+        summary = ev.EpochSummary(
+            epoch=epoch, train_loss=float(np.mean(losses)), val_loss=val_loss, seconds=seconds, band_limit=band,
+            latent_std=std, peak_memory_mb=_peak_memory_mb(run.device),
+        )
+        run.history.append({k: v for k, v in dataclasses.asdict(summary).items()})
+        path = save_checkpoint(checkpoint_path(out_dir), _state_dict(run))  # atomic: a kill leaves the old one
+        _write_progress(run)
+        yield summary
+        yield ev.LatentSnapshot(epoch=epoch, latents=run.latents.numpy().copy())
+        yield _model_fsc(run)
+        if cfg.preview_every and (run.epoch % cfg.preview_every == 0 or run.epoch == cfg.epochs):
+            yield ev.PreviewVolumes(
+                epoch=epoch, sigmas=(-1.0, 1.0), volumes=preview_volumes(run.model, run.latents), apix=run.apix
+            )
+        yield ev.CheckpointWritten(epoch=run.epoch, path=str(path))
+    write_final_outputs(run)
+    yield ev.RunFinished(run_dir=str(out_dir), epochs=run.epoch, seconds=time.perf_counter() - t_start)

@@ -1,0 +1,155 @@
+"""Everything a training run needs before its first step, built from a :class:`TrainConfig`.
+
+Pure functions: the device, the training box, the consensus map at that box, its mask
+and mesh, the :class:`~napari_flex3d.model.flex.FlexModel`, the noise spectra and the
+train/validation split. A model can also be rebuilt from a checkpoint's state dict
+alone (:func:`model_from_state`), without the mesh or the map: that is how
+``generate`` reads a run.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+
+__all__ = [
+    "resolve_device",
+    "training_box",
+    "consensus_at_box",
+    "build_mask_and_mesh",
+    "build_model",
+    "model_from_state",
+    "estimate_spectra",
+    "split_train_val",
+]
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` (CUDA if available), ``"cpu"`` or ``"cuda[:i]"`` -> ``torch.device``."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"device {name!r}: use auto, cpu or cuda[:i]") from exc
+    if dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r}: use auto, cpu or cuda[:i]")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r}: CUDA is not available on this machine")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s)")
+    return dev
+
+
+def training_box(config_box: int | None, particle_box: int) -> int:
+    """The training box ``N_L``: the configured one, or ``min(particle box, 128)``; even, <= the particles'."""
+    box = min(particle_box, 128) if config_box is None else int(config_box)
+    if box < 16 or box % 2 or box > particle_box:
+        raise ValueError(f"training box {box} must be even, >= 16 and <= the particles' box {particle_box}")
+    return box
+
+
+def consensus_at_box(map_path, particle_box: int, particle_apix: float, box: int) -> np.ndarray:
+    """The consensus map Fourier-cropped to the training box, ``(box, box, box)`` float32."""
+    from ..io.mrc import read_map
+    from ..ops.fourier import fourier_crop_3d
+
+    m = read_map(map_path)
+    data = m.data
+    if data.shape != (particle_box,) * 3:
+        raise ValueError(f"{map_path}: map is {data.shape}, the particles' box is {particle_box}")
+    if m.apix is not None and abs(m.apix - particle_apix) > 0.01 * particle_apix:
+        raise ValueError(f"{map_path}: map voxel {m.apix:.4g} Å differs from the particles' {particle_apix:.4g} Å")
+    vol = torch.as_tensor(data, dtype=torch.float32)
+    if box != particle_box:
+        vol = fourier_crop_3d(vol, box)
+    return vol.numpy().astype(np.float32)
+
+
+def build_mask_and_mesh(consensus: np.ndarray, apix: float, config: TrainConfig):
+    """``(mask (N, N, N) bool, Mesh)``: the solvent mask and the mesh (loaded or built over it)."""
+    from ..mesh.build import build_mesh, load_mesh
+    from ..mesh.masks import solvent_mask
+
+    mask = solvent_mask(consensus, apix, threshold=config.mask_threshold, dilate_a=config.mask_dilate_a).binary
+    if config.mesh:
+        mesh = load_mesh(config.mesh)
+    else:
+        mesh = build_mesh(mask, apix, cell_size_a=config.mesh_cell_size_a)
+    return mask, mesh
+
+
+def build_model(consensus: np.ndarray, apix: float, mask: np.ndarray, mesh, config: TrainConfig):
+    """A fresh :class:`FlexModel` at the training box (flow initialised from ``torch``'s global RNG)."""
+    from ..model.flex import FlexModel
+
+    return FlexModel.from_map(
+        consensus,
+        apix,
+        mesh,
+        mask,
+        latent_dim=config.latent_dim,
+        hidden=config.hidden,
+        layers=config.layers,
+        rigidity_floor=config.rigidity_floor,
+        kernel=config.kernel,
+    )
+
+
+def model_from_state(state: dict, box: int, apix: float, config: TrainConfig):
+    """Rebuild a :class:`FlexModel` from its ``state_dict`` (every buffer is in it)."""
+    from ..model.canonical import CanonicalMap
+    from ..model.flex import FlexModel
+    from ..model.flow import FlowGenerator
+
+    try:
+        canonical = CanonicalMap(state["canonical.values"], state["canonical.voxel_index"], box, apix)
+        flow = FlowGenerator(
+            config.latent_dim,
+            int(state["vertices_a"].shape[0]),
+            hidden=config.hidden,
+            layers=config.layers,
+            vertex_mask=state["flow.vertex_mask"],
+        )
+        model = FlexModel(
+            canonical,
+            flow,
+            state["vertices_a"],
+            state["cells"],
+            state["bary_index"],
+            state["bary_weight"],
+            state["rigidity_weights"],
+            kernel=config.kernel,
+        )
+        model.load_state_dict(state)
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"checkpoint model does not match its settings: {exc}") from exc
+    return model
+
+
+def estimate_spectra(ps, idx: np.ndarray, box: int, device, chunk: int = 256) -> torch.Tensor:
+    """Noise spectra ``(n_groups, n_shells)`` from the background of particles ``idx`` at the training box.
+
+    Images are read and Fourier-cropped in chunks; only the cropped ones are kept.
+    """
+    from ..model.flex import batch_from_particles
+    from ..model.loss import estimate_noise_spectra
+
+    images, groups = [], []
+    for s in range(0, len(idx), chunk):
+        batch = batch_from_particles(ps, idx[s : s + chunk], box=box, device=device)
+        images.append(batch["images"])
+        groups.append(batch["optics_group"])
+    return estimate_noise_spectra(torch.cat(images), torch.cat(groups), len(ps.optics)).to(torch.float32)
+
+
+def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted ``(train_idx, val_idx)``: a seeded random ``val_fraction`` of ``range(n)`` held out."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie in [0, 1), got {val_fraction}")
+    n_val = int(round(val_fraction * n))
+    perm = np.random.default_rng(np.random.SeedSequence([int(seed), 7])).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
