@@ -1,0 +1,396 @@
+"""Data and mesh: particles and consensus map in, solvent mask and tetrahedral mesh out.
+
+State lives in plain attributes (paths, ``threshold``, ``dilate_a``, ``cell_size_a``, ...);
+a test sets them and calls ``load_particles()``, ``load_map()``, ``build_mesh()``,
+``save_mesh()``, ``load_mesh()`` directly. Compute is the library's (``io``, ``mesh``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyqtgraph as pg
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QLabeledDoubleSlider
+
+from ._library import piece
+from ._reader import default_iso_threshold, read_particle_file
+from ._session import session_for
+from ._workers import LatestOnly, start_worker
+
+MAP_LAYER = "consensus map"
+MESH_LAYER = "mesh"
+NO_MOTION_LAYER = "no-motion mask"
+RIGID_LAYER = "rigid regions"
+MONTAGE_COUNT = 8
+
+
+def montage(images: np.ndarray, columns: int = 4) -> np.ndarray:
+    """Tile ``(b, h, w)`` images into one ``(rows*h, columns*w)`` picture, each normalised."""
+    b, h, w = images.shape
+    rows = -(-b // columns)
+    out = np.zeros((rows * h, columns * w), np.float32)
+    for i, im in enumerate(images):
+        im = (im - im.mean()) / (im.std() + 1e-6)
+        r, c = divmod(i, columns)
+        out[r * h : (r + 1) * h, c * w : (c + 1) * w] = im
+    return out
+
+
+def particle_summary(ps) -> dict:
+    """Count, box, pixel size, optics groups and half sets of a ``ParticleSet``."""
+    half = np.asarray(ps.half_set)
+    return {
+        "count": len(ps),
+        "box": int(ps.box),
+        "apix": float(ps.apix),
+        "optics_groups": len(ps.optics),
+        "half_sets": {int(h): int((half == h).sum()) for h in np.unique(half)},
+        "format": getattr(ps, "fmt", "?"),
+    }
+
+
+def _path_row(edit: QLineEdit, caption: str, filt: str) -> QWidget:
+    row = QWidget()
+    lay = QHBoxLayout(row)
+    lay.setContentsMargins(0, 0, 0, 0)
+    lay.addWidget(edit)
+    btn = QPushButton("…")
+    btn.setMaximumWidth(28)
+
+    def browse():
+        path, _ = QFileDialog.getOpenFileName(row, caption, "", filt)
+        if path:
+            edit.setText(path)
+
+    btn.clicked.connect(browse)
+    lay.addWidget(btn)
+    return row
+
+
+class DataMeshWidget(QWidget):
+    """Load particles and a consensus map, design the mask and mesh, paint motion masks."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.particles = None
+        self.mask = None
+        self.mesh = None
+        self.worker = None
+        self._preview = LatestOnly(self._compute_mesh, self._on_mesh, self._on_mesh_error)
+
+        layout = QVBoxLayout(self)
+
+        # --- particles
+        box = QGroupBox("Particles")
+        form = QFormLayout(box)
+        self._particles_edit = QLineEdit()
+        self._passthrough_edit = QLineEdit()
+        self._root_edit = QLineEdit()
+        form.addRow("STAR / .cs", _path_row(self._particles_edit, "Particles", "Particles (*.star *.cs)"))
+        form.addRow("passthrough", _path_row(self._passthrough_edit, "Passthrough", "cryoSPARC (*.cs)"))
+        form.addRow("root folder", self._root_edit)
+        self._load_particles_btn = QPushButton("Load particles")
+        self._load_particles_btn.clicked.connect(self.load_particles)
+        form.addRow(self._load_particles_btn)
+        self.summary_label = QLabel("no particles loaded")
+        self.summary_label.setWordWrap(True)
+        form.addRow(self.summary_label)
+        self.montage_view = pg.ImageView()
+        self.montage_view.ui.histogram.hide()
+        self.montage_view.ui.roiBtn.hide()
+        self.montage_view.ui.menuBtn.hide()
+        self.montage_view.setMinimumHeight(120)
+        self.montage_view.setMaximumHeight(180)
+        form.addRow(self.montage_view)
+        layout.addWidget(box)
+
+        # --- consensus map, threshold, mask
+        box = QGroupBox("Consensus map and mask")
+        form = QFormLayout(box)
+        self._map_edit = QLineEdit()
+        form.addRow("map", _path_row(self._map_edit, "Consensus map", "MRC (*.mrc *.map)"))
+        btn = QPushButton("Load map")
+        btn.clicked.connect(self.load_map)
+        form.addRow(btn)
+        self.threshold_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.threshold_slider.setDecimals(4)
+        self.threshold_slider.valueChanged.connect(self._on_threshold)
+        form.addRow("threshold", self.threshold_slider)
+        self.lowpass_spin = self._spin(10.0, 0.0, 100.0, " Å")
+        self.dilate_spin = self._spin(6.0, 0.0, 50.0, " Å")
+        self.soft_spin = self._spin(5.0, 0.0, 50.0, " Å")
+        form.addRow("low-pass", self.lowpass_spin)
+        form.addRow("dilate", self.dilate_spin)
+        form.addRow("soft edge", self.soft_spin)
+        layout.addWidget(box)
+
+        # --- mesh
+        box = QGroupBox("Mesh")
+        form = QFormLayout(box)
+        self.cell_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
+        self.cell_slider.setRange(2.0, 60.0)
+        self.cell_slider.setValue(12.0)
+        self.cell_slider.valueChanged.connect(self._on_cell_size)
+        form.addRow("cell size (Å)", self.cell_slider)
+        self.counts_label = QLabel("vertices: -  cells: -")
+        form.addRow(self.counts_label)
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        for text, slot in (("Build mesh", self.build_mesh), ("Save…", self._save_dialog), ("Load…", self._load_dialog)):
+            b = QPushButton(text)
+            b.clicked.connect(slot)
+            hl.addWidget(b)
+        form.addRow(row)
+        paint = QPushButton("Paint no-motion / rigid masks")
+        paint.clicked.connect(self.add_paint_layers)
+        form.addRow(paint)
+        layout.addWidget(box)
+        layout.addStretch(1)
+
+    @staticmethod
+    def _spin(value: float, lo: float, hi: float, suffix: str) -> QDoubleSpinBox:
+        s = QDoubleSpinBox()
+        s.setRange(lo, hi)
+        s.setDecimals(1)
+        s.setValue(value)
+        s.setSuffix(suffix)
+        return s
+
+    # ------------------------------------------------------------------ plain state
+    particles_path = property(lambda self: self._particles_edit.text(), lambda self, v: self._particles_edit.setText(str(v)))
+    passthrough_path = property(
+        lambda self: self._passthrough_edit.text(), lambda self, v: self._passthrough_edit.setText(str(v or ""))
+    )
+    root = property(lambda self: self._root_edit.text(), lambda self, v: self._root_edit.setText(str(v or "")))
+    map_path = property(lambda self: self._map_edit.text(), lambda self, v: self._map_edit.setText(str(v)))
+    lowpass_a = property(lambda self: self.lowpass_spin.value(), lambda self, v: self.lowpass_spin.setValue(float(v)))
+    dilate_a = property(lambda self: self.dilate_spin.value(), lambda self, v: self.dilate_spin.setValue(float(v)))
+    soft_pad_a = property(lambda self: self.soft_spin.value(), lambda self, v: self.soft_spin.setValue(float(v)))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.threshold_slider.value())
+
+    @threshold.setter
+    def threshold(self, value: float) -> None:
+        self.threshold_slider.setValue(float(value))
+
+    @property
+    def cell_size_a(self) -> float:
+        return float(self.cell_slider.value())
+
+    @cell_size_a.setter
+    def cell_size_a(self, value: float) -> None:
+        self.cell_slider.setValue(float(value))
+
+    @property
+    def busy(self) -> bool:
+        return not self._preview.idle
+
+    # ------------------------------------------------------------------ particles
+    def load_particles(self) -> None:
+        """Read ``particles_path`` (with ``passthrough_path`` and ``root``) into the session."""
+        if not self.particles_path:
+            show_error("napari-flex3d: choose a STAR or .cs particle file first")
+            return
+        try:
+            ps = read_particle_file(self.particles_path, passthrough=self.passthrough_path or None, root=self.root or None)
+        except Exception as exc:
+            show_error(f"napari-flex3d: cannot read {self.particles_path}: {exc}")
+            return
+        self.set_particles(ps)
+
+    def set_particles(self, ps) -> None:
+        """Show the summary and a montage of ``ps`` and share it with the other widgets."""
+        self.particles = ps
+        s = particle_summary(ps)
+        halves = ", ".join(f"{'unknown' if k < 0 else 'half ' + 'AB'[k]}: {v}" for k, v in s["half_sets"].items())
+        self.summary_label.setText(
+            f"{s['count']} particles ({s['format']}), box {s['box']} px, {s['apix']:.3f} Å/px, "
+            f"{s['optics_groups']} optics group(s); {halves}"
+        )
+        n = min(MONTAGE_COUNT, len(ps))
+        if n:
+            idx = np.linspace(0, len(ps) - 1, n).round().astype(np.int64)
+            self.montage_view.setImage(montage(np.asarray(ps.images(idx), np.float32)).T, autoLevels=True)
+        self.session.set(
+            particles=ps, particles_path=self.particles_path, passthrough_path=self.passthrough_path, root=self.root
+        )
+
+    # ------------------------------------------------------------------ map
+    def load_map(self) -> None:
+        """Read ``map_path`` and show it as an iso-surface."""
+        if not self.map_path:
+            show_error("napari-flex3d: choose a consensus map first")
+            return
+        try:
+            m = piece("io.mrc", "read_map")(self.map_path)
+            apix = m.require_apix() if hasattr(m, "require_apix") else float(m.apix)
+        except Exception as exc:
+            show_error(f"napari-flex3d: cannot read {self.map_path}: {exc}")
+            return
+        self.set_map(m.data, apix, path=self.map_path)
+
+    def set_map(self, data: np.ndarray, apix: float, path: str = "") -> None:
+        """Use ``data (d, h, w)`` at ``apix`` Å as the consensus map (layer + session)."""
+        data = np.asarray(data, np.float32)
+        if path:
+            self.map_path = path
+        if MAP_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[MAP_LAYER]
+            layer.data = data
+            layer.scale = (apix,) * 3
+        else:
+            layer = self.viewer.add_image(data, name=MAP_LAYER, scale=(apix,) * 3, rendering="iso", colormap="gray")
+        layer.metadata["apix"] = float(apix)
+        lo, hi = float(data.min()), float(data.max())
+        self.threshold_slider.blockSignals(True)
+        self.threshold_slider.setRange(lo, hi)
+        self.threshold_slider.setValue(default_iso_threshold(data))
+        self.threshold_slider.blockSignals(False)
+        layer.iso_threshold = self.threshold
+        self.viewer.dims.ndisplay = 3
+        self.session.set(consensus=data, apix=float(apix), map_path=self.map_path)
+
+    def _on_threshold(self, value: float) -> None:
+        if MAP_LAYER in self.viewer.layers:
+            self.viewer.layers[MAP_LAYER].iso_threshold = float(value)
+
+    def _on_cell_size(self, _value: float) -> None:
+        if self.session.consensus is not None and self.mesh is not None:
+            self.build_mesh()  # live: counts and wireframe follow the slider (newest request wins)
+
+    # ------------------------------------------------------------------ mask and mesh
+    def _compute_mesh(self, volume, apix, threshold, lowpass_a, dilate_a, soft_pad_a, cell_size_a):
+        mask = piece("mesh.masks", "solvent_mask")(
+            volume, apix, threshold=threshold, lowpass_a=lowpass_a or None, dilate_a=dilate_a, soft_pad_a=soft_pad_a
+        )
+        mesh = piece("mesh.build", "build_mesh")(mask.binary, apix, cell_size_a=cell_size_a)
+        return mask, mesh
+
+    def build_mesh(self) -> None:
+        """Mask the map at ``threshold`` and mesh it at ``cell_size_a`` in a worker."""
+        if self.session.consensus is None:
+            show_error("napari-flex3d: load a consensus map first")
+            return
+        self.counts_label.setText("building…")
+        self._preview.request(
+            self.session.consensus,
+            self.session.apix,
+            self.threshold,
+            self.lowpass_a,
+            self.dilate_a,
+            self.soft_pad_a,
+            self.cell_size_a,
+        )
+        self.worker = self._preview.worker
+
+    def _on_mesh_error(self, exc) -> None:
+        self.counts_label.setText(f"mesh failed: {exc}")
+
+    def _on_mesh(self, result) -> None:
+        mask, mesh = result
+        self.mask = mask
+        self.set_mesh(mesh)
+        self.session.set(mask=mask)
+
+    def set_mesh(self, mesh) -> None:
+        """Show ``mesh`` as a wireframe surface over the map and share it."""
+        self.mesh = mesh
+        self.counts_label.setText(f"vertices: {mesh.n_vertices:,}  cells: {mesh.n_cells:,}")
+        faces = piece("mesh.build", "surface_triangles")(mesh)
+        verts = mesh.vertices_zyx_vox().astype(np.float32)
+        values = np.ones(len(verts), np.float32)
+        scale = (mesh.apix,) * 3
+        if MESH_LAYER in self.viewer.layers:
+            layer = self.viewer.layers[MESH_LAYER]
+            layer.data = (verts, faces, values)
+        else:
+            layer = self.viewer.add_surface(
+                (verts, faces, values), name=MESH_LAYER, scale=scale, colormap="cyan", opacity=0.25, shading="none"
+            )
+            layer.wireframe.visible = True
+            layer.wireframe.color = "cyan"
+        self.session.set(mesh=mesh)
+
+    def save_mesh(self, path) -> Path:
+        """Write the current mesh (with the painted masks applied) to ``path`` (.npz)."""
+        if self.mesh is None:
+            raise ValueError("no mesh to save: build or load one first")
+        out = piece("mesh.build", "save_mesh")(self.mesh_with_paint(), path)
+        show_info(f"napari-flex3d: mesh saved to {out}")
+        return Path(out)
+
+    def load_mesh(self, path) -> None:
+        """Read a mesh written by ``save_mesh`` and show it."""
+        self.set_mesh(piece("mesh.build", "load_mesh")(path))
+
+    def _save_dialog(self) -> None:
+        path, _ = QFileDialog.getSaveFileName(self, "Save mesh", "mesh.npz", "Mesh (*.npz)")
+        if path:
+            try:
+                self.save_mesh(path)
+            except Exception as exc:
+                show_error(f"napari-flex3d: {exc}")
+
+    def _load_dialog(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(self, "Load mesh", "", "Mesh (*.npz)")
+        if path:
+            try:
+                self.load_mesh(path)
+            except Exception as exc:
+                show_error(f"napari-flex3d: {exc}")
+
+    # ------------------------------------------------------------------ painted masks
+    def add_paint_layers(self) -> None:
+        """Add empty Labels layers to paint where motion is forbidden and which regions are rigid."""
+        if self.session.consensus is None:
+            show_error("napari-flex3d: load a consensus map first")
+            return
+        shape = self.session.consensus.shape
+        scale = (self.session.apix,) * 3
+        for name, colour in ((NO_MOTION_LAYER, "red"), (RIGID_LAYER, "yellow")):
+            if name not in self.viewer.layers:
+                layer = self.viewer.add_labels(np.zeros(shape, np.uint8), name=name, scale=scale, opacity=0.5)
+                layer.brush_size = 6
+        self.viewer.layers.selection.active = self.viewer.layers[NO_MOTION_LAYER]
+        self.viewer.layers[NO_MOTION_LAYER].mode = "paint"
+
+    def mesh_with_paint(self):
+        """The mesh with the painted no-motion and rigid masks applied."""
+        return painted_mesh(self.viewer, self.mesh)
+
+
+def painted(viewer, name: str) -> np.ndarray | None:
+    """The ``(d, h, w)`` bool volume painted in layer ``name`` (``None`` if absent or empty)."""
+    if name not in viewer.layers:
+        return None
+    data = np.asarray(viewer.layers[name].data) > 0
+    return data if data.any() else None
+
+
+def painted_mesh(viewer, mesh):
+    """``mesh`` with the viewer's painted no-motion and rigid masks applied (library: mesh.rigidity)."""
+    no_motion, rigid = painted(viewer, NO_MOTION_LAYER), painted(viewer, RIGID_LAYER)
+    if mesh is None or (no_motion is None and rigid is None):
+        return mesh
+    apply = piece("mesh.rigidity", "apply_painted_masks")
+    return apply(mesh, no_motion=no_motion, rigid=rigid)

@@ -1,0 +1,159 @@
+"""Plot widgets (pyqtgraph) sharing one napari-themed base; subclasses only draw."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from qtpy.QtCore import Signal
+
+DENSITY_ABOVE = 50_000  # points: above this the scatter is drawn as a 2D histogram
+PALETTE = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176"]
+
+
+def _theme_colours(viewer) -> tuple[str, str]:
+    try:
+        from napari.utils.theme import get_theme
+
+        theme = get_theme(viewer.theme if viewer is not None else "dark")
+        return theme.canvas.as_hex(), theme.text.as_hex()
+    except Exception:
+        return "#262930", "#f0f1f2"
+
+
+class ThemedPlot(pg.PlotWidget):
+    """A pyqtgraph plot coloured like the napari theme, with a title and axis labels."""
+
+    def __init__(self, title: str = "", x_label: str = "", y_label: str = "", viewer=None, parent=None):
+        background, foreground = _theme_colours(viewer)
+        super().__init__(parent=parent, background=background)
+        self._fg = foreground
+        item = self.getPlotItem()
+        item.setTitle(title, color=foreground, size="9pt")
+        for side, text in (("bottom", x_label), ("left", y_label)):
+            axis = item.getAxis(side)
+            axis.setPen(foreground)
+            axis.setTextPen(foreground)
+            if text:
+                axis.setLabel(text, color=foreground)
+        item.showGrid(x=True, y=True, alpha=0.2)
+        self.setMinimumHeight(150)
+
+
+class CurvePlot(ThemedPlot):
+    """Named line curves, each replaced or extended as new values arrive."""
+
+    def __init__(self, *args, log_y: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._curves: dict[str, pg.PlotDataItem] = {}
+        self._data: dict[str, tuple[list, list]] = {}
+        self.getPlotItem().addLegend(offset=(-5, 5), labelTextColor=self._fg)
+        if log_y:
+            self.getPlotItem().setLogMode(y=True)
+
+    def _curve(self, name: str) -> pg.PlotDataItem:
+        if name not in self._curves:
+            colour = PALETTE[len(self._curves) % len(PALETTE)]
+            self._curves[name] = self.getPlotItem().plot([], [], pen=pg.mkPen(colour, width=2), name=name)
+            self._data[name] = ([], [])
+        return self._curves[name]
+
+    def append(self, name: str, x: float, y: float) -> None:
+        curve = self._curve(name)
+        xs, ys = self._data[name]
+        xs.append(float(x))
+        ys.append(float(y))
+        curve.setData(xs, ys)
+
+    def set_curve(self, name: str, x, y) -> None:
+        curve = self._curve(name)
+        self._data[name] = (list(np.asarray(x, float)), list(np.asarray(y, float)))
+        curve.setData(*self._data[name])
+
+    def data(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = self._data.get(name, ([], []))
+        return np.asarray(xs), np.asarray(ys)
+
+    def clear_curves(self) -> None:
+        for curve in self._curves.values():
+            self.getPlotItem().removeItem(curve)
+        self.getPlotItem().legend.clear()
+        self._curves.clear()
+        self._data.clear()
+
+
+def density_image(xy: np.ndarray, bins: int = 256) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """2D histogram ``(bins, bins)`` of ``xy (n, 2)`` (log-scaled counts) and its extent (x0, x1, y0, y1)."""
+    x0, y0 = np.nanmin(xy, axis=0)
+    x1, y1 = np.nanmax(xy, axis=0)
+    pad_x, pad_y = max(x1 - x0, 1e-6) * 0.02, max(y1 - y0, 1e-6) * 0.02
+    extent = (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y)
+    hist, _, _ = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins, range=[extent[:2], extent[2:]])
+    return np.log1p(hist).astype(np.float32), extent
+
+
+class LatentScatter(ThemedPlot):
+    """Latent points in 2D: a scatter for few points, a density image for many.
+
+    Overlays: a drawn path (``set_path``), a polygon being drawn (``set_polygon``) and a
+    cursor marking the current latent (``set_cursor``). ``clicked`` carries the data
+    coordinates of a left click.
+    """
+
+    clicked = Signal(float, float)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        item = self.getPlotItem()
+        self.scatter = pg.ScatterPlotItem(size=4, pen=None, brush=pg.mkBrush(79, 195, 247, 120), pxMode=True)
+        self.density = pg.ImageItem()
+        self.density.setColorMap(pg.colormap.get("viridis"))
+        self.path_item = pg.PlotDataItem([], [], pen=pg.mkPen("#ffb74d", width=2), symbol="o", symbolSize=7,
+                                         symbolBrush="#ffb74d")
+        self.polygon_item = pg.PlotDataItem([], [], pen=pg.mkPen("#e57373", width=2, style=pg.QtCore.Qt.PenStyle.DashLine))
+        self.cursor = pg.ScatterPlotItem(size=16, pen=pg.mkPen("w", width=2), brush=pg.mkBrush("#e53935"), symbol="+")
+        for it in (self.density, self.scatter, self.path_item, self.polygon_item, self.cursor):
+            item.addItem(it)
+        self.density.setZValue(-10)
+        self.mode = "empty"
+        self.scene().sigMouseClicked.connect(self._on_scene_click)
+
+    def set_points(self, xy: np.ndarray) -> None:
+        """Show ``xy (n, 2)``: a scatter up to ``DENSITY_ABOVE`` points, a density image above."""
+        xy = np.asarray(xy, dtype=np.float32)
+        if len(xy) > DENSITY_ABOVE:
+            img, (x0, x1, y0, y1) = density_image(xy)
+            self.scatter.clear()
+            self.density.setImage(img, autoLevels=True)
+            self.density.setRect(pg.QtCore.QRectF(x0, y0, x1 - x0, y1 - y0))
+            self.density.show()
+            self.mode = "density"
+        else:
+            self.density.hide()
+            self.scatter.setData(pos=xy)
+            self.mode = "points"
+        self.getPlotItem().enableAutoRange()
+
+    def set_path(self, xy) -> None:
+        xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        self.path_item.setData(xy[:, 0], xy[:, 1])
+
+    def set_polygon(self, xy) -> None:
+        xy = np.asarray(xy, dtype=float).reshape(-1, 2)
+        if len(xy) > 2:
+            xy = np.vstack([xy, xy[:1]])
+        self.polygon_item.setData(xy[:, 0], xy[:, 1])
+
+    def set_cursor(self, x: float | None, y: float | None = None) -> None:
+        if x is None:
+            self.cursor.clear()
+        else:
+            self.cursor.setData([x], [y])
+
+    def _on_scene_click(self, event) -> None:
+        if event.button() != pg.QtCore.Qt.MouseButton.LeftButton:
+            return
+        vb = self.getPlotItem().vb
+        if not vb.sceneBoundingRect().contains(event.scenePos()):
+            return
+        p = vb.mapSceneToView(event.scenePos())
+        self.clicked.emit(float(p.x()), float(p.y()))

@@ -1,0 +1,145 @@
+"""npe2 reader: MRC maps (3D, iso-surface), MRC stacks, and STAR / .cs particle files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ._library import piece
+
+MAP_SUFFIXES = (".mrc", ".map")
+STACK_SUFFIXES = (".mrcs",)
+PARTICLE_SUFFIXES = (".star", ".cs")
+MONTAGE_COUNT = 16
+
+
+def get_reader(path):
+    """Return a reader for ``path`` if it is one of ours, else ``None`` (npe2 contract)."""
+    if isinstance(path, list):
+        if len(path) != 1:
+            return None
+        path = path[0]
+    suffix = Path(str(path)).suffix.lower()
+    if suffix in MAP_SUFFIXES:
+        return read_map_layer
+    if suffix in STACK_SUFFIXES:
+        return read_stack_layer
+    if suffix in PARTICLE_SUFFIXES:
+        return read_particles_layer
+    return None
+
+
+def _one(path) -> Path:
+    return Path(str(path[0] if isinstance(path, list) else path))
+
+
+def default_iso_threshold(data: np.ndarray) -> float:
+    """A starting iso level: mean + 3 standard deviations, kept below the maximum."""
+    mean, std = float(data.mean()), float(data.std())
+    return float(min(mean + 3.0 * std, 0.5 * (mean + float(data.max()))))
+
+
+def map_layer_data(data: np.ndarray, apix: float, name: str, **metadata) -> tuple:
+    """A layer-data tuple for a 3D map: scale = voxel size, iso-surface rendering."""
+    data = np.asarray(data, dtype=np.float32)
+    kwargs = {
+        "name": name,
+        "scale": (apix, apix, apix),
+        "rendering": "iso",
+        "iso_threshold": default_iso_threshold(data),
+        "colormap": "gray",
+        "metadata": {"apix": float(apix), **metadata},
+    }
+    return (data, kwargs, "image")
+
+
+def read_map_layer(path):
+    """A 3D map as an iso-surface image layer; an MRC stack (ispg 0) as a 2D stack."""
+    p = _one(path)
+    mrc = piece("io.mrc")
+    if _is_stack(p):
+        return read_stack_layer(path)
+    m = mrc.read_map(p)
+    return [map_layer_data(m.data, float(m.apix), p.stem, path=str(p))]
+
+
+def _header_apix(p: Path) -> float:
+    import mrcfile
+
+    with mrcfile.open(p, mode="r", header_only=True, permissive=True) as f:
+        return float(f.voxel_size.x) or 1.0
+
+
+def _is_stack(p: Path) -> bool:
+    import mrcfile
+
+    with mrcfile.open(p, mode="r", header_only=True, permissive=True) as f:
+        nz = int(f.header.nz)
+        return int(f.header.ispg) == 0 and nz > 1
+
+
+def read_stack_layer(path):
+    """An image stack ``(n, h, w)``, memory-mapped, scale = pixel size."""
+    p = _one(path)
+    mrc = piece("io.mrc")
+    stack = mrc.open_stack(p)
+    apix = getattr(stack, "apix", None) or _header_apix(p)
+    return [(stack, {"name": p.stem, "scale": (1.0, apix, apix), "colormap": "gray", "metadata": {"apix": apix, "path": str(p)}}, "image")]
+
+
+def particles_layer_data(ps, name: str, count: int = MONTAGE_COUNT) -> tuple:
+    """A few particle images ``(count, h, w)`` with the particle set in the metadata."""
+    n = min(count, len(ps))
+    idx = np.linspace(0, len(ps) - 1, n).round().astype(np.int64) if n else np.zeros(0, np.int64)
+    images = np.asarray(ps.images(idx), dtype=np.float32)
+    apix = float(ps.apix)
+    kwargs = {
+        "name": f"{name} ({len(ps)} particles)",
+        "scale": (1.0, apix, apix),
+        "colormap": "gray",
+        "metadata": {"particles": ps, "indices": idx, "source": str(getattr(ps, "source", name))},
+    }
+    return (images, kwargs, "image")
+
+
+def read_particle_file(path, passthrough=None, root=None):
+    """``io.particles.read_particles``; with no ``root`` given and image paths that do not
+    resolve from the working folder, the particle file's own folder is tried as the root."""
+    read = piece("io.particles", "read_particles")
+    ps = read(path, passthrough=passthrough, root=root)
+    if root or len(ps) == 0:
+        return ps
+    try:
+        ps.images(np.array([0]))
+    except (ValueError, FileNotFoundError, OSError):
+        ps = read(path, passthrough=passthrough, root=str(Path(path).resolve().parent))
+    return ps
+
+
+def read_particles_layer(path):
+    """A particle file: a few images as a layer, and the data widget opened with the set loaded."""
+    p = _one(path)
+    ps = read_particle_file(p)
+    _open_data_widget(ps, p)
+    return [particles_layer_data(ps, p.stem)]
+
+
+def _open_data_widget(ps, p: Path) -> None:
+    """Dock the Data and mesh widget on the current viewer and give it the particles."""
+    try:
+        import napari
+
+        viewer = napari.current_viewer()
+        if viewer is None:
+            return
+        from ._data_widget import DataMeshWidget
+
+        _, widget = viewer.window.add_plugin_dock_widget("napari-flex3d", "Data and mesh")
+        if isinstance(widget, DataMeshWidget):
+            widget.particles_path = str(p)
+            widget.set_particles(ps)
+    except Exception as exc:  # the layer still opens; say why the widget did not
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"napari-flex3d: could not open the data widget: {exc}")

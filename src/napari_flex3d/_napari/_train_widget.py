@@ -1,0 +1,374 @@
+"""Train: a form built from ``TrainConfig``, Start / Stop / Resume, live plots and previews.
+
+Training is the library's generator ``training.loop.train_run``; this widget runs it in a
+napari thread worker and draws its typed events (``training.events``) as they arrive.
+State: ``config`` (the form as a ``TrainConfig``), ``state`` ("idle" | "running" |
+"stopping"), ``last_checkpoint``, ``run_dir``, ``latents``; ``start()``, ``stop()``,
+``resume()`` are the buttons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import typing
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, LineEdit, create_widget
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import (
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QScrollArea,
+    QTabWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from ._library import MissingPiece, piece
+from ._plots import CurvePlot, LatentScatter
+from ._data_widget import painted_mesh
+from ._session import session_for
+from ._workers import start_worker
+
+# Fields filled from the Data and mesh widget (the session), not typed in the form.
+FROM_SESSION = ("particles", "map", "mesh", "passthrough", "root")
+PREVIEW_PREFIX = "preview"
+
+
+def _optional_inner(hint):
+    """``float`` for ``float | None`` (and ``None`` if the hint is not optional)."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        rest = [a for a in args if a is not type(None)]
+        return rest[0] if len(rest) == 1 else None
+    return None
+
+
+def config_form(cls, skip=()) -> Container:
+    """A magicgui form with one widget per field of the frozen dataclass ``cls``.
+
+    Optional fields are text boxes (empty = ``None``); fields with ``choices`` in their
+    metadata are combo boxes; help strings become tooltips.
+    """
+    hints = typing.get_type_hints(cls)
+    widgets = []
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        hint = hints[f.name]
+        tip = f.metadata.get("help", "")
+        choices = f.metadata.get("choices")
+        if choices:
+            w = ComboBox(name=f.name, choices=list(choices), value=f.default, tooltip=tip)
+        elif _optional_inner(hint) is not None or hint not in (int, float, str, bool):
+            w = LineEdit(name=f.name, value="" if f.default is None else str(f.default), tooltip=tip)
+        else:
+            options = {"max": 10**9, "min": -(10**9)} if hint in (int, float) else {}
+            if hint is float:
+                options["step"] = 10 ** np.floor(np.log10(abs(f.default))) if f.default else 0.01
+            w = create_widget(value=f.default, annotation=hint, name=f.name, options=options)
+            w.tooltip = tip
+        widgets.append(w)
+    return Container(widgets=widgets, labels=True)
+
+
+def form_values(cls, form: Container) -> dict:
+    """The form's values converted back to the dataclass field types."""
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for f in dataclasses.fields(cls):
+        if not hasattr(form, f.name):
+            continue
+        value = getattr(form, f.name).value
+        hint = hints[f.name]
+        inner = _optional_inner(hint)
+        if isinstance(value, str) and (inner is not None or hint not in (str,)) and getattr(form, f.name).widget_type == "LineEdit":
+            text = value.strip()
+            if inner is not None and text in ("", "None"):
+                value = None
+            elif inner in (int, float):
+                value = inner(text)
+            elif typing.get_origin(inner) is tuple:
+                value = tuple(float(t) for t in text.strip("()").split(",") if t.strip())
+        out[f.name] = value
+    return out
+
+
+def _set_form(form: Container, name: str, value) -> None:
+    w = getattr(form, name)
+    w.value = ("" if value is None else str(value)) if w.widget_type == "LineEdit" else value
+
+
+class TrainWidget(QWidget):
+    """Set up, run, stop and resume training, and watch it."""
+
+    def __init__(self, napari_viewer, parent=None):
+        super().__init__(parent)
+        self.viewer = napari_viewer
+        self.session = session_for(napari_viewer)
+        self.state = "idle"
+        self.worker = None
+        self.run_dir: Path | None = None
+        self.last_checkpoint: Path | None = None
+        self.latents: np.ndarray | None = None
+        self.events: list = []
+        self.error: Exception | None = None
+        self._t_start = 0.0
+        self._steps_total = 0
+        self._steps_done = 0
+        self._start_epoch = 0
+
+        layout = QVBoxLayout(self)
+        self._config_cls = self._load_config_cls()
+        box = QGroupBox("Settings")
+        bl = QVBoxLayout(box)
+        if self._config_cls is not None:
+            self.form = config_form(self._config_cls, skip=FROM_SESSION + ("device",))
+            scroll = QScrollArea()
+            scroll.setWidgetResizable(True)
+            scroll.setWidget(self.form.native)
+            scroll.setMinimumHeight(180)
+            bl.addWidget(scroll)
+        else:
+            self.form = None
+            bl.addWidget(QLabel("training settings (napari_flex3d.config.TrainConfig) not available in this version"))
+        self.device_box = ComboBox(name="device", choices=self._devices(), value="auto", label="device")
+        dev_row = Container(widgets=[self.device_box], labels=True)
+        bl.addWidget(dev_row.native)
+        layout.addWidget(box)
+
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
+        self.start_btn = QPushButton("Start")
+        self.stop_btn = QPushButton("Stop")
+        self.resume_btn = QPushButton("Resume")
+        self.start_btn.clicked.connect(self.start)
+        self.stop_btn.clicked.connect(self.stop)
+        self.resume_btn.clicked.connect(self.resume)
+        for b in (self.start_btn, self.stop_btn, self.resume_btn):
+            hl.addWidget(b)
+        layout.addWidget(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat("idle")
+        self.progress.setTextVisible(True)
+        layout.addWidget(self.progress)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+
+        tabs = QTabWidget()
+        self.loss_plot = CurvePlot("loss", "epoch", "loss / particle", viewer=napari_viewer, log_y=True)
+        self.fsc_plot = CurvePlot("model FSC", "resolution (1/Å)", "FSC", viewer=napari_viewer)
+        self.fsc_plot.getPlotItem().setYRange(-0.1, 1.05)
+        self.latent_plot = LatentScatter("latents (axes 0, 1)", "z0", "z1", viewer=napari_viewer)
+        tabs.addTab(self.loss_plot, "Loss")
+        tabs.addTab(self.fsc_plot, "FSC")
+        tabs.addTab(self.latent_plot, "Latents")
+        tabs.setMinimumHeight(220)
+        self.tabs = tabs
+        layout.addWidget(tabs)
+        self._update_buttons()
+
+    # ------------------------------------------------------------------ setup
+    @staticmethod
+    def _load_config_cls():
+        try:
+            return piece("config", "TrainConfig")
+        except MissingPiece:
+            return None
+
+    @staticmethod
+    def _devices() -> list[str]:
+        import torch
+
+        return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+    @property
+    def device(self) -> str:
+        return self.device_box.value
+
+    @device.setter
+    def device(self, value: str) -> None:
+        self.device_box.value = value
+
+    @property
+    def config(self):
+        """The form (plus the session's inputs and the device) as a frozen ``TrainConfig``."""
+        if self._config_cls is None:
+            raise MissingPiece("napari_flex3d.config", "TrainConfig")
+        values = form_values(self._config_cls, self.form)
+        s = self.session
+        values.update(
+            particles=s.particles_path or "",
+            map=s.map_path or "",
+            passthrough=s.passthrough_path or None,
+            root=s.root or None,
+            device=self.device,
+        )
+        return self._config_cls(**values)
+
+    @config.setter
+    def config(self, cfg) -> None:
+        for f in dataclasses.fields(cfg):
+            if hasattr(self.form, f.name):
+                _set_form(self.form, f.name, getattr(cfg, f.name))
+        if getattr(cfg, "device", None) in self.device_box.choices:
+            self.device = cfg.device
+
+    def set_option(self, **values) -> None:
+        """Set form fields by name (``widget.set_option(epochs=1, batch=32)``)."""
+        for name, value in values.items():
+            if name == "device":
+                self.device = value
+            else:
+                _set_form(self.form, name, value)
+
+    # ------------------------------------------------------------------ run
+    @property
+    def running(self) -> bool:
+        return self.state != "idle"
+
+    def _prepare(self, cfg):
+        """Write the session's mesh (with painted masks) into the run folder and point the config at it."""
+        if not cfg.particles or not cfg.map:
+            raise ValueError("load particles and a consensus map in the Data and mesh widget first")
+        if not cfg.out:
+            raise ValueError("set the run folder ('out') first")
+        out = Path(cfg.out)
+        out.mkdir(parents=True, exist_ok=True)
+        mesh = self.session.mesh
+        if mesh is not None and getattr(cfg, "mesh", None) in (None, ""):
+            path = piece("mesh.build", "save_mesh")(painted_mesh(self.viewer, mesh), out / "mesh.npz")
+            cfg = dataclasses.replace(cfg, mesh=str(path))
+        return cfg
+
+    def start(self, resume: bool = False) -> None:
+        """Start a run with the form's settings (``resume=True``: continue from its last checkpoint)."""
+        if self.running:
+            show_info("napari-flex3d: a run is already going")
+            return
+        try:
+            train_run = piece("training.loop", "train_run")
+            cfg = self._prepare(self.config)
+        except Exception as exc:
+            show_error(f"napari-flex3d: cannot start training: {exc}")
+            return
+        if not resume:
+            self.loss_plot.clear_curves()
+            self.fsc_plot.clear_curves()
+            self.last_checkpoint = None
+        self.events = []
+        self.error = None
+        self.run_dir = Path(cfg.out)
+        self.session.set(run_dir=self.run_dir)
+        self._t_start = time.perf_counter()
+        self._steps_done = 0
+
+        def run():
+            yield from train_run(cfg, resume=resume)
+
+        self.state = "running"
+        self._update_buttons()
+        self.progress.setFormat("starting…")
+        self.worker = start_worker(run, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
+
+    def resume(self) -> None:
+        """Continue the run in ``out`` from its last checkpoint."""
+        self.start(resume=True)
+
+    def stop(self) -> None:
+        """Ask the run to stop after the current step (the last checkpoint stays on disk)."""
+        if self.worker is not None and self.state == "running":
+            self.state = "stopping"
+            self.progress.setFormat("stopping…")
+            self.worker.quit()
+            self._update_buttons()
+
+    def _on_error(self, exc) -> None:
+        self.error = exc
+        self.status_label.setText(f"error: {type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        was = self.state
+        self.state = "idle"
+        self.worker = None
+        self._update_buttons()
+        if self.error is None:
+            self.progress.setFormat("stopped" if was == "stopping" else "done")
+        else:
+            self.progress.setFormat("failed")
+        ck = f"; last checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
+        self.status_label.setText(self.status_label.text() if self.error else f"{self.progress.format()}{ck}")
+
+    def _update_buttons(self) -> None:
+        idle = self.state == "idle"
+        self.start_btn.setEnabled(idle and self.form is not None)
+        self.resume_btn.setEnabled(idle and self.form is not None)
+        self.stop_btn.setEnabled(self.state == "running")
+
+    # ------------------------------------------------------------------ events
+    def _on_event(self, ev) -> None:
+        self.events.append(ev)
+        handler = getattr(self, f"_on_{type(ev).__name__}", None)
+        if handler is not None:
+            handler(ev)
+
+    def _on_RunStarted(self, ev) -> None:
+        self._start_epoch = ev.start_epoch
+        self._steps_total = max(1, (ev.epochs - ev.start_epoch) * ev.steps_per_epoch)
+        self.progress.setRange(0, self._steps_total)
+        self.progress.setValue(0)
+        self.status_label.setText(
+            f"{ev.n_train} training / {ev.n_val} validation particles, box {ev.box} at {ev.apix:.2f} Å, "
+            f"{ev.n_vertices} mesh vertices, on {ev.device}"
+        )
+
+    def _on_StepLoss(self, ev) -> None:
+        self._steps_done += 1
+        self.loss_plot.append("step", ev.epoch + (ev.step + 1) / max(ev.steps_per_epoch, 1), ev.loss)
+        self.progress.setValue(min(self._steps_done, self._steps_total))
+        elapsed = time.perf_counter() - self._t_start
+        left = elapsed / self._steps_done * max(self._steps_total - self._steps_done, 0)
+        self.progress.setFormat(f"epoch {ev.epoch + 1}  step {ev.step + 1}/{ev.steps_per_epoch}  ETA {left:,.0f} s")
+
+    def _on_EpochSummary(self, ev) -> None:
+        self.loss_plot.append("train (epoch)", ev.epoch + 1, ev.train_loss)
+        if np.isfinite(ev.val_loss):
+            self.loss_plot.append("validation", ev.epoch + 1, ev.val_loss)
+
+    def _on_FSCCurve(self, ev) -> None:
+        self.fsc_plot.set_curve(f"epoch {ev.epoch + 1}", ev.frequencies_per_a, ev.fsc)
+        self.fsc_plot.getPlotItem().setTitle(f"model FSC: {ev.resolution_a:.1f} Å at 0.143")
+
+    def _on_LatentSnapshot(self, ev) -> None:
+        z = np.asarray(ev.latents, np.float32)
+        self.latents = z
+        xy = z[:, :2] if z.shape[1] >= 2 else np.column_stack([z[:, 0], np.zeros(len(z), np.float32)])
+        self.latent_plot.set_points(xy)
+        self.session.set(latents=z)
+
+    def _on_PreviewVolumes(self, ev) -> None:
+        vols = np.asarray(ev.volumes)
+        for k in range(vols.shape[0]):
+            for j, s in enumerate(ev.sigmas):
+                name = f"{PREVIEW_PREFIX} z{k} {s:+g}σ"
+                if name in self.viewer.layers:
+                    self.viewer.layers[name].data = vols[k, j]
+                else:
+                    self.viewer.add_image(
+                        vols[k, j], name=name, scale=(ev.apix,) * 3, rendering="iso", colormap="magenta" if s < 0 else "green",
+                        blending="additive", visible=(k == 0),
+                    )
+
+    def _on_CheckpointWritten(self, ev) -> None:
+        self.last_checkpoint = Path(ev.path)
+        self.session.set(checkpoint=self.last_checkpoint)
+
+    def _on_RunFinished(self, ev) -> None:
+        self.status_label.setText(f"finished {ev.epochs} epochs in {ev.seconds:.0f} s")

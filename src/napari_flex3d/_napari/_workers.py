@@ -1,0 +1,68 @@
+"""The one place that starts napari thread workers; errors become napari notifications."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error
+
+
+def start_worker(func: Callable, *args, yielded=None, returned=None, errored=None, finished=None, **kwargs):
+    """Run ``func(*args, **kwargs)`` (a function or generator) in a napari thread worker.
+
+    ``returned``/``yielded``/``finished`` are connected if given; errors always show as a
+    napari notification and then call ``errored(exc)`` if given. Returns the started worker.
+    """
+    worker = create_worker(func, *args, _start_thread=False, _ignore_errors=True, **kwargs)
+    if yielded is not None and hasattr(worker, "yielded"):
+        worker.yielded.connect(yielded)
+    if returned is not None:
+        worker.returned.connect(returned)
+
+    def _on_error(exc):
+        show_error(f"napari-flex3d: {type(exc).__name__}: {exc}")
+        if errored is not None:
+            errored(exc)
+
+    worker.errored.connect(_on_error)
+    if finished is not None:
+        worker.finished.connect(finished)
+    worker.start()
+    return worker
+
+
+class LatestOnly:
+    """Run at most one job at a time; while one runs, keep only the newest request.
+
+    A throttle for sliders and drags: ``request(*args)`` starts ``func`` now if idle, else
+    remembers the arguments and starts them when the running job returns.
+    """
+
+    def __init__(self, func: Callable, on_result: Callable, on_error: Callable | None = None):
+        self.func = func
+        self.on_result = on_result
+        self.on_error = on_error
+        self.worker = None
+        self._pending: tuple | None = None
+        self.busy = False
+
+    def request(self, *args) -> None:
+        if self.busy:
+            self._pending = args
+            return
+        self._launch(args)
+
+    def _launch(self, args: tuple) -> None:
+        self.busy = True
+        self.worker = start_worker(self.func, *args, returned=self.on_result, errored=self.on_error, finished=self._done)
+
+    def _done(self) -> None:
+        self.busy = False
+        if self._pending is not None:
+            args, self._pending = self._pending, None
+            self._launch(args)
+
+    @property
+    def idle(self) -> bool:
+        return not self.busy and self._pending is None
