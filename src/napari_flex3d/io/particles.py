@@ -894,10 +894,19 @@ def write_cs(ps: ParticleSet, path, extra_fields: dict | None = None) -> Path:
     }
     if ps.records is not None:
         base = ps.records
-        if ps.has_poses:
+        if ps.has_poses and "alignments3D/pose" in base.dtype.names:
             align_psize = base["alignments3D/psize_A"].astype(np.float64) if "alignments3D/psize_A" in base.dtype.names else apix_pp
-            fields["alignments3D/pose"] = matrix_to_cryosparc_pose(ps.rotations).astype(f4)
+            # a rotation vector and its 2*pi-complement are the same rotation: keep the original
+            # vector wherever the rotation did not change
+            old_pose = base["alignments3D/pose"]
+            same = np.abs(cryosparc_pose_to_matrix(old_pose) - ps.rotations).max(axis=(1, 2)) < 1e-5
+            fields["alignments3D/pose"] = np.where(same[:, None], old_pose, matrix_to_cryosparc_pose(ps.rotations)).astype(f4)
             fields["alignments3D/shift"] = (ps.shifts_a / align_psize[:, None]).astype(f4)
+        for name in list(fields):
+            if name in base.dtype.names and base[name].shape == fields[name].shape:
+                old = base[name].astype(np.float64)
+                keep = np.isclose(fields[name].astype(np.float64), old, rtol=1e-6, atol=1e-6)
+                fields[name] = np.where(keep, base[name], fields[name]).astype(base.dtype[name].base)
     else:
         rng = np.random.default_rng()
         uid = rng.integers(1, np.iinfo(np.int64).max, size=n, dtype=np.int64).astype(np.uint64)
