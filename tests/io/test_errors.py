@@ -68,6 +68,14 @@ def test_unknown_optics_group(copy_formats):
         read_particles(path)
 
 
+def test_truncated_star(copy_formats):
+    path = copy_formats(STAR) / STAR
+    raw = path.read_bytes()
+    path.write_bytes(raw[:3000])  # ends in the middle of a data row
+    with pytest.raises(ValueError, match="relion31.star: .*wrong number of fields"):
+        read_particles(path)
+
+
 def test_zero_particles(copy_formats):
     path = copy_formats(STAR) / STAR
     lines = path.read_text().splitlines()

@@ -40,7 +40,13 @@ def read_star(path) -> dict[str, pd.DataFrame | dict]:
             warnings.simplefilter("ignore")
             blocks = starfile.read(path, always_dict=True, parse_as_string=[])
     except Exception as exc:  # the parser's own errors (pandas, tokenizer, decoding) are opaque
-        raise ValueError(f"{path}: not a readable STAR file ({type(exc).__name__}: {exc})") from None
+        text = str(exc)
+        hint = ""
+        if "Length mismatch" in text or "Expected" in text and "fields" in text:
+            hint = "; a data row has the wrong number of fields (a truncated or damaged file?)"
+        elif "EOF inside string" in text:
+            hint = "; an unclosed quote"
+        raise ValueError(f"{path}: not a readable STAR file ({type(exc).__name__}: {text}{hint})") from None
     if not isinstance(blocks, dict) or not blocks:
         raise ValueError(f"{path}: no data blocks found (not a STAR file?)")
     out: dict[str, pd.DataFrame | dict] = {}
