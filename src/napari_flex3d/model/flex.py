@@ -1,0 +1,326 @@
+"""The 3DFlex forward model: ``I_i = C_i P(phi_i) D(f_theta(z_i), V)`` (paper §2, DESIGN.md §2).
+
+:class:`FlexModel` composes the canonical map ``V`` (:class:`~.canonical.CanonicalMap`:
+values at the voxels of a solvent mask), the flow generator ``f_theta``
+(:class:`~.flow.FlowGenerator`: latent -> vertex displacements), and the mesh (rest
+vertices, cells, each mask voxel's cell vertices and barycentric weights, rigidity
+weights). Convection and projection are one splat (``ops.splat.convect_project``); the
+CTF multiplies the projection's ``rfft2``. ``z=None`` everywhere means the rigid model
+(zero flow), which the rigid baseline and the reconstruction use.
+
+How to train (for ``training/``)
+--------------------------------
+Parameters::
+
+    model = FlexModel.from_map(consensus, apix, mesh, mask, latent_dim=2, lowpass_a=12.0)
+    flow_params = list(model.flow.parameters())     # theta: the MLP (vertex_mask is a buffer)
+    canonical_params = [model.canonical.values]     # V: (n_vox,) values at the mask voxels
+
+Per minibatch (training box ``box``, particles Fourier-cropped to it)::
+
+    batch = batch_from_particles(ps, idx, box=model.box, device=dev)
+    # noise spectra: one per optics group, estimated once on a few thousand particles,
+    #   spectra = estimate_noise_spectra(images, optics_group, len(ps.optics), mask_radius_px)
+    noise = spectra[batch["optics_group"]]                       # (b, n_shells)
+    model.max_freq_px = current_band_limit                     # frequency marching: V band limit
+    pred = model.project(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"])  # (b, N, N)
+    e_data = data_loss(pred, batch["images"], noise, max_freq_px=current_band_limit, scale="fit")
+    e_rigid = model.rigidity(z)                                  # (b,)
+    loss = total_loss(e_data, e_rigid, lambda_rigid)             # mean over the batch
+
+Latent inference (auto-decoder): make ``z`` a leaf with ``requires_grad``, freeze the
+model (``torch.no_grad`` is not enough, use ``requires_grad_(False)`` on the params or
+just step only ``z``), minimise ``e_data + 0.5 * |z|^2`` (unit Gaussian prior) for a few
+steps; for the model update add noise ``z + 0.15 * randn`` (cryoSPARC's default).
+
+Scale: projections are sums of voxel values along the view axis (as ``ops.project``), and
+Fourier cropping preserves real-space grey levels, so model and image differ by a global
+factor; ``scale="fit"`` in :func:`~.loss.data_loss` fits it per image (cheap and robust).
+
+State: ``model.state_dict()`` holds only dense tensors (values, MLP weights, mesh and
+barycentric buffers), so ``torch.save``/``torch.load(weights_only=True)`` and safetensors
+work. ``max_freq_px`` and ``kernel`` are plain attributes: save them with the schedule.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..mesh.rigidity import rest_edge_inverse, rigidity_energy
+from .canonical import CanonicalMap
+from .flow import FlowGenerator, interpolate_vertex_flow, sparse_to_barycentric
+
+__all__ = ["FlexModel", "batch_from_particles", "barycentric_rows"]
+
+
+class FlexModel(nn.Module):
+    """Canonical map + flow generator + mesh: the 3DFlex generative model.
+
+    Parameters
+    ----------
+    canonical
+        :class:`CanonicalMap` (box ``N``, ``apix``, values at ``n_vox`` mask voxels).
+    flow
+        :class:`FlowGenerator` with ``n_vertices == v``.
+    vertices_a, cells
+        Rest mesh, ``(v, 3)`` xyz Å and ``(t, 4)`` vertex indices.
+    bary_index, bary_weight
+        ``(n_vox, 4)``: each mask voxel's cell vertices and barycentric weights (the rows
+        of the FEM matrix ``B``; a voxel outside every cell has weight 0 and never moves).
+    rigidity_weights
+        ``(t,)`` per-cell weights ``w_j`` (default 1).
+    kernel
+        Splat kernel, ``"cubic"`` (default) or ``"linear"``.
+    """
+
+    def __init__(
+        self,
+        canonical: CanonicalMap,
+        flow: FlowGenerator,
+        vertices_a: torch.Tensor,
+        cells: torch.Tensor,
+        bary_index: torch.Tensor,
+        bary_weight: torch.Tensor,
+        rigidity_weights: torch.Tensor | None = None,
+        kernel: str = "cubic",
+    ):
+        super().__init__()
+        vertices_a = torch.as_tensor(vertices_a, dtype=torch.float32)
+        cells = torch.as_tensor(np.asarray(cells) if not isinstance(cells, torch.Tensor) else cells).long()
+        if vertices_a.ndim != 2 or vertices_a.shape[1] != 3:
+            raise ValueError(f"vertices_a must be (v, 3), got {tuple(vertices_a.shape)}")
+        if cells.ndim != 2 or cells.shape[1] != 4:
+            raise ValueError(f"cells must be (t, 4), got {tuple(cells.shape)}")
+        if flow.n_vertices != vertices_a.shape[0]:
+            raise ValueError(f"flow has {flow.n_vertices} vertices, mesh has {vertices_a.shape[0]}")
+        n_vox = canonical.n_voxels
+        if tuple(bary_index.shape) != (n_vox, 4) or tuple(bary_weight.shape) != (n_vox, 4):
+            raise ValueError(
+                f"bary_index {tuple(bary_index.shape)} / bary_weight {tuple(bary_weight.shape)} must be ({n_vox}, 4)"
+            )
+        if rigidity_weights is None:
+            rigidity_weights = torch.ones(cells.shape[0])
+        rigidity_weights = torch.as_tensor(rigidity_weights, dtype=torch.float32)
+        if rigidity_weights.shape != (cells.shape[0],):
+            raise ValueError(f"rigidity_weights must be ({cells.shape[0]},), got {tuple(rigidity_weights.shape)}")
+        if kernel not in ("cubic", "linear"):
+            raise ValueError(f"kernel must be 'cubic' or 'linear', got {kernel!r}")
+        self.canonical = canonical
+        self.flow = flow
+        self.register_buffer("vertices_a", vertices_a.clone())
+        self.register_buffer("cells", cells.clone())
+        self.register_buffer("bary_index", torch.as_tensor(bary_index).long().clone())
+        self.register_buffer("bary_weight", torch.as_tensor(bary_weight, dtype=torch.float32).clone())
+        self.register_buffer("rigidity_weights", rigidity_weights.clone())
+        self.register_buffer("rest_inv", rest_edge_inverse(vertices_a.double(), cells).float())  # (t, 3, 3) D^-1
+        self.kernel = kernel
+        self.deconvolve = False  # divide splats by the kernel's transfer function (ops.splat)
+        self.max_freq_px: float | None = None  # frequency-marching band limit of V (Fourier px of this box)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_map(
+        cls,
+        consensus,
+        apix: float,
+        mesh,
+        mask,
+        latent_dim: int = 2,
+        hidden: int = 64,
+        layers: int = 6,
+        lowpass_a: float | None = None,
+        deformation_mask=None,
+        rigidity_weights=None,
+        rigidity_floor: float = 0.5,
+        kernel: str = "cubic",
+        init_std_a: float = 1e-4,
+    ) -> "FlexModel":
+        """Build a model from a consensus map ``(N, N, N)``, its ``apix``, a mesh and a solvent mask.
+
+        ``mesh`` is a ``mesh.build.Mesh`` (or anything with ``vertices_a (v, 3)``, ``cells
+        (t, 4)`` and optional ``rigidity_weights``/``deformation_mask``) in the same Å frame.
+        ``deformation_mask (v,)`` and ``rigidity_weights (t,)`` override the mesh's; without
+        either, rigidity weights come from the low-passed map (:func:`cell_density_weights`,
+        floored at ``rigidity_floor``). The map and mask must be at the training box.
+        """
+        canonical = CanonicalMap.from_volume(consensus, mask, apix, lowpass_a=lowpass_a)
+        vertices = torch.as_tensor(np.asarray(mesh.vertices_a), dtype=torch.float32)
+        cells = torch.as_tensor(np.asarray(mesh.cells), dtype=torch.long)
+        if deformation_mask is None:
+            deformation_mask = getattr(mesh, "deformation_mask", None)
+        if rigidity_weights is None:
+            rigidity_weights = getattr(mesh, "rigidity_weights", None)
+        if rigidity_weights is None:
+            from ..mesh.rigidity import cell_density_weights
+
+            density = canonical.to_volume().detach().cpu().numpy()
+            rigidity_weights = cell_density_weights(mesh, density, min_weight=rigidity_floor)
+        flow = FlowGenerator(
+            latent_dim,
+            vertices.shape[0],
+            hidden=hidden,
+            layers=layers,
+            vertex_mask=None if deformation_mask is None else torch.as_tensor(np.asarray(deformation_mask)),
+            init_std_a=init_std_a,
+        )
+        bary_index, bary_weight = barycentric_rows(mesh, canonical.points_xyz_a)
+        return cls(canonical, flow, vertices, cells, bary_index, bary_weight, rigidity_weights, kernel=kernel)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def box(self) -> int:
+        return self.canonical.box
+
+    @property
+    def apix(self) -> float:
+        return self.canonical.apix
+
+    @property
+    def latent_dim(self) -> int:
+        return self.flow.latent_dim
+
+    @property
+    def deformation_mask(self) -> torch.Tensor:
+        """``(v,)`` per-vertex deformation mask (a buffer of the flow generator)."""
+        return self.flow.vertex_mask
+
+    # ------------------------------------------------------------------ the model
+    def canonical_values(self) -> torch.Tensor:
+        """``V`` at the mask voxels ``(n_vox,)``, band-limited to ``max_freq_px`` if set."""
+        return self.canonical.band_limited(self.max_freq_px)
+
+    def displacements(self, z: torch.Tensor) -> torch.Tensor:
+        """Vertex displacements ``(b, v, 3)`` xyz Å (masked) for latents ``z (b, K)``."""
+        return self.flow(z)
+
+    def voxel_flow(self, z: torch.Tensor) -> torch.Tensor:
+        """Flow ``u = B (m * d)`` at every mask voxel, ``(b, n_vox, 3)`` Å."""
+        return interpolate_vertex_flow(self.displacements(z), self.bary_index, self.bary_weight)
+
+    def voxel_points(self, z: torch.Tensor | None) -> torch.Tensor:
+        """Moved voxel centres ``y + u(y)``: ``(b, n_vox, 3)`` xyz Å (``z=None``: ``(1, n_vox, 3)`` rest)."""
+        rest = self.canonical.points_xyz_a
+        if z is None:
+            return rest[None]
+        return rest[None] + self.voxel_flow(z)
+
+    def project(
+        self,
+        z: torch.Tensor | None,
+        rotations: torch.Tensor,
+        shifts_a: torch.Tensor | None = None,
+        ctf: torch.Tensor | None = None,
+        kernel: str | None = None,
+    ) -> torch.Tensor:
+        """Model images ``(b, N, N)``: convect + project ``V`` (one splat), then the CTF.
+
+        ``z (b, K)`` latents or ``None`` (rigid); ``rotations (b, 3, 3)`` RELION ``A``;
+        ``shifts_a (b, 2)`` (RELION origin, Å; ``None`` = 0); ``ctf (b, N, N//2+1)`` rfft
+        layout or ``None``.
+        """
+        from ..ops.splat import convect_project
+
+        values = self.canonical_values()
+        rotations = torch.as_tensor(rotations).to(values)
+        b = rotations.shape[0]
+        if shifts_a is None:
+            shifts_a = values.new_zeros(b, 2)
+        shifts_a = torch.as_tensor(shifts_a).to(values)
+        if z is not None and z.shape[0] != b:
+            raise ValueError(f"z has {z.shape[0]} rows but there are {b} rotations")
+        points = self.canonical.points_xyz_a if z is None else self.voxel_points(z)  # (n_vox, 3) | (b, n_vox, 3)
+        images = convect_project(
+            values, points, rotations, shifts_a, self.box, self.apix, kernel=kernel or self.kernel,
+            deconvolve=self.deconvolve,
+        )  # (b, N, N)
+        if ctf is not None:
+            if ctf.shape != (b, self.box, self.box // 2 + 1):
+                raise ValueError(f"ctf must be ({b}, {self.box}, {self.box // 2 + 1}), got {tuple(ctf.shape)}")
+            # CTF in Fourier space: irfft2(CTF * rfft2(image))
+            images = torch.fft.irfft2(torch.fft.rfft2(images) * ctf.to(images), s=images.shape[-2:])
+        return images
+
+    forward = project
+
+    def volume(self, z: torch.Tensor | None = None, kernel: str | None = None) -> torch.Tensor:
+        """Convected map ``W`` ``(N, N, N)`` at one latent ``z (K,)`` or ``(1, K)`` (``None``: rigid)."""
+        from ..ops.splat import convect_volume
+
+        values = self.canonical_values()
+        if z is None:
+            points = self.canonical.points_xyz_a
+        else:
+            z = z.reshape(1, -1)
+            points = self.voxel_points(z)[0]  # (n_vox, 3)
+        return convect_volume(values, points, self.box, self.apix, kernel=kernel or self.kernel, deconvolve=self.deconvolve)
+
+    def rigidity(self, z: torch.Tensor) -> torch.Tensor:
+        """Local non-rigidity ``E_rigid (b,)`` = ``sum_j w_j sum_l (s_l(F_j) - 1)^2`` (signed ``s``)."""
+        d = self.displacements(z)  # (b, v, 3)
+        return rigidity_energy(self.vertices_a, d, self.cells, self.rigidity_weights, rest_inv=self.rest_inv.to(d))
+
+
+def barycentric_rows(mesh, points_xyz_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index, weight)``, both ``(n, 4)``: the vertices of each point's cell and its
+    barycentric weights (the rows of ``mesh.barycentric.barycentric_matrix``; points
+    outside the mesh get their nearest cell's clamped weights, as there)."""
+    from ..mesh.barycentric import barycentric_matrix
+
+    pts = points_xyz_a.detach().cpu().numpy().astype(np.float64)
+    b = barycentric_matrix(mesh, pts, layout=torch.sparse_coo)
+    index, weight = sparse_to_barycentric(b)
+    return index.to(points_xyz_a.device), weight.to(points_xyz_a.device, torch.float32)
+
+
+def batch_from_particles(ps, idx, box: int | None = None, apix: float | None = None, device=None,
+                         dtype=torch.float32) -> dict:
+    """A training minibatch from a ``ParticleSet``.
+
+    Parameters
+    ----------
+    ps
+        ``io.particles.ParticleSet`` with poses.
+    idx
+        ``(b,)`` particle indices.
+    box
+        Training box ``N_L`` (images are Fourier-cropped to it); default the particles' box.
+    apix
+        Training pixel size; default ``ps.apix * ps.box / box`` (a different value raises).
+
+    Returns
+    -------
+    dict with ``images (b, N, N)``, ``rotations (b, 3, 3)`` (A), ``shifts_a (b, 2)``,
+    ``ctf (b, N, N//2+1)`` (at the training box), ``optics_group (b,)`` long,
+    ``index (b,)`` long, and the floats ``apix``, ``box``.
+    """
+    from ..ops.ctf import particle_ctf
+    from ..ops.fourier import fourier_crop_2d
+
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    box_in = int(ps.box)
+    box = box_in if box is None else int(box)
+    apix_train = float(ps.apix) * box_in / box
+    if apix is not None and abs(float(apix) - apix_train) > 1e-4 * apix_train:
+        raise ValueError(
+            f"apix={apix} does not match the particles' {ps.apix} Å at box {box_in} cropped to {box} ({apix_train} Å)"
+        )
+    images = torch.as_tensor(np.asarray(ps.images(idx), dtype=np.float32), device=device).to(dtype)
+    if images.shape[-1] != box_in:
+        raise ValueError(f"particle images are {tuple(images.shape[-2:])}, expected box {box_in}")
+    if box != box_in:
+        images = fourier_crop_2d(images, box)
+    rotations = torch.as_tensor(np.asarray(ps.rotations)[idx], device=device).to(dtype)
+    shifts_a = torch.as_tensor(np.asarray(ps.shifts_a)[idx], device=device).to(dtype)
+    ctf = particle_ctf(ps, idx, box=box, apix=apix_train, device=device, dtype=dtype)
+    return {
+        "images": images,
+        "rotations": rotations,
+        "shifts_a": shifts_a,
+        "ctf": ctf,
+        "optics_group": torch.as_tensor(np.asarray(ps.optics_group)[idx], device=device).long(),
+        "index": torch.as_tensor(idx, device=device),
+        "apix": apix_train,
+        "box": box,
+    }
