@@ -1,0 +1,546 @@
+"""Motion-corrected half maps by full-batch L-BFGS through the convect-project operator
+(DESIGN.md §4, the paper's "High resolution refinement and validation").
+
+The flow generator and the latents are frozen; the mesh is in Å, so the flow carries
+over to the particles' full box ``N_H``. For each half set the canonical map ``V`` (values
+at the voxels of the solvent mask, resampled to ``N_H``) is solved from zero by
+minimising the whitened data term
+
+    f(V) = 1/2 sum_i || C_i P(phi_i) D(u_i, V) - I_i ||^2_W  (+ ridge/2 ||V||^2)
+
+with the particles streamed from disk in chunks, so memory does not grow with their
+number. ``f`` is quadratic in ``V`` (the operator is linear in the values), so each
+L-BFGS iteration takes its step by an exact line search: one pass over the particles
+gives the Hessian-vector product ``H d`` and with it the step, the new gradient and the
+new objective. The same solver with zero flow gives the rigid baseline, so flex and
+rigid are compared on equal terms (cryoSPARC writes both).
+
+The solver state (values, gradient, L-BFGS history) is written after every iteration
+(atomically), so a stopped run resumes where it was.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "HalfMapProblem",
+    "ReconstructProgress",
+    "HalfMapDone",
+    "ReconstructFinished",
+    "lbfgs_quadratic",
+    "resample_mask",
+    "reconstruct_run",
+]
+
+
+# ----------------------------------------------------------------------------- events
+
+
+@dataclass(frozen=True)
+class ReconstructProgress:
+    """One L-BFGS iteration of one half map. ``mode`` is ``"flex"`` or ``"rigid"``, ``half`` ``"A"``/``"B"``."""
+
+    mode: str
+    half: str
+    iteration: int
+    iterations: int
+    loss: float
+    elapsed_s: float
+    eta_s: float
+
+
+@dataclass(frozen=True)
+class HalfMapDone:
+    mode: str
+    half: str
+    path: str
+
+
+@dataclass(frozen=True)
+class ReconstructFinished:
+    out_dir: str
+    report: dict = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------- the linear problem
+
+
+class HalfMapProblem:
+    """The map ``V -> C_i P(phi_i) D(u_i, V)`` over one set of particles, and its normal operator.
+
+    Parameters
+    ----------
+    ps
+        ``ParticleSet`` with poses and CTF.
+    idx
+        ``(m,)`` particle indices of this half set.
+    points_xyz_a
+        ``(n, 3)`` rest voxel centres (xyz Å) of the canonical map at this box.
+    flow_fn
+        ``idx (b,) -> (b, n, 3)`` voxel displacements in Å, or ``None`` (rigid).
+    box, apix
+        Reconstruction box (the particles are Fourier-cropped to it if smaller) and pixel size.
+    noise_spectra
+        ``(n_groups, n_shells)`` radial noise power per optics group (the whitening).
+    """
+
+    def __init__(
+        self,
+        ps,
+        idx: np.ndarray,
+        points_xyz_a: torch.Tensor,
+        flow_fn: Callable[[np.ndarray], torch.Tensor] | None,
+        box: int,
+        apix: float,
+        noise_spectra: torch.Tensor,
+        chunk: int = 256,
+        kernel: str = "cubic",
+        device="cpu",
+        memory_budget_bytes: float = 3e8,
+    ):
+        self.ps = ps
+        self.idx = np.asarray(idx, dtype=np.int64)
+        self.points = points_xyz_a.to(device)
+        self.flow_fn = flow_fn
+        self.box = int(box)
+        self.apix = float(apix)
+        self.noise = noise_spectra.to(device)
+        self.kernel = kernel
+        self.device = torch.device(device)
+        n = self.points.shape[0]
+        per_particle = 4.0 * (self.box * self.box * 6 + (n * 9 if flow_fn is not None else 0))
+        self.chunk = int(max(1, min(chunk, memory_budget_bytes // per_particle)))
+
+    @property
+    def n_values(self) -> int:
+        return int(self.points.shape[0])
+
+    def _chunks(self):
+        from ..model.flex import batch_from_particles
+
+        for start in range(0, self.idx.size, self.chunk):
+            sel = self.idx[start : start + self.chunk]
+            batch = batch_from_particles(self.ps, sel, box=self.box, device=self.device)
+            if self.flow_fn is None:
+                points = self.points
+            else:
+                with torch.no_grad():
+                    points = self.points[None] + self.flow_fn(sel).to(self.device)
+            yield batch, points
+
+    def _predict(self, values: torch.Tensor, batch: dict, points: torch.Tensor) -> torch.Tensor:
+        from ..ops.splat import convect_project
+
+        images = convect_project(
+            values, points, batch["rotations"], batch["shifts_a"], self.box, self.apix, kernel=self.kernel
+        )  # (b, N, N)
+        return torch.fft.irfft2(torch.fft.rfft2(images) * batch["ctf"], s=images.shape[-2:])
+
+    def objective_and_gradient(self, values: torch.Tensor) -> tuple[float, torch.Tensor]:
+        """``f(V)`` (without ridge) and its gradient ``(n,)``: one pass over the particles."""
+        from ..model.loss import data_loss
+
+        v = values.detach().to(self.device).requires_grad_(True)
+        total = 0.0
+        for batch, points in self._chunks():
+            pred = self._predict(v, batch, points)
+            loss = data_loss(pred, batch["images"], self.noise[batch["optics_group"]]).sum()
+            loss.backward()
+            total += float(loss)
+        return total, v.grad.detach()
+
+    def hessian_vector(self, d: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """``H d`` ``(n,)`` and ``d^T H d`` of the data term: one pass over the particles."""
+        from ..model.loss import data_loss
+
+        v = d.detach().to(self.device).requires_grad_(True)
+        quad = 0.0
+        for batch, points in self._chunks():
+            pred = self._predict(v, batch, points)
+            q = data_loss(pred, torch.zeros_like(pred), self.noise[batch["optics_group"]]).sum()
+            q.backward()
+            quad += float(q)
+        return v.grad.detach(), 2.0 * quad
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.dot(a.double().reshape(-1), b.double().reshape(-1)))
+
+
+def lbfgs_quadratic(
+    problem: HalfMapProblem,
+    iterations: int,
+    state: dict | None = None,
+    history: int = 8,
+    ridge: float = 0.0,
+) -> Iterator[tuple[int, float, dict]]:
+    """Minimise the quadratic ``f(V) + ridge/2 |V|^2`` from ``V = 0`` by L-BFGS with exact line search.
+
+    Yields ``(iteration, objective, state)`` after each iteration; ``state`` (a dict of
+    tensors and numbers) continues the solve when passed back in.
+    """
+    if state is None:
+        values = torch.zeros(problem.n_values, device=problem.device)
+        f, grad = problem.objective_and_gradient(values)
+        state = {"values": values, "grad": grad, "f": f, "k": 0, "s": [], "y": []}
+    values, grad, f, k = state["values"], state["grad"], float(state["f"]), int(state["k"])
+    s_hist, y_hist = list(state["s"]), list(state["y"])
+    while k < iterations:
+        # two-loop recursion: d = -H_k^{-1} g
+        q = grad.clone()
+        alphas = []
+        for s, y in zip(reversed(s_hist), reversed(y_hist)):
+            rho = 1.0 / _dot(y, s)
+            a = rho * _dot(s, q)
+            q -= a * y
+            alphas.append((a, rho))
+        if s_hist:
+            q *= _dot(s_hist[-1], y_hist[-1]) / _dot(y_hist[-1], y_hist[-1])
+        for (s, y), (a, rho) in zip(zip(s_hist, y_hist), reversed(alphas)):
+            b = rho * _dot(y, q)
+            q += (a - b) * s
+        d = -q
+        hd, dhd = problem.hessian_vector(d)
+        if ridge:
+            hd = hd + ridge * d
+            dhd += ridge * _dot(d, d)
+        gd = _dot(grad, d)
+        if not (dhd > 0 and gd < 0):  # converged (or numerically flat): nothing left to gain
+            break
+        alpha = -gd / dhd
+        values = values + alpha * d
+        new_grad = grad + alpha * hd
+        f = f + alpha * gd + 0.5 * alpha * alpha * dhd
+        s_hist.append(alpha * d)
+        y_hist.append(new_grad - grad)
+        if len(s_hist) > history:
+            s_hist.pop(0)
+            y_hist.pop(0)
+        grad = new_grad
+        k += 1
+        state = {"values": values, "grad": grad, "f": f, "k": k, "s": s_hist, "y": y_hist}
+        yield k, f, state
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def resample_mask(mask: np.ndarray, apix_in: float, box_out: int, apix_out: float, dilate_px: int = 1) -> np.ndarray:
+    """Resample a binary/soft ``mask (N, N, N)`` to another box and pixel size (same centred
+    Å frame, DESIGN.md §1); returns a bool ``(box_out,)*3`` dilated by ``dilate_px`` voxels."""
+    from scipy import ndimage
+
+    mask = np.asarray(mask, dtype=np.float32)
+    n_in = mask.shape[0]
+    c = (np.arange(box_out) - box_out // 2) * apix_out / apix_in + n_in // 2  # output voxel -> input index
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    out = ndimage.map_coordinates(mask, [zz, yy, xx], order=1, mode="constant", cval=0.0) > 0.05
+    if dilate_px > 0:
+        out = ndimage.binary_dilation(out, iterations=int(dilate_px))
+    return out
+
+
+def _load_mask_file(path, box: int, apix: float) -> np.ndarray:
+    """A user mask (MRC) at ``box``/``apix`` as float32 in [0, 1], resampled if needed."""
+    from scipy import ndimage
+
+    from ..io.mrc import read_map
+
+    m = read_map(path)
+    data = np.asarray(m.data, dtype=np.float32)
+    if data.ndim != 3 or len(set(data.shape)) != 1:
+        raise ValueError(f"{path}: a mask must be a cubic volume, got shape {data.shape}")
+    m_apix = float(m.apix) if getattr(m, "apix", None) else apix * box / data.shape[0]
+    if data.shape[0] != box or abs(m_apix - apix) > 1e-3 * apix:
+        c = (np.arange(box) - box // 2) * apix / m_apix + data.shape[0] // 2
+        zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+        data = ndimage.map_coordinates(data, [zz, yy, xx], order=1, mode="constant", cval=0.0)
+    if data.max() <= 0:
+        raise ValueError(f"{path}: the mask is empty")
+    return np.clip(data / max(float(data.max()), 1.0), 0.0, 1.0).astype(np.float32)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _pack_state(state: dict) -> dict:
+    packed = {k: v for k, v in state.items() if k not in ("s", "y")}
+    packed["s"] = torch.stack(state["s"]) if state["s"] else torch.zeros(0)
+    packed["y"] = torch.stack(state["y"]) if state["y"] else torch.zeros(0)
+    return packed
+
+
+def _unpack_state(packed: dict, device) -> dict:
+    state = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in packed.items()}
+    state["s"] = list(state["s"]) if state["s"].numel() else []
+    state["y"] = list(state["y"]) if state["y"].numel() else []
+    return state
+
+
+def _flex_flow_fn(model, latents: torch.Tensor, points_xyz_a: torch.Tensor, device):
+    """``idx -> (b, n, 3)`` voxel flow at the new box from the frozen flow generator."""
+    from ..mesh.build import Mesh
+    from ..model.flex import barycentric_rows
+    from ..model.flow import interpolate_vertex_flow
+
+    mesh = Mesh(
+        vertices_a=model.vertices_a.detach().cpu().numpy(),
+        cells=model.cells.detach().cpu().numpy(),
+        box=model.box,
+        apix=model.apix,
+    )
+    bary_index, bary_weight = barycentric_rows(mesh, points_xyz_a.cpu())
+    bary_index, bary_weight = bary_index.to(device), bary_weight.to(device)
+    flow = model.flow.to(device).eval()
+
+    def flow_fn(idx: np.ndarray) -> torch.Tensor:
+        z = latents[torch.as_tensor(idx)].to(device)
+        return interpolate_vertex_flow(flow(z), bary_index, bary_weight)
+
+    return flow_fn
+
+
+def _write_fsc_png(path: Path, freqs: np.ndarray, curves: dict[str, np.ndarray], title: str) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # matplotlib is optional: the CSV holds the same numbers
+        return False
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, c in curves.items():
+        ax.plot(freqs, c, label=name, lw=1.5, ls="--" if name.startswith("rigid") else "-")
+    ax.axhline(0.143, color="grey", lw=0.8, ls=":")
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set_xlabel("spatial frequency (1/Å)")
+    ax.set_ylabel("FSC")
+    ax.set_ylim(-0.1, 1.02)
+    ax.set_title(title)
+    sec = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-6), lambda r: 1 / np.maximum(r, 1e-6)))
+    sec.set_xlabel("resolution (Å)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def reconstruct_run(
+    run_dir,
+    particles,
+    out_dir,
+    *,
+    masks: tuple = (),
+    iterations: int = 20,
+    rigid: bool = True,
+    box: int | None = None,
+    chunk: int = 256,
+    device: str = "cpu",
+    resplit: bool = False,
+    seed: int = 0,
+    randomise_from_a: float | None = None,
+    ridge: float = 0.0,
+    resume: bool = False,
+    passthrough=None,
+    root=None,
+    noise_particles: int = 2000,
+) -> Iterator[object]:
+    """Flex (and rigid) half maps of a trained run at the particles' full box; a generator of events.
+
+    Writes into ``out_dir``: ``flex_half_A.mrc``, ``flex_half_B.mrc``, ``flex_map.mrc``
+    (FSC-weighted, B-factor sharpened), the same for ``rigid_``, ``fsc.csv``, ``fsc.png``
+    and ``report.json``; ``state/`` holds the resumable solver states.
+    """
+    from ..io.mrc import write_map
+    from ..io.particles import read_particles
+    from ..model.loss import estimate_noise_spectra
+    from ..reconstruct.rigid import half_set_indices
+    from ..training.loop import load_run
+    from ..training.setup import resolve_device
+    from .validation import masked_fsc, sharpen
+
+    t_start = time.time()
+    out = Path(out_dir)
+    (out / "state").mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    config, _, model = load_run(run_dir, device="cpu")
+    run_dir = Path(run_dir)
+    latents_path = run_dir / "latents.npy"
+    if not latents_path.exists():
+        raise ValueError(f"{run_dir}: no latents.npy (is this a finished training run?)")
+    latents = torch.as_tensor(np.load(latents_path, allow_pickle=False), dtype=torch.float32)
+    ps = read_particles(particles, passthrough=passthrough, root=root)
+    if len(ps) != latents.shape[0]:
+        raise ValueError(
+            f"{particles}: {len(ps)} particles, but the run's latents.npy has {latents.shape[0]} rows (same particles, same order, are needed)"
+        )
+    if not ps.has_poses:
+        raise ValueError(f"{particles}: no poses; reconstruction needs a consensus refinement's poses")
+    box_h = int(ps.box) if box is None else int(box)
+    if box_h > ps.box:
+        raise ValueError(f"--box {box_h} is larger than the particles' box {ps.box}")
+    apix_h = float(ps.apix) * ps.box / box_h
+
+    # support of V at the new box: the training mask, resampled and dilated by a voxel
+    train_mask = np.zeros(model.box**3, dtype=np.float32)
+    train_mask[model.canonical.voxel_index.cpu().numpy()] = 1.0
+    support = resample_mask(train_mask.reshape((model.box,) * 3), model.apix, box_h, apix_h)
+    flat = np.flatnonzero(support.reshape(-1))
+    from ..conventions import voxel_grid_xyz_a
+
+    points = voxel_grid_xyz_a(box_h, apix_h).reshape(-1, 3)[torch.as_tensor(flat)]  # (n, 3)
+    user_masks = {Path(m).stem: torch.as_tensor(_load_mask_file(m, box_h, apix_h)) for m in masks}
+
+    # whitening: one radial noise spectrum per optics group, at this box
+    from ..model.flex import batch_from_particles
+
+    rng = np.random.default_rng(seed)
+    probe = np.sort(rng.choice(len(ps), size=min(noise_particles, len(ps)), replace=False))
+    b = batch_from_particles(ps, probe, box=box_h, device="cpu")
+    noise = estimate_noise_spectra(b["images"], b["optics_group"], len(ps.optics))
+
+    # the input's split; a deterministic re-split (seeded) only when asked, or for unlabelled particles
+    split = SimpleNamespace(half_set=np.full(len(ps), -1) if resplit else np.asarray(ps.half_set))
+    half_a, half_b = half_set_indices(split, np.arange(len(ps)), seed)
+    if half_a.size == 0 or half_b.size == 0:
+        raise ValueError(f"{particles}: a half set is empty ({half_a.size} / {half_b.size} particles)")
+
+    modes = ["flex"] + (["rigid"] if rigid else [])
+    flow_fn = _flex_flow_fn(model, latents, points, dev)
+    jobs = [(m, h, idx) for m in modes for h, idx in (("A", half_a), ("B", half_b))]
+    total_passes = len(jobs) * (iterations + 1)
+    passes_done = 0
+    t_solve = time.time()
+    maps: dict[tuple[str, str], torch.Tensor] = {}
+    from ..ops.splat import convect_volume
+    from ..model.canonical import scatter_to_volume
+
+    for mode, half, idx in jobs:
+        mrc_path = out / f"{mode}_half_{half}.mrc"
+        state_path = out / "state" / f"{mode}_{half}.pt"
+        if resume and mrc_path.exists() and not state_path.exists():
+            from ..io.mrc import read_map
+
+            maps[(mode, half)] = torch.as_tensor(np.asarray(read_map(mrc_path).data, dtype=np.float32))
+            passes_done += iterations + 1
+            yield HalfMapDone(mode, half, str(mrc_path))
+            continue
+        problem = HalfMapProblem(
+            ps, idx, points, flow_fn if mode == "flex" else None, box_h, apix_h, noise,
+            chunk=chunk, kernel=model.kernel, device=dev,
+        )
+        state = None
+        if resume and state_path.exists():
+            state = _unpack_state(torch.load(state_path, weights_only=True, map_location=dev), dev)
+            passes_done += int(state["k"]) + 1
+        else:
+            passes_done += 1  # the gradient at zero
+        values = torch.zeros(problem.n_values, device=dev)
+        for k, f, state in lbfgs_quadratic(problem, iterations, state=state, ridge=ridge):
+            passes_done += 1
+            _atomic_torch_save(_pack_state(state), state_path)
+            elapsed = time.time() - t_solve
+            eta = elapsed / max(passes_done, 1) * max(total_passes - passes_done, 0)
+            values = state["values"]
+            yield ReconstructProgress(mode, half, k, iterations, f, time.time() - t_start, eta)
+        if state is not None:
+            values = state["values"]
+            passes_done += iterations - int(state["k"])  # stopped early: converged
+        with torch.no_grad():  # the density the model projects: V spread by the splat kernel
+            vol = convect_volume(values.cpu(), points, box_h, apix_h, kernel=model.kernel)
+        maps[(mode, half)] = vol
+        write_map(mrc_path, vol.numpy(), apix_h, label=f"napari-flex3d {mode} half map {half}")
+        if state_path.exists():
+            state_path.unlink()
+        yield HalfMapDone(mode, half, str(mrc_path))
+
+    # validation
+    from ..ops.fsc import shell_frequencies_a
+
+    freqs = shell_frequencies_a(box_h, apix_h)
+    nyquist_train = 2.0 * model.apix
+    report: dict = {
+        "particles": str(particles),
+        "run": str(run_dir),
+        "box": box_h,
+        "apix": apix_h,
+        "training_box": model.box,
+        "training_apix": model.apix,
+        "training_nyquist_a": nyquist_train,
+        "particles_used": {"A": int(half_a.size), "B": int(half_b.size)},
+        "iterations": iterations,
+        "maps": {},
+    }
+    columns = {"frequency_1_per_a": freqs, "resolution_a": 1.0 / np.maximum(freqs, 1e-12)}
+    curves_png = {}
+    for mode in modes:
+        a, bmap = maps[(mode, "A")], maps[(mode, "B")]
+        entry = {}
+        res = masked_fsc(a, bmap, apix_h)
+        entry["global"] = {"fsc_0143_a": res.resolution_0143_a, "fsc_05_a": res.resolution_05_a}
+        columns[f"fsc_{mode}"] = res.curve
+        curves_png[f"{mode} (global)"] = res.curve
+        for name, m in user_masks.items():
+            r = masked_fsc(a, bmap, apix_h, mask=m, randomise_from_a=randomise_from_a, seed=seed)
+            entry[name] = {"fsc_0143_a": r.resolution_0143_a, "fsc_05_a": r.resolution_05_a, "corrected": r.corrected}
+            columns[f"fsc_{mode}_{name}"] = r.curve
+            curves_png[f"{mode} ({name})"] = r.curve
+        combined = 0.5 * (a + bmap)
+        sharp, bfac = sharpen(combined, apix_h, res.curve, res.resolution_0143_a)
+        entry["bfactor_a2"] = bfac
+        write_map(
+            out / f"{mode}_map.mrc", sharp.numpy(), apix_h,
+            label=f"napari-flex3d {mode} map: FSC-weighted, sharpened B={-bfac:.1f} A^2, lowpass {res.resolution_0143_a:.2f} A",
+        )
+        entry["beyond_training_nyquist"] = bool(res.resolution_0143_a < nyquist_train)
+        report["maps"][mode] = entry
+    with open(out / "fsc.csv", "w") as fh:
+        names = list(columns)
+        fh.write(",".join(names) + "\n")
+        for i in range(freqs.size):
+            fh.write(",".join(f"{columns[n][i]:.6g}" for n in names) + "\n")
+    report["fsc_png"] = _write_fsc_png(out / "fsc.png", freqs, curves_png, f"half-map FSC, box {box_h} at {apix_h:.3g} Å")
+    report["time_s"] = time.time() - t_start
+    with open(out / "report.json", "w") as fh:
+        json.dump(report, fh, indent=2, default=float)
+    yield ReconstructFinished(str(out), report)
+
+
+def consume(events, progress: bool = True) -> dict:
+    """Run a reconstruction generator to the end with a tqdm bar; return the report."""
+    bar = None
+    report: dict = {}
+    try:
+        from tqdm import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    for ev in events:
+        if isinstance(ev, ReconstructProgress):
+            if bar is None and progress and tqdm is not None:
+                bar = tqdm(total=ev.iterations, unit="it")
+            if bar is not None:
+                if bar.n >= ev.iterations or ev.iteration < bar.n:
+                    bar.reset(total=ev.iterations)
+                bar.set_description(f"{ev.mode} half {ev.half}")
+                bar.n = ev.iteration
+                bar.set_postfix(loss=f"{ev.loss:.4g}", eta=f"{ev.eta_s / 60:.1f} min")
+                bar.refresh()
+        elif isinstance(ev, ReconstructFinished):
+            report = ev.report
+    if bar is not None:
+        bar.close()
+    return report
+
