@@ -72,6 +72,9 @@ def test_truncated_star(copy_formats):
     path = copy_formats(STAR) / STAR
     raw = path.read_bytes()
     path.write_bytes(raw[:3000])  # ends in the middle of a data row
+    with pytest.raises(ValueError, match="relion31.star: the last data row of data_particles has only 18 of 26 fields"):
+        read_particles(path)
+    path.write_bytes(raw[:1500])  # ends in the middle of the labels
     with pytest.raises(ValueError, match="relion31.star: .*wrong number of fields"):
         read_particles(path)
 

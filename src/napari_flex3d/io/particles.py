@@ -500,6 +500,12 @@ def read_star_particles(path, root=None) -> ParticleSet:
         raise ValueError(f"{path}: zero particles (data_{block_name} has no rows)")
     if "rlnImageName" not in table.columns:
         raise ValueError(f"{path}: missing column rlnImageName in data_{block_name}")
+    missing = table.isna().to_numpy()
+    if missing[-1].any() and not missing[:-1].any():
+        raise ValueError(
+            f"{path}: the last data row of data_{block_name} has only {int((~missing[-1]).sum())} of "
+            f"{table.shape[1]} fields (a truncated file?)"
+        )
     dims = None
     if optics_df is not None and "rlnImageDimensionality" in optics_df.columns:
         dims = pd.to_numeric(optics_df["rlnImageDimensionality"], errors="coerce")
