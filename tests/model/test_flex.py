@@ -74,19 +74,18 @@ class _ConstantFlow(torch.nn.Module):
 
 
 def test_zero_flow_matches_reference_projector(model):
-    """With zero flow the fused splat equals ops.project of the canonical map (random values
-    in the molecule's mask, signal to Nyquist): correlation > 0.99, FRC > 0.99 out to 0.7
-    Nyquist and > 0.98 out to 0.8 Nyquist (measured: 0.995 and 0.988 at box 32, cubic)."""
-    torch.manual_seed(1)
-    with torch.no_grad():
-        model.canonical.values.copy_(torch.randn(model.canonical.n_voxels))
+    """With zero flow the fused splat equals ops.project of the canonical map.
+
+    The molecule's map: correlation > 0.99 per image. Random values in the molecule's mask
+    (signal to Nyquist): FRC > 0.99 out to 0.7 Nyquist and > 0.98 out to 0.8 Nyquist
+    (measured 0.995 and 0.988 at box 32, cubic kernel; real-space correlation of white
+    noise is dominated by the last shells, where the B-spline and the Fourier-slice
+    projector differ, so it is not used there).
+    """
     rot, sh = _poses(5)
     with torch.no_grad():
         ours = model.project(None, rot, sh, kernel="cubic")
     ref = project(model.canonical.to_volume().detach(), rot, sh, APIX)
-    frc = _frc(ours, ref)
-    assert frc[:, 1 : int(0.7 * BOX / 2) + 1].min() > 0.99, frc.min(0).values
-    assert frc[:, 1 : int(0.8 * BOX / 2) + 1].min() > 0.98, frc.min(0).values
     for a, b in zip(ours, ref):
         assert np.corrcoef(a.flatten(), b.flatten())[0, 1] > 0.99
     # a fresh flow generator is (almost) the rigid model
@@ -94,6 +93,15 @@ def test_zero_flow_matches_reference_projector(model):
     with torch.no_grad():
         fresh = model.project(z, rot, sh)
     torch.testing.assert_close(fresh, ours, atol=1e-3 * float(ours.abs().max()), rtol=0)
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        model.canonical.values.copy_(torch.randn(model.canonical.n_voxels))
+        ours = model.project(None, rot, sh, kernel="cubic")
+    ref = project(model.canonical.to_volume().detach(), rot, sh, APIX)
+    frc = _frc(ours, ref)
+    assert frc[:, 1 : int(0.7 * BOX / 2) + 1].min() > 0.99, frc.min(0).values
+    assert frc[:, 1 : int(0.8 * BOX / 2) + 1].min() > 0.98, frc.min(0).values
 
 
 def test_translation_flow_equals_image_shift(model):
