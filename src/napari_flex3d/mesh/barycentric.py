@@ -7,10 +7,10 @@ exact linear FEM interpolation inside the cells.
 
 Location is vectorised numpy: candidate cells for each point (from a uniform grid of
 bins, or from a KD-tree of cell centroids) are tested all at once by their barycentric
-coordinates; a cell where none is negative (to a tolerance) holds the point. A point in no cell at all (outside the mesh) takes, among the cells
-of its nearest centroids, the one nearest to it once its barycentric coordinates there
-are clipped at zero and renormalised (the clamped weights): finite weights summing to
-1, never a silent zero row.
+coordinates; a cell where none is negative (to a tolerance) holds the point. A point
+in no cell at all (outside the mesh) takes the weights of the nearest point of the
+mesh (searched among the cells of its nearest centroids): the clamped weights,
+non-negative and summing to 1, never a silent zero row.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ class PointLocation:
             row non-negative and summing to 1.
         inside: ``(n,)`` bool, whether the point lies in its cell (to the tolerance).
         outside_distance_a: ``(n,)`` float64, for points outside every cell the distance
-            (Å) from the point to its clamped position in the chosen cell; 0 inside.
+            (Å) from the point to the nearest point of the chosen cell (its clamped
+            position, where ``weights`` put it); 0 inside.
     """
 
     cell: np.ndarray
@@ -90,15 +91,55 @@ def _search(points, cand, origin, inv, tol):
     return safe[rows, best], bary[rows, best], worst[rows, best] >= -tol
 
 
-def _nearest_clamped(points, cand, verts, cells, origin, inv):
-    """For points outside the mesh: the candidate cell whose clamped point is nearest."""
-    bary = np.clip(_bary_candidates(points, cand, origin, inv), 0.0, None)  # (n, k, 4)
-    bary /= bary.sum(-1, keepdims=True)
-    proj = np.einsum("nkc,nkcj->nkj", bary, verts[cells[cand]])  # (n, k, 3)
-    dist = np.linalg.norm(proj - points[:, None, :], axis=-1)  # (n, k)
-    best = dist.argmin(1)
+_TET_EDGES = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]])
+_TET_FACES = np.array([[1, 2, 3], [0, 2, 3], [0, 1, 3], [0, 1, 2]])
+
+
+def _nearest_point_weights(points, corners):
+    """Barycentric weights ``(..., 4)`` of the point of each tetrahedron nearest to a point outside it.
+
+    Args:
+        points: ``(..., 3)``. corners: ``(..., 4, 3)`` the tetrahedra's vertices.
+
+    The nearest point of a tetrahedron to a point outside it lies on its boundary: inside
+    a face (the orthogonal projection onto the face's plane, when its barycentrics are all
+    non-negative) or on an edge (the projection onto the edge's line clamped to the
+    segment, which includes the vertices). All ten are tried; the nearest wins.
+    """
+    shape = points.shape[:-1]
+    best_w = np.zeros(shape + (4,))
+    best_d = np.full(shape, np.inf)
+    for i, j in _TET_EDGES:
+        a, e = corners[..., i, :], corners[..., j, :] - corners[..., i, :]
+        t = np.clip(((points - a) * e).sum(-1) / np.maximum((e * e).sum(-1), 1e-300), 0.0, 1.0)
+        d = np.linalg.norm(a + t[..., None] * e - points, axis=-1)
+        better = d < best_d
+        w = np.zeros(shape + (4,))
+        w[..., i], w[..., j] = 1.0 - t, t
+        best_w[better], best_d[better] = w[better], d[better]
+    for i, j, k in _TET_FACES:
+        a = corners[..., i, :]
+        e1, e2, r = corners[..., j, :] - a, corners[..., k, :] - a, points - a
+        g11, g12, g22 = (e1 * e1).sum(-1), (e1 * e2).sum(-1), (e2 * e2).sum(-1)
+        r1, r2 = (r * e1).sum(-1), (r * e2).sum(-1)
+        det = np.maximum(g11 * g22 - g12 * g12, 1e-300)
+        u, v = (g22 * r1 - g12 * r2) / det, (g11 * r2 - g12 * r1) / det
+        ok = (u >= 0) & (v >= 0) & (u + v <= 1)
+        d = np.linalg.norm(a + u[..., None] * e1 + v[..., None] * e2 - points, axis=-1)
+        better = ok & (d < best_d)
+        w = np.zeros(shape + (4,))
+        w[..., i], w[..., j], w[..., k] = 1.0 - u - v, u, v
+        best_w[better], best_d[better] = w[better], d[better]
+    return best_w, best_d
+
+
+def _nearest_clamped(points, cand, verts, cells):
+    """For points outside the mesh: the candidate cell with the nearest point, and that point's weights."""
+    corners = verts[cells[cand]]  # (n, k, 4, 3)
+    w, dist = _nearest_point_weights(np.broadcast_to(points[:, None, :], corners.shape[:2] + (3,)), corners)
+    best = dist.argmin(1)  # (n,)
     rows = np.arange(len(points))
-    return cand[rows, best], bary[rows, best], dist[rows, best]
+    return cand[rows, best], w[rows, best], dist[rows, best]
 
 
 def _locate_kdtree(pts, verts, cells, origin, inv, tree, centroids, tol):
@@ -216,13 +257,12 @@ def locate_points(mesh: Mesh, points_xyz_a: np.ndarray, method: str = "bins", k:
     bary[inside] /= bary[inside].sum(1, keepdims=True)
     dist = np.zeros(n)
     out = np.flatnonzero(~inside)
-    for s in range(0, len(out), _CHUNK):
-        idx = out[s : s + _CHUNK]
+    for s in range(0, len(out), _CHUNK // 8):
+        idx = out[s : s + _CHUNK // 8]
         _, cand = tree.query(pts[idx], k=min(k, t), workers=-1)
-        c, b, d = _nearest_clamped(pts[idx], cand.reshape(len(idx), -1), verts, cells, origin, inv)
+        c, b, d = _nearest_clamped(pts[idx], cand.reshape(len(idx), -1), verts, cells)
         cell[idx], bary[idx], dist[idx] = c, b, d
-    # A point a locator missed but that lies in a candidate cell has clamped distance 0.
-    inside[out[dist[out] <= 1e-9 * max(1.0, float(np.abs(verts).max()))]] = True
+
     return PointLocation(cell=cell, weights=bary, inside=inside, outside_distance_a=dist)
 
 

@@ -78,7 +78,7 @@ def lowpass_map(volume: np.ndarray, apix: float, resolution_a: float, edge_shell
     width = edge_shells / (max(vol.shape) * apix)
     t = np.clip((k - (k_cut - width / 2)) / width, 0.0, 1.0)
     filt = 0.5 * (1.0 + np.cos(np.pi * t))  # 1 -> 0 across the edge
-    out = np.fft.irfftn(np.fft.rfftn(vol) * filt, s=vol.shape)
+    out = np.fft.irfftn(np.fft.rfftn(vol) * filt, s=vol.shape, axes=(0, 1, 2))
     return out.astype(np.float32)
 
 
@@ -95,8 +95,10 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     with np.errstate(divide="ignore", invalid="ignore"):
         between = (mt * w0 - m0) ** 2 / (w0 * w1)
     between[~np.isfinite(between)] = -1.0
-    i = int(np.argmax(between))
-    return float(edges[i + 1])  # values above this edge are the upper class
+    # Cuts inside an empty stretch of the histogram tie; take the middle of the tied run.
+    top = np.flatnonzero(between >= between.max() * (1 - 1e-9))
+    run = top[top - top[0] == np.arange(len(top))]  # the first contiguous run of maxima
+    return float(0.5 * (edges[run[0] + 1] + edges[run[-1] + 1]))  # values above are the upper class
 
 
 def threshold_for_volume_fraction(volume: np.ndarray, volume_fraction: float) -> float:
