@@ -64,6 +64,12 @@ def test_info_map_json(formats_dir, capsys):
     code, out, _ = run_info(capsys, formats_dir / "cryodrgn/empiar_10076_7.mrc", "--json")
     s = json.loads(out)
     assert s["apix"] is None and s["shape_zyx"] == [7, 320, 320]
+    np.testing.assert_allclose([s["min"], s["max"]], [-4.34950, 5.53454], atol=1e-5)
+    code, out, _ = run_info(capsys, formats_dir / "mrcfile/EMD-3001.map", "--json")
+    s = json.loads(out)  # axes re-ordered by mapc/mapr/maps = 3, 1, 2
+    assert s["shape_zyx"] == [73, 25, 43] and s["axis_order"] == [3, 1, 2] and s["ispg"] == 4
+    np.testing.assert_allclose(s["voxel_size_xyz_a"], [0.44825, 0.3925, 0.45875], rtol=1e-5)
+    np.testing.assert_allclose([s["min"], s["max"], s["mean"]], [-0.368143, 0.72161, 0.000532967], atol=1e-6)
 
 
 def test_info_text(formats_dir, capsys):

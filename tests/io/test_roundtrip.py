@@ -160,3 +160,15 @@ def test_stack_cache_is_bounded_and_shared(copy_formats):
     assert len(ps._cache) == 1  # a subset shares its parent's open stacks
     ps.images(slice(None))
     assert len(ps._cache) == 1
+
+
+def test_pickle_does_not_copy_mapped_stacks(copy_formats):
+    import pickle
+
+    base = copy_formats(STAR, STACK)
+    ps = read_particles(base / STAR)
+    first = ps.images(slice(None))
+    blob = pickle.dumps(ps)
+    assert len(blob) < 200_000  # the 1.3 MB stack stays on disk
+    clone = pickle.loads(blob)
+    np.testing.assert_array_equal(clone.images(slice(None)), first)

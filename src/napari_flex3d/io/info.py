@@ -114,26 +114,49 @@ def describe_map(path) -> dict:
     """Shape, mode, voxel size and statistics (computed from the data) of an MRC file."""
     path = Path(path)
     header = read_header(path)
-    m = read_map(path)
-    data = m.data
+    if str(path).lower().endswith(".gz"):
+        m = read_map(path)
+        stats = _stats(m.data[None])
+        vx, apix = m.voxel_size_xyz, m.apix
+        shape = list(m.data.shape)
+    else:  # stream the sections of a memory map: a stack can be larger than memory
+        arr = np.memmap(path, dtype=header.dtype, mode="r", offset=header.data_offset, shape=(header.nz, header.ny, header.nx))
+        stats = _stats(arr)
+        vx = header.voxel_size_xyz
+        apix = vx[0] if vx[0] > 0 else None
+        mapc, mapr, maps = header.axis_order
+        extent = {mapc: header.nx, mapr: header.ny, maps: header.nz}
+        shape = [extent[3], extent[2], extent[1]]
     return {
         "kind": "mrc",
         "path": str(path),
-        "shape_zyx": list(data.shape),
+        "shape_zyx": shape,
         "mode": header.mode,
         "dtype": str(header.dtype.newbyteorder("=")),
-        "voxel_size_xyz_a": [float(v) for v in m.voxel_size_xyz],
-        "apix": m.apix,
+        "voxel_size_xyz_a": [float(v) for v in vx],
+        "apix": apix,
         "ispg": header.ispg,
         "axis_order": list(header.axis_order),
         "nstart": list(header.nstart),
         "origin_xyz_a": list(header.origin_xyz_a),
-        "min": float(data.min()),
-        "max": float(data.max()),
-        "mean": float(data.astype(np.float64).mean()),
-        "std": float(data.astype(np.float64).std()),
+        **stats,
         "labels": list(header.labels),
     }
+
+
+def _stats(arr, chunk_bytes: int = 1 << 26) -> dict:
+    """min/max/mean/std of ``(n, ...)`` read a block of sections at a time (float64 sums)."""
+    n = arr.shape[0]
+    per = max(1, chunk_bytes // max(1, arr[0].nbytes))
+    lo, hi, total, total2, count = np.inf, -np.inf, 0.0, 0.0, 0
+    for start in range(0, n, per):
+        block = np.asarray(arr[start : start + per], dtype=np.float64)
+        lo, hi = min(lo, block.min()), max(hi, block.max())
+        total += block.sum()
+        total2 += np.square(block).sum()
+        count += block.size
+    mean = total / count
+    return {"min": float(lo), "max": float(hi), "mean": float(mean), "std": float(np.sqrt(max(total2 / count - mean**2, 0.0)))}
 
 
 def _num(x, digits=6) -> str:

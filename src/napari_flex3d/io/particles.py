@@ -81,6 +81,13 @@ class _StackCache:
     def __len__(self) -> int:
         return len(self._stacks)
 
+    def __getstate__(self):  # pickling (DataLoader workers, spawn) must not copy the mapped data
+        return {"maxsize": self.maxsize}
+
+    def __setstate__(self, state):
+        self.maxsize = state["maxsize"]
+        self._stacks = OrderedDict()
+
 
 @dataclass(eq=False)
 class ParticleSet:
@@ -220,7 +227,8 @@ class ParticleSet:
                 )
             out[mask] = stack[ii]
         if out is None:
-            return np.zeros((0, 0, 0), dtype=np.float32)
+            side = self.optics[0].box or 0 if len(self.optics) == 1 else 0
+            return np.zeros((0, side, side), dtype=np.float32)
         return out
 
     def _row_name(self, row) -> str:
@@ -563,6 +571,11 @@ def read_star_particles(path, root=None) -> ParticleSet:
                 raise ValueError(
                     f"{path}: no pixel size: needs rlnImagePixelSize, or rlnDetectorPixelSize and rlnMagnification"
                 )
+            warnings.warn(
+                f"{path}: no pixel size column; using the first stack's header ({header_apix:g} Å), "
+                "which is often wrong in RELION-written stacks",
+                stacklevel=2,
+            )
             apix = np.full(n, header_apix)
         _check_positive(apix, path, "pixel size")
         _check_positive(volt, path, "rlnVoltage")
