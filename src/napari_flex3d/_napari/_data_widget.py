@@ -310,7 +310,7 @@ class DataMeshWidget(QWidget):
         mask, mesh = result
         self.mask = mask
         self.set_mesh(mesh)
-        self.session.set(mask=mask)
+        self.session.set(mask=mask, mask_threshold=float(mask.threshold_used), mask_dilate_a=self.dilate_a)
 
     def set_mesh(self, mesh) -> None:
         """Show ``mesh`` as a wireframe surface over the map and share it."""
@@ -376,7 +376,7 @@ class DataMeshWidget(QWidget):
 
     def mesh_with_paint(self):
         """The mesh with the painted no-motion and rigid masks applied."""
-        return painted_mesh(self.viewer, self.mesh)
+        return painted_mesh(self.viewer, self.mesh, self.session.consensus)
 
 
 def painted(viewer, name: str) -> np.ndarray | None:
@@ -387,10 +387,25 @@ def painted(viewer, name: str) -> np.ndarray | None:
     return data if data.any() else None
 
 
-def painted_mesh(viewer, mesh):
-    """``mesh`` with the viewer's painted no-motion and rigid masks applied (library: mesh.rigidity)."""
+def painted_mesh(viewer, mesh, density: np.ndarray | None = None, rigidity_floor: float = 0.5):
+    """``mesh`` with the viewer's painted masks applied (``mesh.rigidity``).
+
+    The no-motion layer gives the per-vertex deformation mask (0 on painted vertices);
+    the rigid layer raises the rigidity weights of the painted cells (from the mesh's
+    weights, or the density weights of ``density`` when the mesh has none).
+    """
     no_motion, rigid = painted(viewer, NO_MOTION_LAYER), painted(viewer, RIGID_LAYER)
     if mesh is None or (no_motion is None and rigid is None):
         return mesh
-    apply = piece("mesh.rigidity", "apply_painted_masks")
-    return apply(mesh, no_motion=no_motion, rigid=rigid)
+    changes = {}
+    if no_motion is not None:
+        from_labels = piece("mesh.rigidity", "deformation_mask_from_labels")
+        changes["deformation_mask"] = from_labels(mesh, no_motion.astype(np.uint8))
+    if rigid is not None:
+        base = mesh.rigidity_weights
+        if base is None:
+            if density is None:
+                raise ValueError("painting rigid regions needs the consensus map (for the density weights)")
+            base = piece("mesh.rigidity", "cell_density_weights")(mesh, density, min_weight=rigidity_floor)
+        changes["rigidity_weights"] = piece("mesh.rigidity", "raise_rigid_cells")(mesh, base, rigid.astype(np.uint8))
+    return mesh.replace(**changes)

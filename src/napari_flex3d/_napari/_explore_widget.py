@@ -97,6 +97,34 @@ def interpolate_path(path: np.ndarray, n_frames: int) -> np.ndarray:
     return np.stack([np.interp(t, s, path[:, k]) for k in range(path.shape[1])], axis=1).astype(np.float32)
 
 
+class RunHandle:
+    """A trained run loaded once (``explore.generate.load_generator``) for fast repeated volumes."""
+
+    def __init__(self, run_dir):
+        import torch
+
+        self._torch = torch
+        self.run_dir = Path(run_dir)
+        self.model, latents = piece("explore.generate", "load_generator")(run_dir)
+        self.latents = latents.cpu().numpy().astype(np.float32)
+        self.box = int(self.model.box)
+        self.apix = float(self.model.apix)
+
+    def volume(self, z, box: int | None = None, kernel: str | None = None) -> tuple[np.ndarray, float]:
+        """The convected map at ``z (K,)``: ``(box, box, box)`` float32 and its voxel size in Å.
+
+        ``kernel="linear"`` is the quick preview; ``box`` below the training box Fourier-crops.
+        """
+        torch = self._torch
+        with torch.no_grad():
+            zt = torch.as_tensor(np.asarray(z, np.float32).reshape(-1)).to(self.model.vertices_a)
+            vol = self.model.volume(zt, kernel=kernel)
+            if box is None or box == self.box:
+                return vol.cpu().numpy().astype(np.float32), self.apix
+            crop = piece("ops.fourier", "fourier_crop_3d")(vol, int(box))
+        return crop.cpu().numpy().astype(np.float32), self.apix * self.box / int(box)
+
+
 class LatentExplorerWidget(QWidget):
     """Scatter of the latents, one slider per axis, paths, movies, series and subsets."""
 
@@ -115,6 +143,9 @@ class LatentExplorerWidget(QWidget):
         self.refine = True
         self.frames_written: int = 0
         self.last_volume_box: int | None = None
+        self.volumes_shown = 0
+        self.series_written = None
+        self.refined = False
         self._xy = None
         self._to_latent = None
         self._from_latent = None
@@ -272,7 +303,7 @@ class LatentExplorerWidget(QWidget):
         if run_dir is not None:
             self.run_dir_text = str(run_dir)
         try:
-            self.run = piece("explore.generate", "load_run")(self.run_dir_text)
+            self.run = RunHandle(self.run_dir_text)
         except Exception as exc:
             show_error(f"napari-flex3d: cannot open run {self.run_dir_text!r}: {exc}")
             return
@@ -368,16 +399,16 @@ class LatentExplorerWidget(QWidget):
         if self.run is None:
             return
         self._refine_next = self.refine if refine is None else refine
-        self._render.request(self.z.copy(), self.preview_box)
+        self._render.request(self.z.copy(), min(self.preview_box, self.run.box), "linear")
 
-    def _compute_volume(self, z, box):
-        vol = piece("explore.generate", "generate_volume")(self.run, z, box=box)
-        return z, box, np.asarray(vol, np.float32)
+    def _compute_volume(self, z, box, kernel):
+        vol, apix = self.run.volume(z, box=box, kernel=kernel)
+        return z, box, kernel, vol, apix
 
     def _on_volume(self, result) -> None:
-        z, box, vol = result
-        apix = self.run.apix * self.run.box / box
+        z, box, kernel, vol, apix = result
         self.last_volume_box = box
+        self.volumes_shown += 1
         if VOLUME_LAYER in self.viewer.layers:
             layer = self.viewer.layers[VOLUME_LAYER]
             layer.data = vol
@@ -391,9 +422,11 @@ class LatentExplorerWidget(QWidget):
             )
             self.viewer.dims.ndisplay = 3
         layer.metadata.update(apix=float(apix), latent=np.asarray(z).tolist())
-        if self._refine_next and box < self.run.box and self._render._pending is None and np.array_equal(z, self.z):
+        refined = box == self.run.box and kernel is None
+        self.refined = refined
+        if self._refine_next and not refined and self._render._pending is None and np.array_equal(z, self.z):
             self._refine_next = False
-            self._render.request(z, int(self.run.box))
+            self._render.request(z, int(self.run.box), None)
 
     _refine_next = False
 
@@ -441,9 +474,8 @@ class LatentExplorerWidget(QWidget):
 
     # ------------------------------------------------------------------ exports
     def _series_volumes(self, zs: np.ndarray, box: int | None):
-        gen = piece("explore.generate", "generate_volume")
         for i, z in enumerate(zs):
-            yield i, z, np.asarray(gen(self.run, z, box=box), np.float32)
+            yield i, z, self.run.volume(z, box=box)[0]
 
     def export_movie(self, path, along: str | None = None, fps: int = 10, box: int | None = None) -> None:
         """Write an mp4 or gif of the volume along the path (or an axis) beside the latent plot."""
@@ -457,22 +489,36 @@ class LatentExplorerWidget(QWidget):
         self._movie_frames = []
         self.status_label.setText(f"rendering {len(zs)} frames…")
 
+        state = {"finished": False, "written": False}
+
+        def maybe_write():
+            # frames and the end of the worker may arrive in either order (slots can nest)
+            if state["finished"] and not state["written"] and len(self._movie_frames) == len(zs):
+                state["written"] = True
+                self._write_movie(path, self._movie_frames, fps)
+                self.worker = None
+
         def on_frame(item):
             i, z, vol = item
             self._movie_frames.append(self._compose_frame(z, vol))
-            self.status_label.setText(f"frame {i + 1}/{len(zs)}")
+            self.status_label.setText(f"frame {len(self._movie_frames)}/{len(zs)}")
+            maybe_write()
 
         def on_done():
-            self.worker = None
-            if len(self._movie_frames) == len(zs):
-                self._write_movie(path, self._movie_frames, fps)
+            state["finished"] = True
+            maybe_write()
 
-        self.worker = start_worker(self._series_volumes, zs, box or self.preview_box, yielded=on_frame, finished=on_done)
+        def on_error(exc):
+            state["written"] = True  # nothing to write
+            self.worker = None
+
+        box = min(box or self.preview_box, self.run.box)
+        self.worker = start_worker(
+            self._series_volumes, zs, box, yielded=on_frame, finished=on_done, errored=on_error
+        )
 
     def _compose_frame(self, z, vol: np.ndarray, height: int = 256) -> np.ndarray:
         """One ``(h, w, 3)`` uint8 frame: the volume's projection beside the plot with its cursor."""
-        from qtpy.QtWidgets import QApplication
-
         proj = vol.sum(axis=0)  # (h, w): projection along z
         lo, hi = np.percentile(proj, [1, 99.9])
         img = np.clip((proj - lo) / max(hi - lo, 1e-9), 0, 1)
@@ -481,7 +527,6 @@ class LatentExplorerWidget(QWidget):
         left = (np.repeat(img[..., None], 3, axis=2) * 255).astype(np.uint8)
         x, y = self._from_latent(z)[0]
         self.plot.set_cursor(x, y)
-        QApplication.processEvents()
         right = _qimage_to_array(self.plot.grab().toImage())
         right = _resize_nearest(right, left.shape[0])
         frame = np.concatenate([left, right], axis=1)
@@ -506,16 +551,19 @@ class LatentExplorerWidget(QWidget):
             show_error("napari-flex3d: open a trained run first")
             return
         zs = self.movie_latents(along)
-        write_series = piece("explore.series", "write_series")
+        write_series = piece("explore.series", "write_volume_series")
+        run = self.run
 
         def job():
-            return write_series(self.run, zs, folder, box=box)
+            vols = [run.volume(z, box=box) for z in zs]
+            labels = ["flex3d z=" + ",".join(f"{v:.3f}" for v in z) for z in zs]
+            return write_series(np.stack([v for v, _ in vols]), vols[0][1], folder, prefix="frame", labels=labels)
 
         def done(result):
-            self.worker = None
-            self.status_label.setText(f"wrote the series to {folder}")
+            self.series_written = result
+            self.status_label.setText(f"wrote {len(result[0])} maps and {Path(result[1]).name} to {folder}")
 
-        self.worker = start_worker(job, returned=done, errored=lambda e: setattr(self, "worker", None))
+        self.worker = start_worker(job, returned=done, finished=lambda: setattr(self, "worker", None))
 
     def select_polygon(self) -> np.ndarray:
         """Indices of the particles inside the drawn polygon (plot coordinates)."""

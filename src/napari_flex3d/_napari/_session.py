@@ -37,6 +37,8 @@ class Session:
         self.apix: float = 1.0
         self.map_path: str = ""
         self.mask: Any = None
+        self.mask_threshold: float | None = None
+        self.mask_dilate_a: float | None = None
         self.mesh: Any = None
         self.run_dir: Path | None = None
         self.checkpoint: Path | None = None

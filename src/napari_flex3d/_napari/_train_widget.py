@@ -244,8 +244,13 @@ class TrainWidget(QWidget):
         out.mkdir(parents=True, exist_ok=True)
         mesh = self.session.mesh
         if mesh is not None and getattr(cfg, "mesh", None) in (None, ""):
-            path = piece("mesh.build", "save_mesh")(painted_mesh(self.viewer, mesh), out / "mesh.npz")
+            painted = painted_mesh(self.viewer, mesh, self.session.consensus, cfg.rigidity_floor)
+            path = piece("mesh.build", "save_mesh")(painted, out / "mesh.npz")
             cfg = dataclasses.replace(cfg, mesh=str(path))
+        if self.session.mask_threshold is not None:  # the mask the Data and mesh widget showed
+            cfg = dataclasses.replace(
+                cfg, mask_threshold=self.session.mask_threshold, mask_dilate_a=self.session.mask_dilate_a
+            )
         return cfg
 
     def start(self, resume: bool = False) -> None:
@@ -255,7 +260,11 @@ class TrainWidget(QWidget):
             return
         try:
             train_run = piece("training.loop", "train_run")
-            cfg = self._prepare(self.config)
+            cfg = self.config
+            if not resume:
+                cfg = self._prepare(cfg)
+            elif not cfg.out:
+                raise ValueError("set the run folder ('out') to resume")
         except Exception as exc:
             show_error(f"napari-flex3d: cannot start training: {exc}")
             return
@@ -271,7 +280,7 @@ class TrainWidget(QWidget):
         self._steps_done = 0
 
         def run():
-            yield from train_run(cfg, resume=resume)
+            yield from train_run(cfg, cfg.out, resume=resume)
 
         self.state = "running"
         self._update_buttons()
