@@ -50,7 +50,7 @@ KERNELS = {"cubic": 4, "linear": 2}
 
 # Upper bound on (particles x points) handled at once; bounds the temporaries (about 30
 # tensors of this many elements) to a few tens of MB whatever the batch.
-_CHUNK_ELEMENTS = 1 << 19
+_CHUNK_ELEMENTS = 1 << 18
 
 
 def _taps(kernel: str) -> int:
@@ -104,13 +104,15 @@ def _axis_coords(points: torch.Tensor, matrix: torch.Tensor, offset: torch.Tenso
     points ``(1|c, n, 3)`` xyz Å; matrix ``(c, D, 3)``; offset ``(c, D)`` Å.
     ``coord = (matrix[:, axis] . p - offset[:, axis]) / apix + box // 2``.
     """
-    row = matrix[:, axis, :] / apix  # (c, 3)
-    bias = (box // 2) - offset[:, axis : axis + 1] / apix  # (c, 1)
+    row = matrix[:, axis : axis + 1, :] / apix  # (c, 1, 3)
+    bias = (box // 2) - offset[:, axis, None] / apix  # (c, 1)
+    # (c, 1, 3) @ (c, 3, n): BLAS reads the transposed points in place; the other order,
+    # (c, n, 3) @ (c, 3, 1), is a slow matrix-vector path (~10x on CPU).
     if points.shape[0] == 1:
-        coord = torch.addmm(bias, row, points[0].T)  # (c, n)
+        coord = torch.mm(row[:, 0, :], points[0].T)  # (c, n)
     else:
-        coord = torch.baddbmm(bias[:, :, None], points, row[:, :, None])[..., 0]  # (c, n)
-    return coord.reshape(-1)
+        coord = torch.bmm(row, points.transpose(1, 2))[:, 0, :]  # (c, n)
+    return coord.add_(bias).reshape(-1)
 
 
 def _chunk_weights(points, matrix, offset, apix: float, box: int, kernel: str, derivative: bool):
@@ -234,16 +236,16 @@ class _ConvectSplat(torch.autograd.Function):
             if need_coords:
                 vals = values if values.shape[0] == 1 else values[start:stop]
                 scale = vals.expand(c, n) / apix  # (c, n) d coord / d (A p) times the value
-                g_q = torch.stack([gc.view(c, n) * scale for gc in g_c], dim=-1)  # (c, n, D) d/d (A p)
+                g_q = torch.stack([gc.view(c, n) * scale for gc in g_c], dim=1)  # (c, D, n) d/d (A p)
                 if need_p:
                     if points.shape[0] == 1:
-                        g_points[0] += torch.einsum("cnd,cdk->nk", g_q, mat)
+                        g_points[0] += torch.mm(g_q.reshape(c * ndim, n).T, mat.reshape(c * ndim, 3))  # (n, 3)
                     else:
-                        g_points[start:stop] = torch.bmm(g_q, mat)  # (c, n, 3)
+                        g_points[start:stop] = torch.bmm(mat.transpose(1, 2), g_q).transpose(1, 2)  # (c, n, 3)
                 if need_m:
-                    g_matrix[start:stop] = torch.matmul(g_q.transpose(1, 2), pts)  # (c, D, 3)
+                    g_matrix[start:stop] = torch.bmm(g_q, pts.expand(c, n, 3))  # (c, D, 3)
                 if need_o:
-                    g_offset[start:stop] = -g_q.sum(1)
+                    g_offset[start:stop] = -g_q.sum(2)
         return g_values, g_points, g_matrix, g_offset, None, None, None
 
 
