@@ -68,6 +68,17 @@ def test_unknown_optics_group(copy_formats):
         read_particles(path)
 
 
+@pytest.mark.parametrize("old,new,label", [
+    ("_rlnOpticsGroupName #2", "_rlnOpticsGroup #2", "rlnOpticsGroup"),
+    ("_rlnCoordinateX #1", "_rlnImageName #1", "rlnImageName"),
+])
+def test_duplicate_label(copy_formats, old, new, label):
+    path = copy_formats(STAR) / STAR
+    _edit_star(path, old, new)
+    with pytest.raises(ValueError, match=f"relion31.star: data_.* has the label {label} more than once"):
+        read_particles(path)
+
+
 def test_truncated_star(copy_formats):
     path = copy_formats(STAR) / STAR
     raw = path.read_bytes()
@@ -158,3 +169,12 @@ def test_unknown_suffix_and_absent(tmp_path, fmt):
         read_particles(tmp_path / "absent.star")
     with pytest.raises(ValueError, match="passthrough"):
         read_particles(fmt / STAR, passthrough=fmt / CS)
+
+
+def test_box_disagrees_with_stack(copy_formats):
+    base = copy_formats(STAR, STACK)
+    _edit_star(base / STAR, "          256            2", "          128            2")
+    ps = read_particles(base / STAR)
+    assert ps.box == 128
+    with pytest.raises(ValueError, match="relion31.mrcs: the stack holds 256 x 256 images but the particle metadata says box"):
+        ps.images(0)

@@ -46,7 +46,7 @@ def test_star_random_bytes(tmp_path, data):
     _read_ok_or_valueerror(path)
 
 
-TOKENS = ["nan", "inf", "", "@", "0@x.mrcs", "-1", "1e400", "abc", "data_", "loop_", "_rlnImageName", '"', "#", "\t", "data_optics", "_rlnOpticsGroup"]
+TOKENS = ["nan", "inf", "", "@", "0@x.mrcs", "-1", "1e400", "abc", "data_", "loop_", "_rlnImageName", '"', "#", "\t", "data_optics", "_rlnOpticsGroup", "_rlnDefocusU", "_rlnAngleRot"]
 
 
 @FUZZ

@@ -219,6 +219,12 @@ class ParticleSet:
                     f"{path}: image {int(ii[k]) + 1} (1-based) is past the end of the stack, which holds "
                     f"{stack.shape[0]} image(s) (particle {int(rows[k])}{self._row_name(rows[k])})"
                 )
+            boxes = {self.optics[g].box for g in np.unique(self.optics_group[rows])} - {None}
+            if any(tuple(stack.shape[1:]) != (b, b) for b in boxes):
+                raise ValueError(
+                    f"{path}: the stack holds {stack.shape[1]} x {stack.shape[2]} images but the particle "
+                    f"metadata says box {sorted(boxes)}"
+                )
             if out is None:
                 out = np.empty((len(sel),) + tuple(stack.shape[1:]), dtype=np.float32)
             elif tuple(stack.shape[1:]) != out.shape[1:]:
@@ -663,8 +669,8 @@ def read_cs_particles(path, passthrough=None, root=None) -> ParticleSet:
         raise ValueError(f"{path}: empty blob/path at row {[len(s) for s in names].index(0)}")
     image_paths = _resolve_all(names, path.parent, root)
     idx = _cs_field(records, "blob/idx", path)
-    if np.any(idx < 0):
-        raise ValueError(f"{path}: negative blob/idx")
+    if np.any(idx < 0) or np.any(idx != np.round(idx)):
+        raise ValueError(f"{path}: blob/idx must hold non-negative integers")
     psize = _cs_field(records, "blob/psize_A", path, required=False)
     if psize is None:
         psize = _cs_field(records, "alignments3D/psize_A", path)

@@ -54,6 +54,9 @@ def read_star(path) -> dict[str, pd.DataFrame | dict]:
         if isinstance(block, pd.DataFrame):
             block = block.copy()
             block.columns = [str(c) for c in block.columns]
+            dup = block.columns[block.columns.duplicated()]
+            if len(dup):
+                raise ValueError(f"{path}: data_{name} has the label {dup[0]} more than once")
         out[str(name)] = block
     return out
 
