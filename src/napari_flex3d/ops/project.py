@@ -56,8 +56,10 @@ def project(
     """
     if volume.ndim != 3 or len(set(volume.shape)) != 1:
         raise ValueError(f"volume must be cubic (N, N, N), got {tuple(volume.shape)}")
-    a = as_rotations(rotations, volume)  # (b, 3, 3)
-    images = project_3d_to_2d(volume, a.transpose(-1, -2), pad_factor=pad_factor)  # (b, N, N)
+    # torch-fourier-slice samples with float32 grids: compute in float32, return the input dtype
+    vol32 = volume.float()
+    a = as_rotations(rotations, vol32)  # (b, 3, 3)
+    images = project_3d_to_2d(vol32, a.transpose(-1, -2), pad_factor=pad_factor).to(volume.dtype)  # (b, N, N)
     if shifts_a is not None:
         shifts_a = torch.as_tensor(shifts_a, device=volume.device).to(volume.dtype)
         images = shift_images(images, -shifts_a, apix)
