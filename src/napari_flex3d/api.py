@@ -32,3 +32,52 @@ def simulate(out_dir, *, n_particles=5000, box=64, apix=3.0, snr=0.1, motion="hi
     return simulate_dataset(
         Path(out_dir), n_particles=n_particles, box=box, apix=apix, snr=snr, motion=motion, seed=seed, progress=progress
     )
+
+
+def train(config, out_dir, *, resume=False, cli_argv=None, progress=True, overrides=None):
+    """Train (or resume) a run, printing progress; returns the per-epoch summaries."""
+    import dataclasses
+
+    from .training.loop import train_run
+    from .training.progress import consume_events
+
+    if resume and overrides:  # the run's own settings, with only these changed
+        from .config import TrainConfig, read_config_json
+
+        saved = config or read_config_json(Path(out_dir) / "config.json", TrainConfig)
+        config = dataclasses.replace(saved, **overrides)
+    events = train_run(config, out_dir, resume=resume, cli_argv=cli_argv)
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return consume_events(events, log_path=Path(out_dir) / "train.log", progress=progress)
+
+
+def generate(run_dir, *, z, out, box=None):
+    """Write the convected map at latent point ``z`` to ``out`` (MRC); returns the path."""
+    from .explore.generate import generate_volume
+    from .io.mrc import write_map
+
+    vol, apix = generate_volume(run_dir, z, box=box)
+    write_map(out, vol, apix, label="napari-flex3d convected map z=" + ",".join(f"{v:g}" for v in z))
+    return Path(out)
+
+
+def generate_series(run_dir, *, axis, frames=41, out_dir, box=None, sigma_range=1.5, movie=False) -> dict:
+    """A volume series along latent ``axis`` with a ChimeraX ``.cxc`` (and optionally an mp4)."""
+    from .explore.generate import generate_axis_series
+
+    return generate_axis_series(run_dir, axis=axis, frames=frames, out_dir=out_dir, box=box,
+                                sigma_range=sigma_range, movie=movie)
+
+
+def reconstruct(run_dir, particles, out_dir, *, progress=True, **kwargs) -> dict:
+    """Flex and rigid half maps, FSC and sharpened maps (see :mod:`.reconstruct.halfmaps`)."""
+    from .reconstruct.halfmaps import consume, reconstruct_run
+
+    return consume(reconstruct_run(run_dir, particles, out_dir, **kwargs), progress=progress)
+
+
+def demo(out_dir, *, progress=True, **kwargs) -> dict:
+    """Simulate, train, write a series and a movie, and print the recovery figures."""
+    from .training.demo import run_demo
+
+    return run_demo(out_dir, progress=progress, **kwargs)

@@ -37,6 +37,75 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from . import api
+    from .config import TrainConfig, from_arguments
+
+    resume = args.resume
+    if resume:
+        run_dir = args.out if resume is True else resume
+        if not run_dir:
+            raise ValueError("--resume needs the run folder: flex3d train --resume RUN (or --out RUN --resume)")
+        api.train(None, run_dir, resume=True, cli_argv=sys.argv, progress=not args.quiet, overrides=_explicit(args))
+        return 0
+    missing = [f"--{n}" for n in ("particles", "map", "out") if not getattr(args, n)]
+    if missing:
+        raise ValueError("flex3d train needs " + ", ".join(missing))
+    config = from_arguments(TrainConfig, args)
+    api.train(config, config.out, cli_argv=sys.argv, progress=not args.quiet)
+    return 0
+
+
+def _explicit(args: argparse.Namespace) -> dict:
+    """Settings a resumed run may change (how long and where it runs), when set off their defaults."""
+    import dataclasses
+
+    from .config import TrainConfig
+
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    keep = ("epochs", "device", "threads", "preview_every")
+    return {k: getattr(args, k) for k in keep if getattr(args, k) != defaults[k]}
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from . import api
+
+    if (args.z is None) == (args.axis is None):
+        raise ValueError("flex3d generate needs exactly one of --z (a latent point) or --axis (a series)")
+    if args.z is not None:
+        z = [float(t) for t in args.z.replace(" ", "").split(",") if t]
+        path = api.generate(args.run, z=z, out=args.out, box=args.box)
+        print(f"wrote {path}")
+    else:
+        result = api.generate_series(args.run, axis=args.axis, frames=args.frames, out_dir=args.out, box=args.box,
+                                     sigma_range=args.sigma_range, movie=args.movie)
+        print(f"wrote {len(result['frames'])} volumes and {result['script']}" + (f" and {result['movie']}" if result.get("movie") else ""))
+    return 0
+
+
+def _cmd_reconstruct(args: argparse.Namespace) -> int:
+    from . import api
+
+    report = api.reconstruct(
+        args.run, args.particles, args.out, masks=tuple(args.mask or ()), iterations=args.iterations,
+        rigid=not args.no_rigid, box=args.box, chunk=args.chunk, device=args.device, resplit=args.resplit,
+        randomise_from_a=args.randomise_from, resume=args.resume, passthrough=args.passthrough, root=args.root,
+        progress=not args.quiet,
+    )
+    for mode, entry in report.get("maps", {}).items():
+        parts = [f"{name} {v['fsc_0143_a']:.2f} Å" for name, v in entry.items() if isinstance(v, dict)]
+        print(f"{mode}: FSC 0.143 " + ", ".join(parts) + f"; B = {entry['bfactor_a2']:.0f} Å²")
+    print(f"training box Nyquist {report.get('training_nyquist_a', float('nan')):.2f} Å; outputs in {args.out}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from . import api
+
+    api.demo(args.out, progress=not args.quiet, n_particles=args.n_particles, seed=args.seed)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flex3d", description="3D Flexible Refinement for cryo-EM.")
     parser.add_argument("--version", action="version", version=f"napari-flex3d {__version__}")
@@ -59,6 +128,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
+
+    from .config import TrainConfig, add_arguments
+
+    p = sub.add_parser("train", help="train 3DFlex on a consensus refinement (writes a run folder)")
+    add_arguments(p, TrainConfig)
+    p.add_argument("--resume", nargs="?", const=True, default=False, metavar="RUN",
+                   help="continue a stopped run from its last checkpoint (RUN, or the folder given by --out)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("generate", help="convected maps at a latent point, or a series along a latent axis")
+    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--out", required=True, help="output .mrc (with --z) or folder (with --axis)")
+    p.add_argument("--z", default=None, help='latent point, comma separated: "z1,z2,..."')
+    p.add_argument("--axis", type=int, default=None, help="latent axis (0-based) for a series")
+    p.add_argument("--frames", type=int, default=41, help="frames of a series (odd: the middle one is the mean)")
+    p.add_argument("--sigma-range", type=float, default=1.5, help="a series spans +-this many standard deviations")
+    p.add_argument("--box", type=int, default=None, help="output box (Fourier-resized; default: the training box)")
+    p.add_argument("--movie", action="store_true", help="also write an mp4 of the series")
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("reconstruct", help="motion-corrected half maps with a same-solver rigid baseline")
+    p.add_argument("--run", required=True, help="training run folder")
+    p.add_argument("--particles", required=True, help="full-resolution particles (STAR or .cs), same rows as for training")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--mask", action="append", help="mask (MRC) for a local FSC; repeat for several")
+    p.add_argument("--iterations", type=int, default=20, help="L-BFGS iterations per half map")
+    p.add_argument("--no-rigid", action="store_true", help="skip the rigid baseline")
+    p.add_argument("--box", type=int, default=None, help="reconstruction box (default: the particles' box)")
+    p.add_argument("--chunk", type=int, default=256, help="particles per streamed chunk")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
+    p.add_argument("--resplit", action="store_true", help="ignore the input's half sets and split at random (seeded)")
+    p.add_argument("--randomise-from", type=float, default=None, metavar="A",
+                   help="noise-substitution check: phase-randomise beyond this resolution (Å) for the masked FSC")
+    p.add_argument("--resume", action="store_true", help="continue from the saved solver states in --out")
+    p.add_argument("--passthrough", default=None)
+    p.add_argument("--root", default=None)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("demo", help="the whole path on the built-in synthetic dataset")
+    p.add_argument("--out", default="flex3d-demo", help="output folder (default: flex3d-demo)")
+    p.add_argument("--n-particles", type=int, default=2000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 

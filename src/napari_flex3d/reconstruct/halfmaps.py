@@ -25,7 +25,6 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -155,7 +154,7 @@ class HalfMapProblem:
             pred = self._predict(v, batch, points)
             loss = data_loss(pred, batch["images"], self.noise[batch["optics_group"]]).sum()
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         return total, v.grad.detach()
 
     def hessian_vector(self, d: torch.Tensor) -> tuple[torch.Tensor, float]:
@@ -168,7 +167,7 @@ class HalfMapProblem:
             pred = self._predict(v, batch, points)
             q = data_loss(pred, torch.zeros_like(pred), self.noise[batch["optics_group"]]).sum()
             q.backward()
-            quad += float(q)
+            quad += float(q.detach())
         return v.grad.detach(), 2.0 * quad
 
 
@@ -267,6 +266,16 @@ def _load_mask_file(path, box: int, apix: float) -> np.ndarray:
     if data.max() <= 0:
         raise ValueError(f"{path}: the mask is empty")
     return np.clip(data / max(float(data.max()), 1.0), 0.0, 1.0).astype(np.float32)
+
+
+class _Labels:
+    """Half-set labels shaped like a ParticleSet for ``rigid.half_set_indices``."""
+
+    def __init__(self, half_set: np.ndarray):
+        self.half_set = half_set
+
+    def __len__(self) -> int:
+        return len(self.half_set)
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
@@ -413,8 +422,8 @@ def reconstruct_run(
     noise = estimate_noise_spectra(b["images"], b["optics_group"], len(ps.optics))
 
     # the input's split; a deterministic re-split (seeded) only when asked, or for unlabelled particles
-    split = SimpleNamespace(half_set=np.full(len(ps), -1) if resplit else np.asarray(ps.half_set))
-    half_a, half_b = half_set_indices(split, np.arange(len(ps)), seed)
+    labels = np.full(len(ps), -1) if resplit else np.asarray(ps.half_set)
+    half_a, half_b = half_set_indices(_Labels(labels), np.arange(len(ps)), seed)
     if half_a.size == 0 or half_b.size == 0:
         raise ValueError(f"{particles}: a half set is empty ({half_a.size} / {half_b.size} particles)")
 
