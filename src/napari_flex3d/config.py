@@ -87,10 +87,17 @@ class TrainConfig:
     layers: int = _f(6, "hidden layers of the flow generator")
     rigidity_lambda: float = _f(2.0, "weight of the local rigidity penalty (lambda_rigid)")
     kernel: str = _f("cubic", "convection interpolation kernel", choices=("cubic", "linear"))
+    flow_init_a: float = _f(
+        1.0,
+        "RMS vertex displacement (Å) between z=-1 and z=+1 of the fresh flow generator on each axis: "
+        "large enough that latent inference can tell latents apart, which breaks the symmetry of zero initial latents",
+    )
     # mask and mesh (used when no --mesh is given)
     mask_threshold: float | None = _f(None, "density threshold of the solvent mask (None: automatic)")
     mask_dilate_a: float = _f(6.0, "dilation of the mask in Å before meshing")
-    mesh_cell_size_a: float | None = _f(None, "mesh cell size in Å (None: about 20 cells across the box)")
+    mesh_cell_size_a: float | None = _f(
+        None, "mesh cell size in Å (None: 20 cells across the box, cryoSPARC's default, but at least 4 voxels)"
+    )
     rigidity_floor: float = _f(0.5, "smallest rigidity weight of a mesh cell")
     # data
     box: int | None = _f(None, "training box N_L in pixels, Fourier-cropped from the particles (None: min(box, 128))")
@@ -108,8 +115,11 @@ class TrainConfig:
     band_ramp_epochs: float | None = _f(None, "epochs over which the band limit rises (None: two thirds of --epochs)")
     # latents
     latent_init: str = _f(
-        "zero", "initial latents: zero, random, or a file (.npy, cryoDRGN z.pkl, cryoSPARC .cs, STAR column via --latent-column)"
+        "variability",
+        "initial latents: variability (principal directions of the residuals, a 3DVA-like start), zero, random, "
+        "column (numbered STAR columns of the input, see --latent-column), or a file (.npy, cryoDRGN z.pkl, cryoSPARC .cs)",
     )
+    latent_init_band: float = _f(0.4, "band limit (fraction of Nyquist) of the variability start")
     latent_column: str | None = _f(
         None, "STAR column prefix (rlnFlex3dLatent) or .cs field prefix (components_mode_) for --latent-init"
     )

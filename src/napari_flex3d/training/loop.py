@@ -124,7 +124,10 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device) -> RunSta
     train_idx, val_idx = split_train_val(len(ps), config.val_fraction, config.seed)
     spectrum_idx = np.arange(min(len(ps), 2048))
     spectra = estimate_spectra(ps, spectrum_idx, box, device)
-    z0 = initial_latents(config.latent_init, len(ps), config.latent_dim, config.seed, config.latent_column, ps.table)
+    if config.latent_init == "variability":
+        z0 = _variability_init(ps, model, spectra.to(device), box, device, config)
+    else:
+        z0 = initial_latents(config.latent_init, len(ps), config.latent_dim, config.seed, config.latent_column, ps.table)
     generator = torch.Generator().manual_seed(config.seed)
     return RunState(
         config=config,
@@ -141,6 +144,29 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device) -> RunSta
         generator=generator,
         consensus=torch.as_tensor(consensus, device=device),
     )
+
+
+def _variability_init(ps, model, spectra, box: int, device, config: TrainConfig) -> np.ndarray:
+    """Initial latents from the principal directions of variability (:mod:`.variability`)."""
+    from ..model.flex import batch_from_particles
+    from .variability import variability_latents
+
+    chunk = max(config.batch, 256)
+    fit_idx = np.arange(min(len(ps), 4000))
+
+    def batches(idx):
+        def gen():
+            for s in range(0, len(idx), chunk):
+                part = idx[s : s + chunk]
+                yield part, batch_from_particles(ps, part, box=box, device=device)
+
+        return gen
+
+    z = variability_latents(
+        model, batches(fit_idx), spectra, config.latent_dim, band=config.latent_init_band, seed=config.seed,
+        final_batches=batches(np.arange(len(ps))),
+    )
+    return z
 
 
 def _state_dict(run: RunState) -> dict:

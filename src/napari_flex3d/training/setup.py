@@ -78,15 +78,49 @@ def build_mask_and_mesh(consensus: np.ndarray, apix: float, config: TrainConfig)
     if config.mesh:
         mesh = load_mesh(config.mesh)
     else:
-        mesh = build_mesh(mask, apix, cell_size_a=config.mesh_cell_size_a)
+        mesh = build_mesh(mask, apix, cell_size_a=default_cell_size_a(consensus.shape[-1], apix, config.mesh_cell_size_a))
     return mask, mesh
+
+
+def default_cell_size_a(box: int, apix: float, cell_size_a: float | None) -> float:
+    """The configured cell size, or 20 cells across the box (cryoSPARC) but no smaller than 4 voxels."""
+    if cell_size_a is not None:
+        return float(cell_size_a)
+    return max(box * apix / 20.0, 4.0 * apix)
+
+
+@torch.no_grad()
+def smooth_initial_flow(flow, vertices_a: torch.Tensor, rms_a: float, smooth_frac: float = 0.5) -> None:
+    """Make a fresh flow generator's first flows smooth random fields of a chosen size.
+
+    Each hidden unit's column of the last layer (a displacement field over the vertices)
+    is low-passed by a Gaussian over vertex positions (width ``smooth_frac`` times the
+    mesh's RMS radius), then the layer is scaled so that ``f(+e_k) - f(-e_k)`` has RMS
+    ``rms_a`` Å. Smooth fields barely strain the cells (the rigidity penalty stays small)
+    yet move parts of the molecule enough for latent inference to tell latents apart,
+    which breaks the symmetry of zero initial latents. ``rms_a <= 0`` leaves the layer.
+    """
+    if rms_a <= 0:
+        return
+    x = vertices_a.to(flow.out.weight)  # (v, 3)
+    sigma = smooth_frac * float((x - x.mean(0)).pow(2).sum(-1).mean().sqrt())
+    kern = torch.exp(-torch.cdist(x, x).pow(2) / (2 * sigma**2))  # (v, v)
+    kern = kern / kern.sum(1, keepdim=True)
+    v, hidden = flow.n_vertices, flow.out.weight.shape[1]
+    w = flow.out.weight.reshape(v, 3, hidden)  # rows of the output are (vertex, xyz)
+    flow.out.weight.copy_(torch.einsum("uv,vch->uch", kern, w).reshape(3 * v, hidden))
+    eye = torch.eye(flow.latent_dim, device=x.device)
+    diff = flow(eye) - flow(-eye)  # (K, v, 3)
+    rms = float(diff.pow(2).sum(-1).mean().sqrt())
+    if rms > 0:
+        flow.out.weight.mul_(rms_a / rms)
 
 
 def build_model(consensus: np.ndarray, apix: float, mask: np.ndarray, mesh, config: TrainConfig):
     """A fresh :class:`FlexModel` at the training box (flow initialised from ``torch``'s global RNG)."""
     from ..model.flex import FlexModel
 
-    return FlexModel.from_map(
+    model = FlexModel.from_map(
         consensus,
         apix,
         mesh,
@@ -97,6 +131,8 @@ def build_model(consensus: np.ndarray, apix: float, mask: np.ndarray, mesh, conf
         rigidity_floor=config.rigidity_floor,
         kernel=config.kernel,
     )
+    smooth_initial_flow(model.flow, model.vertices_a, config.flow_init_a)
+    return model
 
 
 def model_from_state(state: dict, box: int, apix: float, config: TrainConfig):

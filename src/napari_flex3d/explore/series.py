@@ -1,0 +1,95 @@
+"""Volume series on disk: numbered MRC frames, a ChimeraX script that plays them, a movie.
+
+ChimeraX opens numbered maps as one volume series with ``open frame_*.mrc vseries true``
+and plays it with ``vseries play``. The ``.cxc`` names its frames relative to itself:
+ChimeraX runs a command script from the script's own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_volume_series", "write_chimerax_series_script", "write_series_movie", "series_level"]
+
+
+def series_level(volumes: np.ndarray) -> float:
+    """A surface threshold for a series ``(f, n, n, n)``: where the middle frame holds its densest 4%."""
+    mid = np.asarray(volumes[len(volumes) // 2], dtype=np.float64)
+    return float(np.quantile(mid, 0.96))
+
+
+def write_chimerax_series_script(path, frame_glob: str, level: float, frames: int) -> Path:
+    """A ``.cxc`` that opens ``frame_glob`` as a volume series and plays it back and forth."""
+    path = Path(path)
+    text = "\n".join(
+        [
+            f"# napari-flex3d volume series: {frames} frames. Open this file in ChimeraX (open series.cxc).",
+            f"open {frame_glob} vseries true",
+            f"volume #1 style surface level {level:.6g}",
+            "view",
+            "vseries play #1 loop true direction oscillate",
+            "",
+        ]
+    )
+    path.write_text(text)
+    return path
+
+
+def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str = "frame", labels=None) -> tuple[list[Path], Path]:
+    """Write ``volumes (f, n, n, n)`` as ``prefix_000.mrc``... and ``series.cxc`` in ``out_dir``.
+
+    Returns ``(frame paths, script path)``.
+    """
+    from ..io.mrc import write_map
+
+    volumes = np.asarray(volumes, dtype=np.float32)
+    if volumes.ndim != 4:
+        raise ValueError(f"a volume series must be (frames, n, n, n), got shape {volumes.shape}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    width = max(3, len(str(len(volumes) - 1)))
+    paths = []
+    for i, vol in enumerate(volumes):
+        p = out_dir / f"{prefix}_{i:0{width}d}.mrc"
+        write_map(p, vol, apix, label=None if labels is None else labels[i])
+        paths.append(p)
+    script = write_chimerax_series_script(out_dir / "series.cxc", f"{prefix}_*.mrc", series_level(volumes), len(volumes))
+    return paths, script
+
+
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(frames, [0.5, 99.5])
+    scaled = (frames - lo) / (hi - lo if hi > lo else 1.0)
+    return (np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def write_series_movie(volumes: np.ndarray, path, fps: int = 10, view: str = "projection", scale: int = 4) -> Path | None:
+    """An mp4 of a series ``(f, n, n, n)``: each frame's projection along z (or central z slice).
+
+    Played forward then backward. Needs ``imageio`` with ``imageio-ffmpeg``; returns ``None``
+    (writes nothing) when they are missing.
+    """
+    try:
+        import imageio.v2 as imageio
+        import imageio_ffmpeg  # noqa: F401  (the mp4 writer)
+    except ImportError:
+        return None
+    volumes = np.asarray(volumes, dtype=np.float32)
+    if view == "projection":
+        images = volumes.sum(axis=1)  # (f, h, w): along z
+    elif view == "slice":
+        images = volumes[:, volumes.shape[1] // 2]
+    else:
+        raise ValueError(f"view must be 'projection' or 'slice', got {view!r}")
+    images = _to_uint8(images[:, ::-1])  # y up
+    images = np.kron(images, np.ones((1, scale, scale), np.uint8))  # nearest-neighbour enlargement
+    pad = (-images.shape[1]) % 16  # codec-friendly size
+    images = np.pad(images, ((0, 0), (0, pad), (0, pad)))
+    frames = np.concatenate([images, images[-2:0:-1]])
+    path = Path(path)
+    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=16, quality=7) as writer:
+        for frame in frames:
+            writer.append_data(np.repeat(frame[:, :, None], 3, axis=2))
+    return path

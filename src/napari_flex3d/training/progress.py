@@ -1,0 +1,90 @@
+"""Consume training events on a terminal: a tqdm progress bar and a plain-text log.
+
+The napari widget consumes the same stream (:func:`~.loop.train_run`) in a worker thread;
+this is its command-line twin.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+
+from . import events as ev
+
+__all__ = ["format_event", "consume_events"]
+
+
+def format_event(event: ev.Event) -> str | None:
+    """One log line for an event (``None`` for events that only feed plots)."""
+    if isinstance(event, ev.RunStarted):
+        resumed = f", resuming after epoch {event.start_epoch}" if event.start_epoch else ""
+        return (
+            f"run {event.run_dir}: {event.n_particles} particles ({event.n_train} train, {event.n_val} validation), "
+            f"box {event.box} at {event.apix:.3g} Å/px, {event.n_vertices} mesh vertices, device {event.device}, "
+            f"{event.epochs} epochs x {event.steps_per_epoch} steps{resumed}"
+        )
+    if isinstance(event, ev.StepLoss):
+        return (
+            f"epoch {event.epoch + 1} step {event.step + 1}/{event.steps_per_epoch} {event.phase}: loss {event.loss:.4g} "
+            f"(data {event.data_loss:.4g}, rigidity {event.rigidity_loss:.3g}), band {event.band_limit:.2f} Nyquist"
+        )
+    if isinstance(event, ev.EpochSummary):
+        val = "n/a" if math.isnan(event.val_loss) else f"{event.val_loss:.4g}"
+        std = ", ".join(f"{s:.2f}" for s in event.latent_std)
+        return (
+            f"epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {val}, {event.seconds:.1f} s, "
+            f"latent std ({std}), peak memory {event.peak_memory_mb:.0f} MB"
+        )
+    if isinstance(event, ev.FSCCurve):
+        return f"epoch {event.epoch + 1}: {event.kind} FSC 0.143 at {event.resolution_a:.2f} Å"
+    if isinstance(event, ev.CheckpointWritten):
+        return f"checkpoint after epoch {event.epoch}: {event.path}"
+    if isinstance(event, ev.RunFinished):
+        return f"finished {event.epochs} epochs in {event.seconds:.0f} s: {event.run_dir}"
+    return None
+
+
+def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = True) -> list[ev.EpochSummary]:
+    """Drive a training generator to its end with a progress bar; log every event's line.
+
+    Args:
+        events: what :func:`~.loop.train_run` returns.
+        log_path: text file to append the log to (``None``: no file).
+        progress: show a tqdm bar over all minibatches (else print epoch lines only).
+    Returns:
+        The epoch summaries, in order.
+    """
+    from tqdm.auto import tqdm
+
+    log = open(Path(log_path), "a", buffering=1) if log_path is not None else None
+    bar = None
+    summaries: list[ev.EpochSummary] = []
+    try:
+        for event in events:
+            line = format_event(event)
+            if log is not None and line is not None:
+                log.write(line + "\n")
+            if isinstance(event, ev.RunStarted):
+                if progress:
+                    total = event.epochs * event.steps_per_epoch
+                    bar = tqdm(total=total, initial=event.start_epoch * event.steps_per_epoch, unit="batch", desc="train")
+                print(line, flush=True)
+            elif isinstance(event, ev.StepLoss):
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.4g}", phase=event.phase, refresh=False)
+            elif isinstance(event, ev.EpochSummary):
+                summaries.append(event)
+                (bar.write if bar is not None else print)(line)
+            elif isinstance(event, ev.RunFinished):
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                print(line, flush=True)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+    return summaries

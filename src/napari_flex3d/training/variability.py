@@ -1,0 +1,125 @@
+"""Initial latents from the principal directions of variability (a 3DVA-like start).
+
+The paper initialises 3DFlex's latents from cryoSPARC's 3D Variability Analysis when
+the data are small or noisy. This is the same idea in a few lines: with the rigid model
+(consensus map, no flow), every particle's whitened residual ``r_i = I_i - s_i C_i P_i V``
+is explained as ``sum_k c_ik C_i P_i U_k`` by ``K`` orthonormal volumes ``U`` at the
+voxels of the mask. Block power iteration finds the ``U`` that carry the most residual
+variance: ``U <- orth(sum_i A_i^T Sigma^-1 r_i r_i^T Sigma^-1 A_i U)`` with ``A_i = C_i
+P_i`` and ``Sigma`` the noise spectrum; the adjoint ``A_i^T`` comes from autograd through
+the same convect-project splat. The coefficients ``c_ik = <r_i, A_i U_k>`` of every
+particle, standardised, are the initial latents. Band-limited to low resolution.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["variability_latents"]
+
+
+def _whitening(box: int, spectra: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+    """``(b, N, N//2+1)`` weights ``plane_w * [0 < |k| <= max] / P_noise`` for ``spectra (b, n_shells)``."""
+    from ..model.loss import radial_frequency_2d, rfft_plane_weights, spectrum_to_image
+
+    k = radial_frequency_2d(box, spectra.device)
+    allowed = (k > 0) & (k <= max_freq_px)
+    return (rfft_plane_weights(box, spectra.device) * allowed)[None] / spectrum_to_image(spectra, box)
+
+
+def _project(model, values: torch.Tensor, batch: dict) -> torch.Tensor:
+    """Rigid CTF-modulated projections of ``values (n_vox,)`` at the mask voxels: rfft ``(b, N, N//2+1)``."""
+    from ..ops.splat import convect_project
+
+    images = convect_project(
+        values, model.canonical.points_xyz_a, batch["rotations"], batch["shifts_a"], model.box, model.apix,
+        kernel=model.kernel,
+    )
+    return torch.fft.rfft2(images, norm="ortho") * batch["ctf"]
+
+
+def _residuals(model, batch: dict, spectra: torch.Tensor, max_freq_px: float):
+    """Whitened-metric pieces of a batch: ``(F r (b, N, N//2+1), weights, scale s (b,))``."""
+    from ..model.loss import fit_scale
+
+    with torch.no_grad():
+        pred = model.project(None, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"])
+        noise = spectra[batch["optics_group"]]
+        s = fit_scale(pred, batch["images"], noise, max_freq_px)  # (b,)
+        resid = torch.fft.rfft2(batch["images"] - s[:, None, None] * pred, norm="ortho")
+        return resid, _whitening(model.box, noise, max_freq_px), s
+
+
+def _inner(fa: torch.Tensor, fb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Whitened inner product per image ``(b,)`` of two rfft stacks."""
+    return (w * (fa.real * fb.real + fa.imag * fb.imag)).sum(dim=(-2, -1))
+
+
+def variability_latents(
+    model,
+    batches,
+    spectra: torch.Tensor,
+    latent_dim: int,
+    band: float = 0.4,
+    iterations: int = 6,
+    seed: int = 0,
+    final_batches=None,
+) -> np.ndarray:
+    """Standardised coefficients ``(n, K)`` of the particles on the top-``K`` variability volumes.
+
+    Args:
+        model: a fresh :class:`~napari_flex3d.model.flex.FlexModel` (its canonical map is the mean).
+        batches: a callable returning an iterable of ``(idx (b,), batch dict)`` over the
+            particles the volumes are fitted to (called once per iteration).
+        final_batches: the same over every particle to get coefficients for (default ``batches``);
+            the returned rows follow its ``idx``.
+        spectra: ``(n_groups, n_shells)`` noise spectra.
+        band: fraction of Nyquist to work at.
+    """
+    from ..model.canonical import bandlimit
+
+    box = model.box
+    max_freq_px = band * box / 2
+    saved = model.max_freq_px
+    model.max_freq_px = max_freq_px
+    n_vox = model.canonical.n_voxels
+    gen = torch.Generator().manual_seed(seed)
+    basis = torch.randn(latent_dim, n_vox, generator=gen).to(model.canonical.values)  # (K, n_vox)
+
+    def orthonormal_bandlimited(u: torch.Tensor) -> torch.Tensor:
+        full = model.canonical.to_volume(u)  # (K, N, N, N)
+        u = model.canonical.from_full(bandlimit(full, max_freq_px))  # (K, n_vox)
+        q, _ = torch.linalg.qr(u.T)  # (n_vox, K)
+        return q.T.contiguous()
+
+    basis = orthonormal_bandlimited(basis)
+    try:
+        for _ in range(iterations):
+            new = torch.zeros_like(basis)
+            for _, batch in batches():
+                resid, w, s = _residuals(model, batch, spectra, max_freq_px)
+                u = basis.clone().requires_grad_(True)
+                proj = [s[:, None, None] * _project(model, u[k], batch) for k in range(latent_dim)]  # K x (b, N, N//2+1)
+                coeff = torch.stack([_inner(resid, p.detach(), w) for p in proj], dim=1)  # (b, K)
+                objective = sum((coeff[:, k] * _inner(resid, proj[k], w)).sum() for k in range(latent_dim))
+                (grad,) = torch.autograd.grad(objective, [u])  # sum_i c_ik A_i^T W r_i = C U
+                new += grad
+            basis = orthonormal_bandlimited(new)
+        rows, values = [], []
+        with torch.no_grad():
+            for idx, batch in (final_batches or batches)():
+                resid, w, s = _residuals(model, batch, spectra, max_freq_px)
+                coeff = torch.stack(
+                    [_inner(resid, s[:, None, None] * _project(model, basis[k], batch), w) for k in range(latent_dim)], 1
+                )
+                rows.append(np.asarray(idx))
+                values.append(coeff.cpu().numpy())
+    finally:
+        model.max_freq_px = saved
+    order = np.concatenate(rows)
+    z = np.empty((len(order), latent_dim), np.float64)
+    z[order] = np.concatenate(values)
+    z -= z.mean(0)
+    z /= np.where(z.std(0) > 0, z.std(0), 1.0)
+    return z.astype(np.float32)

@@ -1,0 +1,97 @@
+"""Initial latents from files (a pickle that names os.system is refused) and latent inference."""
+
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from napari_flex3d.training.latents import (
+    infer_latents_gradient,
+    infer_latents_grid,
+    initial_latents,
+    read_latents_file,
+    read_latents_pkl,
+)
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cryodrgn_pkl_array_is_read(tmp_path, protocol):
+    z = np.random.default_rng(0).standard_normal((7, 3)).astype(np.float32)
+    path = tmp_path / "z.pkl"
+    path.write_bytes(pickle.dumps(z, protocol=protocol))
+    np.testing.assert_array_equal(read_latents_pkl(path), z)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_pickle_with_os_system_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "z.pkl"
+    path.write_bytes(pickle.dumps([np.zeros(3), _Evil()]))
+    with pytest.raises(ValueError, match="posix.system|os.system|refusing"):
+        read_latents_pkl(path)
+    assert not (tmp_path / "PWNED").exists()
+    path.write_bytes(pickle.dumps({"z": 1}))
+    with pytest.raises(ValueError, match="not a numeric NumPy array|dict"):
+        read_latents_pkl(path)
+
+
+def test_npy_cs_star_and_column_sources(tmp_path):
+    n = 6
+    z = np.arange(n * 2, dtype=np.float64).reshape(n, 2) ** 1.5
+    np.save(tmp_path / "z.npy", z)
+    np.testing.assert_allclose(read_latents_file(tmp_path / "z.npy"), z, rtol=1e-6)
+    # a cryoSPARC .cs with 3DVA components, rows shuffled against the particles' uids
+    dtype = [("uid", "<u8"), ("components_mode_0/value", "<f4"), ("components_mode_1/value", "<f4")]
+    rec = np.zeros(n, dtype=dtype)
+    rec["uid"] = np.arange(100, 100 + n)[::-1]
+    rec["components_mode_0/value"] = z[::-1, 0]
+    rec["components_mode_1/value"] = z[::-1, 1]
+    with open(tmp_path / "p.cs", "wb") as fh:
+        np.save(fh, rec)
+    table = pd.DataFrame({"uid": np.arange(100, 100 + n)})
+    np.testing.assert_allclose(read_latents_file(tmp_path / "p.cs", table=table), z, rtol=1e-6)
+    # a STAR column in the particles' own table, standardised and padded to K=3
+    table = pd.DataFrame({"rlnFlex3dLatent1": z[:, 0], "rlnFlex3dLatent2": z[:, 1]})
+    got = initial_latents("column", n, 3, table=table)
+    assert got.shape == (n, 3) and np.allclose(got[:, 2], 0)
+    np.testing.assert_allclose(got.mean(0)[:2], 0, atol=1e-6)
+    np.testing.assert_allclose(got.std(0)[:2], 1, atol=1e-5)
+    assert np.corrcoef(got[:, 0], z[:, 0])[0, 1] > 0.999
+    with pytest.raises(ValueError, match="rows for"):
+        initial_latents(str(tmp_path / "z.npy"), n + 1, 2)
+
+
+def test_zero_and_random_init():
+    assert not initial_latents("zero", 4, 2).any()
+    a, b = initial_latents("random", 50, 2, seed=1), initial_latents("random", 50, 2, seed=1)
+    np.testing.assert_array_equal(a, b)
+    assert 0.5 < a.std() < 1.5
+
+
+def _quadratic(target):
+    """Data loss with its minimum at ``target (b, K)``, scaled so the prior barely moves it."""
+    return lambda z: 50.0 * ((z - target) ** 2).sum(-1)
+
+
+@pytest.mark.parametrize("method", ["grid", "gradient"])
+def test_inference_finds_the_minimum(method):
+    torch.manual_seed(0)
+    target = torch.randn(64, 2).clamp(-2, 2)
+    z0 = torch.zeros(64, 2)
+    if method == "grid":
+        z = infer_latents_grid(_quadratic(target), z0, sweeps=3, n_grid=9, z_range=2.5, prior_weight=1.0)
+        tol = 0.05
+    else:
+        z = infer_latents_gradient(_quadratic(target), z0, steps=60, lr=0.2, prior_weight=1.0)
+        tol = 0.1
+    expected = target * 100.0 / 101.0  # minimum of 50|z-t|^2 + |z|^2/2
+    assert (z - expected).abs().max() < tol
