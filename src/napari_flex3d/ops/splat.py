@@ -168,16 +168,19 @@ class _ConvectSplat(torch.autograd.Function):
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             c = stop - start
-            pts = points if points.shape[0] == 1 else points[start:stop]
-            vals = (values if values.shape[0] == 1 else values[start:stop]).expand(c, n).reshape(-1)  # (c*n,)
+            pts = (points if points.shape[0] == 1 else points[start:stop]).contiguous()  # (1|c, n, 3)
+            vals = values if values.shape[0] == 1 else values[start:stop]  # (1|c, n)
             base, weights, _ = _chunk_weights(pts, matrix[start:stop], offset[start:stop], apix, box, kernel, False)
+            if ndim == 1:
+                weights[0] = [(w.view(c, n) * vals).view(-1) for w in weights[0]]
+            else:  # fold the values into the last axis' weights once
+                weights[-1] = [(w.view(c, n) * vals).view(-1) for w in weights[-1]]
             grid = out[start * grid_size :]
             for offset_outer, taps in _outer_taps(ndim, pad_box, k):
-                scale = vals
-                for axis, t in enumerate(taps):
-                    scale = scale * weights[axis + 1][t]  # (c*n,)
+                scale = _prod([weights[axis + 1][t] for axis, t in enumerate(taps)])  # (c*n,)
                 for j in range(k):  # x-taps: consecutive pixels
-                    grid[offset_outer + j :].scatter_add_(0, base, scale * weights[0][j])
+                    src = weights[0][j] if scale is None else scale * weights[0][j]
+                    grid[offset_outer + j :].scatter_add_(0, base, src)
         ctx.save_for_backward(values, points, matrix, offset)
         ctx.box, ctx.apix, ctx.kernel = box, apix, kernel
         out = out[: b * grid_size].view((b,) + (pad_box,) * ndim)
@@ -206,20 +209,19 @@ class _ConvectSplat(torch.autograd.Function):
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             c = stop - start
-            pts = points if points.shape[0] == 1 else points[start:stop]
+            pts = (points if points.shape[0] == 1 else points[start:stop]).contiguous()  # (1|c, n, 3)
             mat = matrix[start:stop]
             base, weights, dweights = _chunk_weights(pts, mat, offset[start:stop], apix, box, kernel, need_coords)
             grid = padded[start * grid_size :]
             g_w = torch.zeros_like(weights[0][0])  # (c*n,) sum over taps of g * w
             g_c = [torch.zeros_like(g_w) for _ in range(ndim)] if need_coords else None  # d/d coord per axis
             for offset_outer, taps in _outer_taps(ndim, pad_box, k):
-                s = torch.zeros_like(g_w)  # sum over x-taps of g * wx
-                ds = torch.zeros_like(g_w) if need_coords else None  # sum over x-taps of g * dwx
+                s = ds = None  # sums over the x-taps of g * wx and g * dwx
                 for j in range(k):
                     patch = grid[offset_outer + j :].index_select(0, base)  # (c*n,) gradient at this tap
-                    s.addcmul_(patch, weights[0][j])
+                    s = patch * weights[0][j] if s is None else s.addcmul_(patch, weights[0][j])
                     if need_coords:
-                        ds.addcmul_(patch, dweights[0][j])
+                        ds = patch * dweights[0][j] if ds is None else ds.addcmul_(patch, dweights[0][j])
                 outer = [weights[a + 1][t] for a, t in enumerate(taps)]
                 prod = _prod(outer)
                 g_w.add_(s if prod is None else s * prod)
