@@ -122,11 +122,13 @@ def test_interpolation_is_linear_batched_and_differentiable(tetgen_mesh, two_blo
     dense = B.to_dense()
     d = torch.randn(4, tetgen_mesh.n_vertices, 3, dtype=torch.float64, requires_grad=True)
     u = interpolate_vertex_field(B, d)
-    torch.testing.assert_close(u, torch.einsum("nv,bvc->bnc", dense, d))
+    torch.testing.assert_close(u, dense @ d)  # (n, v) @ (b, v, c) -> (b, n, c)
     torch.testing.assert_close(interpolate_vertex_field(B, d[1]), u[1])
+    m = (torch.rand(tetgen_mesh.n_vertices, dtype=torch.float64) > 0.5).to(torch.float64)
+    torch.testing.assert_close(interpolate_vertex_field(B, d, vertex_mask=m), dense @ (d * m[:, None]))
     g = torch.randn_like(u)
     (u * g).sum().backward()
-    torch.testing.assert_close(d.grad, torch.einsum("nv,bnc->bvc", dense, g))
+    torch.testing.assert_close(d.grad, dense.T @ g)
 
 
 def test_bad_inputs_raise(tetgen_mesh):

@@ -138,6 +138,19 @@ def test_cells_across_sets_cell_size(two_blob_mask):
     np.testing.assert_allclose(ratios, [1.0, np.sqrt(2), np.sqrt(3)], atol=1e-5)
 
 
+def test_off_centre_mask_touching_the_box_faces_is_covered():
+    mask = np.zeros((40, 40, 40), bool)
+    mask[0:9, 14:27, 30:40] = True  # z at the low face, x at the high face, off-centre in y
+    m = build_mesh(mask, 2.0, cell_size_a=5.0)
+    assert m.method == "tetgen"
+    pts = voxel_centres_xyz_a(mask_voxel_indices(mask), mask.shape, 2.0)
+    assert locate_points(m, pts).inside.all()
+    lo, hi = pts.min(0), pts.max(0)
+    # The surface sits ~1.2 voxels (2.4 Å) beyond the outermost voxel centres.
+    np.testing.assert_allclose(m.vertices_a.min(0), lo - 2.4, atol=1.0)
+    np.testing.assert_allclose(m.vertices_a.max(0), hi + 2.4, atol=1.0)
+
+
 def test_float_mask_with_level(two_blob_mask):
     soft_mesh = build_mesh(two_blob_mask.soft, APIX, level=0.0, method="grid")
     loc = locate_points(soft_mesh, _mask_points(two_blob_mask.soft > 0))

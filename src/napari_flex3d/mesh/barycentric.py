@@ -176,7 +176,7 @@ def _locate_bins(pts, verts, cells, origin, inv, tol):
     n, t = len(pts), len(cells)
     x = verts[cells]  # (t, 4, 3)
     lo, hi = x.min(1), x.max(1)  # (t, 3) bounding boxes
-    h = 0.6 * float(np.mean(np.abs(np.linalg.det(x[:, 1:] - x[:, :1])) / 6.0)) ** (1 / 3)  # bin edge, Å
+    h = 0.5 * float(np.mean(np.abs(np.linalg.det(x[:, 1:] - x[:, :1])) / 6.0)) ** (1 / 3)  # bin edge, Å
     h = max(h, 1e-6 * float(np.ptp(verts, axis=0).max()) + 1e-12)
     grid_lo = lo.min(0) - 1e-9 * (1 + np.abs(lo.min(0)))
     blo = np.floor((lo - grid_lo) / h).astype(np.int64)  # (t, 3)
@@ -309,23 +309,31 @@ def barycentric_matrix(
     return (B, loc) if return_location else B
 
 
-def interpolate_vertex_field(B: torch.Tensor, field: torch.Tensor) -> torch.Tensor:
-    """Per-point field from a per-vertex field: ``u = B d``, batched.
+def interpolate_vertex_field(B: torch.Tensor, field: torch.Tensor, vertex_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-point field from a per-vertex field: ``u = B (m * d)``, batched.
 
     Args:
         B: sparse ``(n, v)`` interpolation matrix from :func:`barycentric_matrix`.
         field: ``(b, v, c)`` or ``(v, c)`` per-vertex values (``c = 3`` for displacements).
+        vertex_mask: optional ``(v,)`` per-vertex deformation mask ``m`` multiplying
+            ``field`` (0 where motion is forbidden).
 
     Returns:
         ``(b, n, c)`` (or ``(n, c)``), differentiable in ``field``.
     """
+    if field.dim() not in (2, 3):
+        raise ValueError(f"field must be (b, v, c) or (v, c), got {tuple(field.shape)}")
     if field.shape[-2] != B.shape[1]:
         raise ValueError(f"field has {field.shape[-2]} vertices, B expects {B.shape[1]}")
+    field = field.to(B.dtype)
+    if vertex_mask is not None:
+        m = torch.as_tensor(vertex_mask, dtype=B.dtype, device=field.device)
+        if m.shape != (B.shape[1],):
+            raise ValueError(f"vertex_mask must be ({B.shape[1]},), got {tuple(m.shape)}")
+        field = field * m[:, None]
     if field.dim() == 2:
-        return torch.sparse.mm(B, field.to(B.dtype))
-    if field.dim() != 3:
-        raise ValueError(f"field must be (b, v, c) or (v, c), got {tuple(field.shape)}")
+        return torch.sparse.mm(B, field)
     b, v, c = field.shape
-    flat = field.to(B.dtype).permute(1, 0, 2).reshape(v, b * c)  # (v, b*c)
+    flat = field.permute(1, 0, 2).reshape(v, b * c)  # (v, b*c)
     out = torch.sparse.mm(B, flat)  # (n, b*c)
     return out.reshape(-1, b, c).permute(1, 0, 2)  # (b, n, c)

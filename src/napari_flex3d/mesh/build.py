@@ -268,7 +268,15 @@ def _surface_from_mask(binary: np.ndarray, apix: float, margin_a: float, target_
     import pyvista as pv
 
     box = binary.shape[0]
-    padded = np.pad(binary, 2, constant_values=False)  # closes the surface at the box edge
+    # Work on the mask's bounding box grown by a few voxels beyond the level set, padded with
+    # empty voxels where it leaves the box (closing the surface there). Distances to mask
+    # voxels are exact in it: every mask voxel is inside, and empty voxels ring the mask.
+    pad = int(np.ceil(max(margin_a, 0.0) / apix)) + 3
+    idx = np.argwhere(binary)
+    lo, hi = idx.min(0) - pad, idx.max(0) + pad + 1  # (3,) zyx, may leave the box
+    padded = np.pad(binary, pad, constant_values=False)[
+        lo[0] + pad : hi[0] + pad, lo[1] + pad : hi[1] + pad, lo[2] + pad : hi[2] + pad
+    ]
     # Distance (Å) to the nearest mask voxel centre; inside the mask, minus the distance to the outside.
     field = ndimage.distance_transform_edt(~padded, sampling=apix) - ndimage.distance_transform_edt(
         padded, sampling=apix
@@ -276,7 +284,7 @@ def _surface_from_mask(binary: np.ndarray, apix: float, margin_a: float, target_
     grid = pv.ImageData(
         dimensions=padded.shape[::-1],  # (x, y, z) point counts
         spacing=(apix, apix, apix),
-        origin=tuple([(-(box // 2) - 2) * apix] * 3),
+        origin=tuple(float(v) for v in ((lo - box // 2) * apix)[::-1]),  # xyz Å of voxel lo
     )
     grid.point_data["d"] = field.ravel(order="C").astype(np.float32)  # x fastest, as (z, y, x) C order
     surf = grid.contour([margin_a], scalars="d", method="flying_edges")

@@ -51,13 +51,14 @@ def edge_matrices(vertices: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
 
 
 def rest_edge_inverse(rest_vertices: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
-    """``D^-1`` ``(t, 3, 3)`` of every cell at rest, computed in float64 and returned in the input dtype."""
-    D = edge_matrices(rest_vertices.to(torch.float64), cells)  # (t, 3, 3)
+    """``D^-1`` ``(t, 3, 3)`` of every cell at rest, computed in float64 on the CPU and returned
+    in the input's dtype and on its device."""
+    D = edge_matrices(rest_vertices.detach().to("cpu", torch.float64), cells.to("cpu"))  # (t, 3, 3)
     det = torch.linalg.det(D)
     degenerate = det.abs() <= 1e-12 * D.abs().amax(dim=(-1, -2)) ** 3
     if bool(degenerate.any()):
         raise ValueError(f"{int(degenerate.sum())} cells are degenerate (zero volume), e.g. cell {int(degenerate.nonzero()[0, 0])}")
-    return torch.linalg.inv(D).to(rest_vertices.dtype)
+    return torch.linalg.inv(D).to(device=rest_vertices.device, dtype=rest_vertices.dtype)
 
 
 def deformation_gradients(rest_inv: torch.Tensor, displacements: torch.Tensor, cells: torch.Tensor) -> torch.Tensor:
