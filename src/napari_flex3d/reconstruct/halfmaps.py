@@ -338,8 +338,13 @@ def _write_fsc_png(path: Path, freqs: np.ndarray, curves: dict[str, np.ndarray],
     ax.set_ylabel("FSC")
     ax.set_ylim(-0.1, 1.02)
     ax.set_title(title)
-    sec = ax.secondary_xaxis("top", functions=(lambda f: 1 / np.maximum(f, 1e-6), lambda r: 1 / np.maximum(r, 1e-6)))
-    sec.set_xlabel("resolution (Å)")
+    ax.set_xlim(0, float(freqs[-1]) * 1.02)
+    top = ax.twiny()  # the same axis labelled in Å
+    top.set_xlim(ax.get_xlim())
+    ticks = [t for t in ax.get_xticks() if 0 < t <= ax.get_xlim()[1]]
+    top.set_xticks(ticks)
+    top.set_xticklabels([f"{1 / t:.3g}" for t in ticks])
+    top.set_xlabel("resolution (Å)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
