@@ -134,3 +134,27 @@ def test_true_motion_beats_rigid(sim):
     far = torch.as_tensor(np.abs(coords[:, 0]) > 0.3)
     assert (gain[far] > 0).float().mean() > 0.8
     assert gain[far].mean() > gain[~far].mean()
+
+
+def test_batch_and_noise_spectra_from_particles(sim):
+    """batch_from_particles crops images and builds CTFs at the training box; the streamed
+    per-group spectrum equals the one-shot estimate."""
+    from napari_flex3d.model.flex import particle_noise_spectra
+    from napari_flex3d.ops.ctf import particle_ctf
+    from napari_flex3d.ops.fourier import fourier_crop_2d
+
+    ps = read_particles(sim.particles_star)
+    idx = np.array([3, 0, 7])
+    full = batch_from_particles(ps, idx)
+    small = batch_from_particles(ps, idx, box=BOX // 2)
+    assert small["images"].shape == (3, BOX // 2, BOX // 2) and small["apix"] == pytest.approx(2 * APIX)
+    torch.testing.assert_close(small["images"], fourier_crop_2d(full["images"], BOX // 2))
+    torch.testing.assert_close(small["ctf"], particle_ctf(ps, idx, box=BOX // 2, apix=2 * APIX))
+    np.testing.assert_allclose(full["rotations"].numpy(), ps.rotations[idx], atol=1e-6)
+    np.testing.assert_allclose(full["shifts_a"].numpy(), ps.shifts_a[idx], atol=1e-5)
+    with pytest.raises(ValueError, match="apix"):
+        batch_from_particles(ps, idx, box=BOX // 2, apix=APIX)
+    streamed = particle_noise_spectra(ps, box=BOX, mask_radius_px=0.42 * BOX, chunk=50)
+    once = estimate_noise_spectrum(batch_from_particles(ps, np.arange(len(ps)))["images"], 0.42 * BOX)
+    assert streamed.shape == (len(ps.optics), once.shape[0])
+    torch.testing.assert_close(streamed[0], once, rtol=2e-2, atol=0)

@@ -19,8 +19,8 @@ Parameters::
 Per minibatch (training box ``box``, particles Fourier-cropped to it)::
 
     batch = batch_from_particles(ps, idx, box=model.box, device=dev)
-    # noise spectra: one per optics group, estimated once on a few thousand particles,
-    #   spectra = estimate_noise_spectra(images, optics_group, len(ps.optics), mask_radius_px)
+    # noise spectra: one per optics group, estimated once (streams a few thousand particles):
+    #   spectra = particle_noise_spectra(ps, box=model.box, mask_radius_px=...)  # (groups, n_shells)
     noise = spectra[batch["optics_group"]]                       # (b, n_shells)
     model.max_freq_px = current_band_limit                     # frequency marching: V band limit
     pred = model.project(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"])  # (b, N, N)
@@ -52,7 +52,7 @@ from ..mesh.rigidity import rest_edge_inverse, rigidity_energy
 from .canonical import CanonicalMap
 from .flow import FlowGenerator, interpolate_vertex_flow, sparse_to_barycentric
 
-__all__ = ["FlexModel", "batch_from_particles", "barycentric_rows"]
+__all__ = ["FlexModel", "batch_from_particles", "particle_noise_spectra", "barycentric_rows"]
 
 
 class FlexModel(nn.Module):
@@ -324,3 +324,43 @@ def batch_from_particles(ps, idx, box: int | None = None, apix: float | None = N
         "apix": apix_train,
         "box": box,
     }
+
+
+def particle_noise_spectra(
+    ps,
+    box: int | None = None,
+    mask_radius_px: float | None = None,
+    max_particles: int = 4000,
+    chunk: int = 256,
+    seed: int = 0,
+    device=None,
+) -> torch.Tensor:
+    """Background noise spectrum of each optics group, ``(n_groups, n_shells)``, at the training box.
+
+    Streams up to ``max_particles`` randomly chosen particles (per group) in chunks through
+    :func:`batch_from_particles` (so images are Fourier-cropped exactly as in training) and
+    :func:`~.loss.noise_power_sums`. ``mask_radius_px`` is in pixels of the training box
+    (default ``0.4 * box``). A group without particles gets the pooled spectrum.
+    """
+    from .loss import _finish_spectrum, n_shells_2d, noise_power_sums
+
+    box = int(ps.box) if box is None else int(box)
+    groups = np.asarray(ps.optics_group)
+    rng = np.random.default_rng(seed)
+    n_groups = len(ps.optics)
+    sums = torch.zeros(n_groups, n_shells_2d(box), dtype=torch.float64)
+    counts = torch.zeros_like(sums)
+    for g in range(n_groups):
+        members = np.flatnonzero(groups == g)
+        if members.size > max_particles:
+            members = np.sort(rng.choice(members, max_particles, replace=False))
+        for start in range(0, members.size, chunk):
+            batch = batch_from_particles(ps, members[start : start + chunk], box=box, device=device)
+            p, c = noise_power_sums(batch["images"], mask_radius_px)
+            sums[g] += p.double().cpu()
+            counts[g] += c.double().cpu()
+    pooled = (sums.sum(0), counts.sum(0))
+    return torch.stack(
+        [_finish_spectrum(sums[g], counts[g]) if counts[g].sum() > 0 else _finish_spectrum(*pooled)
+         for g in range(n_groups)]
+    ).float()
