@@ -20,6 +20,11 @@ from conftest import APIX  # noqa: E402  (tests/mesh/conftest.py)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _close(a, b, rtol=1e-7, atol=1e-9):
+    """``np.testing.assert_allclose`` on tensors (torch.testing costs a slow first import)."""
+    np.testing.assert_allclose(a.detach().cpu().numpy(), b.detach().cpu().numpy(), rtol=rtol, atol=atol)
+
+
 def _points(mask):
     return voxel_centres_xyz_a(mask_voxel_indices(mask), mask.shape, APIX)
 
@@ -122,13 +127,13 @@ def test_interpolation_is_linear_batched_and_differentiable(tetgen_mesh, two_blo
     dense = B.to_dense()
     d = torch.randn(4, tetgen_mesh.n_vertices, 3, dtype=torch.float64, requires_grad=True)
     u = interpolate_vertex_field(B, d)
-    torch.testing.assert_close(u, dense @ d)  # (n, v) @ (b, v, c) -> (b, n, c)
-    torch.testing.assert_close(interpolate_vertex_field(B, d[1]), u[1])
+    _close(u, dense @ d)  # (n, v) @ (b, v, c) -> (b, n, c)
+    _close(interpolate_vertex_field(B, d[1]), u[1])
     m = (torch.rand(tetgen_mesh.n_vertices, dtype=torch.float64) > 0.5).to(torch.float64)
-    torch.testing.assert_close(interpolate_vertex_field(B, d, vertex_mask=m), dense @ (d * m[:, None]))
+    _close(interpolate_vertex_field(B, d, vertex_mask=m), dense @ (d * m[:, None]))
     g = torch.randn_like(u)
     (u * g).sum().backward()
-    torch.testing.assert_close(d.grad, dense.T @ g)
+    _close(d.grad, dense.T @ g)
 
 
 def test_bad_inputs_raise(tetgen_mesh):

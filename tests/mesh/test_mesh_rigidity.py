@@ -23,6 +23,11 @@ from conftest import APIX, BOX  # noqa: E402  (tests/mesh/conftest.py)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def _close(a, b, rtol=1e-7, atol=1e-9):
+    """``np.testing.assert_allclose`` on tensors (torch.testing costs a slow first import)."""
+    np.testing.assert_allclose(a.detach().cpu().numpy(), b.detach().cpu().numpy(), rtol=rtol, atol=atol)
+
+
 @pytest.fixture(scope="module")
 def small_mesh():
     mask = np.zeros((16, 16, 16), bool)
@@ -125,8 +130,8 @@ def test_prior_module_matches_function_and_moves_to_device(tetgen_mesh):
     prior = RigidityPrior.from_mesh(tetgen_mesh.replace(rigidity_weights=w), dtype=torch.float64)
     X = _X(tetgen_mesh)
     d = torch.randn(3, *X.shape, dtype=torch.float64)
-    torch.testing.assert_close(prior(d), rigidity_energy(X, d, tetgen_mesh.cells, torch.as_tensor(w, dtype=torch.float64)))
-    torch.testing.assert_close(prior(d[0]), prior(d)[0])
+    _close(prior(d), rigidity_energy(X, d, tetgen_mesh.cells, torch.as_tensor(w, dtype=torch.float64)))
+    _close(prior(d[0]), prior(d)[0])
     assert {n for n, _ in prior.named_buffers()} == {"cells", "rest_inv", "weights"}
     with pytest.raises(ValueError, match="vertices"):
         prior(torch.zeros(1, 3, 3, dtype=torch.float64))
