@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import mrcfile
 import numpy as np
 import pytest
@@ -135,3 +137,15 @@ def test_reconstruct_rigid_and_half_maps_from_particle_set(tmp_path):
     assert c_small[2:9].min() > 0.9
     with pytest.raises(ValueError, match="apix"):
         reconstruct_rigid(ps, idx=np.arange(4), box=24, apix=APIX)
+
+
+def test_ctf_premultiplied_particles_give_the_same_map(tmp_path):
+    """RELION's rlnCtfDataAreCtfPremultiplied: images already times the CTF are not multiplied again."""
+    n = 24
+    vol = _truth(n=n, seed=4)
+    images, a, shifts, defocus, ctf = _simulate(vol, 200, seed=6)
+    plain = _particle_set(tmp_path, images, a, shifts, defocus, APIX)
+    (tmp_path / "pre").mkdir()
+    pre = _particle_set(tmp_path / "pre", apply_ctf(images, ctf), a, shifts, defocus, APIX)
+    pre = dataclasses.replace(pre, optics=[dataclasses.replace(pre.optics[0], ctf_premultiplied=True)])
+    torch.testing.assert_close(reconstruct_rigid(pre), reconstruct_rigid(plain), atol=1e-4, rtol=1e-3)
