@@ -172,3 +172,14 @@ def test_pickle_does_not_copy_mapped_stacks(copy_formats):
     assert len(blob) < 200_000  # the 1.3 MB stack stays on disk
     clone = pickle.loads(blob)
     np.testing.assert_array_equal(clone.images(slice(None)), first)
+
+
+def test_star_writer_quotes_strings(copy_formats):
+    base = copy_formats(STAR, STACK)
+    ps = read_particles(base / STAR)
+    ps.table["rlnComment"] = ["two words", "", "plain", "tab\tinside", "x"]
+    write_star(ps, base / "cryodrgn" / "quoted.star")
+    blocks = starfile.read(base / "cryodrgn" / "quoted.star", always_dict=True)  # independent reader
+    assert blocks["particles"]["rlnComment"].tolist()[0] == "two words"
+    assert blocks["particles"]["rlnComment"].tolist()[2:] == ["plain", "tab\tinside", "x"]
+    assert len(blocks["particles"]) == 5 and blocks["particles"]["rlnDefocusU"].tolist() == ps.defocus_u_a.tolist()

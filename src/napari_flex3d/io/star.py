@@ -83,15 +83,36 @@ def numeric_column(table: pd.DataFrame, column: str, path, *, dtype=np.float64, 
     return values.astype(dtype)
 
 
-def write_star_blocks(path, blocks: dict[str, pd.DataFrame]) -> None:
-    """Write loop blocks in the given order with a RELION 3.1 version comment."""
-    import starfile
+def _column_format(values: pd.Series) -> tuple[str, list]:
+    """One column as a %-format spec and a list of Python values (strings quoted when needed)."""
+    if pd.api.types.is_bool_dtype(values):
+        return "%d", values.astype(np.int64).tolist()
+    if pd.api.types.is_integer_dtype(values) and not values.isna().any():
+        return "%d", values.to_numpy(dtype=np.int64).tolist()
+    if pd.api.types.is_float_dtype(values):
+        return "%.12g", values.to_numpy(dtype=np.float64, na_value=np.nan).tolist()
+    text = values.astype(object).where(values.notna(), "<NA>").astype(str)
+    needs_quote = (text.str.len() == 0) | (text.str.contains(r"\s", regex=True) & ~text.str.startswith('"'))
+    text = text.where(~needs_quote, '"' + text + '"')
+    return "%s", text.tolist()
 
+
+def write_star_blocks(path, blocks: dict[str, pd.DataFrame]) -> None:
+    """Write loop blocks in the given order with a RELION 3.1 version comment (atomically).
+
+    Our own writer: ``starfile.write`` formats every value separately and takes about a
+    minute for 200k particles here; one %-format per row is about 8x faster.
+    """
     path = Path(path)
+    parts = ["", "# version 30001", ""]
+    for name, table in blocks.items():
+        parts += [f"data_{name}", "", "loop_"]
+        parts += [f"_{col} #{i + 1}" for i, col in enumerate(table.columns)]
+        if len(table.columns):
+            specs, columns = zip(*(_column_format(table[col]) for col in table.columns))
+            row_format = " ".join(specs)
+            parts += [row_format % row for row in zip(*columns)]
+        parts.append("")
     tmp = path.with_name(path.name + ".tmp")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        starfile.write(blocks, tmp, overwrite=True, float_format="%.12g")
-    text = tmp.read_text()
-    tmp.unlink()
-    path.write_text("\n# version 30001\n" + text)
+    tmp.write_text("\n".join(parts) + "\n")
+    tmp.replace(path)
