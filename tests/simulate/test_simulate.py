@@ -237,3 +237,15 @@ def test_make_sample_writes_a_consensus_map(tmp_path):
     with mrcfile.open(result.consensus) as m:
         assert m.data.shape == (24, 24, 24)
         assert float(m.voxel_size.x) == pytest.approx(result.apix) == pytest.approx(8.0)
+
+
+def test_cli_simulate(tmp_path, capsys):
+    from napari_flex3d.cli import main
+
+    rc = main(["simulate", "--out", str(tmp_path), "--n-particles", "20", "--box", "16", "--apix", "12",
+               "--snr", "1", "--motion", "both", "--seed", "2", "--quiet"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "consensus vs truth" in out and "20 particles" in out
+    assert np.load(tmp_path / "truth" / "coords.npy").shape == (20, 2)
+    assert main(["simulate", "--out", str(tmp_path), "--box", "15", "--quiet"]) == 2

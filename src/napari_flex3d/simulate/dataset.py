@@ -267,6 +267,8 @@ def simulate_dataset(
     out_dir = Path(out_dir)
     truth_dir = out_dir / "truth"
     truth_dir.mkdir(parents=True, exist_ok=True)
+    for old in truth_dir.glob("state_*.mrc"):  # a previous run may have had more states
+        old.unlink()
     timings: dict[str, float] = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
 

@@ -104,11 +104,12 @@ def render_volume(
     c = box // 2
     sigma_px = sigma_a / apix
     vol = torch.zeros(box * box, box, dtype=xyz_a.dtype, device=xyz_a.device)  # (d*h, w)
+    ws: dict = {}  # one set of scratch rows for all full chunks
     for s in range(0, xyz_a.shape[0], chunk):
         p = xyz_a[s : s + chunk] / apix + c  # (a', 3) pixel positions, xyz
-        gx = gaussian_profiles(p[:, 0], box, sigma_px)  # (a', w)
-        gy = gaussian_profiles(p[:, 1], box, sigma_px)  # (a', h)
-        gz = gaussian_profiles(p[:, 2], box, sigma_px)  # (a', d)
+        gx = gaussian_profiles(p[:, 0], box, sigma_px, workspace=ws.setdefault("x", {}))  # (a', w)
+        gy = gaussian_profiles(p[:, 1], box, sigma_px, workspace=ws.setdefault("y", {}))  # (a', h)
+        gz = gaussian_profiles(p[:, 2], box, sigma_px, workspace=ws.setdefault("z", {}))  # (a', d)
         if weights is not None:
             gx = gx * weights[s : s + chunk, None]
         gzy = (gz[:, :, None] * gy[:, None, :]).reshape(p.shape[0], box * box)  # (a', d*h)
