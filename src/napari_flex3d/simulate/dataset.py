@@ -180,15 +180,24 @@ def _particle_set(parts: _Particles, stack_name: str, box: int, apix: float):
     )
 
 
-def _reconstruct_half_maps(star_path: Path) -> tuple[np.ndarray, np.ndarray]:
+def _progress(iterable, desc: str, enabled: bool, total: int | None = None):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, unit="step")
+
+
+def _reconstruct_half_maps(star_path: Path, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The consensus refinement's maps: rigid reconstruction of each half set at the true
     poses and CTF, read back from the STAR as any user's data would be."""
     from ..io.particles import read_particles
-    from ..reconstruct.rigid import reconstruct_half_maps
+    from ..reconstruct.rigid import half_set_indices, reconstruct_rigid
 
     ps = read_particles(star_path)
-    a, b = reconstruct_half_maps(ps)
-    return a.numpy().astype(np.float32), b.numpy().astype(np.float32)
+    halves = half_set_indices(ps)
+    maps = [reconstruct_rigid(ps, idx) for idx in _progress(halves, "half maps", progress)]
+    return maps[0].numpy().astype(np.float32), maps[1].numpy().astype(np.float32)
 
 
 def _states(motion: str) -> np.ndarray:
@@ -278,11 +287,7 @@ def simulate_dataset(
     # 1. noise-free images straight into the memory-mapped stack, with their statistics
     stack_path = out_dir / "particles.mrcs"
     chunk = _chunk_size(mol.n_atoms, box)
-    starts = range(0, n, chunk)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="projecting", unit="batch")
+    starts = _progress(range(0, n, chunk), "projecting", progress)
     total, total_sq = 0.0, 0.0
     workspace: dict = {}
     with mrcfile.new_mmap(stack_path, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
@@ -318,7 +323,7 @@ def simulate_dataset(
 
     # 4. the consensus: rigid reconstruction of each half set, as a refinement would give
     t1 = time.perf_counter()
-    half_a, half_b = _reconstruct_half_maps(star_path)
+    half_a, half_b = _reconstruct_half_maps(star_path, progress)
     consensus = 0.5 * (half_a + half_b)
     half_paths = (out_dir / "consensus_half1.mrc", out_dir / "consensus_half2.mrc")
     write_map(half_paths[0], half_a, apix)
@@ -334,7 +339,7 @@ def simulate_dataset(
     states = _states(motion)
     state_files = []
     moved = deform(mol, states, motion)  # (s, a, 3)
-    for i, xyz in enumerate(moved):
+    for i, xyz in enumerate(_progress(moved, "truth volumes", progress)):
         vol = render_volume(torch.as_tensor(xyz, dtype=torch.float32), box, apix, mol.sigma_a)
         name = f"state_{i:03d}.mrc"
         write_map(truth_dir / name, vol.numpy(), apix)
