@@ -171,7 +171,8 @@ class ParticleSet:
         return self.per_particle("apix", idx).astype(np.float64)
 
     def _used_groups(self) -> list[OpticsGroup]:
-        return [self.optics[i] for i in np.unique(self.optics_group)]
+        used = [self.optics[i] for i in np.unique(self.optics_group)]
+        return used or list(self.optics)
 
     @property
     def apix(self) -> float:
@@ -352,8 +353,8 @@ def resolve_image_path(name: str, base_dir: Path, root: Path | None = None) -> t
         root = Path(root)
         if not p.is_absolute():
             candidates.append(root / p)
-        tail_from = 1 if not p.is_absolute() else 1
-        candidates += [root / Path(*parts[k:]) for k in range(tail_from, len(parts))]
+        # a moved project: drop leading components (for an absolute path, "/" first)
+        candidates += [root / Path(*parts[k:]) for k in range(1, len(parts))]
     if p.is_absolute():
         candidates.insert(0, p)
     else:
