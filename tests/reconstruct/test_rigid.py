@@ -113,7 +113,7 @@ def test_reconstruct_rigid_and_half_maps_from_particle_set(tmp_path):
     vol = _truth(seed=2)
     b = 1000
     signal = float(project(vol, np.eye(3)[None], None, APIX).std())
-    images, a, shifts, defocus, _ = _simulate(vol, b, seed=3, noise_std=signal)  # SNR ~ 1 in real space
+    images, a, shifts, defocus, _ = _simulate(vol, b, seed=3, noise_std=5 * signal)  # noise var 25x signal's
     half = (np.arange(b) % 2).astype(np.int8)
     ps = _particle_set(tmp_path, images, a, shifts, defocus, APIX, half_set=half)
 
@@ -122,19 +122,21 @@ def test_reconstruct_rigid_and_half_maps_from_particle_set(tmp_path):
     assert set(ha) == set(np.nonzero(half == 0)[0]) and len(hb) == b // 2
     curve = fsc(half_a, half_b)
     res = fsc_resolution(curve, N, APIX)
-    full = (half_a + half_b) / 2
-    truth_curve = fsc(full, vol)
+    truth_curve = fsc((half_a + half_b) / 2, vol)
+    # Rosenthal & Henderson: the average of the halves correlates with the truth as sqrt(2 F / (1 + F))
+    c_ref = torch.sqrt(2 * curve.clamp(min=0) / (1 + curve.clamp(min=0)))
     print(f"half-map FSC: {np.round(curve.numpy(), 3)}; resolution {res:.2f} Å (Nyquist {2 * APIX} Å)")
     print(f"FSC(average of halves, truth): {np.round(truth_curve.numpy(), 3)}")
-    assert res < 2 * APIX / 0.6  # past 0.6 Nyquist at this SNR
-    assert truth_curve[2 : N // 4].min() > 0.95
-    assert truth_curve[1] > 0.8  # the CTF is small at the lowest frequencies: less signal there
+    print(f"sqrt(2F/(1+F)) from the halves: {np.round(c_ref.numpy(), 3)}")
+    assert 2 * APIX < res < 2 * APIX / 0.8  # crosses 0.143 between 0.8 Nyquist and Nyquist at this SNR
+    assert (truth_curve[2:] - c_ref[2:]).abs().max() < 0.06  # shell 1 holds few voxels and little CTF
+    assert truth_curve[2 : N // 4].min() > 0.8
 
     # Fourier-cropped box: compare with the cropped truth at the coarser pixel
     small = reconstruct_rigid(ps, idx=np.arange(0, b, 2), box=24, chunk_size=500)
     assert small.shape == (24, 24, 24)
     c_small = fsc(small, fourier_crop_3d(vol, 24))
-    assert c_small[2:9].min() > 0.9
+    assert c_small[2:9].min() > 0.7
     with pytest.raises(ValueError, match="apix"):
         reconstruct_rigid(ps, idx=np.arange(4), box=24, apix=APIX)
 
