@@ -214,3 +214,10 @@ def test_bad_inputs_raise(model):
     with pytest.raises(ValueError, match="vertices"):
         FlexModel(model.canonical, FlowGenerator(2, 5), model.vertices_a, model.cells, model.bary_index,
                   model.bary_weight)
+
+
+def test_bad_vertex_indices_raise(model):
+    bad = model.bary_index.clone()
+    bad[0, 0] = model.vertices_a.shape[0]
+    with pytest.raises(ValueError, match="bary_index"):
+        FlexModel(model.canonical, model.flow, model.vertices_a, model.cells, bad, model.bary_weight)

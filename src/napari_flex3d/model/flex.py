@@ -100,6 +100,11 @@ class FlexModel(nn.Module):
             raise ValueError(
                 f"bary_index {tuple(bary_index.shape)} / bary_weight {tuple(bary_weight.shape)} must be ({n_vox}, 4)"
             )
+        v = vertices_a.shape[0]
+        if bary_index.numel() and (int(bary_index.min()) < 0 or int(bary_index.max()) >= v):
+            raise ValueError(f"bary_index holds vertex indices outside [0, {v})")
+        if cells.numel() and (int(cells.min()) < 0 or int(cells.max()) >= v):
+            raise ValueError(f"cells hold vertex indices outside [0, {v})")
         if rigidity_weights is None:
             rigidity_weights = torch.ones(cells.shape[0])
         rigidity_weights = torch.as_tensor(rigidity_weights, dtype=torch.float32)
