@@ -61,9 +61,9 @@ def test_particle_reader_opens_the_data_widget_with_the_set(make_napari_viewer, 
     assert len(ps) == sample.n_particles
     assert layer.data.shape[1:] == (sample.box, sample.box)
     np.testing.assert_array_equal(layer.data[0], ps.images(np.array([0]))[0])
-    widgets = [w for w in viewer.window._dock_widgets.values() if isinstance(w.widget(), DataMeshWidget)]
+    widgets = [w for w in viewer.window.dock_widgets.values() if isinstance(w, DataMeshWidget)]
     assert widgets, "the Data and mesh widget did not open"
-    w = widgets[0].widget()
+    w = widgets[0]
     assert w.particles is ps and str(sample.n_particles) in w.summary_label.text()
 
 
@@ -112,9 +112,13 @@ def test_reconstruct_widget_says_when_it_is_not_available(make_napari_viewer):
     w = ReconstructWidget(make_napari_viewer())
     missing = available("reconstruct.halfmaps", "reconstruct_run")
     assert w.available == (missing is None)
+    assert w.run_btn.isEnabled() == (missing is None)
     if missing:
-        assert not w.run_btn.isEnabled()
         assert "not available in this version" in w.status_label.text()
+    # the "not available" state is what a missing module gives
+    w.missing = available("reconstruct.no_such_module", "reconstruct_run")
+    w._update_buttons()
+    assert "not available in this version" in w.missing and not w.run_btn.isEnabled()
 
 
 def test_latent_scatter_switches_to_density_and_stays_fast_for_a_million_points(qtbot):
@@ -132,3 +136,22 @@ def test_latent_scatter_switches_to_density_and_stays_fast_for_a_million_points(
     plot.repaint()
     assert plot.mode == "density" and DENSITY_ABOVE < 1_000_000
     assert time.perf_counter() - t0 < 2.0
+
+
+def test_sample_data_opens_map_particles_and_data_widget(make_napari_viewer, sample, monkeypatch):
+    """The sample command's wiring (the simulation itself is the ``sample`` fixture's make_sample)."""
+    from napari_flex3d._napari import _sample
+    from napari_flex3d._napari._data_widget import MAP_LAYER, DataMeshWidget
+    from napari_flex3d._napari._reader import read_particle_file
+    from napari_flex3d.io.mrc import read_map
+
+    monkeypatch.setattr(
+        _sample, "load_sample", lambda: (sample, read_map(sample.consensus), read_particle_file(sample.particles_star))
+    )
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-flex3d", "flexible_molecule")
+    assert MAP_LAYER in viewer.layers and viewer.layers[MAP_LAYER].rendering == "iso"
+    np.testing.assert_allclose(viewer.layers[MAP_LAYER].scale, [sample.apix] * 3)
+    assert any(layer.name.startswith("particles (sample)") for layer in viewer.layers)
+    docks = [d for d in viewer.window.dock_widgets.values() if isinstance(d, DataMeshWidget)]
+    assert docks and docks[0].particles is not None and docks[0].session.consensus is not None

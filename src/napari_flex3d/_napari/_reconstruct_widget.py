@@ -1,16 +1,34 @@
 """Reconstruct: motion-corrected half maps of a trained run, flex and rigid FSC curves.
 
-Wired to ``napari_flex3d.reconstruct.halfmaps``; when that module is absent the widget
-says so and its button stays disabled (no result is ever made up here).
+Wired to ``napari_flex3d.reconstruct.halfmaps.reconstruct_run`` (a generator of events:
+``ReconstructProgress``, ``HalfMapDone``, ``ReconstructFinished``), run in a thread
+worker. When that module is absent the widget says so and its button stays disabled:
+no result is ever made up here.
+
+State: ``run_dir``, ``particles_path`` (default: the run's own ``particles.star``),
+``out_dir``, ``iterations``, ``rigid``; ``reconstruct()`` / ``stop()``; ``report`` and
+``curves`` (``{"flex": (freq, fsc), "rigid": ...}``) once finished.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error
-from qtpy.QtWidgets import QFormLayout, QLabel, QLineEdit, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
 
 from ._library import available, piece
 from ._plots import CurvePlot
@@ -21,6 +39,13 @@ MODULE = "reconstruct.halfmaps"
 FUNCTION = "reconstruct_run"
 
 
+def read_fsc_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{curve name: (frequency 1/Å, fsc)}`` from the ``fsc.csv`` a reconstruction writes."""
+    table = np.genfromtxt(path, delimiter=",", names=True)
+    freq = np.atleast_1d(table["frequency_1_per_a"])
+    return {n[len("fsc_"):]: (freq, np.atleast_1d(table[n])) for n in table.dtype.names if n.startswith("fsc_")}
+
+
 class ReconstructWidget(QWidget):
     """Run the half-map reconstruction of a training run and show its maps and FSC curves."""
 
@@ -29,34 +54,61 @@ class ReconstructWidget(QWidget):
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
         self.worker = None
-        self.result = None
+        self.state = "idle"
+        self.report: dict | None = None
+        self.curves: dict = {}
+        self.error: Exception | None = None
         self.missing = available(MODULE, FUNCTION)
+        self._t0 = 0.0
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self._run_edit = QLineEdit(str(self.session.run_dir or ""))
+        self._particles_edit = QLineEdit()
+        self._particles_edit.setPlaceholderText("default: the run's particles.star")
         self._out_edit = QLineEdit()
+        self._out_edit.setPlaceholderText("default: <run>/reconstruct")
+        self.iter_spin = QSpinBox()
+        self.iter_spin.setRange(1, 1000)
+        self.iter_spin.setValue(20)
+        self.rigid_check = QCheckBox("also the rigid baseline (same solver, zero flow)")
+        self.rigid_check.setChecked(True)
         form.addRow("run folder", self._run_edit)
+        form.addRow("particles", self._particles_edit)
         form.addRow("output folder", self._out_edit)
+        form.addRow("L-BFGS iterations", self.iter_spin)
+        form.addRow(self.rigid_check)
         layout.addLayout(form)
+        row = QWidget()
+        hl = QHBoxLayout(row)
+        hl.setContentsMargins(0, 0, 0, 0)
         self.run_btn = QPushButton("Reconstruct half maps")
         self.run_btn.clicked.connect(self.reconstruct)
-        layout.addWidget(self.run_btn)
+        self.stop_btn = QPushButton("Stop")
+        self.stop_btn.clicked.connect(self.stop)
+        hl.addWidget(self.run_btn)
+        hl.addWidget(self.stop_btn)
+        layout.addWidget(row)
+        self.progress = QProgressBar()
+        self.progress.setFormat("idle")
+        layout.addWidget(self.progress)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         layout.addWidget(self.status_label)
         self.fsc_plot = CurvePlot("half-map FSC", "resolution (1/Å)", "FSC", viewer=napari_viewer)
         self.fsc_plot.getPlotItem().setYRange(-0.1, 1.05)
+        self.fsc_plot.getPlotItem().addLine(y=0.143, pen="#888888")
         layout.addWidget(self.fsc_plot)
         if self.missing:
-            self.run_btn.setEnabled(False)
-            self.status_label.setText(
-                f"High-resolution reconstruction is not available in this version: {self.missing}."
-            )
+            self.status_label.setText(f"High-resolution reconstruction is not available in this version: {self.missing}.")
+        self._update_buttons()
         self.session.changed.connect(self._on_session)
 
     run_dir = property(lambda self: self._run_edit.text(), lambda self, v: self._run_edit.setText(str(v)))
+    particles_path = property(lambda self: self._particles_edit.text(), lambda self, v: self._particles_edit.setText(str(v)))
     out_dir = property(lambda self: self._out_edit.text(), lambda self, v: self._out_edit.setText(str(v)))
+    iterations = property(lambda self: self.iter_spin.value(), lambda self, v: self.iter_spin.setValue(int(v)))
+    rigid = property(lambda self: self.rigid_check.isChecked(), lambda self, v: self.rigid_check.setChecked(bool(v)))
 
     @property
     def available(self) -> bool:
@@ -66,30 +118,104 @@ class ReconstructWidget(QWidget):
         if name == "run_dir" and not self.run_dir and self.session.run_dir is not None:
             self.run_dir = str(self.session.run_dir)
 
+    def _update_buttons(self) -> None:
+        self.run_btn.setEnabled(self.available and self.state == "idle")
+        self.stop_btn.setEnabled(self.state == "running")
+
+    def _inputs(self) -> tuple[Path, Path, Path]:
+        if not self.run_dir:
+            raise ValueError("choose a training run folder")
+        run = Path(self.run_dir)
+        particles = Path(self.particles_path) if self.particles_path else run / "particles.star"
+        if not particles.is_file():
+            raise ValueError(f"{particles}: no particle file (set 'particles')")
+        out = Path(self.out_dir) if self.out_dir else run / "reconstruct"
+        return run, particles, out
+
     def reconstruct(self) -> None:
-        """Solve the flex and rigid half maps in a worker; plot their FSC; add the maps as layers."""
+        """Solve the flex (and rigid) half maps in a worker; plot their FSC; add the maps as layers."""
         if not self.available:
             show_error(f"napari-flex3d: {self.missing}")
             return
-        if not self.run_dir:
-            show_error("napari-flex3d: choose a training run folder")
+        if self.state != "idle":
             return
-        fn = piece(MODULE, FUNCTION)
-        out = self.out_dir or str(Path(self.run_dir) / "reconstruct")
-        self.status_label.setText("reconstructing…")
-        self.run_btn.setEnabled(False)
-        self.worker = start_worker(fn, self.run_dir, out, returned=self._on_result, finished=self._on_finished)
+        try:
+            run, particles, out = self._inputs()
+            fn = piece(MODULE, FUNCTION)
+        except Exception as exc:
+            show_error(f"napari-flex3d: cannot reconstruct: {exc}")
+            return
+        self.report, self.curves, self.error = None, {}, None
+        self.fsc_plot.clear_curves()
+        self.state = "running"
+        self._update_buttons()
+        self.progress.setFormat("starting…")
+        self._t0 = time.perf_counter()
+        s = self.session
+        iterations, rigid = self.iterations, self.rigid
+
+        def job():
+            yield from fn(run, particles, out, passthrough=s.passthrough_path or None, root=s.root or None,
+                          iterations=iterations, rigid=rigid)
+
+        self.worker = start_worker(job, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
+
+    def stop(self) -> None:
+        """Stop after the current iteration (the solver states on disk allow a later resume)."""
+        if self.worker is not None and self.state == "running":
+            self.state = "stopping"
+            self.worker.quit()
+            self._update_buttons()
+
+    def _on_error(self, exc) -> None:
+        self.error = exc
+        self.status_label.setText(f"error: {type(exc).__name__}: {exc}")
 
     def _on_finished(self) -> None:
+        was = self.state
+        self.state = "idle"
         self.worker = None
-        self.run_btn.setEnabled(self.available)
+        self.progress.setFormat("failed" if self.error else ("stopped" if was == "stopping" else "done"))
+        self._update_buttons()
 
-    def _on_result(self, result) -> None:
-        self.result = result
-        for name, curve in (("flex", getattr(result, "fsc_flex", None)), ("rigid", getattr(result, "fsc_rigid", None))):
-            if curve is not None:
-                self.fsc_plot.set_curve(name, result.frequencies_per_a, np.asarray(curve))
-        for name, path in getattr(result, "maps", {}).items():
-            m = piece("io.mrc", "read_map")(path)
-            self.viewer.add_image(m.data, name=name, scale=(m.apix,) * 3, rendering="iso")
-        self.status_label.setText(getattr(result, "summary", lambda: "done")())
+    def _on_event(self, ev) -> None:
+        kind = type(ev).__name__
+        if kind == "ReconstructProgress":
+            self.progress.setRange(0, max(ev.iterations, 1))
+            self.progress.setValue(ev.iteration)
+            self.progress.setFormat(
+                f"{ev.mode} half {ev.half}: iteration {ev.iteration}/{ev.iterations}  ETA {ev.eta_s:,.0f} s"
+            )
+        elif kind == "HalfMapDone":
+            self.status_label.setText(f"{ev.mode} half {ev.half} written: {Path(ev.path).name}")
+        elif kind == "ReconstructFinished":
+            self._show_result(Path(ev.out_dir), ev.report)
+
+    def _show_result(self, out: Path, report: dict) -> None:
+        self.report = report
+        csv = out / "fsc.csv"
+        if csv.is_file():
+            self.curves = read_fsc_csv(csv)
+            for name, (freq, curve) in self.curves.items():
+                self.fsc_plot.set_curve(name, freq, curve)
+        read_map = piece("io.mrc", "read_map")
+        for mode in report.get("maps", {}):
+            path = out / f"{mode}_map.mrc"
+            if path.is_file():
+                m = read_map(path)
+                name = f"{mode} map (sharpened)"
+                if name in self.viewer.layers:
+                    self.viewer.layers.remove(name)
+                from ._reader import default_iso_threshold
+
+                self.viewer.add_image(m.data, name=name, scale=(m.apix,) * 3, rendering="iso",
+                                      iso_threshold=default_iso_threshold(m.data),
+                                      colormap="cyan" if mode == "flex" else "gray", visible=(mode == "flex"))
+        lines = []
+        for mode, entry in report.get("maps", {}).items():
+            g = entry.get("global", {})
+            lines.append(f"{mode}: {g.get('fsc_0143_a', float('nan')):.2f} Å at 0.143")
+        nyq = report.get("training_nyquist_a")
+        if nyq:
+            lines.append(f"training Nyquist {nyq:.2f} Å")
+        self.status_label.setText("; ".join(lines) + f"  ({time.perf_counter() - self._t0:.0f} s)")

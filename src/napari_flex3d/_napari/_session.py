@@ -58,7 +58,13 @@ _SESSIONS: dict[int, tuple[weakref.ref, Session]] = {}
 
 
 def session_for(viewer) -> Session:
-    """The one ``Session`` of ``viewer`` (created on first use, dropped with the viewer)."""
+    """The one ``Session`` of ``viewer`` (created on first use, dropped with the viewer).
+
+    napari hands plugin widgets a proxy of the viewer (a new one per widget): the session
+    is keyed on the viewer behind it.
+    """
+    while hasattr(viewer, "__wrapped__"):
+        viewer = viewer.__wrapped__
     key = id(viewer)
     entry = _SESSIONS.get(key)
     if entry is not None and entry[0]() is viewer:
