@@ -74,7 +74,8 @@ def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, m: int) -> torc
     frac = k3 - base  # (b*p, 3)
     base = base.long()
     w_half = m // 2 + 1
-    out = torch.zeros(m * m * w_half, c, dtype=slices.dtype, device=dev)
+    vals = torch.view_as_real(vals).reshape(-1, 2 * c)  # (b*p, c*2) real: index_add_ of reals works everywhere
+    out = torch.zeros(m * m * w_half, 2 * c, dtype=rdtype, device=dev)
     for dx in (0, 1):
         for dy in (0, 1):
             for dz in (0, 1):
@@ -86,6 +87,7 @@ def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, m: int) -> torc
                 wgt = torch.where(ix < w_half, wgt, torch.zeros_like(wgt))
                 flat = (iz * m + iy) * w_half + ix.clamp(max=w_half - 1)  # (b*p,)
                 out.index_add_(0, flat, vals * wgt[:, None])
+    out = torch.view_as_complex(out.reshape(-1, c, 2).contiguous())  # (m*m*w_half, c)
     return out.T.reshape(c, m, m, w_half)
 
 
