@@ -7,6 +7,7 @@ import warnings
 import pytest
 
 from napari_flex3d.io.info import describe
+from io_fixtures import fmt  # noqa: F401 (pytest fixtures)
 
 READ = {
     # particle files: (format, n particles)

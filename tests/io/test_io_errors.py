@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from napari_flex3d.io.particles import read_particles
+from io_fixtures import copy_formats, fmt  # noqa: F401 (pytest fixtures)
 
 STAR = "cryodrgn/relion31.star"
 STACK = "cryodrgn/relion31.mrcs"

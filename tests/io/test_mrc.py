@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from napari_flex3d.io.mrc import open_stack, read_header, read_map, write_map
+from io_fixtures import copy_formats, fmt  # noqa: F401 (pytest fixtures)
 
 # file: (shape zyx, mode, apix or None, min, max, mean, first voxel or None)
 MAPS = {

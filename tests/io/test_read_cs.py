@@ -7,6 +7,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from napari_flex3d.io.particles import read_particles, resolve_image_path
+from io_fixtures import copy_formats, fmt  # noqa: F401 (pytest fixtures)
 
 J24 = "cryodrgn/cryosparc_P12_J24_001_particles.cs"
 R_ROW0 = np.array([[0.58163, 0.05683, -0.81147], [-0.37730, -0.86491, -0.33101], [-0.72066, 0.49870, -0.48162]])

@@ -9,6 +9,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 
 from napari_flex3d.io.particles import read_particles
+from io_fixtures import fmt  # noqa: F401 (pytest fixtures)
 
 
 def relion_a(rot, tilt, psi):

@@ -7,6 +7,7 @@ import pytest
 import starfile
 
 from napari_flex3d.io.particles import OpticsGroup, ParticleSet, read_particles, write_cs, write_star
+from io_fixtures import copy_formats, fmt  # noqa: F401 (pytest fixtures)
 
 STAR = "cryodrgn/relion31.star"
 STACK = "cryodrgn/relion31.mrcs"

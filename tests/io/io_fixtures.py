@@ -1,4 +1,7 @@
-"""Fixtures for the reader tests: copies of ``testdata/formats`` that tests may damage."""
+"""Fixtures for the reader tests: copies of ``testdata/formats`` that tests may damage.
+
+Imported by the test modules (not a ``conftest.py``: a second module named ``conftest``
+would shadow ``tests/conftest.py`` for tests that do ``from conftest import DEVICES``)."""
 
 from __future__ import annotations
 
