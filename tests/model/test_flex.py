@@ -221,3 +221,27 @@ def test_bad_vertex_indices_raise(model):
     bad[0, 0] = model.vertices_a.shape[0]
     with pytest.raises(ValueError, match="bary_index"):
         FlexModel(model.canonical, model.flow, model.vertices_a, model.cells, bad, model.bary_weight)
+
+
+def test_frequency_marching_band_limits_the_canonical_map(model):
+    from napari_flex3d.model.canonical import bandlimit
+
+    torch.manual_seed(5)
+    with torch.no_grad():
+        model.canonical.values.copy_(torch.randn(model.canonical.n_voxels))
+    assert model.canonical_values() is model.canonical.values  # no limit set
+    model.max_freq_px = 5.0
+    full_map = model.canonical.to_volume()
+    mask = torch.zeros(BOX**3, dtype=torch.bool)
+    mask[model.canonical.voxel_index] = True
+    expect = bandlimit(full_map, 5.0).reshape(-1)[mask]  # C order = voxel_index order
+    torch.testing.assert_close(model.canonical_values(), expect)
+    rot, sh = _poses(2, seed=7)
+    with torch.no_grad():
+        low = model.project(None, rot, sh)
+        model.max_freq_px = None
+        full = model.project(None, rot, sh)
+    k = torch.sqrt(torch.fft.fftfreq(BOX, 1 / BOX)[:, None] ** 2 + torch.fft.rfftfreq(BOX, 1 / BOX)[None] ** 2)
+    high = k > 10
+    ratio = torch.fft.rfft2(low).abs()[:, high].pow(2).sum() / torch.fft.rfft2(full).abs()[:, high].pow(2).sum()
+    assert ratio < 0.2  # masking re-creates a little high-frequency power, most is gone

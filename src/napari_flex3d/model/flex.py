@@ -28,10 +28,13 @@ Per minibatch (training box ``box``, particles Fourier-cropped to it)::
     e_rigid = model.rigidity(z)                                  # (b,)
     loss = total_loss(e_data, e_rigid, lambda_rigid)             # mean over the batch
 
-Latent inference (auto-decoder): make ``z`` a leaf with ``requires_grad``, freeze the
-model (``torch.no_grad`` is not enough, use ``requires_grad_(False)`` on the params or
-just step only ``z``), minimise ``e_data + 0.5 * |z|^2`` (unit Gaussian prior) for a few
-steps; for the model update add noise ``z + 0.15 * randn`` (cryoSPARC's default).
+Latent inference (auto-decoder): make ``z`` a leaf with ``requires_grad_(True)`` and give
+only ``[z]`` to its optimiser (the model's parameters then get gradients too, so zero
+them, or wrap the model in ``requires_grad_(False)`` for the inner loop); minimise
+``e_data + 0.5 * |z|^2`` (unit Gaussian prior) for a few steps, or do coordinate descent
+over a grid when ``K`` is small. For the model update use ``z + 0.15 * randn`` (noise
+injection, cryoSPARC's default std). ``model.canonical_values()`` recomputes the band
+limit (two 3D FFTs) on every call; with ``V`` frozen, cache it if that matters.
 
 Scale: projections are sums of voxel values along the view axis (as ``ops.project``), and
 Fourier cropping preserves real-space grey levels, so model and image differ by a global
