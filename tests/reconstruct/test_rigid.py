@@ -151,3 +151,17 @@ def test_ctf_premultiplied_particles_give_the_same_map(tmp_path):
     pre = _particle_set(tmp_path / "pre", apply_ctf(images, ctf), a, shifts, defocus, APIX)
     pre = dataclasses.replace(pre, optics=[dataclasses.replace(pre.optics[0], ctf_premultiplied=True)])
     torch.testing.assert_close(reconstruct_rigid(pre), reconstruct_rigid(plain), atol=1e-4, rtol=1e-3)
+
+
+def test_insertion_in_sub_batches_sums_to_the_same(monkeypatch):
+    import napari_flex3d.reconstruct.rigid as rigid
+
+    b, n = 40, 16
+    g = torch.Generator().manual_seed(7)
+    images, ctf = torch.randn(b, n, n, generator=g), torch.rand(b, n, n // 2 + 1, generator=g)
+    a = Rotation.random(b, random_state=7).as_matrix()
+    v1, w1 = reconstruct_from_images(images, a, None, ctf, 1.0)
+    monkeypatch.setattr(rigid, "_MAX_POINTS", 3000)  # about 7 images at a time
+    v2, w2 = reconstruct_from_images(images, a, None, ctf, 1.0)
+    torch.testing.assert_close(v2, v1, atol=1e-3, rtol=1e-4)
+    torch.testing.assert_close(w2, w1, atol=1e-3, rtol=1e-4)

@@ -39,6 +39,9 @@ __all__ = [
 ]
 
 
+_MAX_POINTS = 4_000_000  # slice samples gridded at once (about 0.5 GB of temporaries)
+
+
 def _padded_box(box: int, pad_factor: float) -> tuple[int, int]:
     p = int((box * (pad_factor - 1.0)) // 2)
     return p, box + 2 * p
@@ -54,6 +57,10 @@ def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, m: int) -> torc
     frequency go in as their complex conjugate at ``-k``; only ``|k| <= 1/2`` is used.
     """
     b, c = slices.shape[:2]
+    per_image = int(m * (m // 2 + 1) * 0.8)  # points kept per image (the disc |k| <= m/2)
+    step = max(1, _MAX_POINTS // per_image)
+    if b > step:  # bound the (b*p, ...) temporaries: insert in sub-batches and sum
+        return sum(insert_slices(slices[i : i + step], rotations[i : i + step], m) for i in range(0, b, step))
     dev = slices.device
     rdtype = slices.real.dtype
     ky = torch.fft.fftfreq(m, device=dev, dtype=rdtype) * m  # (m,) grid units
