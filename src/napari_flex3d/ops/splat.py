@@ -49,8 +49,18 @@ __all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS"]
 KERNELS = {"cubic": 4, "linear": 2}
 
 # Upper bound on (particles x points) handled at once; bounds the temporaries (about 30
-# tensors of this many elements) to a few tens of MB whatever the batch.
-_CHUNK_ELEMENTS = 1 << 18
+# tensors of this many elements) whatever the batch: ~30 MB on the CPU (cache-friendly),
+# ~500 MB on a GPU (fewer, larger kernel launches).
+_CHUNK_ELEMENTS = {"cpu": 1 << 18, "cuda": 1 << 22}
+
+
+# Float32 holds integers exactly below 2**24: flat indices below it are summed in float.
+_FLOAT_INDEX_LIMIT = 1 << 24
+
+
+def _chunk_particles(n: int, device: torch.device) -> int:
+    """How many particles of ``n`` points each to splat at once."""
+    return max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 18) // max(n, 1))
 
 
 def _taps(kernel: str) -> int:
@@ -136,7 +146,7 @@ def _chunk_weights(points, matrix, offset, apix: float, box: int, kernel: str, d
     # Float32 holds integers exactly up to 2**24; beyond, do the index sum in int64.
     n = base.shape[0] // c
     shift = k * sum(pad_box**a for a in range(ndim))  # padding offset of pixel (0, 0[, 0])
-    if c * grid_size < (1 << 24) or base.dtype == torch.float64:
+    if c * grid_size < _FLOAT_INDEX_LIMIT or base.dtype == torch.float64:
         base = base.view(c, n).add_(torch.arange(c, device=base.device, dtype=base.dtype)[:, None], alpha=grid_size)
         base = base.reshape(-1).add_(shift).long()
     else:
@@ -164,17 +174,14 @@ class _ConvectSplat(torch.autograd.Function):
         grid_size = pad_box**ndim
         # One flat padded grid per particle; the K - 1 trailing zeros keep every x-tap in range.
         out = values.new_zeros(b * grid_size + k)
-        chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
+        chunk = _chunk_particles(n, values.device)
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             c = stop - start
-            pts = (points if points.shape[0] == 1 else points[start:stop]).contiguous()  # (1|c, n, 3)
+            pts = points if points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
             vals = values if values.shape[0] == 1 else values[start:stop]  # (1|c, n)
             base, weights, _ = _chunk_weights(pts, matrix[start:stop], offset[start:stop], apix, box, kernel, False)
-            if ndim == 1:
-                weights[0] = [(w.view(c, n) * vals).view(-1) for w in weights[0]]
-            else:  # fold the values into the last axis' weights once
-                weights[-1] = [(w.view(c, n) * vals).view(-1) for w in weights[-1]]
+            weights[-1] = [(w.view(c, n) * vals).view(-1) for w in weights[-1]]  # fold the values in once
             grid = out[start * grid_size :]
             for offset_outer, taps in _outer_taps(ndim, pad_box, k):
                 scale = _prod([weights[axis + 1][t] for axis, t in enumerate(taps)])  # (c*n,)
@@ -205,11 +212,11 @@ class _ConvectSplat(torch.autograd.Function):
         g_points = torch.zeros_like(points) if need_p else None
         g_matrix = torch.zeros_like(matrix) if need_m else None
         g_offset = torch.zeros_like(offset) if need_o else None
-        chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
+        chunk = _chunk_particles(n, values.device)
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             c = stop - start
-            pts = (points if points.shape[0] == 1 else points[start:stop]).contiguous()  # (1|c, n, 3)
+            pts = points if points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
             mat = matrix[start:stop]
             base, weights, dweights = _chunk_weights(pts, mat, offset[start:stop], apix, box, kernel, need_coords)
             grid = padded[start * grid_size :]
