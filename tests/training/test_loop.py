@@ -1,0 +1,149 @@
+"""The training generator: events, run folder, determinism, stop, resume after SIGKILL."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+
+from napari_flex3d.io.checkpoint import load_checkpoint
+from napari_flex3d.io.particles import read_particles
+from napari_flex3d.training import events as ev
+from napari_flex3d.training.loop import checkpoint_path, train_run
+
+
+def _final_state(run_dir):
+    state = load_checkpoint(checkpoint_path(run_dir))
+    return state["model"], state["latents"], state["opt_flow"]
+
+
+def _assert_same_state(a_dir, b_dir):
+    (ma, za, oa), (mb, zb, ob) = _final_state(a_dir), _final_state(b_dir)
+    assert ma.keys() == mb.keys()
+    for k in ma:
+        assert torch.equal(ma[k], mb[k]), f"{k} differs"
+    assert torch.equal(za, zb)
+    for sa, sb in zip(oa["state"].values(), ob["state"].values()):
+        assert torch.equal(sa["exp_avg"], sb["exp_avg"])
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_sim, tiny_config, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run_full")
+    threads = torch.get_num_threads()
+    try:
+        events = list(train_run(tiny_config(tiny_sim, out), out, cli_argv=["flex3d", "train", "test"]))
+    finally:
+        torch.set_num_threads(threads)
+    return out, events
+
+
+def test_event_stream_and_run_folder(full_run, tiny_sim):
+    out, events = full_run
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
+    start = events[0]
+    steps = [e for e in events if isinstance(e, ev.StepLoss)]
+    assert len(steps) == start.epochs * start.steps_per_epoch
+    assert [s.phase for s in steps[: start.steps_per_epoch]] == ["warmup"] * start.steps_per_epoch
+    assert {s.phase for s in steps[start.steps_per_epoch :]} == {"flow", "structure"}
+    assert all(np.isfinite(s.loss) for s in steps)
+    bands = [s.band_limit for s in steps]
+    assert bands == sorted(bands) and bands[0] == pytest.approx(0.25) and bands[-1] <= 0.8
+    summaries = [e for e in events if isinstance(e, ev.EpochSummary)]
+    assert [s.epoch for s in summaries] == [0, 1, 2] and all(np.isfinite(s.val_loss) for s in summaries)
+    previews = [e for e in events if isinstance(e, ev.PreviewVolumes)]
+    assert previews and previews[0].volumes.shape == (1, 2, 24, 24, 24)
+    assert len([e for e in events if isinstance(e, ev.CheckpointWritten)]) == 3
+    fsc = [e for e in events if isinstance(e, ev.FSCCurve)][-1]
+    assert fsc.fsc.shape == (13,) and fsc.fsc[1] > 0.9  # the canonical map stays the consensus at low resolution
+
+    config = json.loads((out / "config.json").read_text())
+    assert config["settings"]["latent_dim"] == 1 and config["provenance"]["command_line"][:2] == ["flex3d", "train"]
+    assert config["provenance"]["version"] and config["provenance"]["time"]
+    z = np.load(out / "latents.npy")
+    assert z.dtype == np.float32 and z.shape == (120, 1) and np.isfinite(z).all()
+    history = json.loads((out / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [0, 1, 2] and all(h["seconds"] > 0 for h in history)
+    ps_in, ps_out = read_particles(tiny_sim / "particles.star"), read_particles(out / "particles.star")
+    np.testing.assert_allclose(ps_out.table["rlnFlex3dLatent1"].to_numpy(), z[:, 0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ps_out.rotations, ps_in.rotations, atol=1e-5)
+    assert set(ps_in.table.columns) <= set(ps_out.table.columns)
+    assert (out / "canonical.mrc").is_file() and (out / "mesh.npz").is_file()
+
+
+def test_new_run_refuses_an_existing_run(full_run, tiny_sim, tiny_config):
+    out, _ = full_run
+    with pytest.raises(ValueError, match="resume"):
+        next(train_run(tiny_config(tiny_sim, out), out))
+
+
+def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_config, tmp_path):
+    gen = train_run(tiny_config(tiny_sim, tmp_path, epochs=2), tmp_path)
+    for e in gen:
+        if isinstance(e, ev.StepLoss) and e.epoch == 1 and e.step == 1:
+            break
+    gen.close()  # what napari's worker quit() does between yields
+    state = load_checkpoint(checkpoint_path(tmp_path))
+    assert state["epoch"] == 1
+    events = list(train_run(None, tmp_path, resume=True))
+    assert events[0].start_epoch == 1 and isinstance(events[-1], ev.RunFinished) and events[-1].epochs == 2
+
+
+_CHILD = textwrap.dedent(
+    """
+    import sys
+    from napari_flex3d.config import TrainConfig, read_config_json
+    from napari_flex3d.training.loop import train_run
+    from napari_flex3d.training import events as ev
+    config = read_config_json(sys.argv[1], TrainConfig)
+    for e in train_run(config, config.out):
+        if isinstance(e, ev.CheckpointWritten):
+            print("checkpoint", e.epoch, flush=True)
+        if isinstance(e, ev.StepLoss):
+            print("step", e.epoch, e.step, flush=True)
+    """
+)
+
+
+def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(full_run, tiny_sim, tiny_config, tmp_path):
+    from napari_flex3d.config import write_config_json
+
+    reference, _ = full_run
+    out = tmp_path / "killed"
+    write_config_json(tmp_path / "child.json", tiny_config(tiny_sim, out))
+    proc = subprocess.Popen([sys.executable, "-c", _CHILD, str(tmp_path / "child.json")], stdout=subprocess.PIPE, text=True)
+    killed_at = None
+    for line in proc.stdout:
+        words = line.split()
+        if words[:2] == ["step", "1"] and int(words[2]) >= 1:  # second epoch, after its first step
+            proc.send_signal(signal.SIGKILL)
+            killed_at = (int(words[1]), int(words[2]))
+            break
+    proc.wait(timeout=120)
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL
+    assert load_checkpoint(checkpoint_path(out))["epoch"] == 1
+    threads = torch.get_num_threads()
+    try:
+        events = list(train_run(None, out, resume=True))
+    finally:
+        torch.set_num_threads(threads)
+    assert events[0].start_epoch == 1
+    _assert_same_state(reference, out)
+    np.testing.assert_array_equal(np.load(out / "latents.npy"), np.load(reference / "latents.npy"))
+
+
+def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
+    ck = checkpoint_path(tmp_path)
+    ck.parent.mkdir(parents=True)
+    ck.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(ValueError, match="last.pt"):
+        next(train_run(None, tmp_path, resume=True))
+    with pytest.raises(ValueError, match="no checkpoint"):
+        next(train_run(None, tmp_path / "empty", resume=True))
