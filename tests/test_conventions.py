@@ -15,7 +15,6 @@ import torch
 from scipy.linalg import expm
 from scipy.spatial.transform import Rotation
 
-from conftest import DEVICES
 from napari_flex3d.conventions import (
     cryosparc_pose_to_matrix,
     euler_to_matrix,
@@ -28,6 +27,8 @@ from napari_flex3d.io.particles import read_particles, write_cs
 from napari_flex3d.ops.ctf import apply_ctf, particle_ctf
 from napari_flex3d.ops.fourier import shift_images
 from napari_flex3d.ops.project import project
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 RELION_STAR = "simplecryoem/relion_proj_batch_pfac2.star"
 POINTMASS = "simplecryoem/pointmass.mrc"

@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch_ctf
 
-from conftest import DEVICES
 from napari_flex3d.conventions import electron_wavelength_a
 from napari_flex3d.io.particles import read_particles
 from napari_flex3d.ops.ctf import apply_ctf, ctf_2d, particle_ctf
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import DEVICES
 from napari_flex3d.conventions import voxel_grid_xyz_a
 from napari_flex3d.ops.fourier import fourier_crop_2d, fourier_crop_3d, lowpass_3d, shift_images
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def _band_limited(shape, keep: int, seed=0) -> torch.Tensor:

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import DEVICES
 from napari_flex3d.ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -7,9 +7,10 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from conftest import DEVICES
 from napari_flex3d.conventions import image_grid_xy_a, voxel_grid_xyz_a
 from napari_flex3d.ops.project import project
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -10,7 +10,6 @@ import pytest
 import torch
 from scipy.spatial.transform import Rotation
 
-from conftest import DEVICES
 from napari_flex3d.conventions import voxel_grid_xyz_a
 from napari_flex3d.io.particles import OpticsGroup, ParticleSet
 from napari_flex3d.ops.ctf import apply_ctf, ctf_2d
@@ -24,6 +23,8 @@ from napari_flex3d.reconstruct.rigid import (
     reconstruct_half_maps,
     reconstruct_rigid,
 )
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 N, APIX = 32, 3.0
 
