@@ -34,6 +34,12 @@ Optional ``deconvolve=True`` divides the result's Fourier transform by the kerne
 transfer function (``sinc(f)**4`` per axis for the cubic B-spline, ``sinc(f)**2`` for the
 linear one, ``f`` in cycles per pixel), undoing the blur of the splat kernel; it is a
 fixed linear filter, so gradients flow through it by ordinary autograd.
+
+Accuracy with zero flow, against the reference projector ``ops.project.project``
+(Fourier slice, pad 2) on a band-limited random 48³ volume, 5 random poses, Fourier ring
+correlation at 0.8 Nyquist (``benchmarks/convect_project.py``): cubic 0.9986 (lowest
+shell up to there 0.997), cubic deconvolved 0.9991, linear 0.991 (lowest 0.980).
+Speed and memory against a materialise-rotate-sum path: see the benchmark.
 """
 
 from __future__ import annotations
