@@ -62,7 +62,8 @@ class EpochSummary(Event):
     epoch: int
     train_loss: float  # mean per-particle loss over the epoch
     val_loss: float  # per-particle data loss on held-out particles with inferred latents (nan if none held out)
-    seconds: float
+    seconds: float  # wall clock
+    cpu_seconds: float  # CPU time of this process (all threads) during the epoch
     band_limit: float
     latent_std: tuple[float, ...]  # (K,) spread of the training latents
     peak_memory_mb: float  # peak resident memory of the process (CPU) or the device (CUDA)

@@ -495,7 +495,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     )
     spe = run.steps_per_epoch
     while run.epoch < cfg.epochs:
-        epoch, t0 = run.epoch, time.perf_counter()
+        epoch, t0, c0 = run.epoch, time.perf_counter(), time.process_time()
         order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
         losses = []
         for step in range(spe):
@@ -517,7 +517,8 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
         seconds = time.perf_counter() - t0
         std = tuple(float(s) for s in run.latents.std(0)) if len(run.latents) > 1 else (0.0,) * cfg.latent_dim
         summary = ev.EpochSummary(
-            epoch=epoch, train_loss=float(np.mean(losses)), val_loss=val_loss, seconds=seconds, band_limit=band,
+            epoch=epoch, train_loss=float(np.mean(losses)), val_loss=val_loss, seconds=seconds,
+            cpu_seconds=time.process_time() - c0, band_limit=band,
             latent_std=std, peak_memory_mb=_peak_memory_mb(run.device),
         )
         run.history.append({k: v for k, v in dataclasses.asdict(summary).items()})

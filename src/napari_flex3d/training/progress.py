@@ -33,7 +33,8 @@ def format_event(event: ev.Event) -> str | None:
         val = "n/a" if math.isnan(event.val_loss) else f"{event.val_loss:.4g}"
         std = ", ".join(f"{s:.2f}" for s in event.latent_std)
         return (
-            f"epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {val}, {event.seconds:.1f} s, "
+            f"epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {val}, {event.seconds:.1f} s "
+            f"({event.cpu_seconds:.1f} s CPU), "
             f"latent std ({std}), peak memory {event.peak_memory_mb:.0f} MB"
         )
     if isinstance(event, ev.FSCCurve):
