@@ -26,19 +26,41 @@ def _existing_sample(folder: Path):
     )
 
 
+def _simulator_hash() -> str:
+    """A hash of the simulator's source: a cached sample is reused only while it is unchanged."""
+    import hashlib
+
+    import napari_flex3d.simulate as sim
+
+    h = hashlib.sha256()
+    for f in sorted(Path(sim.__file__).parent.glob("*.py")):
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
 @pytest.fixture(scope="session")
-def sample(tmp_path_factory):
-    """The napari sample data (400 particles, box 48), written to a temporary folder."""
+def sample(request, tmp_path_factory):
+    """The napari sample data (400 particles, box 48), as ``simulate.dataset.make_sample`` writes it.
+
+    Kept in pytest's cache folder while the simulator's source is unchanged (making it
+    takes about a minute); ``FLEX3D_SAMPLE_DIR`` points at a folder written earlier instead.
+    """
     from napari_flex3d._napari._library import MissingPiece, piece
 
     if os.environ.get("FLEX3D_SAMPLE_DIR"):
         return _existing_sample(Path(os.environ["FLEX3D_SAMPLE_DIR"]))
-
     try:
         make_sample = piece("simulate.dataset", "make_sample")
     except MissingPiece as exc:
         pytest.skip(str(exc))
-    return make_sample(out_dir=tmp_path_factory.mktemp("sample"))
+    cache = getattr(request.config, "cache", None)  # absent with -p no:cacheprovider
+    base = Path(cache.mkdir("napari_flex3d_sample")) if cache is not None else tmp_path_factory.mktemp("sample")
+    folder = base / _simulator_hash()
+    if (folder / "done").is_file():
+        return _existing_sample(folder)
+    result = make_sample(out_dir=folder)
+    (folder / "done").write_text("make_sample finished\n")
+    return result
 
 
 def wait_until(qtbot, condition, timeout_ms: int = 30_000) -> None:

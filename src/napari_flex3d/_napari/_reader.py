@@ -72,11 +72,12 @@ def _header_apix(p: Path) -> float:
 
 
 def _is_stack(p: Path) -> bool:
+    """An image stack: space group 0 (MRC2014) and not a cube (some programs write maps with 0 too)."""
     import mrcfile
 
     with mrcfile.open(p, mode="r", header_only=True, permissive=True) as f:
-        nz = int(f.header.nz)
-        return int(f.header.ispg) == 0 and nz > 1
+        nx, nz = int(f.header.nx), int(f.header.nz)
+        return int(f.header.ispg) == 0 and nz > 1 and nz != nx
 
 
 def read_stack_layer(path):

@@ -81,13 +81,15 @@ def form_values(cls, form: Container) -> dict:
     """The form's values converted back to the dataclass field types."""
     hints = typing.get_type_hints(cls)
     out = {}
+    names = {w.name for w in form}
     for f in dataclasses.fields(cls):
-        if not hasattr(form, f.name):
+        if f.name not in names:
             continue
-        value = getattr(form, f.name).value
+        widget = form[f.name]
+        value = widget.value
         hint = hints[f.name]
         inner = _optional_inner(hint)
-        if isinstance(value, str) and (inner is not None or hint not in (str,)) and getattr(form, f.name).widget_type == "LineEdit":
+        if isinstance(value, str) and (inner is not None or hint not in (str,)) and widget.widget_type == "LineEdit":
             text = value.strip()
             if inner is not None and text in ("", "None"):
                 value = None
@@ -100,7 +102,7 @@ def form_values(cls, form: Container) -> dict:
 
 
 def _set_form(form: Container, name: str, value) -> None:
-    w = getattr(form, name)
+    w = form[name]
     w.value = ("" if value is None else str(value)) if w.widget_type == "LineEdit" else value
 
 
@@ -215,8 +217,9 @@ class TrainWidget(QWidget):
 
     @config.setter
     def config(self, cfg) -> None:
+        names = {w.name for w in self.form}
         for f in dataclasses.fields(cfg):
-            if hasattr(self.form, f.name):
+            if f.name in names:
                 _set_form(self.form, f.name, getattr(cfg, f.name))
         if getattr(cfg, "device", None) in self.device_box.choices:
             self.device = cfg.device

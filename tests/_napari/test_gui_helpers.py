@@ -1,0 +1,80 @@
+"""The small pure helpers behind the widgets: latent views, paths, polygons, forms."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gui
+
+
+def test_pca_view_maps_plot_points_back_onto_the_latents():
+    from napari_flex3d._napari._explore_widget import latent_view
+
+    rng = np.random.default_rng(1)
+    # K = 3 latents that vary in a tilted plane: PCA must find that plane
+    basis = np.linalg.qr(rng.normal(size=(3, 3)))[0][:, :2].T  # (2, 3)
+    coeffs = rng.normal(size=(500, 2)) * [3.0, 1.0]
+    z = coeffs @ basis + [0.5, -1.0, 2.0]
+    xy, to_latent, from_latent = latent_view(z, (0, 1), use_pca=True)
+    assert xy.shape == (500, 2)
+    back = np.stack([to_latent(x, y, z[i]) for i, (x, y) in enumerate(xy[:20])])
+    np.testing.assert_allclose(back, z[:20], atol=1e-4)  # points in the plane come back exactly
+    assert abs(np.corrcoef(xy[:, 0], coeffs[:, 0])[0, 1]) > 0.99  # PC1 is the widest direction
+    # axis view: x and y are the chosen axes, the rest is kept from the base latent
+    xy2, to2, _ = latent_view(z, (2, 0), use_pca=False)
+    np.testing.assert_allclose(xy2, z[:, [2, 0]], rtol=1e-6)
+    np.testing.assert_allclose(to2(7.0, 8.0, z[0]), [8.0, z[0, 1], 7.0], rtol=1e-6)
+
+
+def test_interpolated_path_is_evenly_spaced_and_hits_its_ends():
+    from napari_flex3d._napari._explore_widget import interpolate_path
+
+    path = np.array([[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]])
+    zs = interpolate_path(path, 8)
+    np.testing.assert_allclose(zs[0], path[0])
+    np.testing.assert_allclose(zs[-1], path[-1])
+    steps = np.linalg.norm(np.diff(zs, axis=0), axis=1)
+    np.testing.assert_allclose(steps[[0, 1, 3, 5, 6]], 1.0, rtol=1e-5)  # 7 units in 7 steps (corner cut inside one)
+
+
+def test_points_in_polygon_selects_the_inside():
+    from napari_flex3d._napari._explore_widget import points_in_polygon
+
+    xy = np.array([[0.5, 0.5], [2.0, 0.5], [0.1, 0.9], [-0.1, 0.5]])
+    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]])
+    np.testing.assert_array_equal(points_in_polygon(xy, square), [0, 2])
+
+
+def test_config_form_round_trips_a_frozen_dataclass():
+    from dataclasses import dataclass, field
+
+    from napari_flex3d._napari._train_widget import config_form, form_values
+
+    @dataclass(frozen=True)
+    class Cfg:
+        epochs: int = field(default=3, metadata={"help": "passes"})
+        lr: float = 1e-3
+        kernel: str = field(default="cubic", metadata={"choices": ("cubic", "linear")})
+        box: int | None = None
+        name: str = "x"
+
+    form = config_form(Cfg)
+    assert form_values(Cfg, form) == {"epochs": 3, "lr": 1e-3, "kernel": "cubic", "box": None, "name": "x"}
+    form["box"].value = "64"
+    form["kernel"].value = "linear"
+    form["epochs"].value = 7
+    assert Cfg(**form_values(Cfg, form)) == Cfg(epochs=7, kernel="linear", box=64)
+    assert form["epochs"].tooltip == "passes"
+
+
+def test_montage_tiles_and_normalises_each_image():
+    from napari_flex3d._napari._data_widget import montage
+
+    imgs = np.stack([np.full((4, 4), v, np.float32) + np.eye(4, dtype=np.float32) * v for v in (1.0, 10.0, 100.0)])
+    m = montage(imgs, columns=2)
+    assert m.shape == (8, 8)
+    tiles = [m[:4, :4], m[:4, 4:], m[4:, :4]]
+    for t in tiles:
+        assert abs(t.mean()) < 1e-5 and t.std() == pytest.approx(1.0, rel=1e-3)
+    assert np.all(m[4:, 4:] == 0)
