@@ -88,9 +88,9 @@ class TrainConfig:
     rigidity_lambda: float = _f(2.0, "weight of the local rigidity penalty (lambda_rigid)")
     kernel: str = _f("cubic", "convection interpolation kernel", choices=("cubic", "linear"))
     flow_init_a: float = _f(
-        1.0,
-        "RMS vertex displacement (Å) between z=-1 and z=+1 of the fresh flow generator on each axis: "
-        "large enough that latent inference can tell latents apart, which breaks the symmetry of zero initial latents",
+        0.0,
+        "RMS vertex displacement (Å) between z=-1 and z=+1 of the fresh flow generator (smooth random fields); "
+        "0 keeps the near-zero start. About 1 Å lets latent inference tell zero initial latents apart",
     )
     # mask and mesh (used when no --mesh is given)
     mask_threshold: float | None = _f(None, "density threshold of the solvent mask (None: automatic)")
@@ -105,9 +105,9 @@ class TrainConfig:
     # optimisation
     epochs: int = _f(16, "passes over the training particles")
     batch: int = _f(256, "particles per minibatch (the paper uses >= 500 on real data)")
-    lr_flow: float = _f(1e-3, "Adam learning rate of the flow generator")
+    lr_flow: float = _f(3e-3, "Adam learning rate of the flow generator")
     lr_canonical: float = _f(1e-2, "Adam learning rate of the canonical map, relative to its RMS density")
-    warmup_epochs: int = _f(0, "epochs training the flow and map with the latents held at their initial values")
+    warmup_epochs: int = _f(2, "epochs training the flow and map with the latents held at their initial values")
     flow_batches: int = _f(1, "minibatches per cycle updating the flow generator (latents inferred, map fixed)")
     structure_batches: int = _f(1, "minibatches per cycle updating the canonical map (flow fixed)")
     band_start: float = _f(0.25, "starting band limit as a fraction of the training box's Nyquist")
