@@ -99,6 +99,13 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auto_float(text: str):
+    low = text.strip().lower()
+    if low in ("auto", "none"):
+        return None if low == "none" else "auto"
+    return float(text)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import api
 
@@ -160,8 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=256, help="particles per streamed chunk")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i]")
     p.add_argument("--resplit", action="store_true", help="ignore the input's half sets and split at random (seeded)")
-    p.add_argument("--randomise-from", type=float, default=None, metavar="A",
-                   help="noise-substitution check: phase-randomise beyond this resolution (Å) for the masked FSC")
+    p.add_argument("--randomise-from", type=_auto_float, default="auto", metavar="A",
+                   help="noise substitution for masked FSCs: phase-randomise beyond this resolution in Å "
+                        "(auto: where the unmasked FSC falls below 0.8; none: off)")
     p.add_argument("--resume", action="store_true", help="continue from the saved solver states in --out")
     p.add_argument("--passthrough", default=None)
     p.add_argument("--root", default=None)

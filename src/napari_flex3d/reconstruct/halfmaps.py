@@ -105,6 +105,7 @@ class HalfMapProblem:
         kernel: str = "cubic",
         device="cpu",
         memory_budget_bytes: float = 3e8,
+        oversample: int = 2,
     ):
         self.ps = ps
         self.idx = np.asarray(idx, dtype=np.int64)
@@ -115,8 +116,9 @@ class HalfMapProblem:
         self.noise = noise_spectra.to(device)
         self.kernel = kernel
         self.device = torch.device(device)
+        self.oversample = int(oversample)
         n = self.points.shape[0]
-        per_particle = 4.0 * (self.box * self.box * 6 + (n * 9 if flow_fn is not None else 0))
+        per_particle = 4.0 * (self.box * self.box * 6 * self.oversample**2 + (n * 9 if flow_fn is not None else 0))
         self.chunk = int(max(1, min(chunk, memory_budget_bytes // per_particle)))
 
     @property
@@ -139,10 +141,14 @@ class HalfMapProblem:
     def _predict(self, values: torch.Tensor, batch: dict, points: torch.Tensor) -> torch.Tensor:
         from ..ops.splat import convect_project
 
+        m = self.oversample
         images = convect_project(
-            values, points, batch["rotations"], batch["shifts_a"], self.box, self.apix, kernel=self.kernel
-        )  # (b, N, N)
-        return torch.fft.irfft2(torch.fft.rfft2(images) * batch["ctf"], s=images.shape[-2:])
+            values, points, batch["rotations"], batch["shifts_a"], self.box * m, self.apix / m, kernel=self.kernel
+        )  # (b, mN, mN): splatted on a finer grid so that little aliases into the last shells
+        spec = torch.fft.rfft2(images)
+        if m > 1:
+            spec = _crop_rfft2(spec, self.box)  # (b, N, N//2+1), Fourier-cropped back
+        return torch.fft.irfft2(spec * batch["ctf"], s=(self.box, self.box))
 
     def objective_and_gradient(self, values: torch.Tensor) -> tuple[float, torch.Tensor]:
         """``f(V)`` (without ridge) and its gradient ``(n,)``: one pass over the particles."""
@@ -169,6 +175,17 @@ class HalfMapProblem:
             q.backward()
             quad += float(q.detach())
         return v.grad.detach(), 2.0 * quad
+
+
+def _crop_rfft2(spec: torch.Tensor, box: int) -> torch.Tensor:
+    """Keep the central ``box`` frequencies of an ``rfft2`` spectrum ``(..., M, M//2+1)``.
+
+    The scale is unchanged (``irfft2`` with ``s=(box, box)`` then gives images whose grey
+    levels are ``(box/M)^2`` of a Fourier-cropped image's; the solved map absorbs it)."""
+    m = spec.shape[-2]
+    h = box // 2
+    rows = torch.cat([torch.arange(0, box - h, device=spec.device), torch.arange(m - h, m, device=spec.device)])
+    return spec[..., rows, : h + 1]
 
 
 def _dot(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -357,40 +374,20 @@ def reconstruct_run(
     particles,
     out_dir,
     *,
-    masks: tuple = (),
-    iterations: int = 20,
-    rigid: bool = True,
-    box: int | None = None,
-    chunk: int = 256,
-    device: str = "cpu",
-    resplit: bool = False,
-    seed: int = 0,
-    randomise_from_a: float | None = None,
-    ridge: float = 0.0,
-    resume: bool = False,
     passthrough=None,
     root=None,
-    noise_particles: int = 2000,
+    **kwargs,
 ) -> Iterator[object]:
     """Flex (and rigid) half maps of a trained run at the particles' full box; a generator of events.
 
-    Writes into ``out_dir``: ``flex_half_A.mrc``, ``flex_half_B.mrc``, ``flex_map.mrc``
-    (FSC-weighted, B-factor sharpened), the same for ``rigid_``, ``fsc.csv``, ``fsc.png``
-    and ``report.json``; ``state/`` holds the resumable solver states.
+    Loads the run's last checkpoint and ``latents.npy`` and the full-resolution particles
+    (the same rows, in the same order, as for training), then :func:`solve_half_maps`
+    (keyword arguments go there).
     """
-    from ..io.mrc import write_map
     from ..io.particles import read_particles
-    from ..model.loss import estimate_noise_spectra
-    from ..reconstruct.rigid import half_set_indices
     from ..training.loop import load_run
-    from ..training.setup import resolve_device
-    from .validation import masked_fsc, sharpen
 
-    t_start = time.time()
-    out = Path(out_dir)
-    (out / "state").mkdir(parents=True, exist_ok=True)
-    dev = resolve_device(device)
-    config, _, model = load_run(run_dir, device="cpu")
+    _, _, model = load_run(run_dir, device="cpu")
     run_dir = Path(run_dir)
     latents_path = run_dir / "latents.npy"
     if not latents_path.exists():
@@ -399,24 +396,78 @@ def reconstruct_run(
     ps = read_particles(particles, passthrough=passthrough, root=root)
     if len(ps) != latents.shape[0]:
         raise ValueError(
-            f"{particles}: {len(ps)} particles, but the run's latents.npy has {latents.shape[0]} rows (same particles, same order, are needed)"
+            f"{particles}: {len(ps)} particles, but the run's latents.npy has {latents.shape[0]} rows "
+            "(the same particles, in the same order, are needed)"
         )
+    yield from solve_half_maps(model, latents, ps, out_dir, sources={"run": str(run_dir), "particles": str(particles)},
+                               **kwargs)
+
+
+def solve_half_maps(
+    model,
+    latents: torch.Tensor,
+    ps,
+    out_dir,
+    *,
+    masks: tuple = (),
+    iterations: int = 20,
+    rigid: bool = True,
+    box: int | None = None,
+    chunk: int = 256,
+    device: str = "cpu",
+    resplit: bool = False,
+    seed: int = 0,
+    randomise_from_a: float | str | None = "auto",
+    ridge: float = 0.0,
+    resume: bool = False,
+    noise_particles: int = 2000,
+    support_dilate_a: float = 10.0,
+    sources: dict | None = None,
+) -> Iterator[object]:
+    """Solve the flex (and rigid) half maps of a frozen ``FlexModel`` with per-particle
+    ``latents (n, K)`` for the particles ``ps``; write the maps, FSC and report into ``out_dir``.
+
+    ``masks``: MRC paths or ``{name: (N, N, N) array}`` for local FSCs. Writes
+    ``flex_half_A.mrc``, ``flex_half_B.mrc``, ``flex_map.mrc`` (FSC-weighted, B-factor
+    sharpened), the same for ``rigid_``, ``fsc.csv``, ``fsc.png`` and ``report.json``;
+    ``state/`` holds the resumable solver states.
+    """
+    from ..io.mrc import write_map
+    from ..model.loss import estimate_noise_spectra
+    from ..reconstruct.rigid import half_set_indices
+    from ..training.setup import resolve_device
+    from .validation import masked_fsc, sharpen
+
+    t_start = time.time()
+    out = Path(out_dir)
+    (out / "state").mkdir(parents=True, exist_ok=True)
+    dev = resolve_device(device)
+    latents = torch.as_tensor(latents, dtype=torch.float32)
+    if len(ps) != latents.shape[0]:
+        raise ValueError(f"{len(ps)} particles but {latents.shape[0]} latent rows")
     if not ps.has_poses:
-        raise ValueError(f"{particles}: no poses; reconstruction needs a consensus refinement's poses")
+        raise ValueError(f"{ps.source}: no poses; reconstruction needs a consensus refinement's poses")
     box_h = int(ps.box) if box is None else int(box)
     if box_h > ps.box:
         raise ValueError(f"--box {box_h} is larger than the particles' box {ps.box}")
     apix_h = float(ps.apix) * ps.box / box_h
 
-    # support of V at the new box: the training mask, resampled and dilated by a voxel
+    # support of V at the new box: the training mask, resampled and dilated by support_dilate_a,
+    # so that no density is cut at its edge (a cut would correlate the half maps falsely)
     train_mask = np.zeros(model.box**3, dtype=np.float32)
     train_mask[model.canonical.voxel_index.cpu().numpy()] = 1.0
-    support = resample_mask(train_mask.reshape((model.box,) * 3), model.apix, box_h, apix_h)
+    dilate_px = max(1, int(np.ceil(support_dilate_a / apix_h)))
+    support = resample_mask(train_mask.reshape((model.box,) * 3), model.apix, box_h, apix_h, dilate_px=dilate_px)
     flat = np.flatnonzero(support.reshape(-1))
     from ..conventions import voxel_grid_xyz_a
 
     points = voxel_grid_xyz_a(box_h, apix_h).reshape(-1, 3)[torch.as_tensor(flat)]  # (n, 3)
-    user_masks = {Path(m).stem: torch.as_tensor(_load_mask_file(m, box_h, apix_h)) for m in masks}
+    user_masks = {}
+    for m in masks.items() if isinstance(masks, dict) else masks:
+        if isinstance(m, tuple):  # (name, array) at this box
+            user_masks[m[0]] = torch.as_tensor(np.asarray(m[1], dtype=np.float32))
+        else:
+            user_masks[Path(m).stem] = torch.as_tensor(_load_mask_file(m, box_h, apix_h))
 
     # whitening: one radial noise spectrum per optics group, at this box
     from ..model.flex import batch_from_particles
@@ -430,7 +481,7 @@ def reconstruct_run(
     labels = np.full(len(ps), -1) if resplit else np.asarray(ps.half_set)
     half_a, half_b = half_set_indices(_Labels(labels), np.arange(len(ps)), seed)
     if half_a.size == 0 or half_b.size == 0:
-        raise ValueError(f"{particles}: a half set is empty ({half_a.size} / {half_b.size} particles)")
+        raise ValueError(f"{ps.source}: a half set is empty ({half_a.size} / {half_b.size} particles)")
 
     modes = ["flex"] + (["rigid"] if rigid else [])
     flow_fn = _flex_flow_fn(model, latents, points, dev)
@@ -439,8 +490,10 @@ def reconstruct_run(
     passes_done = 0
     t_solve = time.time()
     maps: dict[tuple[str, str], torch.Tensor] = {}
-    from ..ops.splat import convect_volume
+    objectives: dict[tuple[str, str], float] = {}
     from ..model.canonical import scatter_to_volume
+
+    flat_index = torch.as_tensor(flat)
 
     for mode, half, idx in jobs:
         mrc_path = out / f"{mode}_half_{half}.mrc"
@@ -472,9 +525,9 @@ def reconstruct_run(
             yield ReconstructProgress(mode, half, k, iterations, f, time.time() - t_start, eta)
         if state is not None:
             values = state["values"]
+            objectives[(mode, half)] = float(state["f"])
             passes_done += iterations - int(state["k"])  # stopped early: converged
-        with torch.no_grad():  # the density the model projects: V spread by the splat kernel
-            vol = convect_volume(values.cpu(), points, box_h, apix_h, kernel=model.kernel)
+        vol = scatter_to_volume(values.detach().cpu(), flat_index, box_h)  # V at the voxel centres
         maps[(mode, half)] = vol
         write_map(mrc_path, vol.numpy(), apix_h, label=f"napari-flex3d {mode} half map {half}")
         if state_path.exists():
@@ -482,13 +535,12 @@ def reconstruct_run(
         yield HalfMapDone(mode, half, str(mrc_path))
 
     # validation
-    from ..ops.fsc import shell_frequencies_a
+    from ..ops.fsc import fsc_resolution, shell_frequencies_a
 
     freqs = shell_frequencies_a(box_h, apix_h)
     nyquist_train = 2.0 * model.apix
     report: dict = {
-        "particles": str(particles),
-        "run": str(run_dir),
+        **(sources or {}),
         "box": box_h,
         "apix": apix_h,
         "training_box": model.box,
@@ -502,14 +554,19 @@ def reconstruct_run(
     curves_png = {}
     for mode in modes:
         a, bmap = maps[(mode, "A")], maps[(mode, "B")]
-        entry = {}
+        entry = {"objective": {h: objectives.get((mode, h)) for h in ("A", "B")}}
         res = masked_fsc(a, bmap, apix_h)
         entry["global"] = {"fsc_0143_a": res.resolution_0143_a, "fsc_05_a": res.resolution_05_a}
         columns[f"fsc_{mode}"] = res.curve
         curves_png[f"{mode} (global)"] = res.curve
+        randomise = randomise_from_a
+        if randomise == "auto":  # RELION's choice: where the unmasked FSC falls below 0.8
+            randomise = fsc_resolution(res.curve, box_h, apix_h, 0.8)
+            randomise = None if not np.isfinite(randomise) or randomise <= 2 * apix_h else randomise
         for name, m in user_masks.items():
-            r = masked_fsc(a, bmap, apix_h, mask=m, randomise_from_a=randomise_from_a, seed=seed)
-            entry[name] = {"fsc_0143_a": r.resolution_0143_a, "fsc_05_a": r.resolution_05_a, "corrected": r.corrected}
+            r = masked_fsc(a, bmap, apix_h, mask=m, randomise_from_a=randomise, seed=seed)
+            entry[name] = {"fsc_0143_a": r.resolution_0143_a, "fsc_05_a": r.resolution_05_a, "corrected": r.corrected,
+                           "randomised_from_a": randomise if r.corrected else None}
             columns[f"fsc_{mode}_{name}"] = r.curve
             curves_png[f"{mode} ({name})"] = r.curve
         combined = 0.5 * (a + bmap)

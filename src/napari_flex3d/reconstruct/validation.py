@@ -145,7 +145,6 @@ def guinier_bfactor(volume: torch.Tensor, apix: float, low_a: float = 10.0, high
     s = shell_frequencies_a(box, apix)  # 1/Å
     amp = radial_average(volume).cpu().numpy()
     high_a = 2.0 * apix if high_a is None else max(float(high_a), 2.0 * apix)
-    low_a = max(float(low_a), high_a * 1.5)  # keep a usable range even for coarse maps
     sel = (s > 0) & (s >= 1.0 / low_a) & (s <= 1.0 / high_a) & (amp > 0)
     if sel.sum() < 3:
         raise ValueError(
@@ -180,11 +179,14 @@ def sharpen(
     """
     box = volume.shape[-1]
     if bfactor is None:
-        try:
-            bfactor = guinier_bfactor(volume, apix, low_a=low_a, high_a=resolution_a)
-        except ValueError:
-            bfactor = 0.0
-        bfactor = max(bfactor, 0.0)
+        # A Guinier fit needs the Wilson regime (finer than about 10 Å) and a range of
+        # shells in it; coarser maps are FSC-weighted and low-passed but not sharpened.
+        bfactor = 0.0
+        if np.isfinite(resolution_a) and resolution_a < 0.8 * low_a:
+            try:
+                bfactor = max(guinier_bfactor(volume, apix, low_a=low_a, high_a=resolution_a), 0.0)
+            except ValueError:
+                bfactor = 0.0
     s = shell_frequencies_a(box, apix)
     filt = np.exp(bfactor * s**2 / 4.0) * fsc_weight(fsc_curve)
     if np.isfinite(resolution_a):

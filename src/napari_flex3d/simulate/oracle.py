@@ -45,7 +45,7 @@ def _resize_map(vol: np.ndarray, box: int) -> np.ndarray:
         return vol
     from ..ops.fourier import fourier_crop_3d
 
-    return fourier_crop_3d(torch.as_tensor(vol, dtype=torch.float32), box).numpy()
+    return fourier_crop_3d(torch.tensor(vol, dtype=torch.float32), box).numpy()
 
 
 def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12, fit_steps: int = 300, seed: int = 0):
@@ -91,9 +91,11 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
     return model, latents
 
 
-def domain_mask(sim_dir, domain: int, box: int | None = None, dilate_a: float = 6.0, soft_a: float = 4.0) -> np.ndarray:
+def domain_mask(sim_dir, domain: int, box: int | None = None, dilate_a: float = 6.0, soft_a: float = 15.0) -> np.ndarray:
     """A soft mask ``(box,)*3`` around one domain of the molecule at rest (0 body, 1 linker,
-    2 arm: the part that moves), as a user would draw around a flexible domain."""
+    2 arm: the part that moves), as a user would draw around a flexible domain: the atoms
+    dilated by ``dilate_a``, then a linear edge ``soft_a`` wide (at least 3 voxels; a sharp
+    edge makes the masked FSC report the mask, not the map)."""
     from scipy import ndimage
 
     sim_dir = Path(sim_dir)
@@ -112,5 +114,6 @@ def domain_mask(sim_dir, domain: int, box: int | None = None, dilate_a: float = 
     hard = np.zeros((box,) * 3, dtype=bool)
     hard[tuple(idx.T)] = True
     hard = ndimage.binary_dilation(hard, iterations=max(1, int(round(dilate_a / apix))))
+    soft_a = max(float(soft_a), 3.0 * apix)
     dist = ndimage.distance_transform_edt(~hard) * apix
-    return np.clip(1.0 - dist / soft_a, 0.0, 1.0).astype(np.float32) if soft_a > 0 else hard.astype(np.float32)
+    return np.clip(1.0 - dist / soft_a, 0.0, 1.0).astype(np.float32)
