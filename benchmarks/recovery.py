@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
@@ -54,15 +53,9 @@ def main(argv=None) -> int:
         from napari_flex3d.simulate.dataset import simulate_dataset
 
         sim_dir = out / "sim"
-        sim_dir.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
-        cwd = os.getcwd()
-        os.chdir(sim_dir)  # stack names written relative to the STAR's folder either way
-        try:
-            simulate_dataset(sim_dir, n_particles=args.n_particles, box=args.box, apix=192.0 / args.box, snr=args.snr,
-                             motion=args.motion, seed=0, progress=True)
-        finally:
-            os.chdir(cwd)
+        simulate_dataset(sim_dir, n_particles=args.n_particles, box=args.box, apix=192.0 / args.box, snr=args.snr,
+                         motion=args.motion, seed=0, progress=True)
         t_sim = time.perf_counter() - t0
     truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
     k = len(truth["coordinate_names"])

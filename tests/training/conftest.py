@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 
 def simulate_small(out_dir: Path, n_particles: int, box: int, motion: str = "hinge", snr: float = 0.1, seed: int = 0):
-    """``flex3d simulate`` into ``out_dir`` (run from inside it, so relative stack names resolve either way)."""
+    """``flex3d simulate`` into ``out_dir`` (the molecule keeps its size in Å: ``apix = 192 / box``)."""
     from napari_flex3d.simulate.dataset import simulate_dataset
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cwd = os.getcwd()
-    os.chdir(out_dir)
-    try:
-        return simulate_dataset(out_dir, n_particles=n_particles, box=box, apix=192.0 / box, snr=snr, motion=motion,
-                                seed=seed)
-    finally:
-        os.chdir(cwd)
+    return simulate_dataset(out_dir, n_particles=n_particles, box=box, apix=192.0 / box, snr=snr, motion=motion, seed=seed)
 
 
 @pytest.fixture(scope="session")

@@ -123,9 +123,9 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device) -> RunSta
     model = build_model(consensus, apix, mask, mesh, config).to(device)
     train_idx, val_idx = split_train_val(len(ps), config.val_fraction, config.seed)
     spectrum_idx = np.arange(min(len(ps), 2048))
-    spectra = estimate_spectra(ps, spectrum_idx, box, device)
+    spectra = estimate_spectra(ps, spectrum_idx, box, device)  # (n_groups, n_shells) on the device
     if config.latent_init == "variability":
-        z0 = _variability_init(ps, model, spectra.to(device), box, device, config)
+        z0 = _variability_init(ps, model, spectra, box, device, config)
     else:
         z0 = initial_latents(config.latent_init, len(ps), config.latent_dim, config.seed, config.latent_column, ps.table)
     generator = torch.Generator().manual_seed(config.seed)
@@ -135,7 +135,7 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device) -> RunSta
         device=device,
         ps=ps,
         model=model,
-        spectra=spectra.to(device),
+        spectra=spectra,
         latents=torch.as_tensor(z0),
         train_idx=train_idx,
         val_idx=val_idx,
@@ -162,11 +162,10 @@ def _variability_init(ps, model, spectra, box: int, device, config: TrainConfig)
 
         return gen
 
-    z = variability_latents(
+    return variability_latents(
         model, batches(fit_idx), spectra, config.latent_dim, band=config.latent_init_band, seed=config.seed,
         final_batches=batches(np.arange(len(ps))),
     )
-    return z
 
 
 def _state_dict(run: RunState) -> dict:

@@ -63,7 +63,7 @@ def consensus_at_box(map_path, particle_box: int, particle_apix: float, box: int
         raise ValueError(f"{map_path}: map is {data.shape}, the particles' box is {particle_box}")
     if m.apix is not None and abs(m.apix - particle_apix) > 0.01 * particle_apix:
         raise ValueError(f"{map_path}: map voxel {m.apix:.4g} Å differs from the particles' {particle_apix:.4g} Å")
-    vol = torch.as_tensor(data, dtype=torch.float32)
+    vol = torch.tensor(data, dtype=torch.float32)  # a copy: read_map may hand back a read-only array
     if box != particle_box:
         vol = fourier_crop_3d(vol, box)
     return vol.numpy().astype(np.float32)
