@@ -34,6 +34,8 @@ def _mask_points(mask):
 def test_mesh_covers_every_mask_voxel(any_mesh, two_blob_mask):
     loc = locate_points(any_mesh, _mask_points(two_blob_mask.binary), method="kdtree")
     assert loc.inside.all(), f"{(~loc.inside).sum()} mask voxels outside the mesh"
+    if any_mesh.method == "tetgen":
+        assert any_mesh.info["mask_voxels_outside"] == 0
 
 
 def test_cells_positively_oriented_and_not_degenerate(any_mesh):
@@ -166,6 +168,34 @@ def test_tetgen_failure_falls_back_to_grid(two_blob_mask, monkeypatch):
         m = build_mesh(two_blob_mask.binary, APIX)
     assert m.method == "grid"
     assert locate_points(m, _mask_points(two_blob_mask.binary)).inside.all()
+
+
+def test_tetgen_is_retried_with_a_finer_surface(two_blob_mask, monkeypatch):
+    real, calls = build_mod._tetgen_mesh, []
+
+    def first_fails(surf, *args):
+        calls.append(surf.n_cells)
+        if len(calls) == 1:
+            raise RuntimeError("The input surface mesh contain self-intersections.")
+        return real(surf, *args)
+
+    monkeypatch.setattr(build_mod, "_tetgen_mesh", first_fails)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        m = build_mesh(two_blob_mask.binary, APIX)
+    assert m.method == "tetgen" and m.info["tetgen_attempt"] == 2
+    assert calls[1] > 2 * calls[0]  # the second surface is finer
+
+
+def test_speckled_mask_goes_to_the_grid():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((32, 32, 32), bool)
+    idx = rng.integers(1, 15, size=(200, 3)) * 2  # isolated single voxels on even sites
+    mask[idx[:, 0], idx[:, 1], idx[:, 2]] = True
+    with pytest.warns(RuntimeWarning, match="pieces"):
+        m = build_mesh(mask, APIX, cells_across=8)
+    assert m.method == "grid"
+    assert locate_points(m, voxel_centres_xyz_a(mask_voxel_indices(mask), mask.shape, APIX)).inside.all()
 
 
 def test_save_load_round_trip(tmp_path, tetgen_mesh):

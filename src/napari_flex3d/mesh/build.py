@@ -1,10 +1,13 @@
 """Tetrahedral mesh covering a mask: build, inspect, save and load.
 
-Default path (DESIGN.md §2, STACK.md): the mask, padded by one voxel, is turned into a
-distance field whose ``margin_a`` level set lies just outside the mask's voxel centres;
-pyvista contours it (flying edges), smooths it and decimates it so its triangles have
-about the cell size; tetgen fills it with quality tetrahedra no larger than a regular
-tetrahedron whose edge is the cell size. Should tetgen fail, or should the caller ask
+Default path (DESIGN.md §2, STACK.md): the mask, cropped to its bounding box and padded
+with empty voxels (so the surface is closed even where the mask meets the box edge), is
+turned into a signed distance field whose ``margin_a`` level set lies just outside the
+mask's voxel centres; pyvista contours it (flying edges), smooths it and decimates it so
+its triangles have about the cell size; tetgen fills it with quality tetrahedra no
+larger than a regular tetrahedron whose edge is the cell size (tetgen honours this
+loosely: a few cells exceed it by ~10%). The mask voxels the mesh leaves uncovered, if
+any, are counted in ``mesh.info``. Should tetgen fail, or should the caller ask
 for it, a regular grid of cubes of the cell size, each split into six tetrahedra and
 kept where a mask voxel lies in it, covers the mask instead (robust, every mask voxel
 inside a cell by construction).
@@ -49,7 +52,7 @@ _OUTWARD_FACES = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]], dtype=np
 _EDGES = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]], dtype=np.int64)
 
 
-@dataclass
+@dataclass(eq=False)
 class Mesh:
     """A tetrahedral mesh in the canonical frame.
 
@@ -334,6 +337,7 @@ def build_mesh(
     min_ratio: float = 1.5,
     min_dihedral: float = 10.0,
     smooth_iter: int = 20,
+    max_pieces: int = 50,
 ) -> Mesh:
     """Tetrahedral mesh covering a mask.
 
@@ -343,17 +347,22 @@ def build_mesh(
         apix: voxel size, Å.
         cell_size_a: target cell edge length, Å. ``None``: ``box * apix / cells_across``.
         cells_across: cells across the box when ``cell_size_a`` is None (cryoSPARC: 20).
-        method: ``"tetgen"`` (default; falls back to ``"grid"`` with a warning if it
-            fails) or ``"grid"`` (regular tetrahedralised cubes, see :func:`build_grid_mesh`).
+        method: ``"tetgen"`` (default; if tetgen refuses the decimated surface it is
+            retried once with a surface twice as fine, then falls back to ``"grid"`` with a
+            warning) or ``"grid"`` (regular tetrahedralised cubes, see :func:`build_grid_mesh`).
         margin_a: how far outside the mask's voxel centres the mesh surface lies, Å
             (``None``: 1.2 voxels, between the first two distances a voxel grid holds, so
             the level set never passes through grid points), so that decimation and
             smoothing do not uncover mask voxels.
         min_ratio, min_dihedral: tetgen quality bounds (radius-edge ratio, degrees).
         smooth_iter: Taubin smoothing iterations of the surface before decimation.
+        max_pieces: a mask in more connected pieces than this is meshed with the grid
+            (with a warning): tetgen would refine around every speck.
 
     Returns:
-        :class:`Mesh` with positively oriented cells and no unused vertices.
+        :class:`Mesh` with positively oriented cells and no unused vertices; for tetgen
+        meshes ``info`` also holds ``mask_voxels_outside`` (mask voxel centres in no
+        cell; they get clamped weights) and ``max_outside_distance_a``.
     """
     binary = _check_mask(mask, level)
     if apix <= 0:
@@ -368,19 +377,47 @@ def build_mesh(
     if method != "tetgen":
         raise ValueError(f"method must be 'tetgen' or 'grid', got {method!r}")
     margin = 1.2 * apix if margin_a is None else float(margin_a)
-    try:
-        surf = _surface_from_mask(binary, apix, margin, cell_size_a, smooth_iter)
-        nodes, elems = _tetgen_mesh(surf, cell_size_a, min_ratio, min_dihedral)
-    except Exception as exc:  # tetgen raises RuntimeError on bad surfaces; vtk may raise others
-        warnings.warn(f"tetgen meshing failed ({exc}); using a regular grid mesh instead", RuntimeWarning)
+    # A mask in many pieces (a threshold cutting into noise) makes tetgen refine around every
+    # speck, slowly and into a huge mesh: the grid covers it sanely.
+    _, n_pieces = ndimage.label(binary)
+    if n_pieces > max_pieces:
+        warnings.warn(
+            f"mask is in {n_pieces} pieces (more than max_pieces={max_pieces}; is the threshold "
+            "cutting into noise?); using a regular grid mesh instead of tetgen",
+            RuntimeWarning,
+        )
+        return build_grid_mesh(binary, apix, cell_size_a)
+    # A decimated surface can self-intersect, which tetgen refuses: retry with a finer surface
+    # (triangles half the cell size), then give up for the regular grid.
+    errors = []
+    for attempt, surface_edge_a in enumerate((cell_size_a, cell_size_a / 2)):
+        try:
+            surf = _surface_from_mask(binary, apix, margin, surface_edge_a, smooth_iter)
+            nodes, elems = _tetgen_mesh(surf, cell_size_a, min_ratio, min_dihedral)
+            break
+        except Exception as exc:  # tetgen raises RuntimeError on bad surfaces; vtk may raise others
+            errors.append(str(exc))
+    else:
+        warnings.warn(f"tetgen meshing failed ({'; '.join(errors)}); using a regular grid mesh instead", RuntimeWarning)
         return build_grid_mesh(binary, apix, cell_size_a)
     nodes, elems = _drop_unused_vertices(nodes, elems)
     vols = cell_signed_volumes(nodes, elems)
     keep = np.abs(vols) > 1e-9 * cell_size_a**3  # drop degenerate slivers, if any
     elems = orient_cells(nodes, elems[keep])
     nodes, elems = _drop_unused_vertices(nodes, elems)
-    info = {"n_surface_points": int(surf.n_points), "n_surface_triangles": int(surf.n_cells)}
-    return Mesh(nodes, elems, box=box, apix=apix, method="tetgen", cell_size_a=float(cell_size_a), info=info)
+    info = {
+        "n_surface_points": int(surf.n_points),
+        "n_surface_triangles": int(surf.n_cells),
+        "surface_edge_a": float(surface_edge_a),
+        "tetgen_attempt": attempt + 1,
+    }
+    mesh = Mesh(nodes, elems, box=box, apix=apix, method="tetgen", cell_size_a=float(cell_size_a), info=info)
+    from .barycentric import locate_points  # here: barycentric imports this module
+
+    loc = locate_points(mesh, voxel_centres_xyz_a(np.argwhere(binary), binary.shape, apix))
+    info["mask_voxels_outside"] = int((~loc.inside).sum())
+    info["max_outside_distance_a"] = float(loc.outside_distance_a.max())
+    return mesh
 
 
 # ----------------------------------------------------------------------------- save / load
