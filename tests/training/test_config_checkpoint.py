@@ -99,3 +99,18 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match="evil.pt"):
         load_checkpoint(path)
     assert pickle  # the refusal comes from weights_only, not from a missing module
+
+
+def test_device_names():
+    from napari_flex3d.training.setup import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="tpu"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(ValueError, match="CUDA device"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
