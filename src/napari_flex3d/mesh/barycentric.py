@@ -215,7 +215,9 @@ def _locate_bins(pts, verts, cells, origin, inv, tol):
 _CHUNK = 65536
 
 
-def locate_points(mesh: Mesh, points_xyz_a: np.ndarray, method: str = "bins", k: int = 12, tol: float = 1e-6) -> PointLocation:
+def locate_points(
+    mesh: Mesh, points_xyz_a: np.ndarray, method: str = "bins", k: int = 12, tol: float = 1e-6
+) -> PointLocation:
     """Containing cell and barycentric weights of every point, clamped for points outside.
 
     Args:
@@ -309,7 +311,9 @@ def barycentric_matrix(
     return (B, loc) if return_location else B
 
 
-def interpolate_vertex_field(B: torch.Tensor, field: torch.Tensor, vertex_mask: torch.Tensor | None = None) -> torch.Tensor:
+def interpolate_vertex_field(
+    B: torch.Tensor, field: torch.Tensor, vertex_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-point field from a per-vertex field: ``u = B (m * d)``, batched.
 
     Args:

@@ -57,7 +57,8 @@ def rest_edge_inverse(rest_vertices: torch.Tensor, cells: torch.Tensor) -> torch
     det = torch.linalg.det(D)
     degenerate = det.abs() <= 1e-12 * D.abs().amax(dim=(-1, -2)) ** 3
     if bool(degenerate.any()):
-        raise ValueError(f"{int(degenerate.sum())} cells are degenerate (zero volume), e.g. cell {int(degenerate.nonzero()[0, 0])}")
+        first = int(degenerate.nonzero()[0, 0])
+        raise ValueError(f"{int(degenerate.sum())} cells are degenerate (zero volume), e.g. cell {first}")
     return torch.linalg.inv(D).to(device=rest_vertices.device, dtype=rest_vertices.dtype)
 
 
