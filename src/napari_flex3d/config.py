@@ -41,8 +41,19 @@ def _f(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+class _Settings:
+    """``config.to_dict()`` and ``Config.from_dict(d)`` as methods too (same as the module functions)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict):
+        return from_dict(cls, data)
+
+
 @dataclass(frozen=True)
-class SimulateConfig:
+class SimulateConfig(_Settings):
     """A synthetic flexible dataset with ground truth (``flex3d simulate``)."""
 
     out: str = _f("", "output folder")
@@ -55,7 +66,7 @@ class SimulateConfig:
 
 
 @dataclass(frozen=True)
-class MeshConfig:
+class MeshConfig(_Settings):
     """Solvent mask and tetrahedral mesh built from the consensus map."""
 
     threshold: float | None = _f(None, "density threshold for the mask (None: automatic, from the map's histogram)")
@@ -67,7 +78,7 @@ class MeshConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(_Settings):
     """Training of the flow generator, canonical map and per-particle latents (DESIGN.md §3).
 
     The defaults are cryoSPARC's 3DFlex defaults where it has one (K=2, 6 layers of 64
@@ -141,7 +152,7 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
-class GenerateConfig:
+class GenerateConfig(_Settings):
     """Convected volumes at latent points and series along a latent axis."""
 
     run: str = _f("", "training run folder")
@@ -154,7 +165,7 @@ class GenerateConfig:
 
 
 @dataclass(frozen=True)
-class ReconstructConfig:
+class ReconstructConfig(_Settings):
     """High-resolution half maps by full-batch L-BFGS (DESIGN.md §4)."""
 
     run: str = _f("", "training run folder")

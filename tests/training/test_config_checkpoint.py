@@ -35,6 +35,7 @@ def test_train_config_defaults_are_cryosparcs():
 def test_config_json_round_trip(tmp_path):
     c = TrainConfig(particles="p.star", map="m.mrc", box=48, latent_dim=1, mesh_cell_size_a=None, band_ramp_epochs=3.0)
     assert from_dict(TrainConfig, json.loads(json.dumps(to_dict(c)))) == c
+    assert TrainConfig.from_dict(json.loads(json.dumps(c.to_dict()))) == c
     g = GenerateConfig(run="r", z=(0.5, -1.0))
     assert from_dict(GenerateConfig, json.loads(json.dumps(to_dict(g)))) == g
     write_config_json(tmp_path / "config.json", c, cli_argv=["flex3d", "train"])
