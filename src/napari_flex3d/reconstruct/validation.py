@@ -127,7 +127,7 @@ def masked_fsc(
         true_curve = curve.copy()
         hi = np.arange(curve.size) >= from_shell
         denom = np.clip(1.0 - randomised[hi], 1e-6, None)
-        true_curve[hi] = (curve[hi] - randomised[hi]) / denom
+        true_curve[hi] = np.clip((curve[hi] - randomised[hi]) / denom, -1.0, 1.0)
         curve, corrected = true_curve, True
     return FSCResult(
         curve=curve,
