@@ -54,8 +54,10 @@ def _view3d(viewer) -> None:
     """A 3D view from a little above and to the side, fitted to the visible layers."""
     viewer.dims.ndisplay = 3
     viewer.reset_view()
-    viewer.camera.angles = (-15, 25, 110)
-    viewer.camera.zoom *= 1.3
+    scene = getattr(viewer, "scene", None)  # napari >= 0.9; viewer.camera before
+    camera = scene.camera if scene is not None else viewer.camera
+    camera.angles = (-15, 25, 110)
+    camera.zoom *= 1.3
 
 
 def _only(viewer, keep) -> None:
