@@ -31,6 +31,8 @@ def main(argv=None) -> int:
     p.add_argument("--snr", type=float, default=0.05)
     p.add_argument("--motion", default="both", choices=["hinge", "twist", "both"])
     p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--max-particles", type=int, default=None, help="train on the first N particles only (reduced runs)")
+    p.add_argument("--warmup-epochs", type=int, default=None)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--train-box", type=int, default=None, help="training box (default: the particles' box up to 128)")
     p.add_argument("--kernel", default="cubic", choices=["cubic", "linear"])
@@ -62,11 +64,13 @@ def main(argv=None) -> int:
     run_dir = out / "run"
     settings = dict(particles=str(sim_dir / "particles.star"), map=str(sim_dir / "consensus.mrc"), out=str(run_dir),
                     latent_dim=k, epochs=args.epochs, batch=args.batch, box=args.train_box, kernel=args.kernel,
-                    device=args.device, threads=args.threads, preview_every=0)
+                    device=args.device, threads=args.threads, preview_every=0, max_particles=args.max_particles)
+    if args.warmup_epochs is not None:
+        settings["warmup_epochs"] = args.warmup_epochs
     if args.latent_inference:
         settings["latent_inference"] = args.latent_inference
     config = TrainConfig(**settings)
-    resume = (run_dir / "checkpoints" / "last.pt").is_file()
+    resume = (run_dir / "checkpoints" / "last.pt").is_file()  # a stopped benchmark continues
     summaries = consume_events(train_run(config, run_dir, resume=resume, cli_argv=["benchmarks/recovery.py"]),
                                log_path=out / "train.log")
 
