@@ -71,13 +71,14 @@ def main(argv=None) -> int:
         settings["latent_inference"] = args.latent_inference
     config = TrainConfig(**settings)
     resume = (run_dir / "checkpoints" / "last.pt").is_file()  # a stopped benchmark continues
-    summaries = consume_events(train_run(config, run_dir, resume=resume, cli_argv=["benchmarks/recovery.py"]),
+    consume_events(train_run(config, run_dir, resume=resume, cli_argv=["benchmarks/recovery.py"]),
                                log_path=out / "train.log")
 
     latents = np.load(run_dir / "latents.npy")
     coords = np.load(sim_dir / "truth" / "coords.npy")[: len(latents)]
-    print(f"\n== recovery: {truth['n_particles']} particles, box {truth['box']}, SNR {truth['snr']}, motion "
-          f"{truth['motion']}, K={k}, {args.epochs} epochs ==")
+    print(f"\n== recovery: {len(latents)} of {truth['n_particles']} particles, box {truth['box']} (training box "
+          f"{json.loads((run_dir / 'config.json').read_text())['training_box']}), SNR {truth['snr']}, motion "
+          f"{truth['motion']}, K={k}, {args.epochs} epochs, kernel {args.kernel} ==")
     print("canonical correlations (latents vs true coordinates): "
           + ", ".join(f"{c:.3f}" for c in canonical_correlations(latents, coords)))
     print("best |Spearman| per true coordinate (" + ", ".join(truth["coordinate_names"]) + "): "
@@ -86,9 +87,10 @@ def main(argv=None) -> int:
     for row in state_fsc_report(run_dir, sim_dir):
         coords_txt = ", ".join(f"{c:+.2f}" for c in row["coords"])
         print(f"  state ({coords_txt}): {row['flex_a']:.2f} Å | {row['consensus_a']:.2f} Å")
-    wall = [s.seconds for s in summaries]
-    cpu = [s.cpu_seconds for s in summaries]
-    peak = max((s.peak_memory_mb for s in summaries), default=float("nan"))
+    history = json.loads((run_dir / "history.json").read_text())  # every epoch, also those of earlier sessions
+    wall = [h["seconds"] for h in history]
+    cpu = [h["cpu_seconds"] for h in history]
+    peak = max(h["peak_memory_mb"] for h in history)
     print(f"time per epoch: {np.mean(wall):.1f} s wall, {np.mean(cpu):.1f} s CPU (mean of {len(wall)}); "
           f"simulation {t_sim:.0f} s; peak memory {peak:.0f} MB")
     return 0

@@ -67,14 +67,14 @@ def state_fsc_report(run_dir, sim_dir, threshold: float = 0.143) -> list[dict]:
     coords = np.load(sim_dir / "truth" / "coords.npy")
     latents = np.load(run_dir / "latents.npy")
     n = len(latents)
-    consensus = torch.as_tensor(read_map(sim_dir / "consensus.mrc").data)
+    consensus = torch.tensor(read_map(sim_dir / "consensus.mrc").data)  # a copy: the array may be read-only
     out = []
     for state in truth["states"]:
         c = np.asarray(state["coords"], np.float64)[None]
         z = latents_for_coords(latents, coords[:n], c)[0]
         flex, apix = generate_volume(run_dir, z)
         box = flex.shape[-1]
-        true = torch.as_tensor(read_map(sim_dir / "truth" / state["file"]).data)
+        true = torch.tensor(read_map(sim_dir / "truth" / state["file"]).data)
         if true.shape[-1] != box:
             true = fourier_crop_3d(true, box)
         cons = consensus if consensus.shape[-1] == box else fourier_crop_3d(consensus, box)
