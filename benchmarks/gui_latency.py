@@ -40,7 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--particles", type=int, default=400)
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--preview-box", type=int, default=64)
-    p.add_argument("--clicks", type=int, default=10)
+    p.add_argument("--clicks", type=int, default=5)
     p.add_argument("--sample-dir", default=None, help="reuse a dataset written by make_sample / flex3d simulate")
     p.add_argument("--window", default="1200x800", help="window size; software OpenGL (Xvfb) paints slower when larger")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the training (default: torch's)")
@@ -134,6 +134,8 @@ def main(argv=None) -> int:
     # --- 2. click -> volume
     ex = LatentExplorerWidget(viewer)
     ex.open_run(run_dir)
+    for layer in viewer.layers:  # exploring shows the latent volume alone
+        layer.visible = False
     ex.preview_box = args.preview_box
     ex.mode = "volume"
     rng = np.random.default_rng(0)

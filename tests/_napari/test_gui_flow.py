@@ -27,12 +27,30 @@ def _skip_if_missing(*pieces):
             pytest.skip(why)
 
 
-def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sample, tmp_path):
+def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sample, tmp_path, monkeypatch):
     _skip_if_missing(("training.loop", "train_run"), ("config", "TrainConfig"), ("explore.generate", "load_generator"))
     from napari_flex3d._napari._data_widget import DataMeshWidget
     from napari_flex3d._napari._explore_widget import VOLUME_LAYER, LatentExplorerWidget
     from napari_flex3d._napari._reader import read_particle_file
     from napari_flex3d._napari._train_widget import PREVIEW_PREFIX, TrainWidget
+
+    import time
+
+    import napari_flex3d.training.loop as loop
+
+    real_train_run = loop.train_run
+
+    def train_run_pausing_after_first_checkpoint(config, out_dir, resume=False, **kw):
+        """The real generator; after its first checkpoint it waits 3 s before going on, so the
+        GUI's stop request lands mid-run however fast the machine (no race in the test)."""
+        paused = resume
+        for ev in real_train_run(config, out_dir, resume=resume, **kw):
+            yield ev
+            if type(ev).__name__ == "CheckpointWritten" and not paused:
+                paused = True
+                time.sleep(3.0)
+
+    monkeypatch.setattr(loop, "train_run", train_run_pausing_after_first_checkpoint)
 
     viewer = make_napari_viewer()
     data = DataMeshWidget(viewer)
