@@ -6,7 +6,6 @@ import argparse
 import dataclasses
 import json
 import os
-import pickle
 
 import pytest
 import torch
@@ -99,7 +98,6 @@ def test_checkpoint_with_code_is_refused(tmp_path):
     torch.save({"format": "napari-flex3d-checkpoint", "format_version": 1, "x": _Evil()}, path)
     with pytest.raises(ValueError, match="evil.pt"):
         load_checkpoint(path)
-    assert pickle  # the refusal comes from weights_only, not from a missing module
 
 
 def test_device_names():
