@@ -90,3 +90,14 @@ def test_axis_series_files_and_chimerax_script(translating_run, tmp_path):
     np.testing.assert_allclose(middle.data, expected, atol=1e-5)
     with pytest.raises(ValueError, match="axis 1"):
         generate_axis_series(translating_run, axis=1, frames=5, out_dir=tmp_path)
+
+
+def test_series_movie_plays_forward_then_back(translating_run, tmp_path):
+    pytest.importorskip("imageio_ffmpeg")
+    import imageio.v2 as imageio
+
+    result = generate_axis_series(translating_run, axis=0, frames=5, out_dir=tmp_path, movie=True)
+    reader = imageio.get_reader(result["movie"])
+    assert reader.count_frames() == 5 + 3  # forward, then back without repeating the ends
+    first, last_forward = reader.get_data(0), reader.get_data(4)
+    assert first.shape[0] % 16 == 0 and not np.array_equal(first, last_forward)  # the map moved
