@@ -131,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=int, default=64)
     p.add_argument("--apix", type=float, default=3.0)
     p.add_argument("--snr", type=float, default=0.1)
-    p.add_argument("--motion", choices=["hinge", "twist", "both"], default="hinge")
+    p.add_argument("--motion", choices=["hinge", "twist", "both", "none"], default="hinge")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)

@@ -501,7 +501,7 @@ def solve_half_maps(
         if resume and mrc_path.exists() and not state_path.exists():
             from ..io.mrc import read_map
 
-            maps[(mode, half)] = torch.as_tensor(np.asarray(read_map(mrc_path).data, dtype=np.float32))
+            maps[(mode, half)] = torch.as_tensor(np.array(read_map(mrc_path).data, dtype=np.float32))
             passes_done += iterations + 1
             yield HalfMapDone(mode, half, str(mrc_path))
             continue

@@ -201,7 +201,10 @@ def _reconstruct_half_maps(star_path: Path, progress: bool = False) -> tuple[np.
 
 
 def _states(motion: str) -> np.ndarray:
-    """The chosen states: ``STATES_PER_COORD`` along each coordinate, the others at 0."""
+    """The chosen states: ``STATES_PER_COORD`` along each coordinate, the others at 0
+    (for ``none`` only the rest state, ``(1, 1)`` zeros)."""
+    if motion == "none":
+        return np.zeros((1, 1))
     line = np.linspace(-1.0, 1.0, STATES_PER_COORD)
     k = motion_dim(motion)
     out = []
@@ -228,6 +231,8 @@ def _average_volume(mol: Molecule, coords: np.ndarray, motion: str, box: int, ap
     states = centres[occupied]  # (m, k)
     weights = hist[tuple(occupied.T)] / coords.shape[0]  # (m,)
     moving = (mol.hinge_weight > 0) | (mol.twist_weight > 0)  # weights depend on x only
+    if motion == "none":
+        return render_volume(torch.as_tensor(mol.xyz_a, dtype=torch.float32), box, apix, mol.sigma_a)
     if motion == "hinge":
         moving = mol.hinge_weight > 0
     elif motion == "twist":
@@ -263,7 +268,8 @@ def simulate_dataset(
     box : image size in pixels (even, >= 16).
     apix : pixel size in Å.
     snr : var(signal) / var(noise) over all images (signal = CTF-modulated projections).
-    motion : "hinge" (1 coordinate), "twist" (1) or "both" (2 independent coordinates).
+    motion : "hinge" (1 coordinate), "twist" (1), "both" (2 independent coordinates) or "none"
+        (1 coordinate, always 0: every particle at the rest state; the control).
     seed : everything is a deterministic function of the arguments.
     progress : show tqdm bars.
 
@@ -357,7 +363,7 @@ def simulate_dataset(
     snr_achieved = var_signal / var_noise
     truth = {
         "motion": motion,
-        "coordinate_names": {"hinge": ["hinge"], "twist": ["twist"], "both": ["hinge", "twist"]}[motion],
+        "coordinate_names": {"hinge": ["hinge"], "twist": ["twist"], "both": ["hinge", "twist"], "none": ["none"]}[motion],
         "hinge_deg_at_plus_1": mol.hinge_deg if motion in ("hinge", "both") else 0.0,
         "twist_deg_at_plus_1": mol.twist_deg if motion in ("twist", "both") else 0.0,
         "hinge_axis": "z through hinge_pivot_a; the body (domain 0) stays put",
@@ -375,7 +381,8 @@ def simulate_dataset(
         "atom_sigma_a": mol.sigma_a,
         "states": [{"file": f, "coords": c.tolist()} for f, c in zip(state_files, states)],
         "average": "average.mrc",
-        "average_method": "static atoms once + moving atoms at each occupied histogram bin of coords.npy "
+        "average_method": "the rest state (motion none)" if motion == "none" else
+                          "static atoms once + moving atoms at each occupied histogram bin of coords.npy "
                           "(25 bins in 1-D, 11 x 11 in 2-D) weighted by its count",
         "consensus_vs_average_fsc": np.asarray(curve).tolist(),
         "consensus_vs_average_resolution_a": res,

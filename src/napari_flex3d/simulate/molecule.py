@@ -18,6 +18,8 @@ Two motions, each driven by one coordinate ``c`` in ``[-1, 1]``:
   arm's far tip: the arm twists, its far end most.
 
 ``both`` applies the twist (coordinate 1) and then the hinge (coordinate 0).
+``none`` is the control: one coordinate that is always 0, every particle at the rest state
+(flex and rigid reconstructions must then agree).
 
 All geometry is given as fractions of the box length ``box * apix`` so the molecule
 fills the same part of any box.
@@ -31,7 +33,7 @@ import numpy as np
 
 __all__ = ["MOTIONS", "Molecule", "build_molecule", "deform", "sample_motion_coords", "motion_dim"]
 
-MOTIONS = ("hinge", "twist", "both")
+MOTIONS = ("hinge", "twist", "both", "none")
 
 # Geometry in fractions of the box length L = box * apix (x is the long axis).
 _BODY_CENTRE = np.array([-0.11, 0.0, 0.0])
@@ -151,7 +153,7 @@ def build_molecule(
 
 
 def motion_dim(motion: str) -> int:
-    """Number of motion coordinates of a motion type (1 for hinge/twist, 2 for both)."""
+    """Number of motion coordinates of a motion type (1 for hinge/twist/none, 2 for both)."""
     if motion not in MOTIONS:
         raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
     return 2 if motion == "both" else 1
@@ -202,9 +204,11 @@ def sample_motion_coords(rng: np.random.Generator, n: int, motion: str) -> np.nd
     Hinge: a mixture of two Gaussians (65 % around -0.45, 35 % around +0.5), so the
     population has two preferred states and a sparse path between them. Twist: a skewed
     Beta(2, 4) mapped to [-1, 1] (mode near -0.5, long tail to +1). ``both`` draws the two
-    independently, so the landscape is 2-D.
+    independently, so the landscape is 2-D. ``none``: all zeros (the rest state), no draw.
     """
     k = motion_dim(motion)
+    if motion == "none":
+        return np.zeros((n, k))
 
     def hinge(m: int) -> np.ndarray:
         pick = rng.random(m) < 0.65

@@ -91,11 +91,12 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
     return model, latents
 
 
-def domain_mask(sim_dir, domain: int, box: int | None = None, dilate_a: float = 6.0, soft_a: float = 15.0) -> np.ndarray:
+def domain_mask(sim_dir, domain, box: int | None = None, dilate_a: float = 6.0, soft_a: float = 15.0) -> np.ndarray:
     """A soft mask ``(box,)*3`` around one domain of the molecule at rest (0 body, 1 linker,
-    2 arm: the part that moves), as a user would draw around a flexible domain: the atoms
-    dilated by ``dilate_a``, then a linear edge ``soft_a`` wide (at least 3 voxels; a sharp
-    edge makes the masked FSC report the mask, not the map)."""
+    2 arm: the part that moves), or several (``domain=(1, 2)``: linker and arm), as a user
+    would draw around a flexible domain: the atoms dilated by ``dilate_a``, then a linear
+    edge ``soft_a`` wide (at least 3 voxels; a sharp edge makes the masked FSC report the
+    mask, not the map)."""
     from scipy import ndimage
 
     sim_dir = Path(sim_dir)
@@ -106,7 +107,7 @@ def domain_mask(sim_dir, domain: int, box: int | None = None, dilate_a: float = 
     from .molecule import build_molecule
 
     mol = build_molecule(box_sim, apix_sim, n_atoms=truth["n_atoms"], seed=truth["seed"])
-    pts = mol.xyz_a[mol.domain == domain]
+    pts = mol.xyz_a[np.isin(mol.domain, np.atleast_1d(domain))]
     if len(pts) == 0:
         raise ValueError(f"the molecule has no atoms in domain {domain}")
     idx = np.round(pts[:, ::-1] / apix + box // 2).astype(int)  # (z, y, x) voxel indices
