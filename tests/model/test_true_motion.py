@@ -25,11 +25,12 @@ import torch
 
 from napari_flex3d.io.mrc import read_map
 from napari_flex3d.io.particles import read_particles
-from napari_flex3d.mesh import barycentric_matrix, build_mesh, mesh_edges, solvent_mask
+from napari_flex3d.mesh import build_mesh, solvent_mask
 from napari_flex3d.model.flex import FlexModel, batch_from_particles
 from napari_flex3d.model.loss import data_loss, estimate_noise_spectrum, radial_frequency_2d, rfft_plane_weights
 from napari_flex3d.simulate.dataset import simulate_dataset
-from napari_flex3d.simulate.molecule import build_molecule, deform
+from napari_flex3d.simulate.molecule import build_molecule
+from napari_flex3d.simulate.oracle import true_vertex_displacements
 
 BOX, APIX, N_PARTICLES = 32, 6.0, 240
 
@@ -49,20 +50,6 @@ def _threads(n):
 def sim(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim_hinge")
     return simulate_dataset(out, n_particles=N_PARTICLES, box=BOX, apix=APIX, snr=0.5, motion="hinge", seed=0)
-
-
-def _vertex_displacements(mesh, mol, coords_grid, motion):
-    """Least-squares vertex displacements ``(s, v, 3)`` reproducing the atoms' motion."""
-    u_atoms = deform(mol, coords_grid, motion) - mol.xyz_a  # (s, a, 3)
-    b = barycentric_matrix(mesh, mol.xyz_a, dtype=torch.float64).to_dense().numpy()  # (a, v)
-    e = mesh_edges(mesh)  # (e, 2)
-    diff = np.zeros((len(e), mesh.n_vertices))
-    diff[np.arange(len(e)), e[:, 0]], diff[np.arange(len(e)), e[:, 1]] = 1.0, -1.0
-    lhs = b.T @ b + 0.1 * diff.T @ diff  # (v, v)
-    rhs = np.einsum("av,sad->vsd", b, u_atoms).reshape(mesh.n_vertices, -1)
-    d = np.linalg.solve(lhs, rhs).reshape(mesh.n_vertices, len(coords_grid), 3).transpose(1, 0, 2)
-    resid = np.einsum("av,svd->sad", b, d) - u_atoms
-    return d, float(np.sqrt((resid**2).mean())), float(np.sqrt((u_atoms**2).mean()))
 
 
 def test_true_motion_beats_rigid(sim):
@@ -85,7 +72,7 @@ def test_true_motion_beats_rigid(sim):
 
         # 1. vertex displacements from the atoms' true motion
         grid = np.linspace(-1.0, 1.0, 41)[:, None]
-        d_true, ls_rms, motion_rms = _vertex_displacements(mesh, mol, grid, truth["motion"])
+        d_true, ls_rms, motion_rms = true_vertex_displacements(mesh, mol, grid, truth["motion"])
         assert ls_rms < 0.1 * motion_rms, (ls_rms, motion_rms)
 
         # 2. the flow generator learns them with z fixed to the true coordinate
