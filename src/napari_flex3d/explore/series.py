@@ -15,9 +15,14 @@ __all__ = ["write_volume_series", "write_chimerax_series_script", "write_series_
 
 
 def series_level(volumes: np.ndarray) -> float:
-    """A surface threshold for a series ``(f, n, n, n)``: where the middle frame holds its densest 4%."""
+    """A surface threshold for a series ``(f, n, n, n)``: where the middle frame holds its densest
+    4 %, or, for maps that are zero outside a small mask, the median of its positive voxels."""
     mid = np.asarray(volumes[len(volumes) // 2], dtype=np.float64)
-    return float(np.quantile(mid, 0.96))
+    level = float(np.quantile(mid, 0.96))
+    positive = mid[mid > 1e-6 * max(float(mid.max()), 1e-30)]
+    if positive.size:
+        level = max(level, float(np.quantile(positive, 0.5)))
+    return level
 
 
 def write_chimerax_series_script(path, frame_glob: str, level: float, frames: int) -> Path:
