@@ -81,3 +81,52 @@ def demo(out_dir, *, progress=True, **kwargs) -> dict:
     from .training.demo import run_demo
 
     return run_demo(out_dir, progress=progress, **kwargs)
+
+
+def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None, dilate_a=6.0, cell_size_a=None,
+               rigidity_floor=0.5, rigid_labels=None, rigid_factor=10.0, no_motion_labels=None):
+    """Solvent mask and tetrahedral mesh of a consensus map, with rigidity weights from its
+    density (and raised in ``rigid_labels``) and a deformation mask (0 in ``no_motion_labels``);
+    saved to ``out`` (``.npz``). Returns ``(mesh, summary dict)``."""
+    import numpy as np
+
+    from .io.mrc import read_map
+    from .mesh import (
+        build_mesh as _build,
+        cell_density_weights,
+        deformation_mask_from_labels,
+        raise_rigid_cells,
+        save_mesh,
+        solvent_mask,
+    )
+    from .training.setup import default_cell_size_a
+
+    m = read_map(map_path, apix=apix)
+    vol_apix = m.require_apix()
+    vol = np.asarray(m.data, dtype=np.float32)
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise ValueError(f"{map_path}: a consensus map must be a cubic volume, got shape {vol.shape}")
+    mask = solvent_mask(vol, vol_apix, threshold=threshold, volume_fraction=volume_fraction, dilate_a=dilate_a)
+    mesh = _build(mask.binary, vol_apix, cell_size_a=default_cell_size_a(vol.shape[0], vol_apix, cell_size_a))
+    weights = cell_density_weights(mesh, mask.lowpassed, min_weight=rigidity_floor)
+    if rigid_labels is not None:
+        weights = raise_rigid_cells(mesh, weights, _labels(rigid_labels, vol.shape), factor=rigid_factor)
+    deformation = None
+    if no_motion_labels is not None:
+        deformation = deformation_mask_from_labels(mesh, _labels(no_motion_labels, vol.shape))
+    mesh = mesh.replace(rigidity_weights=weights, deformation_mask=deformation)
+    save_mesh(mesh, out)
+    summary = {"map": str(map_path), "out": str(out), "threshold": mask.threshold_used,
+               "mask_fraction": float(mask.binary.mean()), **mesh.summary()}
+    return mesh, summary
+
+
+def _labels(path, shape):
+    import numpy as np
+
+    from .io.mrc import read_map
+
+    data = np.asarray(read_map(path).data)
+    if data.shape != tuple(shape):
+        raise ValueError(f"{path}: label volume is {data.shape}, the map is {tuple(shape)}")
+    return np.rint(data).astype(np.int64)

@@ -42,6 +42,24 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mesh(args: argparse.Namespace) -> int:
+    from . import api
+
+    _, summary = api.build_mesh(
+        args.map, args.out, apix=args.apix, threshold=args.threshold, volume_fraction=args.volume_fraction,
+        dilate_a=args.dilate_a, cell_size_a=args.cell_size_a, rigidity_floor=args.rigidity_floor,
+        rigid_labels=args.rigid_labels, no_motion_labels=args.no_motion_labels,
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(f"mesh {summary['out']}: {summary['n_vertices']} vertices, {summary['n_cells']} cells "
+              f"({summary['method']}, cell size {summary['cell_size_a']:.1f} Å); mask threshold "
+              f"{summary['threshold']:.4g}, {summary['mask_fraction']:.1%} of the box"
+              + (f"; {summary['n_fixed_vertices']} vertices held still" if "n_fixed_vertices" in summary else ""))
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from . import api
     from .config import TrainConfig, from_arguments
@@ -140,6 +158,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("mesh", help="solvent mask and tetrahedral mesh of a consensus map (for train --mesh)")
+    p.add_argument("--map", required=True, help="consensus map (MRC)")
+    p.add_argument("--out", required=True, help="mesh file to write (.npz)")
+    p.add_argument("--apix", type=float, default=None, help="voxel size in Å when the map's header has none")
+    p.add_argument("--threshold", type=float, default=None, help="density threshold (default: automatic)")
+    p.add_argument("--volume-fraction", type=float, default=None, help="or: threshold so this fraction of the box is inside")
+    p.add_argument("--dilate-a", type=float, default=6.0, help="dilate the thresholded mask by this many Å")
+    p.add_argument("--cell-size-a", type=float, default=None, help="cell size in Å (default: 20 cells across the box)")
+    p.add_argument("--rigidity-floor", type=float, default=0.5, help="smallest rigidity weight of a cell")
+    p.add_argument("--rigid-labels", default=None, help="label volume (MRC): cells in labels > 0 are made 10x more rigid")
+    p.add_argument("--no-motion-labels", default=None, help="label volume (MRC): vertices in labels > 0 do not move")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_mesh)
 
     from .config import TrainConfig, add_arguments
 
