@@ -78,6 +78,23 @@ def main(argv=None) -> int:
     _wait(app, lambda: data.mesh is not None and not data.busy, 300)
     print(f"mesh: {data.mesh.n_vertices} vertices, {data.mesh.n_cells} cells")
 
+    # --- 0. what one canvas render costs here (software OpenGL under Xvfb is slow): a yardstick
+    probe = viewer.add_image(np.random.default_rng(0).normal(size=(args.box,) * 3).astype(np.float32),
+                             rendering="iso", iso_threshold=1.0, name="render probe")
+    for layer in viewer.layers:
+        layer.visible = layer is probe
+    viewer.dims.ndisplay = 3
+    render_s = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        viewer.screenshot(canvas_only=True, flash=False)
+        render_s.append(time.perf_counter() - t0)
+    viewer.layers.remove(probe)
+    for layer in viewer.layers:
+        layer.visible = True
+    print(f"one canvas render of a {args.box}^3 iso volume ({args.window}): median {np.median(render_s) * 1000:.0f} ms "
+          f"(the floor under any 'painted' time below)")
+
     # --- 1. event-loop latency during training
     train = TrainWidget(viewer)
     run_dir = tmp / "run"
@@ -141,8 +158,18 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     lo, hi = ex._xy.min(axis=0), ex._xy.max(axis=0)
     preview_s, drawn_s, refined_s = [], [], []
+    def settle(quiet_s: float = 1.0) -> None:
+        """Let pending paints finish: wait until the canvas has not drawn for ``quiet_s``."""
+        seen, since = draws[0], time.perf_counter()
+        while time.perf_counter() - since < quiet_s:
+            app.processEvents()
+            time.sleep(0.005)
+            if draws[0] != seen:
+                seen, since = draws[0], time.perf_counter()
+
     for _ in range(args.clicks):
         x, y = lo + rng.random(2) * (hi - lo + 1e-3)
+        settle()
         shown = ex.volumes_shown
         t0 = time.perf_counter()
         ex.click(float(x), float(y))
@@ -162,6 +189,7 @@ def main(argv=None) -> int:
     )
     summary = {
         "box": ex.run.box,
+        "canvas_render_ms": float(np.median(render_s) * 1000),
         "train_seconds": train_s,
         "train_steps": steps,
         "event_loop_latency_ms": {"p50": float(np.percentile(lat, 50)), "p99": float(np.percentile(lat, 99)),

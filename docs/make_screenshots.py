@@ -85,9 +85,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_flex3d._napari._data_widget import MAP_LAYER, DataMeshWidget
-    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
-    from napari_flex3d._napari._reconstruct_widget import ReconstructWidget
-    from napari_flex3d._napari._train_widget import PREVIEW_PREFIX, TrainWidget
+    from napari_flex3d._napari._train_widget import PREVIEW_PREFIX
 
     viewer = napari.Viewer(show=True, title="napari-flex3d")
     app = QApplication.instance()

@@ -36,6 +36,8 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
 
     import time
 
+    from qtpy.QtCore import Qt
+
     import napari_flex3d.training.loop as loop
 
     real_train_run = loop.train_run
@@ -74,7 +76,7 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
             seen_checkpoint.append(ev.path)
             train.stop()
 
-    train.start()
+    qtbot.mouseClick(train.start_btn, Qt.MouseButton.LeftButton)  # the button, as a user would
     assert train.state == "running" and not train.start_btn.isEnabled()
     train.worker.yielded.connect(stop_at_first_checkpoint)
     qtbot.waitUntil(lambda: train.state == "idle", timeout=90_000)
@@ -102,7 +104,7 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
     # --- explore: the run opens with its latents
     ex = LatentExplorerWidget(viewer)
     assert ex.run_dir_text == str(run_dir)  # filled in from the shared session
-    ex.open_run()
+    qtbot.mouseClick(ex.open_btn, Qt.MouseButton.LeftButton)
     assert ex.latents.shape == (96, 2) and len(ex._sliders) == 2
     # click a point: a preview then the refined volume appear as a layer
     ex.preview_box = 16

@@ -30,7 +30,7 @@ from superqt import QLabeledDoubleSlider
 from ._library import piece
 from ._reader import default_iso_threshold, read_particle_file
 from ._session import session_for
-from ._workers import LatestOnly, start_worker
+from ._workers import LatestOnly
 
 MAP_LAYER = "consensus map"
 MESH_LAYER = "mesh"

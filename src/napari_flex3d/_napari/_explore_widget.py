@@ -164,9 +164,9 @@ class LatentExplorerWidget(QWidget):
         hl = QHBoxLayout(row)
         hl.setContentsMargins(0, 0, 0, 0)
         hl.addWidget(self._run_edit)
-        b = QPushButton("Open")
-        b.clicked.connect(self.open_run)
-        hl.addWidget(b)
+        self.open_btn = QPushButton("Open")
+        self.open_btn.clicked.connect(lambda: self.open_run())  # not clicked(bool) into run_dir
+        hl.addWidget(self.open_btn)
         form.addRow("run folder", row)
         self.info_label = QLabel("no run open")
         self.info_label.setWordWrap(True)

@@ -150,7 +150,7 @@ class TrainWidget(QWidget):
         self.start_btn = QPushButton("Start")
         self.stop_btn = QPushButton("Stop")
         self.resume_btn = QPushButton("Resume")
-        self.start_btn.clicked.connect(self.start)
+        self.start_btn.clicked.connect(lambda: self.start())  # not clicked(bool) into resume
         self.stop_btn.clicked.connect(self.stop)
         self.resume_btn.clicked.connect(self.resume)
         for b in (self.start_btn, self.stop_btn, self.resume_btn):
