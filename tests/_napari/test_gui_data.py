@@ -98,9 +98,25 @@ def test_data_widget_loads_builds_saves_and_loads_a_mesh(make_napari_viewer, qtb
     w.load_mesh(path)
     np.testing.assert_allclose(w.mesh.vertices_a, m.vertices_a)
     np.testing.assert_array_equal(w.mesh.cells, m.cells)
-    # painting layers for the no-motion and rigid masks
+    # painting layers for the no-motion and rigid masks; painted masks travel with the saved mesh
+    from napari_flex3d._napari._data_widget import RIGID_LAYER
+
     w.add_paint_layers()
     assert viewer.layers[NO_MOTION_LAYER].data.shape == layer.data.shape
+    half = sample.box // 2
+    viewer.layers[NO_MOTION_LAYER].data[:, :, :half] = 1  # x < centre: no motion
+    viewer.layers[RIGID_LAYER].data[:, :, half:] = 1  # x >= centre: rigid
+    painted = w.load_mesh(w.save_mesh(tmp_path / "painted.npz")) or w.mesh
+    x_vox = painted.vertices_a[:, 0] / painted.apix + half  # vertex x in voxels
+    fixed = painted.deformation_mask == 0
+    assert fixed.any() and np.all(x_vox[fixed] < half + 0.5)  # only painted vertices are fixed
+    assert np.all(painted.deformation_mask[x_vox > half + 1] == 1)
+    cx = painted.centroids_a()[:, 0] / painted.apix + half
+    w_right, w_left = painted.rigidity_weights[cx > half + 2], painted.rigidity_weights[cx < half - 2]
+    assert w_right.min() > w_left.max()  # painted-rigid cells outweigh all the others
+    viewer.layers.remove(NO_MOTION_LAYER)
+    viewer.layers.remove(RIGID_LAYER)
+    w.load_mesh(path)
     # a finer cell size re-meshes live with more cells
     w.cell_size_a = 9.0
     qtbot.waitUntil(lambda: w.mesh is not None and w.mesh.n_cells > m.n_cells and not w.busy, timeout=60_000)
