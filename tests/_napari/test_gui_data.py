@@ -171,3 +171,16 @@ def test_sample_data_opens_map_particles_and_data_widget(make_napari_viewer, sam
     assert any(layer.name.startswith("particles (sample)") for layer in viewer.layers)
     docks = [d for d in viewer.window.dock_widgets.values() if isinstance(d, DataMeshWidget)]
     assert docks and docks[0].particles is not None and docks[0].session.consensus is not None
+
+
+def test_particle_file_without_its_stacks_still_opens_its_summary(make_napari_viewer, formats_dir):
+    """cryoSPARC metadata whose image stacks are absent: summary yes, invented images no."""
+    from napari_flex3d._napari._data_widget import DataMeshWidget
+
+    viewer = make_napari_viewer()
+    path = formats_dir / "cryodrgn" / "cryosparc_P12_J24_001_particles.cs"
+    layers = viewer.open(str(path), plugin="napari-flex3d")
+    assert layers == []
+    w = next(d for d in viewer.window.dock_widgets.values() if isinstance(d, DataMeshWidget))
+    assert w.particles is not None and len(w.particles) == 2019
+    assert "2019 particles" in w.summary_label.text() and "images not found" in w.summary_label.text()

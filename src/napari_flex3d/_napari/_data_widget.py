@@ -230,7 +230,11 @@ class DataMeshWidget(QWidget):
         n = min(MONTAGE_COUNT, len(ps))
         if n:
             idx = np.linspace(0, len(ps) - 1, n).round().astype(np.int64)
-            self.montage_view.setImage(montage(np.asarray(ps.images(idx), np.float32)).T, autoLevels=True)
+            try:
+                self.montage_view.setImage(montage(np.asarray(ps.images(idx), np.float32)).T, autoLevels=True)
+            except (ValueError, FileNotFoundError, OSError) as exc:  # metadata without its stacks
+                self.montage_view.clear()
+                self.summary_label.setText(self.summary_label.text() + f"\nimages not found: {exc}")
         self.session.set(
             particles=ps, particles_path=self.particles_path, passthrough_path=self.passthrough_path, root=self.root
         )

@@ -119,11 +119,22 @@ def read_particle_file(path, passthrough=None, root=None):
 
 
 def read_particles_layer(path):
-    """A particle file: a few images as a layer, and the data widget opened with the set loaded."""
+    """A particle file: a few images as a layer, and the data widget opened with the set loaded.
+
+    When the image stacks cannot be found (a metadata file without its particles), the
+    widget still opens with the set's summary and a warning says which stack is missing;
+    no layer is made (npe2's null-layer sentinel).
+    """
     p = _one(path)
     ps = read_particle_file(p)
     _open_data_widget(ps, p)
-    return [particles_layer_data(ps, p.stem)]
+    try:
+        return [particles_layer_data(ps, p.stem)]
+    except (ValueError, FileNotFoundError, OSError) as exc:
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"napari-flex3d: {len(ps)} particles read from {p.name}, but not their images: {exc}")
+        return [(None,)]
 
 
 def _open_data_widget(ps, p: Path) -> None:
