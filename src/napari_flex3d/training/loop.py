@@ -37,6 +37,7 @@ import torch
 
 from ..config import TrainConfig, from_dict, provenance, to_dict
 from . import events as ev
+from .distributed import DistContext
 from .latents import infer_latents_gradient, infer_latents_grid, initial_latents
 from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, phase_of_step
 
@@ -70,6 +71,7 @@ class RunState:
     epoch: int = 0  # epochs finished
     global_step: int = 0
     history: list = field(default_factory=list)
+    dist: DistContext = field(default_factory=DistContext)  # this process's rank (torchrun); inactive alone
 
     @property
     def box(self) -> int:
@@ -109,7 +111,7 @@ def _adam_for_canonical(model, config: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam([values], lr=config.lr_canonical * rms)
 
 
-def _new_run(config: TrainConfig, out_dir: Path, device: torch.device) -> RunState:
+def _new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_files: bool = True) -> RunState:
     from ..mesh.build import save_mesh
     from .setup import build_mask_and_mesh, build_model, consensus_at_box, estimate_spectra, split_train_val, training_box
 
@@ -118,7 +120,8 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device) -> RunSta
     apix = float(ps.apix) * ps.box / box
     consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
     mask, mesh = build_mask_and_mesh(consensus, apix, config)
-    save_mesh(mesh, out_dir / "mesh.npz")
+    if write_files:  # rank 0 only under torchrun
+        save_mesh(mesh, out_dir / "mesh.npz")
     torch.manual_seed(config.seed)  # the flow generator's initial weights
     model = build_model(consensus, apix, mask, mesh, config).to(device)
     train_idx, val_idx = split_train_val(len(ps), config.val_fraction, config.seed)
@@ -315,19 +318,42 @@ def _batch(run: RunState, idx: np.ndarray) -> dict:
     return batch_from_particles(run.ps, idx, box=run.box, device=run.device)
 
 
-def _step(run: RunState, idx: np.ndarray, phase: str, band: float) -> tuple[float, float, float]:
-    """One minibatch: latent inference (after warm-up), noise injection, one Adam step. Returns per-particle losses."""
+def _local_idx(run: RunState, idx: np.ndarray) -> np.ndarray:
+    """This rank's share of a global minibatch (all of it in one process)."""
+    if not run.dist.active:
+        return idx
+    from .distributed import shard
+
+    return idx[shard(idx, run.dist)]
+
+
+def _step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict | None = None) -> tuple[float, float, float]:
+    """One minibatch: latent inference (after warm-up), noise injection, one Adam step. Returns per-particle losses.
+
+    ``idx (B,)`` is the global minibatch; under torchrun this rank takes its share
+    (``batch``, if given, holds that share's images, e.g. from the prefetcher), the
+    loss is its per-particle sum over ``B`` and the gradients are summed over ranks.
+    """
     from ..model.loss import total_loss
 
-    cfg, model = run.config, run.model
+    cfg, model, ctx = run.config, run.model, run.dist
     max_freq_px = band * run.box / 2
     model.max_freq_px = max_freq_px
-    batch = _batch(run, idx)
+    b_global = len(idx)
+    if ctx.active:
+        from .distributed import all_reduce_grads, all_reduce_sum, shard
+
+        pos = shard(idx, ctx)
+        idx = idx[pos]
+    if batch is None and len(idx):
+        batch = _batch(run, idx)
     z = run.latents[idx].to(run.device)
-    if phase != WARMUP:
+    if phase != WARMUP and len(idx):
         z = _infer(run, batch, z, max_freq_px)
         run.latents[idx] = z.detach().cpu()
-    noise = torch.randn(z.shape, generator=run.generator) * cfg.latent_noise  # CPU generator: same on any device
+    noise = torch.randn((b_global, z.shape[1]), generator=run.generator) * cfg.latent_noise  # CPU generator: same on any device
+    if ctx.active:
+        noise = noise[torch.as_tensor(pos)]
     z_noisy = z + noise.to(run.device)
     if phase == WARMUP:
         params, opts = list(model.flow.parameters()) + [model.canonical.values], [run.opt_flow, run.opt_canonical]
@@ -336,37 +362,59 @@ def _step(run: RunState, idx: np.ndarray, phase: str, band: float) -> tuple[floa
     else:
         params, opts = [model.canonical.values], [run.opt_canonical]
     with _trainable(model, params):
-        data = _data_terms(run, batch, z_noisy, max_freq_px)  # (b,)
-        if phase == STRUCTURE:
-            with torch.no_grad():
-                rigid = model.rigidity(z_noisy)
-            loss = total_loss(data)
-        else:
-            rigid = model.rigidity(z_noisy)  # (b,)
-            loss = total_loss(data, rigid, cfg.rigidity_lambda)
         for opt in opts:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        if len(idx):
+            data = _data_terms(run, batch, z_noisy, max_freq_px)  # (b,)
+            if phase == STRUCTURE:
+                with torch.no_grad():
+                    rigid = model.rigidity(z_noisy)
+                lam = 0.0
+            else:
+                rigid = model.rigidity(z_noisy)  # (b,)
+                lam = cfg.rigidity_lambda
+            if ctx.active:  # this rank's part of the global batch mean
+                loss = total_loss(data, rigid, lam, reduction="sum") / b_global
+            else:
+                loss = total_loss(data) if phase == STRUCTURE else total_loss(data, rigid, lam)
+            loss.backward()
+        else:  # a rank with no particles in a short last batch still joins the reduction
+            data = rigid = torch.zeros(0, device=run.device)
+        if ctx.active:
+            all_reduce_grads(params)
         for opt in opts:
             opt.step()
-    data_m, rigid_m = float(data.detach().mean()), float(rigid.detach().mean())
+    if ctx.active:
+        sums = torch.stack([data.detach().sum(), rigid.detach().sum()]).to(torch.float64)
+        data_s, rigid_s = all_reduce_sum(sums).tolist()
+        data_m, rigid_m = data_s / b_global, rigid_s / b_global
+    else:
+        data_m, rigid_m = float(data.detach().mean()), float(rigid.detach().mean())
     return data_m + cfg.rigidity_lambda * rigid_m, data_m, rigid_m
 
 
 def _validate(run: RunState, band: float) -> float:
-    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any."""
+    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any.
+
+    Under torchrun each rank takes ``val_idx[rank::world]`` and the sums are added over ranks.
+    """
     if len(run.val_idx) == 0:
         return float("nan")
     max_freq_px = band * run.box / 2
     run.model.max_freq_px = max_freq_px
     total = 0.0
-    for s in range(0, len(run.val_idx), run.config.batch):
-        idx = run.val_idx[s : s + run.config.batch]
+    val_idx = _local_idx(run, run.val_idx)
+    for s in range(0, len(val_idx), run.config.batch):
+        idx = val_idx[s : s + run.config.batch]
         batch = _batch(run, idx)
         z = _infer(run, batch, run.latents[idx].to(run.device), max_freq_px)
         run.latents[idx] = z.detach().cpu()
         with torch.no_grad():
             total += float(_data_terms(run, batch, z, max_freq_px).sum())
+    if run.dist.active:
+        from .distributed import all_reduce_sum
+
+        total = float(all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=run.device)).item())
     return total / len(run.val_idx)
 
 
@@ -466,10 +514,13 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
         cli_argv: the command line to record in ``config.json``.
     """
     from ..io.checkpoint import save_checkpoint
+    from ..io.prefetch import Prefetcher
+    from . import distributed
     from .setup import resolve_device
 
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
+    ctx = distributed.context_from_env()  # torchrun's RANK/WORLD_SIZE; inactive in one process
     if resume:
         if not checkpoint_path(out_dir).is_file():
             raise ValueError(f"{out_dir}: no checkpoint to resume (checkpoints/{CHECKPOINT_NAME} missing)")
@@ -482,11 +533,27 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
         out_dir.mkdir(parents=True, exist_ok=True)
         if config.threads:
             torch.set_num_threads(config.threads)
-        run = _new_run(config, out_dir, resolve_device(config.device))
+        run = _new_run(config, out_dir, resolve_device(config.device), write_files=ctx.is_main)
+    run.dist = ctx
+    own_group = False
+    if ctx.active:
+        import torch.distributed as tdist
+
+        own_group = not tdist.is_initialized()
+        distributed.init_process_group(ctx, run.device)
+        if not resume:  # every rank built the same run; make sure, then take rank 0's numbers
+            distributed.check_same(
+                [(k, tuple(v.shape)) for k, v in run.model.state_dict().items()] + [tuple(run.latents.shape)],
+                "the model's shapes (mesh) and latents",
+            )
+            distributed.broadcast_tensors(
+                list(run.model.state_dict().values()) + [run.latents, run.spectra], run.device
+            )
     cfg = run.config
     if resume and cfg.threads:
         torch.set_num_threads(cfg.threads)
-    _write_config(run, cli_argv, resumed=resume)
+    if ctx.is_main:
+        _write_config(run, cli_argv, resumed=resume)
     yield ev.RunStarted(
         run_dir=str(out_dir), n_particles=len(run.ps), n_train=len(run.train_idx), n_val=len(run.val_idx),
         box=run.box, apix=run.apix, device=str(run.device), epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
@@ -497,21 +564,34 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
         epoch, t0, c0 = run.epoch, time.perf_counter(), time.process_time()
         order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
         losses = []
-        for step in range(spe):
-            idx = run.train_idx[np.sort(order[step * cfg.batch : (step + 1) * cfg.batch])]
-            band = band_limit(epoch + step / spe, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
-            phase = phase_of_step(
-                epoch, run.global_step - cfg.warmup_epochs * spe, cfg.warmup_epochs, cfg.flow_batches, cfg.structure_batches
-            )
-            loss, data, rigid = _step(run, idx, phase, band)
-            run.global_step += 1
-            losses.append(loss)
-            yield ev.StepLoss(
-                epoch=epoch, step=step, global_step=run.global_step, phase=phase, loss=loss, data_loss=data,
-                rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe,
-            )
+        step_idx = [run.train_idx[np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])] for s in range(spe)]
+
+        def read_batch(idx):  # this rank's images of the next minibatch, read while the current one computes
+            local = _local_idx(run, idx)
+            return _batch(run, local) if len(local) else None
+
+        with Prefetcher(read_batch, step_idx) as batches:
+            for step, (idx, batch) in enumerate(zip(step_idx, batches)):
+                band = band_limit(epoch + step / spe, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
+                phase = phase_of_step(
+                    epoch, run.global_step - cfg.warmup_epochs * spe, cfg.warmup_epochs, cfg.flow_batches,
+                    cfg.structure_batches,
+                )
+                loss, data, rigid = _step(run, idx, phase, band, batch=batch)
+                run.global_step += 1
+                losses.append(loss)
+                yield ev.StepLoss(
+                    epoch=epoch, step=step, global_step=run.global_step, phase=phase, loss=loss, data_loss=data,
+                    rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe,
+                )
         band = band_limit(epoch + 1, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
         val_loss = _validate(run, band)
+        if ctx.active:  # each particle was processed by one rank this epoch: assemble the full table
+            owned = np.zeros(len(run.latents), bool)
+            for idx in step_idx:
+                owned[_local_idx(run, idx)] = True
+            owned[_local_idx(run, run.val_idx)] = True
+            run.latents = distributed.gather_rows(run.latents, owned, run.device)
         run.epoch += 1
         seconds = time.perf_counter() - t0
         std = tuple(float(s) for s in run.latents.std(0)) if len(run.latents) > 1 else (0.0,) * cfg.latent_dim
@@ -521,8 +601,11 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             latent_std=std, peak_memory_mb=_peak_memory_mb(run.device),
         )
         run.history.append({k: v for k, v in dataclasses.asdict(summary).items()})
-        path = save_checkpoint(checkpoint_path(out_dir), _state_dict(run))  # atomic: a kill leaves the old one
-        _write_progress(run)
+        path = checkpoint_path(out_dir)
+        if ctx.is_main:
+            path = save_checkpoint(path, _state_dict(run))  # atomic: a kill leaves the old one
+            _write_progress(run)
+        distributed.barrier(ctx)
         yield summary
         yield ev.LatentSnapshot(epoch=epoch, latents=run.latents.numpy().copy())
         yield _model_fsc(run)
@@ -531,5 +614,11 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
                 epoch=epoch, sigmas=(-1.0, 1.0), volumes=preview_volumes(run.model, run.latents), apix=run.apix
             )
         yield ev.CheckpointWritten(epoch=run.epoch, path=str(path))
-    write_final_outputs(run)
+    if ctx.is_main:
+        write_final_outputs(run)
+    distributed.barrier(ctx)
+    if own_group:
+        import torch.distributed as tdist
+
+        tdist.destroy_process_group()
     yield ev.RunFinished(run_dir=str(out_dir), epochs=run.epoch, seconds=time.perf_counter() - t_start)
