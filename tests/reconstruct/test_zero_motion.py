@@ -61,14 +61,14 @@ def _curves(out_dir):
 
 
 class _InventedMotion(torch.nn.Module):
-    """A wrong flow generator: ``z (b, 1) -> z * field (b, v, 3)``, a fixed random field
-    of ``rms_a`` Å RMS (smoothed over a few mesh neighbours by construction from a few
-    random plane waves), so every particle is moved although none moved in the data."""
+    """A wrong flow generator: ``z (b, 1) -> z * field (b, v, 3)``, with a fixed smooth
+    random field of ``rms_a`` Å RMS (a sum of six random plane waves), so every particle
+    is moved although none moved in the data."""
 
     def __init__(self, vertices_a: torch.Tensor, rms_a: float, seed: int = 0):
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        k = torch.randn(6, 3, generator=g) / 30.0  # wave vectors, 1/Å (wavelengths ~ 30-60 Å)
+        k = torch.randn(6, 3, generator=g) / 30.0  # wave vectors, 1/Å (wavelengths ~ 15-30 Å)
         amp = torch.randn(6, 3, generator=g)
         phase = (vertices_a.float() @ k.T) * 2 * np.pi  # (v, 6)
         field = torch.sin(phase) @ amp  # (v, 3)
@@ -148,8 +148,9 @@ def test_the_check_fails_for_a_flow_that_invents_motion(zero_motion, tmp_path):
     for h in ("A", "B"):  # 1. the objective: the wrong model explains the same particles worse
         assert wrong_report["maps"]["flex"]["objective"][h] > 1.005 * report["maps"]["rigid"]["objective"][h]
     # 2. the truth: the map drifts away from the true (rest) density in the shells with signal
-    truth = _read(zero_motion[0] / "sim" / "truth" / "average.mrc")
-    rigid_map = 0.5 * (_read(zero_motion[0] / "rec" / "rigid_half_A.mrc") + _read(zero_motion[0] / "rec" / "rigid_half_B.mrc"))
+    root = zero_motion[0]
+    truth = _read(root / "sim" / "truth" / "average.mrc")
+    rigid_map = 0.5 * (_read(root / "rec" / "rigid_half_A.mrc") + _read(root / "rec" / "rigid_half_B.mrc"))
     wrong_map = 0.5 * (_read(tmp_path / "rec" / "flex_half_A.mrc") + _read(tmp_path / "rec" / "flex_half_B.mrc"))
     shells = slice(3, 10)
     assert fsc(wrong_map, truth)[shells].mean() < fsc(rigid_map, truth)[shells].mean() - 0.02

@@ -363,7 +363,9 @@ def simulate_dataset(
     snr_achieved = var_signal / var_noise
     truth = {
         "motion": motion,
-        "coordinate_names": {"hinge": ["hinge"], "twist": ["twist"], "both": ["hinge", "twist"], "none": ["none"]}[motion],
+        "coordinate_names": {
+            "hinge": ["hinge"], "twist": ["twist"], "both": ["hinge", "twist"], "none": ["none"]
+        }[motion],
         "hinge_deg_at_plus_1": mol.hinge_deg if motion in ("hinge", "both") else 0.0,
         "twist_deg_at_plus_1": mol.twist_deg if motion in ("twist", "both") else 0.0,
         "hinge_axis": "z through hinge_pivot_a; the body (domain 0) stays put",
