@@ -153,3 +153,32 @@ def test_a_killed_rank_stops_the_other_with_the_checkpoint_intact(tiny_sim, tiny
     # and the run resumes in one process (another number of ranks) from that checkpoint
     events = list(train_run(_config(tiny_config, tiny_sim, out, epochs=state["epoch"] + 1), out, resume=True))
     assert events[0].start_epoch == state["epoch"] and isinstance(events[-1], ev.RunFinished)
+
+
+def test_prefetcher_keeps_order_raises_where_it_fails_and_stops_early():
+    import threading
+
+    from napari_flex3d.io.prefetch import Prefetcher
+
+    with Prefetcher(lambda i: i * i, range(20), depth=2) as it:
+        assert list(it) == [i * i for i in range(20)]
+
+    def fails_at_3(i):
+        if i == 3:
+            raise ValueError("stack 3 missing")
+        return i
+
+    got = []
+    with pytest.raises(ValueError, match="stack 3"):
+        with Prefetcher(fails_at_3, range(10)) as it:
+            for v in it:
+                got.append(v)
+    assert got == [0, 1, 2]
+
+    calls = []
+    before = threading.active_count()
+    with Prefetcher(lambda i: calls.append(i) or i, range(1000)) as it:
+        for v in it:
+            if v == 2:
+                break
+    assert threading.active_count() == before and len(calls) < 10  # the thread stopped a few items ahead
