@@ -6,8 +6,8 @@ Prints particles/s of
   grid latent inference with the model frozen, latent noise, one Adam step), alternating
   flow and structure phases as the schedule does, default :class:`TrainConfig` (K=2,
   cubic kernel, 2 sweeps x 9 grid values, hidden 64 x 4 layers (the config's), batch
-  ``--batch``), on a two-domain molecule (``benchmarks/convect_project.py``) with a tetgen
-  mesh 20 cells across;
+  ``--batch``), on a two-domain molecule (``benchmarks/convect_project.py``) with the
+  training's default tetgen mesh (20 cells across the box, cells of at least 4 voxels);
 * reconstruction at box 256: one evaluation of the full-batch gradient that every L-BFGS
   iteration of ``flex3d reconstruct`` takes per particle (flow frozen at the particles'
   latents: convect-project, CTF, whitened residual, backward to the map), in chunks;
@@ -107,12 +107,12 @@ def molecule_model(box: int, config, device):
 
     from napari_flex3d.mesh.build import build_mesh
     from napari_flex3d.mesh.masks import solvent_mask
-    from napari_flex3d.training.setup import build_model
+    from napari_flex3d.training.setup import build_model, default_cell_size_a
 
     apix = APIX_AT_64 * 64 / box
     smooth, vol = two_domain_molecule(box)
     mask = solvent_mask(smooth, apix, threshold=0.5, lowpass_a=None, dilate_a=2.0, soft_pad_a=0.0).binary
-    mesh = build_mesh(mask, apix, cells_across=20)
+    mesh = build_mesh(mask, apix, cell_size_a=default_cell_size_a(box, apix, config.mesh_cell_size_a))
     torch.manual_seed(0)
     return build_model(vol, apix, mask, mesh, config).to(device), apix
 
@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     import torch
 
     if a.quick:
-        a.train_boxes, a.recon_box, a.batch, a.steps, a.chunk, a.chunks = [32, 40], 48, 16, 2, 16, 2
+        a.train_boxes, a.recon_box, a.batch, a.steps, a.chunk, a.chunks = [32, 40], 48, 32, 2, 16, 2
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {name}; torch {torch.__version__}", flush=True)
