@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -47,6 +48,10 @@ def train(config, out_dir, *, resume=False, cli_argv=None, progress=True, overri
         saved = config or read_config_json(Path(out_dir) / "config.json", TrainConfig)
         config = dataclasses.replace(saved, **overrides)
     events = train_run(config, out_dir, resume=resume, cli_argv=cli_argv)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and logs
+        for _ in events:
+            pass
+        return []
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return consume_events(events, log_path=Path(out_dir) / "train.log", progress=progress)
 

@@ -171,8 +171,15 @@ class ParticleSet:
         return self.per_particle("apix", idx).astype(np.float64)
 
     def _used_groups(self) -> list[OpticsGroup]:
-        used = [self.optics[i] for i in np.unique(self.optics_group)]
-        return used or list(self.optics)
+        # cached per optics_group array: apix/box are read for every minibatch, and a pass
+        # over a million particles each time cost ~40 ms a batch
+        key = (id(self.optics_group), len(self.optics_group), len(self.optics))
+        cached = self.__dict__.get("_used_groups_cache")
+        if cached is None or cached[0] != key:
+            counts = np.bincount(np.asarray(self.optics_group, dtype=np.int64), minlength=len(self.optics))
+            cached = (key, [self.optics[i] for i in np.flatnonzero(counts)] or list(self.optics))
+            self.__dict__["_used_groups_cache"] = cached
+        return cached[1]
 
     @property
     def apix(self) -> float:
