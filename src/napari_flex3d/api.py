@@ -78,7 +78,8 @@ def reconstruct(run_dir, particles, out_dir, *, progress=True, **kwargs) -> dict
     """Flex and rigid half maps, FSC and sharpened maps (see :mod:`.reconstruct.halfmaps`)."""
     from .reconstruct.halfmaps import consume, reconstruct_run
 
-    return consume(reconstruct_run(run_dir, particles, out_dir, **kwargs), progress=progress)
+    quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 reports
+    return consume(reconstruct_run(run_dir, particles, out_dir, **kwargs), progress=progress and not quiet)
 
 
 def demo(out_dir, *, progress=True, **kwargs) -> dict:

@@ -106,6 +106,7 @@ class HalfMapProblem:
         device="cpu",
         memory_budget_bytes: float = 3e8,
         oversample: int = 2,
+        ctx=None,
     ):
         self.ps = ps
         self.idx = np.asarray(idx, dtype=np.int64)
@@ -117,6 +118,7 @@ class HalfMapProblem:
         self.kernel = kernel
         self.device = torch.device(device)
         self.oversample = int(oversample)
+        self.ctx = ctx  # training.distributed.DistContext: under torchrun each rank takes every world-th chunk
         n = self.points.shape[0]
         per_particle = 4.0 * (self.box * self.box * 6 * self.oversample**2 + (n * 9 if flow_fn is not None else 0))
         self.chunk = int(max(1, min(chunk, memory_budget_bytes // per_particle)))
@@ -128,7 +130,10 @@ class HalfMapProblem:
     def _chunks(self):
         from ..model.flex import batch_from_particles
 
-        for start in range(0, self.idx.size, self.chunk):
+        starts = range(0, self.idx.size, self.chunk)
+        if self.ctx is not None and self.ctx.active:
+            starts = starts[self.ctx.rank :: self.ctx.world]
+        for start in starts:
             sel = self.idx[start : start + self.chunk]
             batch = batch_from_particles(self.ps, sel, box=self.box, device=self.device)
             if self.flow_fn is None:
@@ -161,7 +166,8 @@ class HalfMapProblem:
             loss = data_loss(pred, batch["images"], self.noise[batch["optics_group"]]).sum()
             loss.backward()
             total += float(loss.detach())
-        return total, v.grad.detach()
+        grad, total = self._reduce(v, total)
+        return total, grad
 
     def hessian_vector(self, d: torch.Tensor) -> tuple[torch.Tensor, float]:
         """``H d`` ``(n,)`` and ``d^T H d`` of the data term: one pass over the particles."""
@@ -174,7 +180,19 @@ class HalfMapProblem:
             q = data_loss(pred, torch.zeros_like(pred), self.noise[batch["optics_group"]]).sum()
             q.backward()
             quad += float(q.detach())
-        return v.grad.detach(), 2.0 * quad
+        hd, quad = self._reduce(v, quad)
+        return hd, 2.0 * quad
+
+    def _reduce(self, v: torch.Tensor, scalar: float) -> tuple[torch.Tensor, float]:
+        """This rank's gradient and sum; under torchrun, summed over ranks (float64)."""
+        grad = v.grad.detach() if v.grad is not None else torch.zeros_like(v.detach())
+        if self.ctx is None or not self.ctx.active:
+            return grad, scalar
+        from ..training.distributed import all_reduce_sum
+
+        buf = torch.cat([grad.double().reshape(-1), torch.tensor([scalar], dtype=torch.float64, device=grad.device)])
+        all_reduce_sum(buf)
+        return buf[:-1].to(grad.dtype).view_as(grad), float(buf[-1])
 
 
 def _crop_rfft2(spec: torch.Tensor, box: int) -> torch.Tensor:
@@ -438,10 +456,15 @@ def solve_half_maps(
     from ..training.setup import resolve_device
     from .validation import masked_fsc, sharpen
 
+    from ..training.distributed import barrier, context_from_env, init_process_group
+
     t_start = time.time()
     out = Path(out_dir)
     (out / "state").mkdir(parents=True, exist_ok=True)
     dev = resolve_device(device)
+    ctx = context_from_env()  # under torchrun: chunks split over ranks, sums all-reduced, rank 0 writes
+    init_process_group(ctx, dev)
+    main = ctx.is_main
     latents = torch.as_tensor(latents, dtype=torch.float32)
     if len(ps) != latents.shape[0]:
         raise ValueError(f"{len(ps)} particles but {latents.shape[0]} latent rows")
@@ -507,7 +530,7 @@ def solve_half_maps(
             continue
         problem = HalfMapProblem(
             ps, idx, points, flow_fn if mode == "flex" else None, box_h, apix_h, noise,
-            chunk=chunk, kernel=model.kernel, device=dev,
+            chunk=chunk, kernel=model.kernel, device=dev, ctx=ctx,
         )
         state = None
         if resume and state_path.exists():
@@ -518,7 +541,8 @@ def solve_half_maps(
         values = torch.zeros(problem.n_values, device=dev)
         for k, f, state in lbfgs_quadratic(problem, iterations, state=state, ridge=ridge):
             passes_done += 1
-            _atomic_torch_save(_pack_state(state), state_path)
+            if main:
+                _atomic_torch_save(_pack_state(state), state_path)
             elapsed = time.time() - t_solve
             eta = elapsed / max(passes_done, 1) * max(total_passes - passes_done, 0)
             values = state["values"]
@@ -529,9 +553,11 @@ def solve_half_maps(
             passes_done += iterations - int(state["k"])  # stopped early: converged
         vol = scatter_to_volume(values.detach().cpu(), flat_index, box_h)  # V at the voxel centres
         maps[(mode, half)] = vol
-        write_map(mrc_path, vol.numpy(), apix_h, label=f"napari-flex3d {mode} half map {half}")
-        if state_path.exists():
-            state_path.unlink()
+        if main:
+            write_map(mrc_path, vol.numpy(), apix_h, label=f"napari-flex3d {mode} half map {half}")
+            if state_path.exists():
+                state_path.unlink()
+        barrier(ctx)
         yield HalfMapDone(mode, half, str(mrc_path))
 
     # validation
@@ -581,21 +607,28 @@ def solve_half_maps(
         combined = 0.5 * (a + bmap)
         sharp, bfac = sharpen(combined, apix_h, res.curve, res.resolution_0143_a)
         entry["bfactor_a2"] = bfac
-        write_map(
-            out / f"{mode}_map.mrc", sharp.numpy(), apix_h,
-            label=f"napari-flex3d {mode} map: FSC-weighted, sharpened B={-bfac:.1f} A^2, lowpass {res.resolution_0143_a:.2f} A",
-        )
+        if main:
+            write_map(
+                out / f"{mode}_map.mrc", sharp.numpy(), apix_h,
+                label=f"napari-flex3d {mode} map: FSC-weighted, sharpened B={-bfac:.1f} A^2, "
+                f"lowpass {res.resolution_0143_a:.2f} A",
+            )
         entry["beyond_training_nyquist"] = bool(res.resolution_0143_a < nyquist_train)
         report["maps"][mode] = entry
-    with open(out / "fsc.csv", "w") as fh:
-        names = list(columns)
-        fh.write(",".join(names) + "\n")
-        for i in range(freqs.size):
-            fh.write(",".join(f"{columns[n][i]:.6g}" for n in names) + "\n")
-    report["fsc_png"] = _write_fsc_png(out / "fsc.png", freqs, curves_png, f"half-map FSC, box {box_h} at {apix_h:.3g} Å")
-    report["time_s"] = time.time() - t_start
-    with open(out / "report.json", "w") as fh:
-        json.dump(report, fh, indent=2, default=float)
+    report["ranks"] = ctx.world
+    if main:
+        with open(out / "fsc.csv", "w") as fh:
+            names = list(columns)
+            fh.write(",".join(names) + "\n")
+            for i in range(freqs.size):
+                fh.write(",".join(f"{columns[n][i]:.6g}" for n in names) + "\n")
+        report["fsc_png"] = _write_fsc_png(
+            out / "fsc.png", freqs, curves_png, f"half-map FSC, box {box_h} at {apix_h:.3g} Å"
+        )
+        report["time_s"] = time.time() - t_start
+        with open(out / "report.json", "w") as fh:
+            json.dump(report, fh, indent=2, default=float)
+    barrier(ctx)
     yield ReconstructFinished(str(out), report)
 
 
