@@ -5,7 +5,7 @@ then flex and rigid half maps at twice the training box.
 with K=1, 4 epochs (1 warm-up), batches of 100 and the linear kernel, as in
 tests/training/test_learns_hinge.py; then 6 L-BFGS iterations per half map at box 48.
 
-Measured (2 shared cores, heavily loaded: 250 s wall, 75 s CPU): latent vs true hinge
+Measured (70 s on 2 lightly loaded cores; 250 s wall, 75 s CPU when heavily shared): latent vs true hinge
 |Spearman| 0.93; objective flex/rigid 0.992 for both halves; inside the arm mask, mean FSC
 (shells 4-11) against the true rest state 0.975 flex vs 0.971 rigid, against the true
 average 0.979 flex vs 0.989 rigid; global FSC 0.143 at 7.78 Å (flex) and 7.76 Å (rigid),
