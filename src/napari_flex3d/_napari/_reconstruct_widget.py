@@ -33,7 +33,7 @@ from qtpy.QtWidgets import (
 from ._library import available, piece
 from ._plots import CurvePlot
 from ._session import session_for
-from ._workers import start_worker
+from ._workers import WorkerControls, start_worker
 
 MODULE = "reconstruct.halfmaps"
 FUNCTION = "reconstruct_run"
@@ -46,7 +46,7 @@ def read_fsc_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return {n[len("fsc_"):]: (freq, np.atleast_1d(table[n])) for n in table.dtype.names if n.startswith("fsc_")}
 
 
-class ReconstructWidget(QWidget):
+class ReconstructWidget(WorkerControls, QWidget):
     """Run the half-map reconstruction of a training run and show its maps and FSC curves."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -159,24 +159,6 @@ class ReconstructWidget(QWidget):
                           iterations=iterations, rigid=rigid)
 
         self.worker = start_worker(job, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
-
-    def stop(self) -> None:
-        """Stop after the current iteration (the solver states on disk allow a later resume)."""
-        if self.worker is not None and self.state == "running":
-            self.state = "stopping"
-            self.worker.quit()
-            self._update_buttons()
-
-    def _on_error(self, exc) -> None:
-        self.error = exc
-        self.status_label.setText(f"error: {type(exc).__name__}: {exc}")
-
-    def _on_finished(self) -> None:
-        was = self.state
-        self.state = "idle"
-        self.worker = None
-        self.progress.setFormat("failed" if self.error else ("stopped" if was == "stopping" else "done"))
-        self._update_buttons()
 
     def _on_event(self, ev) -> None:
         kind = type(ev).__name__

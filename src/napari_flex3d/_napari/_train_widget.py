@@ -33,7 +33,7 @@ from ._library import MissingPiece, piece
 from ._plots import CurvePlot, LatentScatter
 from ._data_widget import painted_mesh
 from ._session import session_for
-from ._workers import start_worker
+from ._workers import WorkerControls, start_worker
 
 # Fields filled from the Data and mesh widget (the session), not typed in the form.
 FROM_SESSION = ("particles", "map", "mesh", "passthrough", "root")
@@ -106,7 +106,7 @@ def _set_form(form: Container, name: str, value) -> None:
     w.value = ("" if value is None else str(value)) if w.widget_type == "LineEdit" else value
 
 
-class TrainWidget(QWidget):
+class TrainWidget(WorkerControls, QWidget):
     """Set up, run, stop and resume training, and watch it."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -294,27 +294,7 @@ class TrainWidget(QWidget):
         """Continue the run in ``out`` from its last checkpoint."""
         self.start(resume=True)
 
-    def stop(self) -> None:
-        """Ask the run to stop after the current step (the last checkpoint stays on disk)."""
-        if self.worker is not None and self.state == "running":
-            self.state = "stopping"
-            self.progress.setFormat("stopping…")
-            self.worker.quit()
-            self._update_buttons()
-
-    def _on_error(self, exc) -> None:
-        self.error = exc
-        self.status_label.setText(f"error: {type(exc).__name__}: {exc}")
-
-    def _on_finished(self) -> None:
-        was = self.state
-        self.state = "idle"
-        self.worker = None
-        self._update_buttons()
-        if self.error is None:
-            self.progress.setFormat("stopped" if was == "stopping" else "done")
-        else:
-            self.progress.setFormat("failed")
+    def _after_finished(self) -> None:
         ck = f"; last checkpoint {self.last_checkpoint}" if self.last_checkpoint else ""
         self.status_label.setText(self.status_label.text() if self.error else f"{self.progress.format()}{ck}")
 

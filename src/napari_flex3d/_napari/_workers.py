@@ -66,3 +66,35 @@ class LatestOnly:
     @property
     def idle(self) -> bool:
         return not self.busy and self._pending is None
+
+
+class WorkerControls:
+    """Start/stop state shared by the widgets that run one long job in a napari worker.
+
+    ``state`` goes ``idle -> running -> (stopping) -> idle``. A widget mixes this in before
+    ``QWidget`` and provides ``worker``, ``error``, ``progress`` (a ``QProgressBar``),
+    ``status_label`` and ``_update_buttons()``; ``_after_finished()`` is its hook.
+    """
+
+    def stop(self) -> None:
+        """Ask the job to stop after its current step (what it saved stays on disk)."""
+        if self.worker is not None and self.state == "running":
+            self.state = "stopping"
+            self.progress.setFormat("stopping…")
+            self.worker.quit()
+            self._update_buttons()
+
+    def _on_error(self, exc) -> None:
+        self.error = exc
+        self.status_label.setText(f"error: {type(exc).__name__}: {exc}")
+
+    def _on_finished(self) -> None:
+        was = self.state
+        self.state = "idle"
+        self.worker = None
+        self.progress.setFormat("failed" if self.error else ("stopped" if was == "stopping" else "done"))
+        self._update_buttons()
+        self._after_finished()
+
+    def _after_finished(self) -> None:
+        """Called once the job has ended (successfully, stopped or failed)."""
