@@ -416,11 +416,11 @@ class LatentExplorerWidget(QWidget):
         else:
             from ._reader import default_iso_threshold
 
+            self.viewer.dims.ndisplay = 3  # before the layer: it is sliced and drawn once, in 3D
             layer = self.viewer.add_image(
                 vol, name=VOLUME_LAYER, scale=(apix,) * 3, rendering="iso", colormap="turbo",
                 iso_threshold=default_iso_threshold(vol),
             )
-            self.viewer.dims.ndisplay = 3
         layer.metadata.update(apix=float(apix), latent=np.asarray(z).tolist())
         refined = box == self.run.box and kernel is None
         self.refined = refined
