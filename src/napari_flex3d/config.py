@@ -1,4 +1,4 @@
-"""Settings for every stage, as frozen dataclasses saved with each run.
+"""Settings of training and of latent-space generation, as frozen dataclasses saved with each run.
 
 Every field carries a help string in ``dataclasses.field(metadata={"help": ...})``; the
 command line (:func:`add_arguments`, :func:`from_arguments`) and the magicgui forms are
@@ -21,11 +21,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "SimulateConfig",
-    "MeshConfig",
     "TrainConfig",
     "GenerateConfig",
-    "ReconstructConfig",
     "to_dict",
     "from_dict",
     "provenance",
@@ -50,31 +47,6 @@ class _Settings:
     @classmethod
     def from_dict(cls, data: dict):
         return from_dict(cls, data)
-
-
-@dataclass(frozen=True)
-class SimulateConfig(_Settings):
-    """A synthetic flexible dataset with ground truth (``flex3d simulate``)."""
-
-    out: str = _f("", "output folder")
-    n_particles: int = _f(5000, "number of particle images")
-    box: int = _f(64, "box size in pixels")
-    apix: float = _f(3.0, "pixel size in Å")
-    snr: float = _f(0.1, "signal-to-noise ratio (signal variance / noise variance)")
-    motion: str = _f("hinge", "kind of motion", choices=("hinge", "twist", "both"))
-    seed: int = _f(0, "random seed")
-
-
-@dataclass(frozen=True)
-class MeshConfig(_Settings):
-    """Solvent mask and tetrahedral mesh built from the consensus map."""
-
-    threshold: float | None = _f(None, "density threshold for the mask (None: automatic, from the map's histogram)")
-    dilate_a: float = _f(6.0, "dilate the thresholded mask by this many Å before meshing")
-    cell_size_a: float | None = _f(
-        None, "target tetrahedron edge length in Å (None: about 20 cells across the box, cryoSPARC's default)"
-    )
-    rigidity_floor: float = _f(0.5, "smallest rigidity weight of a mesh cell (cryoSPARC: 0.5); the densest cell has 1")
 
 
 @dataclass(frozen=True)
@@ -162,20 +134,6 @@ class GenerateConfig(_Settings):
     frames: int = _f(41, "frames in a series (odd: the middle frame is the mean)")
     sigma_range: float = _f(1.5, "a series runs from -range to +range standard deviations of the learned latents")
     box: int | None = _f(None, "output box (None: the training box)")
-
-
-@dataclass(frozen=True)
-class ReconstructConfig(_Settings):
-    """High-resolution half maps by full-batch L-BFGS (DESIGN.md §4)."""
-
-    run: str = _f("", "training run folder")
-    out: str = _f("", "output folder")
-    box: int | None = _f(None, "reconstruction box (None: the particles' full box N_H)")
-    iterations: int = _f(30, "L-BFGS iterations per half map")
-    chunk: int = _f(512, "particles per streamed chunk")
-    mask: str | None = _f(None, "mask (MRC) for the masked FSC")
-    rigid_baseline: bool = _f(True, "also solve the zero-flow baseline with the same solver")
-    device: str = _f("auto", "auto, cpu, or cuda[:i]")
 
 
 # --------------------------------------------------------------------------- JSON round trip
@@ -275,7 +233,7 @@ def read_config_json(path, cls=None):
         kind, settings = doc["kind"], doc["settings"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a napari-flex3d config.json ({exc})") from exc
-    classes = {c.__name__: c for c in (SimulateConfig, MeshConfig, TrainConfig, GenerateConfig, ReconstructConfig)}
+    classes = {c.__name__: c for c in (TrainConfig, GenerateConfig)}
     if cls is None:
         if kind not in classes:
             raise ValueError(f"{path}: unknown config kind {kind!r}")

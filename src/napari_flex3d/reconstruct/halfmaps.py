@@ -25,6 +25,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -303,16 +304,6 @@ def _load_mask_file(path, box: int, apix: float) -> np.ndarray:
     return np.clip(data / max(float(data.max()), 1.0), 0.0, 1.0).astype(np.float32)
 
 
-class _Labels:
-    """Half-set labels shaped like a ParticleSet for ``rigid.half_set_indices``."""
-
-    def __init__(self, half_set: np.ndarray):
-        self.half_set = half_set
-
-    def __len__(self) -> int:
-        return len(self.half_set)
-
-
 def _atomic_torch_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -502,7 +493,7 @@ def solve_half_maps(
 
     # the input's split; a deterministic re-split (seeded) only when asked, or for unlabelled particles
     labels = np.full(len(ps), -1) if resplit else np.asarray(ps.half_set)
-    half_a, half_b = half_set_indices(_Labels(labels), np.arange(len(ps)), seed)
+    half_a, half_b = half_set_indices(SimpleNamespace(half_set=labels), np.arange(len(ps)), seed)
     if half_a.size == 0 or half_b.size == 0:
         raise ValueError(f"{ps.source}: a half set is empty ({half_a.size} / {half_b.size} particles)")
 

@@ -286,7 +286,9 @@ def half_set_indices(ps, idx=None, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     (``seed``) into halves of equal size.
     """
     idx = np.arange(len(ps)) if idx is None else np.asarray(idx)
-    half = np.asarray(getattr(ps, "half_set", np.full(len(ps), -1)), dtype=np.int64)[idx]
+    half = getattr(ps, "half_set", None)
+    half = np.full(len(ps), -1) if half is None else half  # (n,): only sized when it is missing
+    half = np.asarray(half, dtype=np.int64)[idx]
     unknown = np.nonzero(half < 0)[0]
     if unknown.size:
         rng = np.random.default_rng(seed)
