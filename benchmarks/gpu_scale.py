@@ -160,7 +160,7 @@ def bench_training(box: int, batch: int, steps: int, device, quick: bool) -> dic
     n_particles = batch * (steps + 1)
     run = RunState(
         config=config, out_dir=Path("."), device=device, ps=None, model=model,
-        spectra=torch.ones(1, box // 2 + 1, device=device), latents=torch.zeros(n_particles, config.latent_dim),
+        spectra=torch.ones(1, box // 2 + 1, device=device), latents=torch.zeros(n_particles, config.latent_dim, device=device),
         train_idx=np.arange(n_particles), val_idx=np.arange(0), opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
         opt_canonical=_adam_for_canonical(model, config), generator=torch.Generator().manual_seed(0),
         consensus=torch.zeros(1, device=device),

@@ -161,12 +161,12 @@ class HalfMapProblem:
         from ..model.loss import data_loss
 
         v = values.detach().to(self.device).requires_grad_(True)
-        total = 0.0
+        total = torch.zeros((), dtype=torch.float64, device=self.device)  # summed on the device, read once a pass
         for batch, points in self._chunks():
             pred = self._predict(v, batch, points)
             loss = data_loss(pred, batch["images"], self.noise[batch["optics_group"]]).sum()
             loss.backward()
-            total += float(loss.detach())
+            total += loss.detach().double()
         grad, total = self._reduce(v, total)
         return total, grad
 
@@ -175,23 +175,24 @@ class HalfMapProblem:
         from ..model.loss import data_loss
 
         v = d.detach().to(self.device).requires_grad_(True)
-        quad = 0.0
+        quad = torch.zeros((), dtype=torch.float64, device=self.device)
         for batch, points in self._chunks():
             pred = self._predict(v, batch, points)
             q = data_loss(pred, torch.zeros_like(pred), self.noise[batch["optics_group"]]).sum()
             q.backward()
-            quad += float(q.detach())
+            quad += q.detach().double()
         hd, quad = self._reduce(v, quad)
         return hd, 2.0 * quad
 
-    def _reduce(self, v: torch.Tensor, scalar: float) -> tuple[torch.Tensor, float]:
-        """This rank's gradient and sum; under torchrun, summed over ranks (float64)."""
+    def _reduce(self, v: torch.Tensor, scalar: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """This rank's gradient and sum (a 0-d float64 tensor, read here: once per pass); under
+        torchrun, both summed over ranks (float64)."""
         grad = v.grad.detach() if v.grad is not None else torch.zeros_like(v.detach())
         if self.ctx is None or not self.ctx.active:
-            return grad, scalar
+            return grad, float(scalar)
         from ..training.distributed import all_reduce_sum
 
-        buf = torch.cat([grad.double().reshape(-1), torch.tensor([scalar], dtype=torch.float64, device=grad.device)])
+        buf = torch.cat([grad.double().reshape(-1), scalar.reshape(1).to(grad.device)])
         all_reduce_sum(buf)
         return buf[:-1].to(grad.dtype).view_as(grad), float(buf[-1])
 
@@ -357,6 +358,9 @@ def _write_fsc_png(path: Path, freqs: np.ndarray, curves: dict[str, np.ndarray],
         return False
     fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
     for name, c in curves.items():
+        if name.startswith("mask-induced"):  # the noise-substitution curve: what the mask alone correlates
+            ax.plot(freqs, c, label=name, lw=0.8, ls=":", color="grey")
+            continue
         ax.plot(freqs, c, label=name, lw=1.5, ls="--" if name.startswith("rigid") else "-")
     ax.axhline(0.143, color="grey", lw=0.8, ls=":")
     ax.axhline(0.5, color="grey", lw=0.8, ls=":")
@@ -431,12 +435,14 @@ def solve_half_maps(
     resume: bool = False,
     noise_particles: int = 2000,
     support_dilate_a: float = 10.0,
+    mask_edge_a: float = 10.0,
     sources: dict | None = None,
 ) -> Iterator[object]:
     """Solve the flex (and rigid) half maps of a frozen ``FlexModel`` with per-particle
     ``latents (n, K)`` for the particles ``ps``; write the maps, FSC and report into ``out_dir``.
 
-    ``masks``: MRC paths or ``{name: (N, N, N) array}`` for local FSCs. Writes
+    ``masks``: MRC paths or ``{name: (N, N, N) array}`` for local FSCs; a binary mask gets
+    a raised-cosine edge ``mask_edge_a`` Å wide (a soft mask is used as it is). Writes
     ``flex_half_A.mrc``, ``flex_half_B.mrc``, ``flex_map.mrc`` (FSC-weighted, B-factor
     sharpened), the same for ``rigid_``, ``fsc.csv``, ``fsc.png`` and ``report.json``;
     ``state/`` holds the resumable solver states.
@@ -445,7 +451,7 @@ def solve_half_maps(
     from ..model.loss import estimate_noise_spectra
     from ..reconstruct.rigid import half_set_indices
     from ..training.setup import resolve_device
-    from .validation import masked_fsc, sharpen
+    from .validation import informative_range, masked_fsc, sharpen, soften_mask
 
     from ..training.distributed import barrier, context_from_env, init_process_group
 
@@ -479,9 +485,10 @@ def solve_half_maps(
     user_masks = {}
     for m in masks.items() if isinstance(masks, dict) else masks:
         if isinstance(m, tuple):  # (name, array) at this box
-            user_masks[m[0]] = torch.as_tensor(np.asarray(m[1], dtype=np.float32))
+            name, data = m[0], np.asarray(m[1], dtype=np.float32)
         else:
-            user_masks[Path(m).stem] = torch.as_tensor(_load_mask_file(m, box_h, apix_h))
+            name, data = Path(m).stem, _load_mask_file(m, box_h, apix_h)
+        user_masks[name] = torch.as_tensor(soften_mask(data, apix_h, mask_edge_a))
 
     # whitening: one radial noise spectrum per optics group, at this box
     from ..model.flex import batch_from_particles
@@ -585,14 +592,20 @@ def solve_half_maps(
             entry[name] = {"fsc_0143_a": r.resolution_0143_a, "fsc_05_a": r.resolution_05_a, "corrected": r.corrected,
                            "randomised_from_a": randomise if r.corrected else None}
             if r.randomised is not None:  # mask-induced correlation past the randomisation resolution
-                past = freqs >= 1.0 / randomise
+                past = np.arange(freqs.size) >= r.from_shell
                 induced = float(np.max(r.randomised[past])) if past.any() else 0.0
                 entry[name]["mask_induced_fsc_max"] = induced
-                if induced > 0.5:
+                info = informative_range(r, box_h, apix_h)
+                entry[name].update(info)
+                if not info["fsc_0143_informative"]:
                     entry[name]["warning"] = (
-                        f"mask {name!r} is too tight or small for this box: phase-randomised maps still correlate "
-                        f"{induced:.2f} inside it, so its FSC past {randomise:.1f} Å is not informative"
+                        f"mask {name!r} is too tight or small for these maps: phase-randomised maps correlate "
+                        f"more than 0.5 inside it past {randomise:.1f} Å (up to {induced:.2f}); its FSC is informative "
+                        f"only to {info['informative_to_a']:.1f} Å, so its 0.143 resolution says little"
                     )
+                columns[f"mask_induced_{mode}_{name}"] = r.randomised
+                if mode == "flex":
+                    curves_png[f"mask-induced ({name})"] = r.randomised
             columns[f"fsc_{mode}_{name}"] = r.curve
             curves_png[f"{mode} ({name})"] = r.curve
         combined = 0.5 * (a + bmap)

@@ -159,7 +159,7 @@ def gather_rows(table: torch.Tensor, owned: np.ndarray, device) -> torch.Tensor:
     owned by exactly one rank (rows owned by none come back zero). The others' rows
     travel as exact zeros, so the sum is bit-exact.
     """
-    mask = torch.as_tensor(owned, dtype=torch.bool).reshape(-1, *([1] * (table.dim() - 1)))
+    mask = torch.as_tensor(owned, dtype=torch.bool, device=table.device).reshape(-1, *([1] * (table.dim() - 1)))
     part = torch.where(mask, table, torch.zeros((), dtype=table.dtype)).to(device)
     return all_reduce_sum(part).to(table.device)
 

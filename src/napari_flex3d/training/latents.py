@@ -226,8 +226,8 @@ def infer_latents_grid(
                 cand = z.clone()
                 cand[:, k] = centre + off
                 obj = loss_fn(cand) + 0.5 * prior_weight * (cand**2).sum(-1)  # (b,)
-                better = obj < best
-                z[better] = cand[better]
+                better = obj < best  # (b,); torch.where, not z[better] = ...: no host sync on a GPU
+                z = torch.where(better[:, None], cand, z)
                 best = torch.where(better, obj, best)
         half_width = 2.0 * half_width / max(n_grid - 1, 1)  # one previous grid spacing
     return z
@@ -259,7 +259,7 @@ def infer_latents_gradient(
                 best = obj.detach().clone()
             else:
                 better = obj < best
-                best_z[better] = z.detach()[better]
+                best_z = torch.where(better[:, None], z.detach(), best_z)
                 best = torch.where(better, obj.detach(), best)
         if _ == steps:
             break

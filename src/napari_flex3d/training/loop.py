@@ -61,7 +61,7 @@ class RunState:
     ps: object  # io.particles.ParticleSet
     model: torch.nn.Module  # model.flex.FlexModel
     spectra: torch.Tensor  # (n_groups, n_shells) noise spectra at the training box
-    latents: torch.Tensor  # (n_particles, K) float32 on the CPU, input row order
+    latents: torch.Tensor  # (n_particles, K) float32 on the run's device (no host copy per step), input row order
     train_idx: np.ndarray
     val_idx: np.ndarray
     opt_flow: torch.optim.Optimizer
@@ -139,7 +139,7 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_fil
         ps=ps,
         model=model,
         spectra=spectra,
-        latents=torch.as_tensor(z0),
+        latents=torch.as_tensor(z0).to(device),
         train_idx=train_idx,
         val_idx=val_idx,
         opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
@@ -183,7 +183,7 @@ def _state_dict(run: RunState) -> dict:
         "box": run.box,
         "apix": run.apix,
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
-        "latents": run.latents.clone(),
+        "latents": run.latents.detach().cpu().clone(),
         "spectra": run.spectra.detach().cpu(),
         "train_idx": torch.as_tensor(run.train_idx),
         "val_idx": torch.as_tensor(run.val_idx),
@@ -250,7 +250,7 @@ def _restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
         ps=ps,
         model=model,
         spectra=state["spectra"].to(device),
-        latents=latents.clone(),
+        latents=latents.to(device).clone(),
         train_idx=state["train_idx"].numpy(),
         val_idx=state["val_idx"].numpy(),
         opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
@@ -327,8 +327,12 @@ def _local_idx(run: RunState, idx: np.ndarray) -> np.ndarray:
     return idx[shard(idx, run.dist)]
 
 
-def _step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict | None = None) -> tuple[float, float, float]:
-    """One minibatch: latent inference (after warm-up), noise injection, one Adam step. Returns per-particle losses.
+def _step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict | None = None) -> torch.Tensor:
+    """One minibatch: latent inference (after warm-up), noise injection, one Adam step.
+
+    Returns the per-particle ``(total, data, rigidity)`` losses as a ``(3,)`` float64 tensor
+    on the run's device: reading it is left to the caller, so that nothing in the step
+    waits for the device (the loop reads a step's losses after queuing the next step).
 
     ``idx (B,)`` is the global minibatch; under torchrun this rank takes its share
     (``batch``, if given, holds that share's images, e.g. from the prefetcher), the
@@ -347,10 +351,10 @@ def _step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict |
         idx = idx[pos]
     if batch is None and len(idx):
         batch = _batch(run, idx)
-    z = run.latents[idx].to(run.device)
+    z = run.latents[idx]
     if phase != WARMUP and len(idx):
         z = _infer(run, batch, z, max_freq_px)
-        run.latents[idx] = z.detach().cpu()
+        run.latents[idx] = z.detach()
     noise = torch.randn((b_global, z.shape[1]), generator=run.generator) * cfg.latent_noise  # CPU generator: same on any device
     if ctx.active:
         noise = noise[torch.as_tensor(pos)]
@@ -384,13 +388,11 @@ def _step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict |
             all_reduce_grads(params)
         for opt in opts:
             opt.step()
+    sums = torch.stack([data.detach().sum(), rigid.detach().sum()]).to(torch.float64)  # (2,)
     if ctx.active:
-        sums = torch.stack([data.detach().sum(), rigid.detach().sum()]).to(torch.float64)
-        data_s, rigid_s = all_reduce_sum(sums).tolist()
-        data_m, rigid_m = data_s / b_global, rigid_s / b_global
-    else:
-        data_m, rigid_m = float(data.detach().mean()), float(rigid.detach().mean())
-    return data_m + cfg.rigidity_lambda * rigid_m, data_m, rigid_m
+        sums = all_reduce_sum(sums)
+    data_m, rigid_m = sums / b_global
+    return torch.stack([data_m + cfg.rigidity_lambda * rigid_m, data_m, rigid_m])
 
 
 def _validate(run: RunState, band: float) -> float:
@@ -402,20 +404,20 @@ def _validate(run: RunState, band: float) -> float:
         return float("nan")
     max_freq_px = band * run.box / 2
     run.model.max_freq_px = max_freq_px
-    total = 0.0
+    total = torch.zeros(1, dtype=torch.float64, device=run.device)  # summed on the device, read once
     val_idx = _local_idx(run, run.val_idx)
     for s in range(0, len(val_idx), run.config.batch):
         idx = val_idx[s : s + run.config.batch]
         batch = _batch(run, idx)
-        z = _infer(run, batch, run.latents[idx].to(run.device), max_freq_px)
-        run.latents[idx] = z.detach().cpu()
+        z = _infer(run, batch, run.latents[idx], max_freq_px)
+        run.latents[idx] = z.detach()
         with torch.no_grad():
-            total += float(_data_terms(run, batch, z, max_freq_px).sum())
+            total += _data_terms(run, batch, z, max_freq_px).sum().double()
     if run.dist.active:
         from .distributed import all_reduce_sum
 
-        total = float(all_reduce_sum(torch.tensor([total], dtype=torch.float64, device=run.device)).item())
-    return total / len(run.val_idx)
+        total = all_reduce_sum(total)
+    return float(total) / len(run.val_idx)
 
 
 # --------------------------------------------------------------------------- epoch news
@@ -435,7 +437,8 @@ def _peak_memory_mb(device: torch.device) -> float:
 @torch.no_grad()
 def preview_volumes(model, latents: torch.Tensor, sigmas=(-1.0, 1.0)) -> np.ndarray:
     """Convected maps at ``mean + s * std`` along each latent axis: ``(K, len(sigmas), N, N, N)``."""
-    mean, std = latents.mean(0), latents.std(0) if len(latents) > 1 else torch.ones(latents.shape[1])
+    mean = latents.mean(0)
+    std = latents.std(0) if len(latents) > 1 else torch.ones(latents.shape[1], device=latents.device)
     out = []
     for k in range(latents.shape[1]):
         row = []
@@ -466,7 +469,7 @@ def _write_progress(run: RunState) -> None:
     """Files refreshed every epoch: ``latents.npy`` and ``history.json`` (each written atomically)."""
     from ..io.checkpoint import atomic_write_bytes
 
-    atomic_write_bytes(run.out_dir / "latents.npy", lambda fh: np.save(fh, run.latents.numpy().astype(np.float32)))
+    atomic_write_bytes(run.out_dir / "latents.npy", lambda fh: np.save(fh, run.latents.cpu().numpy().astype(np.float32)))
     atomic_write_bytes(run.out_dir / "history.json", lambda fh: fh.write(json.dumps(run.history, indent=1).encode()))
 
 
@@ -479,7 +482,7 @@ def write_final_outputs(run: RunState) -> None:
     with torch.no_grad():
         vol = run.model.canonical.to_volume(run.model.canonical_values()).cpu().numpy()
     write_map(run.out_dir / "canonical.mrc", vol.astype(np.float32), run.apix, label="napari-flex3d canonical map")
-    z = run.latents.numpy().astype(np.float32)
+    z = run.latents.cpu().numpy().astype(np.float32)
     write_star(run.ps, run.out_dir / "particles.star", extra_columns={"rlnFlex3dLatent": z})
     if run.ps.fmt == "cryosparc":
         write_cs(run.ps, run.out_dir / "particles.cs", extra_fields={f"flex3d/latent_{k}": z[:, k] for k in range(z.shape[1])})
@@ -570,6 +573,16 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             local = _local_idx(run, idx)
             return _batch(run, local) if len(local) else None
 
+        def step_news(pending) -> ev.StepLoss:  # reads the step's losses off the device
+            step, global_step, phase, band, values = pending
+            loss, data, rigid = values.tolist()
+            losses.append(loss)
+            return ev.StepLoss(
+                epoch=epoch, step=step, global_step=global_step, phase=phase, loss=loss, data_loss=data,
+                rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe,
+            )
+
+        pending = None  # the previous step, announced once the next one is queued: the device never idles for it
         with Prefetcher(read_batch, step_idx) as batches:
             for step, (idx, batch) in enumerate(zip(step_idx, batches)):
                 band = band_limit(epoch + step / spe, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
@@ -577,13 +590,13 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
                     epoch, run.global_step - cfg.warmup_epochs * spe, cfg.warmup_epochs, cfg.flow_batches,
                     cfg.structure_batches,
                 )
-                loss, data, rigid = _step(run, idx, phase, band, batch=batch)
+                values = _step(run, idx, phase, band, batch=batch)
                 run.global_step += 1
-                losses.append(loss)
-                yield ev.StepLoss(
-                    epoch=epoch, step=step, global_step=run.global_step, phase=phase, loss=loss, data_loss=data,
-                    rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe,
-                )
+                if pending is not None:
+                    yield step_news(pending)
+                pending = (step, run.global_step, phase, band, values)
+        if pending is not None:
+            yield step_news(pending)
         band = band_limit(epoch + 1, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
         val_loss = _validate(run, band)
         if ctx.active:  # each particle was processed by one rank this epoch: assemble the full table
@@ -594,7 +607,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             run.latents = distributed.gather_rows(run.latents, owned, run.device)
         run.epoch += 1
         seconds = time.perf_counter() - t0
-        std = tuple(float(s) for s in run.latents.std(0)) if len(run.latents) > 1 else (0.0,) * cfg.latent_dim
+        std = tuple(run.latents.std(0).tolist()) if len(run.latents) > 1 else (0.0,) * cfg.latent_dim
         summary = ev.EpochSummary(
             epoch=epoch, train_loss=float(np.mean(losses)), val_loss=val_loss, seconds=seconds,
             cpu_seconds=time.process_time() - c0, band_limit=band,
@@ -607,7 +620,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             _write_progress(run)
         distributed.barrier(ctx)
         yield summary
-        yield ev.LatentSnapshot(epoch=epoch, latents=run.latents.numpy().copy())
+        yield ev.LatentSnapshot(epoch=epoch, latents=run.latents.cpu().numpy().copy())
         yield _model_fsc(run)
         if cfg.preview_every and (run.epoch % cfg.preview_every == 0 or run.epoch == cfg.epochs):
             yield ev.PreviewVolumes(
