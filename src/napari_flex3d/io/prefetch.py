@@ -21,9 +21,23 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
-__all__ = ["Prefetcher"]
+__all__ = ["Prefetcher", "host_to_device"]
 
 _DONE = object()
+
+
+def host_to_device(x, device) -> torch.Tensor:
+    """A host array or tensor on ``device`` without making the host wait for the device.
+
+    A plain ``.to("cuda")`` of pageable memory synchronises the stream, i.e. waits for all
+    queued work; from pinned memory with ``non_blocking=True`` the copy is queued like a
+    kernel (torch keeps the pinned buffer alive until it is done). Elsewhere: ``.to(device)``.
+    """
+    t = torch.as_tensor(x)
+    device = torch.device(device)
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 class Prefetcher:

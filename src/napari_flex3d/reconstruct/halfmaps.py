@@ -129,20 +129,24 @@ class HalfMapProblem:
         return int(self.points.shape[0])
 
     def _chunks(self):
+        """``(batch, points)`` per chunk; the next chunk is read (and copied to the device) by a
+        background thread while this one computes, so the device never waits on the disk."""
+        from ..io.prefetch import Prefetcher
         from ..model.flex import batch_from_particles
 
         starts = range(0, self.idx.size, self.chunk)
         if self.ctx is not None and self.ctx.active:
             starts = starts[self.ctx.rank :: self.ctx.world]
-        for start in starts:
-            sel = self.idx[start : start + self.chunk]
-            batch = batch_from_particles(self.ps, sel, box=self.box, device=self.device)
-            if self.flow_fn is None:
-                points = self.points
-            else:
-                with torch.no_grad():
-                    points = self.points[None] + self.flow_fn(sel).to(self.device)
-            yield batch, points
+        sels = [self.idx[start : start + self.chunk] for start in starts]
+        read = lambda sel: batch_from_particles(self.ps, sel, box=self.box, device=self.device)  # noqa: E731
+        with Prefetcher(read, sels) as batches:
+            for sel, batch in zip(sels, batches):
+                if self.flow_fn is None:
+                    points = self.points
+                else:
+                    with torch.no_grad():
+                        points = self.points[None] + self.flow_fn(sel).to(self.device)
+                yield batch, points
 
     def _predict(self, values: torch.Tensor, batch: dict, points: torch.Tensor) -> torch.Tensor:
         from ..ops.splat import convect_project
@@ -340,9 +344,12 @@ def _flex_flow_fn(model, latents: torch.Tensor, points_xyz_a: torch.Tensor, devi
     bary_index, bary_weight = barycentric_rows(mesh, points_xyz_a.cpu())
     bary_index, bary_weight = bary_index.to(device), bary_weight.to(device)
     flow = model.flow.to(device).eval()
+    latents = latents.to(device)
 
     def flow_fn(idx: np.ndarray) -> torch.Tensor:
-        z = latents[torch.as_tensor(idx)].to(device)
+        from ..io.prefetch import host_to_device
+
+        z = latents[host_to_device(torch.as_tensor(idx, dtype=torch.long), device)]
         return interpolate_vertex_flow(flow(z), bary_index, bary_weight)
 
     return flow_fn

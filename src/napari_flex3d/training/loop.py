@@ -38,6 +38,7 @@ import torch
 from ..config import TrainConfig, from_dict, provenance, to_dict
 from . import events as ev
 from .distributed import DistContext
+from ..io.prefetch import host_to_device
 from .latents import infer_latents_gradient, infer_latents_grid, initial_latents
 from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, phase_of_step
 
@@ -351,14 +352,15 @@ def _step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict |
         idx = idx[pos]
     if batch is None and len(idx):
         batch = _batch(run, idx)
-    z = run.latents[idx]
+    rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
+    z = run.latents[rows]
     if phase != WARMUP and len(idx):
         z = _infer(run, batch, z, max_freq_px)
-        run.latents[idx] = z.detach()
+        run.latents[rows] = z.detach()
     noise = torch.randn((b_global, z.shape[1]), generator=run.generator) * cfg.latent_noise  # CPU generator: same on any device
     if ctx.active:
         noise = noise[torch.as_tensor(pos)]
-    z_noisy = z + noise.to(run.device)
+    z_noisy = z + host_to_device(noise, run.device)
     if phase == WARMUP:
         params, opts = list(model.flow.parameters()) + [model.canonical.values], [run.opt_flow, run.opt_canonical]
     elif phase == FLOW:
@@ -409,8 +411,9 @@ def _validate(run: RunState, band: float) -> float:
     for s in range(0, len(val_idx), run.config.batch):
         idx = val_idx[s : s + run.config.batch]
         batch = _batch(run, idx)
-        z = _infer(run, batch, run.latents[idx], max_freq_px)
-        run.latents[idx] = z.detach()
+        rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
+        z = _infer(run, batch, run.latents[rows], max_freq_px)
+        run.latents[rows] = z.detach()
         with torch.no_grad():
             total += _data_terms(run, batch, z, max_freq_px).sum().double()
     if run.dist.active:
