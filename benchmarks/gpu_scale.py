@@ -139,6 +139,26 @@ def random_batch(model, b: int, device, seed: int = 0) -> dict:
     }
 
 
+def count_host_syncs(fn, device) -> int | None:
+    """Host-device synchronisations during ``fn()`` on CUDA (``torch.cuda.set_sync_debug_mode``
+    warns at each), ``None`` elsewhere (tests/test_host_sync.py audits the CPU path)."""
+    import warnings
+
+    import torch
+
+    if device.type != "cuda":
+        return None
+    _sync(device)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
 def bytes_per_evaluation(n_voxels: int, kernel: str, backward: bool) -> float:
     """Least bytes the fused convect-project moves per particle and model evaluation (see the module doc)."""
     taps = 16 if kernel == "cubic" else 4
@@ -177,13 +197,14 @@ def bench_training(box: int, batch: int, steps: int, device, quick: bool) -> dic
     _sync(device)
     dt = time.perf_counter() - t0
     rate = steps * batch / dt
+    syncs = count_host_syncs(lambda: _step(run, np.arange(batch), FLOW, 0.5, batch=batches[0]), device)
     k, g, sweeps = config.latent_dim, config.latent_grid, config.latent_steps
     evals = 1 + sweeps * k * g  # forward-only evaluations of latent inference per particle
     per_particle = evals * bytes_per_evaluation(n_vox, config.kernel, False) + bytes_per_evaluation(n_vox, config.kernel, True)
     return {
         "box": box, "batch": batch, "steps": steps, "particles_per_s": rate, "peak_gb": _peak_gb(device),
         "n_voxels": n_vox, "evaluations_per_particle": evals + 1, "bytes_per_particle": per_particle,
-        "apix": apix,
+        "apix": apix, "host_syncs_per_step": syncs,
     }
 
 
@@ -257,7 +278,8 @@ def main(argv=None) -> int:
         out["training"].append(r)
         print(f"train box {box}: {r['particles_per_s']:,.1f} particles/s (bandwidth bound {r['bound_particles_per_s']:,.0f}, "
               f"{r['particles_per_s'] / r['bound_particles_per_s']:.1%}), peak {r['peak_gb']:.2f} GB, "
-              f"{r['n_voxels']:,} voxels, {r['evaluations_per_particle']} evaluations/particle", flush=True)
+              f"{r['n_voxels']:,} voxels, {r['evaluations_per_particle']} evaluations/particle, "
+              f"host syncs per step {r['host_syncs_per_step']}", flush=True)
     r = bench_reconstruction(a.recon_box, a.chunk, a.chunks, device)
     r["bound_particles_per_s"] = bw * 1e9 / r["bytes_per_particle"]
     out["reconstruction"] = r
