@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -121,3 +122,22 @@ def test_total_loss_and_gradient():
     torch.testing.assert_close(total_loss(data, rigid, 0.5, reduction="sum"), (data + 0.5 * rigid).sum())
     total_loss(data, rigid, 0.5).backward()
     assert pred.grad.abs().sum() > 0
+
+
+def test_residual_per_coefficient_is_one_for_pure_noise_at_any_band():
+    """2 x data_loss / band_coefficients: white noise of the estimated spectrum gives 1, whatever the band
+    (the loss itself grows with the number of coefficients frequency marching lets in)."""
+    from napari_flex3d.model.loss import band_coefficients, data_loss
+
+    box = 48
+    gen = torch.Generator().manual_seed(3)
+    noise = 1.7 * torch.randn(400, box, box, generator=gen)
+    spectrum = torch.full((box // 2 + 1,), 1.7**2)
+    losses, residuals = [], []
+    for band in (4.0, 10.0, 20.0, None):
+        d = data_loss(torch.zeros_like(noise), noise, spectrum, max_freq_px=band).mean()
+        losses.append(float(d))
+        residuals.append(2.0 * float(d) / band_coefficients(box, band))
+    assert losses == sorted(losses) and losses[-1] > 20 * losses[0]
+    np.testing.assert_allclose(residuals, 1.0, atol=0.03)
+    assert band_coefficients(box) == box * box - 1  # every real coefficient but DC

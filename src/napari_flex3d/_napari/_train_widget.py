@@ -165,7 +165,11 @@ class TrainWidget(WorkerControls, QWidget):
         layout.addWidget(self.status_label)
 
         tabs = QTabWidget()
-        self.loss_plot = CurvePlot("loss", "epoch", "loss / particle", viewer=napari_viewer, log_y=True)
+        # the residual per Fourier coefficient (1 = only noise left), not the loss: the loss grows
+        # whenever frequency marching lets more coefficients into the data term
+        self.loss_plot = CurvePlot(
+            "whitened residual per Fourier coefficient (1 = noise)", "epoch", "residual", viewer=napari_viewer
+        )
         self.fsc_plot = CurvePlot("model FSC", "resolution (1/Å)", "FSC", viewer=napari_viewer)
         self.fsc_plot.getPlotItem().setYRange(-0.1, 1.05)
         self.latent_plot = LatentScatter("latents (axes 0, 1)", "z0", "z1", viewer=napari_viewer)
@@ -323,16 +327,16 @@ class TrainWidget(WorkerControls, QWidget):
 
     def _on_StepLoss(self, ev) -> None:
         self._steps_done += 1
-        self.loss_plot.append("step", ev.epoch + (ev.step + 1) / max(ev.steps_per_epoch, 1), ev.loss)
+        self.loss_plot.append("step", ev.epoch + (ev.step + 1) / max(ev.steps_per_epoch, 1), ev.residual)
         self.progress.setValue(min(self._steps_done, self._steps_total))
         elapsed = time.perf_counter() - self._t_start
         left = elapsed / self._steps_done * max(self._steps_total - self._steps_done, 0)
         self.progress.setFormat(f"epoch {ev.epoch + 1}  step {ev.step + 1}/{ev.steps_per_epoch}  ETA {left:,.0f} s")
 
     def _on_EpochSummary(self, ev) -> None:
-        self.loss_plot.append("train (epoch)", ev.epoch + 1, ev.train_loss)
-        if np.isfinite(ev.val_loss):
-            self.loss_plot.append("validation", ev.epoch + 1, ev.val_loss)
+        self.loss_plot.append("train (epoch)", ev.epoch + 1, ev.train_residual)
+        if np.isfinite(ev.val_residual):
+            self.loss_plot.append("validation", ev.epoch + 1, ev.val_residual)
 
     def _on_FSCCurve(self, ev) -> None:
         self.fsc_plot.set_curve(f"epoch {ev.epoch + 1}", ev.frequencies_per_a, ev.fsc)

@@ -29,6 +29,7 @@ __all__ = [
     "spectrum_to_image",
     "fit_scale",
     "data_loss",
+    "band_coefficients",
     "total_loss",
 ]
 
@@ -225,6 +226,20 @@ def data_loss(
     w = _weights(box, noise_spectrum, max_freq_px, pred.device, pred.dtype)  # (.., h, w//2+1)
     resid = torch.fft.rfft2(target - pred, norm="ortho")  # (b, h, w//2+1)
     return 0.5 * (w * (resid.real**2 + resid.imag**2)).sum(dim=(-2, -1))
+
+
+def band_coefficients(box: int, max_freq_px: float | None = None) -> float:
+    """How many real Fourier coefficients :func:`data_loss` sums over (DC excluded).
+
+    ``2 * data_loss / band_coefficients`` is the whitened residual per coefficient: 1 for
+    an image of pure noise with the estimated spectrum, whatever the band (a fit that
+    explains the signal approaches 1 from above).
+    """
+    k = radial_frequency_2d(box, "cpu")
+    allowed = k > 0
+    if max_freq_px is not None:
+        allowed = allowed & (k <= max_freq_px)
+    return float((rfft_plane_weights(box, "cpu") * allowed).sum())
 
 
 def total_loss(

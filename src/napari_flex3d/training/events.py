@@ -55,6 +55,10 @@ class StepLoss(Event):
     rigidity_loss: float
     band_limit: float  # fraction of the training box's Nyquist
     steps_per_epoch: int
+    # 2 x data_loss / (Fourier coefficients in the band): the whitened residual per
+    # coefficient, 1 = nothing but noise left. The loss itself grows as frequency marching
+    # lets more coefficients in; this does not, so it is what the plots show.
+    residual: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class EpochSummary(Event):
     band_limit: float
     latent_std: tuple[float, ...]  # (K,) spread of the training latents
     peak_memory_mb: float  # peak resident memory of the process (CPU) or the device (CUDA)
+    train_residual: float = float("nan")  # mean of the steps' residual per coefficient (1 = noise)
+    val_residual: float = float("nan")  # the validation data loss per coefficient of the final band (x 2)
 
 
 @dataclass(frozen=True, eq=False)

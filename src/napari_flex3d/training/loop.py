@@ -39,6 +39,7 @@ from ..config import TrainConfig, from_dict, provenance, to_dict
 from . import events as ev
 from .distributed import DistContext
 from ..io.prefetch import host_to_device
+from ..model.loss import band_coefficients
 from .latents import infer_latents_gradient, infer_latents_grid, initial_latents
 from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, phase_of_step
 
@@ -569,7 +570,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     while run.epoch < cfg.epochs:
         epoch, t0, c0 = run.epoch, time.perf_counter(), time.process_time()
         order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
-        losses = []
+        losses, residuals = [], []
         step_idx = [run.train_idx[np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])] for s in range(spe)]
 
         def read_batch(idx):  # this rank's images of the next minibatch, read while the current one computes
@@ -580,9 +581,11 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             step, global_step, phase, band, values = pending
             loss, data, rigid = values.tolist()
             losses.append(loss)
+            residual = 2.0 * data / band_coefficients(run.box, band * run.box / 2)
+            residuals.append(residual)
             return ev.StepLoss(
                 epoch=epoch, step=step, global_step=global_step, phase=phase, loss=loss, data_loss=data,
-                rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe,
+                rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe, residual=residual,
             )
 
         pending = None  # the previous step, announced once the next one is queued: the device never idles for it
@@ -615,6 +618,8 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             epoch=epoch, train_loss=float(np.mean(losses)), val_loss=val_loss, seconds=seconds,
             cpu_seconds=time.process_time() - c0, band_limit=band,
             latent_std=std, peak_memory_mb=_peak_memory_mb(run.device),
+            train_residual=float(np.mean(residuals)) if residuals else float("nan"),
+            val_residual=2.0 * val_loss / band_coefficients(run.box, band * run.box / 2),
         )
         run.history.append({k: v for k, v in dataclasses.asdict(summary).items()})
         path = checkpoint_path(out_dir)

@@ -27,13 +27,15 @@ def format_event(event: ev.Event) -> str | None:
     if isinstance(event, ev.StepLoss):
         return (
             f"epoch {event.epoch + 1} step {event.step + 1}/{event.steps_per_epoch} {event.phase}: loss {event.loss:.4g} "
-            f"(data {event.data_loss:.4g}, rigidity {event.rigidity_loss:.3g}), band {event.band_limit:.2f} Nyquist"
+            f"(data {event.data_loss:.4g}, rigidity {event.rigidity_loss:.3g}), residual {event.residual:.4f} per "
+            f"coefficient, band {event.band_limit:.2f} Nyquist"
         )
     if isinstance(event, ev.EpochSummary):
         val = "n/a" if math.isnan(event.val_loss) else f"{event.val_loss:.4g}"
         std = ", ".join(f"{s:.2f}" for s in event.latent_std)
         return (
-            f"epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {val}, {event.seconds:.1f} s "
+            f"epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {val} (residual per coefficient "
+            f"{event.train_residual:.4f} / {event.val_residual:.4f}; 1 = noise), {event.seconds:.1f} s "
             f"({event.cpu_seconds:.1f} s CPU), "
             f"latent std ({std}), peak memory {event.peak_memory_mb:.0f} MB"
         )
