@@ -168,7 +168,7 @@ class TrainWidget(WorkerControls, QWidget):
         # the residual per Fourier coefficient (1 = only noise left), not the loss: the loss grows
         # whenever frequency marching lets more coefficients into the data term
         self.loss_plot = CurvePlot(
-            "whitened residual per Fourier coefficient (1 = noise)", "epoch", "residual", viewer=napari_viewer
+            "residual per coefficient (1 = noise)", "epoch", "whitened residual", viewer=napari_viewer
         )
         self.fsc_plot = CurvePlot("model FSC", "resolution (1/Å)", "FSC", viewer=napari_viewer)
         self.fsc_plot.getPlotItem().setYRange(-0.1, 1.05)
