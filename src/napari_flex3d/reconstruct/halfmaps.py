@@ -583,6 +583,14 @@ def solve_half_maps(
     }
     columns = {"frequency_1_per_a": freqs, "resolution_a": 1.0 / np.maximum(freqs, 1e-12)}
     curves_png = {}
+    randomise = randomise_from_a
+    if randomise == "auto":
+        # RELION's choice, where the unmasked FSC falls below 0.8; the coarsest over the modes, so
+        # that flex and rigid masked curves are corrected from the same shell on and compare fairly
+        points = [fsc_resolution(masked_fsc(maps[(m, "A")], maps[(m, "B")], apix_h).curve, box_h, apix_h, 0.8)
+                  for m in modes]
+        randomise = max(points)
+        randomise = None if not np.isfinite(randomise) or randomise <= 2 * apix_h else randomise
     for mode in modes:
         a, bmap = maps[(mode, "A")], maps[(mode, "B")]
         entry = {"objective": {h: objectives.get((mode, h)) for h in ("A", "B")}}
@@ -590,10 +598,6 @@ def solve_half_maps(
         entry["global"] = {"fsc_0143_a": res.resolution_0143_a, "fsc_05_a": res.resolution_05_a}
         columns[f"fsc_{mode}"] = res.curve
         curves_png[f"{mode} (global)"] = res.curve
-        randomise = randomise_from_a
-        if randomise == "auto":  # RELION's choice: where the unmasked FSC falls below 0.8
-            randomise = fsc_resolution(res.curve, box_h, apix_h, 0.8)
-            randomise = None if not np.isfinite(randomise) or randomise <= 2 * apix_h else randomise
         for name, m in user_masks.items():
             r = masked_fsc(a, bmap, apix_h, mask=m, randomise_from_a=randomise, seed=seed)
             entry[name] = {"fsc_0143_a": r.resolution_0143_a, "fsc_05_a": r.resolution_05_a, "corrected": r.corrected,

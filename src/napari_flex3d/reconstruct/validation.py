@@ -24,6 +24,8 @@ __all__ = [
     "apply_radial_filter",
     "phase_randomise",
     "masked_fsc",
+    "informative_range",
+    "soften_mask",
     "guinier_bfactor",
     "fsc_weight",
     "sharpen",
@@ -36,7 +38,8 @@ class FSCResult:
 
     ``curve (N//2+1,)`` per shell; ``resolution_0143_a`` and ``resolution_05_a`` in Å;
     ``corrected``: the curve was corrected by noise substitution (``randomised`` holds
-    the FSC of the phase-randomised maps, else ``None``).
+    the FSC of the phase-randomised maps, else ``None``; ``from_shell`` the first
+    randomised shell).
     """
 
     curve: np.ndarray
@@ -44,6 +47,7 @@ class FSCResult:
     resolution_05_a: float
     corrected: bool = False
     randomised: np.ndarray | None = None
+    from_shell: int | None = None
 
 
 def radial_shells_3d(box: int, device=None) -> torch.Tensor:
@@ -96,6 +100,37 @@ def phase_randomise(volume: torch.Tensor, from_shell: int, seed: int = 0) -> tor
     return torch.fft.irfftn(randomised, s=volume.shape[-3:]).to(volume.dtype)
 
 
+def _shell_power(spec: torch.Tensor, shells: torch.Tensor) -> torch.Tensor:
+    """Summed ``|F|^2`` per integer shell (all shells, corners included) of an ``rfftn``."""
+    n = int(shells.max()) + 1
+    return torch.zeros(n, dtype=torch.float64, device=spec.device).index_add_(
+        0, shells.reshape(-1), spec.abs().double().pow(2).reshape(-1)
+    )
+
+
+def _randomise_like(volume: torch.Tensor, from_shell: int, seed: int, support: torch.Tensor | None) -> torch.Tensor:
+    """``volume`` phase-randomised at shells ``>= from_shell``; with a ``support (N, N, N)`` bool,
+    the randomised part is confined to it and given back the original power per shell.
+
+    Maps solved inside a support are zero outside it, so their high-resolution content
+    (signal and noise) sits inside it. Random phases spread that power over the whole
+    box, so inside a mask the randomised maps would carry less of it than the real ones
+    and the mask-induced correlation would be overestimated (corrections below -1)."""
+    randomised = phase_randomise(volume, from_shell, seed)
+    if support is None:
+        return randomised
+    box = volume.shape[-1]
+    shells = radial_shells_3d(box, volume.device)
+    high = shells >= from_shell
+    spec = torch.fft.rfftn(volume.double())
+    spec_r = torch.fft.rfftn(randomised.double())
+    part = torch.fft.irfftn(torch.where(high, spec_r, 0), s=volume.shape[-3:]) * support.double()
+    spec_p = torch.where(high, torch.fft.rfftn(part), 0)
+    gain = torch.sqrt(_shell_power(spec, shells) / _shell_power(spec_p, shells).clamp(min=1e-300))
+    spec_p = spec_p * gain[shells]
+    return torch.fft.irfftn(torch.where(high, spec_p, spec), s=volume.shape[-3:]).to(volume.dtype)
+
+
 def masked_fsc(
     half_a: torch.Tensor,
     half_b: torch.Tensor,
@@ -103,27 +138,51 @@ def masked_fsc(
     mask: torch.Tensor | None = None,
     randomise_from_a: float | None = None,
     seed: int = 0,
+    flatten: bool = True,
+    support: torch.Tensor | str | None = "auto",
 ) -> FSCResult:
     """FSC of two half maps, optionally inside a soft ``mask (N, N, N)`` in [0, 1].
 
+    With a mask, ``flatten`` (default) first divides both maps by the radial amplitude of
+    their average (one filter for both, so the unmasked FSC is unchanged): masking
+    convolves the spectrum with the mask's transform, and a map whose amplitudes fall by
+    orders of magnitude between low and high resolution would otherwise see the strong
+    low-resolution correlation leak into every weak high-resolution shell, so that the
+    masked curve reports the mask, not the map.
+
     With ``randomise_from_a`` (Å) and a mask, the noise-substitution test corrects the
     curve beyond that resolution: ``FSC_true = (FSC_t - FSC_n) / (1 - FSC_n)``, where
-    ``FSC_n`` is the masked FSC of the half maps phase-randomised beyond it. A tight mask
-    that invents correlation shows up as a large ``FSC_n`` there.
+    ``FSC_n`` is the masked FSC of the half maps phase-randomised beyond it (independent
+    phases for the two halves). ``support`` (``"auto"``: where either map is non-zero, if
+    that is not the whole box; or a bool ``(N, N, N)``; or ``None``) is where the maps
+    live: the randomised high-resolution part is kept inside it with the same power per
+    shell. A tight mask that invents correlation shows up as a large ``FSC_n`` there
+    (see :func:`informative_range`).
     """
     box = half_a.shape[-1]
     if half_a.shape != half_b.shape or half_a.shape[-3:] != (box, box, box):
         raise ValueError(f"half maps must be the same cubic shape, got {tuple(half_a.shape)} and {tuple(half_b.shape)}")
     if mask is not None and tuple(mask.shape) != tuple(half_a.shape):
         raise ValueError(f"mask shape {tuple(mask.shape)} does not match the half maps {tuple(half_a.shape)}")
-    curve = fsc(half_a.double(), half_b.double(), mask=None if mask is None else mask.double()).cpu().numpy()
+    a, b = half_a.double(), half_b.double()
+    if isinstance(support, str):
+        if support != "auto":
+            raise ValueError(f"support must be 'auto', a bool volume or None, got {support!r}")
+        nonzero = (a != 0) | (b != 0)
+        support = None if bool(nonzero.all()) else nonzero
+    if mask is not None and flatten:
+        amp = radial_average(0.5 * (a + b))
+        amp = amp.clamp(min=float(amp.max()) * 1e-12)
+        a, b = apply_radial_filter(a, 1.0 / amp), apply_radial_filter(b, 1.0 / amp)
+    curve = fsc(a, b, mask=None if mask is None else mask.double()).cpu().numpy()
     randomised = None
     corrected = False
+    from_shell = None
     if randomise_from_a is not None and mask is not None:
         from_shell = int(math.ceil(box * apix / float(randomise_from_a)))
-        ra = phase_randomise(half_a, from_shell, seed)
-        rb = phase_randomise(half_b, from_shell, seed + 1)
-        randomised = fsc(ra.double(), rb.double(), mask=mask.double()).cpu().numpy()
+        ra = _randomise_like(a, from_shell, seed, support)
+        rb = _randomise_like(b, from_shell, seed + 1, support)
+        randomised = fsc(ra, rb, mask=mask.double()).cpu().numpy()
         true_curve = curve.copy()
         hi = np.arange(curve.size) >= from_shell
         denom = np.clip(1.0 - randomised[hi], 1e-6, None)
@@ -135,7 +194,64 @@ def masked_fsc(
         resolution_05_a=fsc_resolution(curve, box, apix, 0.5),
         corrected=corrected,
         randomised=randomised,
+        from_shell=from_shell,
     )
+
+
+def informative_range(result: FSCResult, box: int, apix: float, max_induced: float = 0.5) -> dict:
+    """Where a noise-substitution-corrected masked FSC says something about the maps.
+
+    A shell past the randomisation point is informative when the mask alone (the
+    phase-randomised maps) correlates at most ``max_induced`` there: the correction then
+    at most doubles the curve's noise. Just past the randomisation point a mask of width
+    ``w`` always induces correlation over about ``box * apix / w`` shells (its transform
+    mixes them): that band is uninformative. Returns a dict (Å):
+
+    - ``informative_to_a``: the resolution up to which the corrected curve is informative,
+      i.e. the end of the informative run that follows the band (the randomisation
+      resolution when no shell past it is informative);
+    - ``uninformative_a``: ``[coarse, fine]`` limits of the band (``None`` if there is none);
+    - ``fsc_0143_informative``: whether the 0.143 crossing lies where the curve is informative.
+    """
+    if result.randomised is None or result.from_shell is None:
+        return {"informative_to_a": 2.0 * apix, "uninformative_a": None, "fsc_0143_informative": True}
+    res = 1.0 / np.maximum(np.arange(box // 2 + 1) / (box * apix), 1e-12)
+    n = box // 2 + 1
+    k0 = min(result.from_shell, n - 1)
+    ok = np.asarray(result.randomised[:n]) <= max_induced
+    k = k0
+    while k < n and not ok[k]:
+        k += 1
+    band = None if k == k0 else [float(res[k0]), float(res[k - 1])]
+    if k == n:  # never informative past the randomisation point
+        limit = float(res[k0 - 1]) if k0 > 0 else float("inf")
+        end = k0 - 1
+    else:
+        end = k
+        while end + 1 < n and ok[end + 1]:
+            end += 1
+        limit = float(res[end])
+    crossing = result.resolution_0143_a
+    inside = bool(np.isfinite(crossing) and crossing >= limit - 1e-9
+                  and (band is None or not (band[1] - 1e-9 <= crossing <= band[0] + 1e-9)))
+    return {"informative_to_a": limit, "uninformative_a": band, "fsc_0143_informative": inside}
+
+
+def soften_mask(mask: np.ndarray, apix: float, edge_a: float = 10.0) -> np.ndarray:
+    """A hard (binary) ``mask (N, N, N)`` with a raised-cosine edge ``edge_a`` Å wide outside it
+    (at least 3 voxels); a mask that is already soft is returned unchanged (as float32).
+
+    A sharp edge has a transform that spreads correlation over many shells, so the FSC
+    inside it reports the mask; RELION and cryoSPARC ask for soft masks for that reason."""
+    from scipy import ndimage
+
+    m = np.asarray(mask, dtype=np.float32)
+    if not np.all((m == 0) | (m == 1)):
+        return m
+    width = max(float(edge_a), 3.0 * float(apix))
+    dist = ndimage.distance_transform_edt(m < 0.5) * float(apix)  # Å outside the mask
+    t = np.clip(dist / width, 0.0, 1.0)
+    return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
 
 
 def guinier_bfactor(volume: torch.Tensor, apix: float, low_a: float = 10.0, high_a: float | None = None) -> float:
