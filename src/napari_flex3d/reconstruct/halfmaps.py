@@ -611,7 +611,8 @@ def solve_half_maps(
                 if not info["fsc_0143_informative"]:
                     entry[name]["warning"] = (
                         f"mask {name!r} is too tight or small for these maps: phase-randomised maps correlate "
-                        f"more than 0.5 inside it past {randomise:.1f} Å (up to {induced:.2f}); its FSC is informative "
+                        f"more than 0.5 inside it past {randomise:.1f} Å (up to {induced:.2f}); "
+                        f"its FSC is informative "
                         f"only to {info['informative_to_a']:.1f} Å, so its 0.143 resolution says little"
                     )
                 columns[f"mask_induced_{mode}_{name}"] = r.randomised
