@@ -105,17 +105,21 @@ def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny_sim, t
         steps, val = _parse(out)
         assert steps.shape == ref_steps.shape and val.shape == ref_val.shape
         np.testing.assert_array_equal(steps[:, :2], ref_steps[:, :2])
-        np.testing.assert_allclose(steps[:, 2:], ref_steps[:, 2:], rtol=1e-4, atol=1e-6)
+        # the rigidity term is ~1e-3 and its float32 sums over ranks round differently: ~2e-6 after 3 epochs
+        np.testing.assert_allclose(steps[:, 2:], ref_steps[:, 2:], rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(val[:, 1], ref_val[:, 1], rtol=1e-4)
 
     a, b = load_checkpoint(checkpoint_path(one)), load_checkpoint(checkpoint_path(two))
     assert a["epoch"] == b["epoch"] == 3
     # Adam divides by the gradient's RMS, so rounding in near-zero gradients moves a weight by a
-    # fraction of a step (lr_flow 3e-3); measured: flow <= 4.2e-6, canonical map <= 1.9e-6 of 19
+    # fraction of a step (lr_flow 3e-3); measured: flow <= 4.2e-6 from the plain-projection
+    # variability start, 4-7e-5 from the per-view (E-step) start of the same latents, identical in
+    # both runs (the trajectory, not the start, is more sensitive); a lost or doubled gradient
+    # sum would move weights by about a step per minibatch (~1e-2 over 3 epochs)
     for k, va in a["model"].items():
         if va.is_floating_point():
             scale = max(float(va.abs().max()), 1.0)
-            np.testing.assert_allclose(b["model"][k].numpy(), va.numpy(), rtol=0, atol=2e-5 * scale, err_msg=k)
+            np.testing.assert_allclose(b["model"][k].numpy(), va.numpy(), rtol=0, atol=2e-4 * scale, err_msg=k)
         else:
             assert torch.equal(b["model"][k], va), k
     # latent inference keeps the best of a few Adam steps on z: rounding may flip that choice for a

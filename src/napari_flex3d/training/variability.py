@@ -7,8 +7,10 @@ is explained as ``sum_k c_ik C_i P_i U_k`` by ``K`` orthonormal volumes ``U`` at
 voxels of the mask. Block power iteration finds the ``U`` that carry the most residual
 variance: ``U <- orth(sum_i A_i^T Sigma^-1 r_i r_i^T Sigma^-1 A_i U)`` with ``A_i = C_i
 P_i`` and ``Sigma`` the noise spectrum; the adjoint ``A_i^T`` comes from autograd through
-the same convect-project splat. The coefficients ``c_ik = <r_i, A_i U_k>`` of every
-particle, standardised, are the initial latents. Band-limited to low resolution.
+the same convect-project splat. Every particle's coefficients are then solved for in its
+own view (3DVA's E-step, :func:`coefficients_map`: least squares with the ``K x K`` Gram
+matrix of its projected volumes and an empirical Gaussian prior), and, standardised per
+axis, are the initial latents. Band-limited to low resolution.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["variability_latents"]
+__all__ = ["variability_latents", "coefficients_map"]
 
 
 def _whitening(box: int, spectra: torch.Tensor, max_freq_px: float) -> torch.Tensor:
@@ -106,20 +108,46 @@ def variability_latents(
                 (grad,) = torch.autograd.grad(objective, [u])  # sum_i c_ik A_i^T W r_i = C U
                 new += grad
             basis = orthonormal_bandlimited(new)
-        rows, values = [], []
+        rows, rhs, grams = [], [], []
         with torch.no_grad():
             for idx, batch in (final_batches or batches)():
                 resid, w, s = _residuals(model, batch, spectra, max_freq_px)
-                coeff = torch.stack(
-                    [_inner(resid, s[:, None, None] * _project(model, basis[k], batch), w) for k in range(latent_dim)], 1
-                )
+                proj = [s[:, None, None] * _project(model, basis[k], batch) for k in range(latent_dim)]
+                rhs.append(torch.stack([_inner(resid, p, w) for p in proj], 1).double().cpu().numpy())  # (b, K)
+                gram = torch.stack([torch.stack([_inner(p, q, w) for q in proj], 1) for p in proj], 1)  # (b, K, K)
+                grams.append(gram.double().cpu().numpy())
                 rows.append(np.asarray(idx))
-                values.append(coeff.cpu().numpy())
     finally:
         model.max_freq_px = saved
     order = np.concatenate(rows)
-    z = np.empty((len(order), latent_dim), np.float64)
-    z[order] = np.concatenate(values)
+    b = np.empty((len(order), latent_dim))
+    g = np.empty((len(order), latent_dim, latent_dim))
+    b[order], g[order] = np.concatenate(rhs), np.concatenate(grams)
+    z = coefficients_map(b, g)
     z -= z.mean(0)
     z /= np.where(z.std(0) > 0, z.std(0), 1.0)
     return z.astype(np.float32)
+
+
+def coefficients_map(b: np.ndarray, gram: np.ndarray, floor: float = 1e-3) -> np.ndarray:
+    """Per-particle MAP coefficients ``(n, K)`` on the variability volumes (3DVA's E-step).
+
+    In the whitened metric the residual of particle ``i`` is ``r_i = sum_k c_ik A_i U_k +
+    noise`` with unit noise, so ``b_i = (A_i U)^T r_i`` (``b (n, K)``) and ``G_i = (A_i
+    U)^T (A_i U)`` (``gram (n, K, K)``) give the least-squares ``c_i = G_i^-1 b_i``, whose
+    noise covariance is ``G_i^-1``. A plain projection ``b_i`` would scale each
+    particle's coefficients by how visible each volume is in its view and mix the axes
+    where two volumes project alike; solving with ``G_i`` undoes both. The Gaussian prior
+    ``c_k ~ N(0, s_k^2)`` takes its variances from the data (empirical Bayes: the spread of
+    the least-squares coefficients less their mean noise variance, at least ``floor`` of
+    that spread), and the MAP is ``(G_i + diag(1/s^2))^-1 b_i``: views that barely show a
+    volume (a near-singular ``G_i``) fall back towards zero instead of amplifying noise.
+    """
+    n, k = b.shape
+    eye = np.eye(k)
+    ridge = 1e-6 * np.maximum(np.trace(gram, axis1=1, axis2=2) / k, 1e-30)[:, None, None] * eye
+    ls = np.linalg.solve(gram + ridge, b[..., None])[..., 0]  # (n, K)
+    noise_var = np.linalg.inv(gram + ridge)[:, np.arange(k), np.arange(k)]  # (n, K)
+    spread = ls.var(0)
+    signal_var = np.maximum(spread - noise_var.mean(0), floor * spread)  # E[var(ls)] = s^2 + E[noise var]
+    return np.linalg.solve(gram + np.diag(1.0 / np.maximum(signal_var, 1e-30)), b[..., None])[..., 0]
