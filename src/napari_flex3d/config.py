@@ -102,7 +102,7 @@ class TrainConfig(_Settings):
         "initial latents: variability (principal directions of the residuals, a 3DVA-like start), zero, random, "
         "column (numbered STAR columns of the input, see --latent-column), or a file (.npy, cryoDRGN z.pkl, cryoSPARC .cs)",
     )
-    latent_init_band: float = _f(0.4, "band limit (fraction of Nyquist) of the variability start")
+    latent_init_band: float = _f(0.8, "band limit (fraction of Nyquist) of the variability start")
     latent_column: str | None = _f(
         None, "STAR column prefix (rlnFlex3dLatent) or .cs field prefix (components_mode_) for --latent-init"
     )
