@@ -74,12 +74,15 @@ def generate_series(run_dir, *, axis, frames=41, out_dir, box=None, sigma_range=
                                 sigma_range=sigma_range, movie=movie)
 
 
-def reconstruct(run_dir, particles, out_dir, *, progress=True, **kwargs) -> dict:
-    """Flex and rigid half maps, FSC and sharpened maps (see :mod:`.reconstruct.halfmaps`)."""
+def reconstruct(run_dir, particles, out_dir, *, run_b=None, progress=True, **kwargs) -> dict:
+    """Flex and rigid half maps, FSC and sharpened maps (see :mod:`.reconstruct.halfmaps`).
+
+    ``run_b``: independent half flows; ``run_dir`` trained with ``--half-set A``, ``run_b`` with
+    ``--half-set B``, each half map solved with its own half's flow and latents."""
     from .reconstruct.halfmaps import consume, reconstruct_run
 
     quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 reports
-    return consume(reconstruct_run(run_dir, particles, out_dir, **kwargs), progress=progress and not quiet)
+    return consume(reconstruct_run(run_dir, particles, out_dir, run_b=run_b, **kwargs), progress=progress and not quiet)
 
 
 def demo(out_dir, *, progress=True, **kwargs) -> dict:

@@ -110,14 +110,17 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from . import api
 
     report = api.reconstruct(
-        args.run, args.particles, args.out, masks=tuple(args.mask or ()), iterations=args.iterations,
+        args.run, args.particles, args.out, run_b=args.run_b, masks=tuple(args.mask or ()), iterations=args.iterations,
         rigid=not args.no_rigid, box=args.box, chunk=args.chunk, device=args.device, resplit=args.resplit,
         randomise_from_a=args.randomise_from, resume=args.resume, passthrough=args.passthrough, root=args.root,
         progress=not args.quiet,
     )
     for mode, entry in report.get("maps", {}).items():
-        parts = [f"{name} {v['fsc_0143_a']:.2f} Å" for name, v in entry.items() if isinstance(v, dict)]
+        parts = [f"{name} {v['fsc_0143_a']:.2f} Å" for name, v in entry.items()
+                 if isinstance(v, dict) and "fsc_0143_a" in v]  # not the per-half objectives
         print(f"{mode}: FSC 0.143 " + ", ".join(parts) + f"; B = {entry['bfactor_a2']:.0f} Å²")
+    if report.get("independent_half_flows"):
+        print("independent half flows: half map A from --run's flow and latents, B from --run-b's")
     print(f"training box Nyquist {report.get('training_nyquist_a', float('nan')):.2f} Å; outputs in {args.out}")
     return 0
 
@@ -194,8 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("reconstruct", help="motion-corrected half maps with a same-solver rigid baseline")
-    p.add_argument("--run", required=True, help="training run folder")
-    p.add_argument("--particles", required=True, help="full-resolution particles (STAR or .cs), same rows as for training")
+    p.add_argument("--run", required=True, help="training run folder (with --run-b: the run trained with --half-set A)")
+    p.add_argument("--run-b", default=None, metavar="RUN_B",
+                   help="independent half flows (an honest FSC): the run trained with --half-set B; half map A is "
+                        "solved with --run's flow and latents, B with these")
+    p.add_argument("--particles", required=True, help="full-resolution particles (STAR or .cs), same rows as for training "
+                   "(with --run-b: the full set both half runs were taken from)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--mask", action="append", help="mask (MRC) for a local FSC; repeat for several")
     p.add_argument("--iterations", type=int, default=20, help="L-BFGS iterations per half map")

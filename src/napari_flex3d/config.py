@@ -121,6 +121,13 @@ class TrainConfig(_Settings):
     threads: int | None = _f(None, "CPU threads for torch (None: torch's default)")
     preview_every: int = _f(1, "epochs between preview volumes at -1/+1 sigma along each latent axis (0: never)")
     max_particles: int | None = _f(None, "use only the first N particles (for quick trials)")
+    half_set: str = _f(
+        "",
+        "train on one half set of the input's split only (A: rlnRandomSubset 1 / cryoSPARC split 0, B: the other), "
+        "for independent flows per half map (flex3d reconstruct --run A --run-b B: an honest half-map FSC); "
+        "empty: all particles",
+        choices=("", "A", "B"),
+    )
 
 
 @dataclass(frozen=True)

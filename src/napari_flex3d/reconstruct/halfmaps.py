@@ -39,6 +39,7 @@ __all__ = [
     "lbfgs_quadratic",
     "resample_mask",
     "reconstruct_run",
+    "half_run_rows",
 ]
 
 
@@ -389,11 +390,56 @@ def _write_fsc_png(path: Path, freqs: np.ndarray, curves: dict[str, np.ndarray],
     return True
 
 
+def _load_frozen_run(run_dir) -> tuple[object, torch.Tensor, str]:
+    """A finished run's flow model, ``latents (m, K)`` and the half set it was trained on
+    (``"A"``/``"B"``, or ``""`` for all particles)."""
+    from ..training.loop import load_run
+
+    config, _, model = load_run(run_dir, device="cpu")
+    run_dir = Path(run_dir)
+    latents_path = run_dir / "latents.npy"
+    if not latents_path.exists():
+        raise ValueError(f"{run_dir}: no latents.npy (is this a finished training run?)")
+    latents = torch.as_tensor(np.load(latents_path, allow_pickle=False), dtype=torch.float32)
+    return model, latents, str(getattr(config, "half_set", "") or "")  # runs older than the field: all particles
+
+
+def half_run_rows(ps, half: str, n_run: int, run_dir) -> np.ndarray:
+    """The rows of the full particle set ``ps`` that a run trained with ``--half-set half`` holds,
+    in its order (input order; ``(n_run,)``); ``ValueError`` if the counts or the split disagree."""
+    labels = np.asarray(ps.half_set)
+    unknown = int(np.count_nonzero(labels < 0))
+    if unknown:
+        raise ValueError(
+            f"{ps.source}: independent half flows need the input's half-set split, but {unknown} of {len(ps)} "
+            "particles have none (rlnRandomSubset / cryoSPARC alignments3D/split)"
+        )
+    rows = np.flatnonzero(labels == (0 if half == "A" else 1))
+    if rows.size != n_run:
+        raise ValueError(
+            f"{run_dir}: trained on {n_run} particles of half set {half}, but {ps.source} has {rows.size} "
+            f"particles in half set {half} (the runs must be trained on halves A and B of these particles, "
+            "without --max-particles)"
+        )
+    run_star = Path(run_dir) / "particles.star"
+    if run_star.exists():  # the same images, not only the same count
+        from ..io.particles import read_particles
+
+        run_ps = read_particles(run_star)
+        if len(run_ps) == rows.size and not np.array_equal(run_ps.image_indices, ps.image_indices[rows]):
+            raise ValueError(
+                f"{run_dir}: its particles.star is not half set {half} of {ps.source} in input order "
+                "(image indices differ)"
+            )
+    return rows
+
+
 def reconstruct_run(
     run_dir,
     particles,
     out_dir,
     *,
+    run_b=None,
     passthrough=None,
     root=None,
     **kwargs,
@@ -403,17 +449,41 @@ def reconstruct_run(
     Loads the run's last checkpoint and ``latents.npy`` and the full-resolution particles
     (the same rows, in the same order, as for training), then :func:`solve_half_maps`
     (keyword arguments go there).
+
+    With ``run_b`` (independent half flows, the gold standard): ``run_dir`` was trained
+    with ``--half-set A`` and ``run_b`` with ``--half-set B`` on ``particles``; flex half
+    map A is solved with ``run_dir``'s flow and latents, B with ``run_b``'s, so nothing
+    learnt from one half reaches the other half map.
     """
     from ..io.particles import read_particles
-    from ..training.loop import load_run
 
-    _, _, model = load_run(run_dir, device="cpu")
+    model, latents, half = _load_frozen_run(run_dir)
     run_dir = Path(run_dir)
-    latents_path = run_dir / "latents.npy"
-    if not latents_path.exists():
-        raise ValueError(f"{run_dir}: no latents.npy (is this a finished training run?)")
-    latents = torch.as_tensor(np.load(latents_path, allow_pickle=False), dtype=torch.float32)
     ps = read_particles(particles, passthrough=passthrough, root=root)
+    if run_b is not None:
+        if kwargs.get("resplit"):
+            raise ValueError("--resplit cannot be used with --run-b: the half sets are the ones the runs were trained on")
+        model_b, latents_b, half_b = _load_frozen_run(run_b)
+        if half != "A" or half_b != "B":
+            raise ValueError(
+                f"independent half flows need --run trained with --half-set A and --run-b with --half-set B; "
+                f"{run_dir} has half_set {half or 'none (all particles)'!r}, {run_b} has {half_b or 'none (all particles)'!r}"
+            )
+        rows_a = half_run_rows(ps, "A", latents.shape[0], run_dir)
+        rows_b = half_run_rows(ps, "B", latents_b.shape[0], run_b)
+        full_a = torch.zeros(len(ps), latents.shape[1])  # rows of half B unused
+        full_a[torch.as_tensor(rows_a)] = latents
+        full_b = torch.zeros(len(ps), latents_b.shape[1])  # rows of half A unused
+        full_b[torch.as_tensor(rows_b)] = latents_b
+        yield from solve_half_maps(model, full_a, ps, out_dir, model_b=model_b, latents_b=full_b,
+                                   sources={"run": str(run_dir), "run_b": str(run_b), "particles": str(particles)},
+                                   **kwargs)
+        return
+    if half:
+        raise ValueError(
+            f"{run_dir} was trained on half set {half} only: pass the other half's run with --run-b "
+            "(independent half flows)"
+        )
     if len(ps) != latents.shape[0]:
         raise ValueError(
             f"{particles}: {len(ps)} particles, but the run's latents.npy has {latents.shape[0]} rows "
@@ -444,9 +514,16 @@ def solve_half_maps(
     support_dilate_a: float = 10.0,
     mask_edge_a: float = 10.0,
     sources: dict | None = None,
+    model_b=None,
+    latents_b: torch.Tensor | None = None,
 ) -> Iterator[object]:
     """Solve the flex (and rigid) half maps of a frozen ``FlexModel`` with per-particle
     ``latents (n, K)`` for the particles ``ps``; write the maps, FSC and report into ``out_dir``.
+
+    Independent half flows: with ``model_b`` and ``latents_b (n, K_b)``, flex half map A
+    is solved with ``model``/``latents`` (rows of half A used) and half map B with
+    ``model_b``/``latents_b`` (rows of half B used); the halves are the input's split
+    (no re-split). ``report.json`` says ``"independent_half_flows"``.
 
     ``masks``: MRC paths or ``{name: (N, N, N) array}`` for local FSCs; a binary mask gets
     a raised-cosine edge ``mask_edge_a`` Å wide (a soft mask is used as it is). Writes
@@ -472,6 +549,15 @@ def solve_half_maps(
     latents = torch.as_tensor(latents, dtype=torch.float32)
     if len(ps) != latents.shape[0]:
         raise ValueError(f"{len(ps)} particles but {latents.shape[0]} latent rows")
+    independent = model_b is not None
+    if independent:
+        if latents_b is None:
+            raise ValueError("model_b needs latents_b (n, K_b): half B's latents on the rows of the full set")
+        latents_b = torch.as_tensor(latents_b, dtype=torch.float32)
+        if len(ps) != latents_b.shape[0]:
+            raise ValueError(f"{len(ps)} particles but {latents_b.shape[0]} latent rows for half B")
+        if resplit:
+            raise ValueError("independent half flows use the input's split: resplit is not possible")
     if not ps.has_poses:
         raise ValueError(f"{ps.source}: no poses; reconstruction needs a consensus refinement's poses")
     box_h = int(ps.box) if box is None else int(box)
@@ -481,10 +567,12 @@ def solve_half_maps(
 
     # support of V at the new box: the training mask, resampled and dilated by support_dilate_a,
     # so that no density is cut at its edge (a cut would correlate the half maps falsely)
-    train_mask = np.zeros(model.box**3, dtype=np.float32)
-    train_mask[model.canonical.voxel_index.cpu().numpy()] = 1.0
     dilate_px = max(1, int(np.ceil(support_dilate_a / apix_h)))
-    support = resample_mask(train_mask.reshape((model.box,) * 3), model.apix, box_h, apix_h, dilate_px=dilate_px)
+    support = np.zeros((box_h,) * 3, dtype=bool)
+    for mdl in [model] + ([model_b] if independent else []):  # independent halves: the union of both supports
+        train_mask = np.zeros(mdl.box**3, dtype=np.float32)
+        train_mask[mdl.canonical.voxel_index.cpu().numpy()] = 1.0
+        support |= resample_mask(train_mask.reshape((mdl.box,) * 3), mdl.apix, box_h, apix_h, dilate_px=dilate_px)
     flat = np.flatnonzero(support.reshape(-1))
     from ..conventions import voxel_grid_xyz_a
 
@@ -507,12 +595,19 @@ def solve_half_maps(
 
     # the input's split; a deterministic re-split (seeded) only when asked, or for unlabelled particles
     labels = np.full(len(ps), -1) if resplit else np.asarray(ps.half_set)
+    if independent and np.any(labels < 0):
+        raise ValueError(
+            f"{ps.source}: independent half flows need the input's half-set split, but "
+            f"{int(np.count_nonzero(labels < 0))} particles have none (rlnRandomSubset / cryoSPARC alignments3D/split)"
+        )
     half_a, half_b = half_set_indices(SimpleNamespace(half_set=labels), np.arange(len(ps)), seed)
     if half_a.size == 0 or half_b.size == 0:
         raise ValueError(f"{ps.source}: a half set is empty ({half_a.size} / {half_b.size} particles)")
 
     modes = ["flex"] + (["rigid"] if rigid else [])
-    flow_fn = _flex_flow_fn(model, latents, points, dev)
+    flow_fns = {"A": _flex_flow_fn(model, latents, points, dev)}
+    flow_fns["B"] = _flex_flow_fn(model_b, latents_b, points, dev) if independent else flow_fns["A"]
+    kernels = {"A": model.kernel, "B": model_b.kernel if independent else model.kernel}
     jobs = [(m, h, idx) for m in modes for h, idx in (("A", half_a), ("B", half_b))]
     total_passes = len(jobs) * (iterations + 1)
     passes_done = 0
@@ -534,8 +629,8 @@ def solve_half_maps(
             yield HalfMapDone(mode, half, str(mrc_path))
             continue
         problem = HalfMapProblem(
-            ps, idx, points, flow_fn if mode == "flex" else None, box_h, apix_h, noise,
-            chunk=chunk, kernel=model.kernel, device=dev, ctx=ctx,
+            ps, idx, points, flow_fns[half] if mode == "flex" else None, box_h, apix_h, noise,
+            chunk=chunk, kernel=kernels[half] if mode == "flex" else model.kernel, device=dev, ctx=ctx,
         )
         state = None
         if resume and state_path.exists():
@@ -569,7 +664,7 @@ def solve_half_maps(
     from ..ops.fsc import fsc_resolution, shell_frequencies_a
 
     freqs = shell_frequencies_a(box_h, apix_h)
-    nyquist_train = 2.0 * model.apix
+    nyquist_train = 2.0 * max(model.apix, model_b.apix if independent else model.apix)
     report: dict = {
         **(sources or {}),
         "box": box_h,
@@ -577,6 +672,7 @@ def solve_half_maps(
         "training_box": model.box,
         "training_apix": model.apix,
         "training_nyquist_a": nyquist_train,
+        "independent_half_flows": independent,
         "particles_used": {"A": int(half_a.size), "B": int(half_b.size)},
         "iterations": iterations,
         "maps": {},
