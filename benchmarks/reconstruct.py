@@ -10,6 +10,12 @@ the training box's Nyquist, time and peak memory, and as its last line one JSON 
 with the figures.
 
     python benchmarks/reconstruct.py [--n-particles 20000] [--box 64] [--apix 3] [--train-box 32] [--run RUN]
+    python benchmarks/reconstruct.py ... --run RUN_A --independent-halves RUN_B
+
+With ``--independent-halves RUN_B`` the flex half maps are solved with independent flows:
+half A with ``--run`` (trained with ``flex3d train --half-set A``), half B with ``RUN_B``
+(``--half-set B``), as ``flex3d reconstruct --run RUN_A --run-b RUN_B`` does. The static
+body's mask is reported beside the arm's as the control: no real gain is possible there.
 
 The simulated molecule, its motion and its Gaussian atoms (1.5 voxels wide) all scale with
 the box, so what matters is the box in voxels: the atoms' envelope (B = 8 pi^2 sigma^2,
@@ -49,6 +55,9 @@ def main(argv=None) -> dict:
     p.add_argument("--snr", type=float, default=0.1)
     p.add_argument("--iterations", type=int, default=10)
     p.add_argument("--run", default=None, help="a trained run on the same particles (default: the oracle flow)")
+    p.add_argument("--independent-halves", default=None, metavar="RUN_B",
+                   help="independent half flows: --run was trained with --half-set A, RUN_B with --half-set B")
+    p.add_argument("--rec-name", default="rec", help="output folder name inside --work")
     p.add_argument("--work", default=None, help="folder for the simulation and outputs (default: a temporary one)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
@@ -72,7 +81,15 @@ def main(argv=None) -> dict:
                          motion="hinge", seed=0)
     t_sim = time.time() - t0
     ps = read_particles(sim_dir / "particles.star")
-    if args.run:
+    if args.independent_halves and not args.run:
+        p.error("--independent-halves RUN_B needs --run RUN_A")
+    if args.independent_halves:
+        from napari_flex3d.training.loop import load_run
+
+        _, _, model = load_run(args.run)
+        latents = None
+        source = f"independent half flows {args.run} (A) / {args.independent_halves} (B)"
+    elif args.run:
         from napari_flex3d.training.loop import load_run
 
         _, _, model = load_run(args.run)
@@ -86,10 +103,20 @@ def main(argv=None) -> dict:
     # the arm mask is what a user would draw around the moving domain (6 Å dilation, 15 Å edge);
     # a wider, softer one around linker + arm is reported too
     arm_wide = domain_mask(sim_dir, (1, 2), box=args.box, dilate_a=15.0, soft_a=30.0)
+    body = domain_mask(sim_dir, 0, box=args.box)  # the control: the body does not move
+    masks = {"arm": arm, "arm_wide": arm_wide, "body": body}
+    rec_dir = work / args.rec_name
     t1, cpu1 = time.time(), time.process_time()
     report = None
-    for ev in solve_half_maps(model, latents, ps, work / "rec", masks={"arm": arm, "arm_wide": arm_wide},
-                              iterations=args.iterations, device=args.device):
+    if args.independent_halves:
+        from napari_flex3d.reconstruct.halfmaps import reconstruct_run
+
+        events = reconstruct_run(args.run, sim_dir / "particles.star", rec_dir, run_b=args.independent_halves,
+                                 masks=masks, iterations=args.iterations, device=args.device)
+    else:
+        events = solve_half_maps(model, latents, ps, rec_dir, masks=masks, iterations=args.iterations,
+                                 device=args.device)
+    for ev in events:
         if isinstance(ev, ReconstructProgress) and ev.iteration in (1, args.iterations):
             print(f"  {ev.mode} half {ev.half}: iteration {ev.iteration}/{ev.iterations}, objective {ev.loss:.6g}, "
                   f"elapsed {ev.elapsed_s:.0f} s, eta {ev.eta_s:.0f} s", flush=True)
@@ -100,11 +127,10 @@ def main(argv=None) -> dict:
     truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
     rest_file = next(s["file"] for s in truth["states"] if np.allclose(s["coords"], 0.0))
     rest = torch.as_tensor(np.array(read_map(sim_dir / "truth" / rest_file).data, dtype=np.float32))
-    masks = {"arm": arm, "arm_wide": arm_wide}
     vs_rest = {}  # the half maps' average against the true rest state inside each mask (flattened masked FSC)
     for mode in ("flex", "rigid"):
-        a = torch.as_tensor(np.array(read_map(work / "rec" / f"{mode}_half_A.mrc").data, dtype=np.float32))
-        b = torch.as_tensor(np.array(read_map(work / "rec" / f"{mode}_half_B.mrc").data, dtype=np.float32))
+        a = torch.as_tensor(np.array(read_map(rec_dir / f"{mode}_half_A.mrc").data, dtype=np.float32))
+        b = torch.as_tensor(np.array(read_map(rec_dir / f"{mode}_half_B.mrc").data, dtype=np.float32))
         for name, m in masks.items():
             r = masked_fsc(0.5 * (a + b), rest, ps.apix, mask=torch.as_tensor(m))
             vs_rest[(mode, name)] = (r.resolution_05_a, fsc_resolution(r.curve, args.box, ps.apix, 0.143))
@@ -112,6 +138,7 @@ def main(argv=None) -> dict:
     maps = report["maps"]
     out = {
         "source": source,
+        "independent_half_flows": bool(report.get("independent_half_flows")),
         "n_particles": len(ps),
         "box": args.box,
         "apix": float(ps.apix),
@@ -141,12 +168,13 @@ def main(argv=None) -> dict:
         "peak_rss_mb": _peak_rss_mb(),
         "threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],
-        "rec_dir": str(work / "rec"),
+        "rec_dir": str(rec_dir),
     })
     print(f"{len(ps)} particles, box {args.box} at {ps.apix:.3g} Å ({source}); training box {model.box} "
           f"(Nyquist {out['training_nyquist_a']:.2f} Å)")
     print(f"global FSC 0.143: flex {out['flex_fsc0143_global_a']:.2f} Å, rigid {out['rigid_fsc0143_global_a']:.2f} Å")
-    for name, what in (("arm", "moving-domain (arm) mask"), ("arm_wide", "wider linker+arm mask")):
+    for name, what in (("arm", "moving-domain (arm) mask"), ("arm_wide", "wider linker+arm mask"),
+                       ("body", "static body mask (control)")):
         f = {m: out[f"{m}_fsc0143_{name}_a"] for m in ("flex", "rigid")}
         lim = {m: out[f"{m}_{name}_informative_to_a"] for m in ("flex", "rigid")}
         band = {m: out[f"{m}_{name}_uninformative_a"] for m in ("flex", "rigid")}
