@@ -7,8 +7,11 @@ Simulates ``flex3d simulate --motion both`` (default: box 64, 20,000 particles, 
 K=2) unless ``--sim`` names an existing simulation, trains, and prints:
 - canonical correlations between the learned latents and the true coordinates, and the
   best |Spearman| per true coordinate;
-- FSC resolution (0.143) of the convected map at each true state against the true
-  density, next to the consensus map's against the same density;
+- FSC resolution (0.143 and 0.5) of the convected map at each true state against the true
+  density, next to the consensus map's against the same density, and inside the moving
+  domain (a soft mask around linker + arm) the masked FSC 0.143 and the mask-weighted
+  real-space correlation with the truth (at a small training box both maps often reach
+  Nyquist at 0.143);
 - wall and CPU time per epoch and peak memory.
 """
 
