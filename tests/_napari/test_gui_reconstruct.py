@@ -39,3 +39,10 @@ def test_reconstruct_widget_solves_half_maps_of_a_tiny_run(make_napari_viewer, q
     assert curve[0] == pytest.approx(1.0, abs=1e-3) and np.all(np.abs(curve) <= 1.0 + 1e-6)
     assert "flex map (sharpened)" in w.viewer.layers
     assert "Å at 0.143" in w.status_label.text()
+    # independent half flows need the full particle set: refused before any work starts
+    w.run_b_dir = str(run)
+    w.particles_path = ""
+    with pytest.raises(ValueError, match="full particle set"):
+        w._inputs()
+    w.reconstruct()
+    assert w.state == "idle" and w.run_btn.isEnabled()

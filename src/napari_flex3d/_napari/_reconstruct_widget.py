@@ -64,6 +64,8 @@ class ReconstructWidget(WorkerControls, QWidget):
         layout = QVBoxLayout(self)
         form = QFormLayout()
         self._run_edit = QLineEdit(str(self.session.run_dir or ""))
+        self._run_b_edit = QLineEdit()
+        self._run_b_edit.setPlaceholderText("optional: a run trained with --half-set B (independent half flows)")
         self._particles_edit = QLineEdit()
         self._particles_edit.setPlaceholderText("default: the run's particles.star")
         self._out_edit = QLineEdit()
@@ -74,6 +76,7 @@ class ReconstructWidget(WorkerControls, QWidget):
         self.rigid_check = QCheckBox("also the rigid baseline (same solver, zero flow)")
         self.rigid_check.setChecked(True)
         form.addRow("run folder", self._run_edit)
+        form.addRow("half B run", self._run_b_edit)
         form.addRow("particles", self._particles_edit)
         form.addRow("output folder", self._out_edit)
         form.addRow("L-BFGS iterations", self.iter_spin)
@@ -105,6 +108,7 @@ class ReconstructWidget(WorkerControls, QWidget):
         self.session.changed.connect(self._on_session)
 
     run_dir = property(lambda self: self._run_edit.text(), lambda self, v: self._run_edit.setText(str(v)))
+    run_b_dir = property(lambda self: self._run_b_edit.text(), lambda self, v: self._run_b_edit.setText(str(v)))
     particles_path = property(lambda self: self._particles_edit.text(), lambda self, v: self._particles_edit.setText(str(v)))
     out_dir = property(lambda self: self._out_edit.text(), lambda self, v: self._out_edit.setText(str(v)))
     iterations = property(lambda self: self.iter_spin.value(), lambda self, v: self.iter_spin.setValue(int(v)))
@@ -126,6 +130,8 @@ class ReconstructWidget(WorkerControls, QWidget):
         if not self.run_dir:
             raise ValueError("choose a training run folder")
         run = Path(self.run_dir)
+        if self.run_b_dir and not self.particles_path:  # a half run's particles.star holds its half only
+            raise ValueError("with a half B run, set 'particles' to the full particle set (both halves)")
         particles = Path(self.particles_path) if self.particles_path else run / "particles.star"
         if not particles.is_file():
             raise ValueError(f"{particles}: no particle file (set 'particles')")
@@ -153,10 +159,11 @@ class ReconstructWidget(WorkerControls, QWidget):
         self._t0 = time.perf_counter()
         s = self.session
         iterations, rigid = self.iterations, self.rigid
+        run_b = Path(self.run_b_dir) if self.run_b_dir else None
 
         def job():
             yield from fn(run, particles, out, passthrough=s.passthrough_path or None, root=s.root or None,
-                          iterations=iterations, rigid=rigid)
+                          iterations=iterations, rigid=rigid, run_b=run_b)
 
         self.worker = start_worker(job, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
 
