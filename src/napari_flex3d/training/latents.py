@@ -227,10 +227,10 @@ def infer_latents_grid(
     best = loss_fn(z) + 0.5 * prior_weight * (z**2).sum(-1)  # (b,)
 
     def try_candidates(cand: torch.Tensor) -> None:
-        nonlocal best
+        nonlocal best, z
         obj = loss_fn(cand) + 0.5 * prior_weight * (cand**2).sum(-1)  # (b,)
-        better = obj < best
-        z[better] = cand[better]
+        better = obj < best  # torch.where, not z[better] = ...: no host sync on a GPU
+        z = torch.where(better[:, None], cand, z)
         best = torch.where(better, obj, best)
 
     half_width = float(z_range)
