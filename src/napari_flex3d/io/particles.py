@@ -38,6 +38,7 @@ __all__ = [
     "write_star",
     "write_cs",
     "resolve_image_path",
+    "half_set_rows",
     "DEFAULT_AMPLITUDE_CONTRAST",
 ]
 
@@ -988,3 +989,22 @@ def write_cs(ps: ParticleSet, path, extra_fields: dict | None = None) -> Path:
         fields[name] = values
     save_cs(path, merge_fields(base, fields))
     return path
+
+
+def half_set_rows(ps: ParticleSet, half: str) -> np.ndarray:
+    """Rows of half set ``"A"`` (RELION rlnRandomSubset 1, cryoSPARC alignments3D/split 0)
+    or ``"B"`` (the other) in input order, ``(m,)`` int64.
+
+    ``ValueError`` naming the file and the columns if any particle has no half set: a
+    half taken from a partial split would not be the refinement's gold-standard half.
+    """
+    if half not in ("A", "B"):
+        raise ValueError(f"half set must be 'A' or 'B', got {half!r}")
+    labels = np.asarray(ps.half_set)
+    unknown = int(np.count_nonzero(labels < 0))
+    if unknown:
+        raise ValueError(
+            f"{ps.source}: {unknown} of {len(ps)} particles have no half set (STAR column rlnRandomSubset 1/2, "
+            "cryoSPARC field alignments3D/split 0/1); independent half sets need the refinement's split"
+        )
+    return np.flatnonzero(labels == (0 if half == "A" else 1))

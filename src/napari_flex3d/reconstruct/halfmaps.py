@@ -401,20 +401,15 @@ def _load_frozen_run(run_dir) -> tuple[object, torch.Tensor, str]:
     if not latents_path.exists():
         raise ValueError(f"{run_dir}: no latents.npy (is this a finished training run?)")
     latents = torch.as_tensor(np.load(latents_path, allow_pickle=False), dtype=torch.float32)
-    return model, latents, str(getattr(config, "half_set", "") or "")  # runs older than the field: all particles
+    return model, latents, config.half_set  # "" for runs older than the field (from_dict fills the default)
 
 
 def half_run_rows(ps, half: str, n_run: int, run_dir) -> np.ndarray:
     """The rows of the full particle set ``ps`` that a run trained with ``--half-set half`` holds,
     in its order (input order; ``(n_run,)``); ``ValueError`` if the counts or the split disagree."""
-    labels = np.asarray(ps.half_set)
-    unknown = int(np.count_nonzero(labels < 0))
-    if unknown:
-        raise ValueError(
-            f"{ps.source}: independent half flows need the input's half-set split, but {unknown} of {len(ps)} "
-            "particles have none (rlnRandomSubset / cryoSPARC alignments3D/split)"
-        )
-    rows = np.flatnonzero(labels == (0 if half == "A" else 1))
+    from ..io.particles import half_set_rows
+
+    rows = half_set_rows(ps, half)
     if rows.size != n_run:
         raise ValueError(
             f"{run_dir}: trained on {n_run} particles of half set {half}, but {ps.source} has {rows.size} "
@@ -461,8 +456,6 @@ def reconstruct_run(
     run_dir = Path(run_dir)
     ps = read_particles(particles, passthrough=passthrough, root=root)
     if run_b is not None:
-        if kwargs.get("resplit"):
-            raise ValueError("--resplit cannot be used with --run-b: the half sets are the ones the runs were trained on")
         model_b, latents_b, half_b = _load_frozen_run(run_b)
         if half != "A" or half_b != "B":
             raise ValueError(
@@ -595,11 +588,10 @@ def solve_half_maps(
 
     # the input's split; a deterministic re-split (seeded) only when asked, or for unlabelled particles
     labels = np.full(len(ps), -1) if resplit else np.asarray(ps.half_set)
-    if independent and np.any(labels < 0):
-        raise ValueError(
-            f"{ps.source}: independent half flows need the input's half-set split, but "
-            f"{int(np.count_nonzero(labels < 0))} particles have none (rlnRandomSubset / cryoSPARC alignments3D/split)"
-        )
+    if independent:
+        from ..io.particles import half_set_rows
+
+        half_set_rows(ps, "A")  # raises unless every particle has a half set
     half_a, half_b = half_set_indices(SimpleNamespace(half_set=labels), np.arange(len(ps)), seed)
     if half_a.size == 0 or half_b.size == 0:
         raise ValueError(f"{ps.source}: a half set is empty ({half_a.size} / {half_b.size} particles)")
@@ -683,9 +675,9 @@ def solve_half_maps(
     if randomise == "auto":
         # RELION's choice, where the unmasked FSC falls below 0.8; the coarsest over the modes, so
         # that flex and rigid masked curves are corrected from the same shell on and compare fairly
-        points = [fsc_resolution(masked_fsc(maps[(m, "A")], maps[(m, "B")], apix_h).curve, box_h, apix_h, 0.8)
-                  for m in modes]
-        randomise = max(points)
+        at_08 = [fsc_resolution(masked_fsc(maps[(m, "A")], maps[(m, "B")], apix_h).curve, box_h, apix_h, 0.8)
+                 for m in modes]
+        randomise = max(at_08)
         randomise = None if not np.isfinite(randomise) or randomise <= 2 * apix_h else randomise
     for mode in modes:
         a, bmap = maps[(mode, "A")], maps[(mode, "B")]

@@ -92,7 +92,7 @@ class RunState:
 
 
 def _read_inputs(config: TrainConfig):
-    from ..io.particles import read_particles
+    from ..io.particles import half_set_rows, read_particles
 
     if not config.particles:
         raise ValueError("TrainConfig.particles: no particle file given")
@@ -101,18 +101,9 @@ def _read_inputs(config: TrainConfig):
     ps = read_particles(config.particles, passthrough=config.passthrough, root=config.root)
     if not ps.has_poses:
         raise ValueError(f"{config.particles}: particles have no poses (a consensus refinement is needed)")
-    half = getattr(config, "half_set", "") or ""
+    half = config.half_set
     if half:  # one half set only (independent flows per half map), in input order
-        if half not in ("A", "B"):
-            raise ValueError(f"TrainConfig.half_set: {half!r} is not A, B or empty")
-        unknown = int(np.count_nonzero(np.asarray(ps.half_set) < 0))
-        if unknown:
-            raise ValueError(
-                f"{config.particles}: --half-set {half} needs the input's half-set split, but {unknown} of "
-                f"{len(ps)} particles have none (STAR column rlnRandomSubset 1/2, cryoSPARC field "
-                "alignments3D/split 0/1)"
-            )
-        ps = ps.subset(np.flatnonzero(np.asarray(ps.half_set) == (0 if half == "A" else 1)))
+        ps = ps.subset(half_set_rows(ps, half))
         if len(ps) == 0:
             raise ValueError(f"{config.particles}: half set {half} is empty")
     if config.max_particles is not None and config.max_particles < len(ps):
