@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -79,8 +80,10 @@ def test_recorder_sees_host_syncs():
     assert len(rec.hits) == 5, _describe(rec.hits)
 
 
-def test_training_step_and_latent_inference_do_not_wait(tmp_path):
-    """Every step of two epochs (warm-up, then flow and structure steps with latent inference)."""
+@pytest.mark.parametrize("latent_box", [None, 16])
+def test_training_step_and_latent_inference_do_not_wait(tmp_path, latent_box):
+    """Every step of two epochs (warm-up, then flow and structure steps with latent inference),
+    also with inference at a smaller box (the cropped map and batch are made inside the step)."""
     from napari_flex3d.config import TrainConfig
     from napari_flex3d.simulate.dataset import simulate_dataset
     from napari_flex3d.training import events as ev
@@ -91,7 +94,7 @@ def test_training_step_and_latent_inference_do_not_wait(tmp_path):
     config = TrainConfig(
         particles=str(sim / "particles.star"), map=str(sim / "consensus.mrc"), out=str(out), latent_dim=2, hidden=16,
         layers=2, epochs=2, batch=40, kernel="linear", latent_grid=5, latent_steps=1, preview_every=0, threads=1,
-        warmup_epochs=1, val_fraction=0.1,
+        warmup_epochs=1, val_fraction=0.1, latent_box=latent_box,
     )
     threads = torch.get_num_threads()
     rec = HostSyncRecorder()

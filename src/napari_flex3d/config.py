@@ -84,6 +84,12 @@ class TrainConfig(_Settings):
     rigidity_floor: float = _f(0.5, "smallest rigidity weight of a mesh cell")
     # data
     box: int | None = _f(None, "training box N_L in pixels, Fourier-cropped from the particles (None: min(box, 128))")
+    latent_box: int | None = _f(
+        None,
+        "box of latent inference, Fourier-cropped from the training box (None: the training box). Inference "
+        "projects each particle about 100 times per minibatch against 3 for the model update, so a smaller box "
+        "here makes a larger training box affordable; inference is cut at band_end of this box's Nyquist",
+    )
     val_fraction: float = _f(0.05, "fraction of particles held out for the validation loss")
     # optimisation
     epochs: int = _f(16, "passes over the training particles")
@@ -112,6 +118,12 @@ class TrainConfig(_Settings):
     latent_steps: int = _f(2, "coordinate-descent sweeps (grid) or gradient steps (gradient) per minibatch")
     latent_grid: int = _f(9, "candidate values per latent axis in a coordinate-descent sweep")
     latent_range: float = _f(2.5, "coordinate descent searches z_k in +-latent_range (prior standard deviations)")
+    latent_estimate: str = _f(
+        "mean",
+        "what a grid inference keeps per particle: the posterior mean over the joint grid (mean) or the best point "
+        "(map); the mean needs the joint first sweep (latent_grid ** K <= 100), else the best point is kept",
+        choices=("mean", "map"),
+    )
     lr_latent: float = _f(0.1, "step size of gradient latent inference (Adam)")
     latent_noise: float = _f(0.15, "standard deviation of the noise injected into the latents during the model update")
     latent_prior: float = _f(1.0, "weight of the unit Gaussian prior on the latents")

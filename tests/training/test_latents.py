@@ -113,6 +113,41 @@ def test_grid_joint_first_sweep_finds_a_coupled_minimum():
     assert (axiswise - target).abs().max() > 0.5  # the test can fail: the old search misses
 
 
+@pytest.mark.parametrize("sigma, tol", [(1.0, 0.04), (0.5, 0.02), (0.05, 0.08)])
+def test_posterior_mean_is_the_gaussian_posterior_mean(sigma, tol):
+    """Data loss |z - m|^2 / (2 sigma^2) and the unit prior: the posterior is Gaussian with mean
+    m / (1 + sigma^2) (the oracle). Broad posteriors are integrated over the joint grid; a
+    narrow one is carried by the refined minimum (tolerance: the refinement's grid)."""
+    m = torch.tensor([[1.0, -0.5], [1.6, 1.2], [-1.5, 0.3], [0.0, 0.0], [-0.7, -1.8]])
+
+    def loss(z):
+        return 0.5 * ((z - m) ** 2).sum(-1) / sigma**2
+
+    expected = m / (1.0 + sigma**2)
+    mean = infer_latents_grid(loss, torch.zeros_like(m), sweeps=2, n_grid=9, z_range=2.5, estimate="mean")
+    assert (mean - expected).abs().max() < tol
+    if sigma >= 0.5:  # the grid's minimum is off by up to half its finest spacing (0.08); the mean is not
+        best = infer_latents_grid(loss, torch.zeros_like(m), sweeps=2, n_grid=9, z_range=2.5, estimate="map")
+        assert (best - expected).abs().max() > (mean - expected).abs().max()
+
+
+def test_posterior_mean_of_two_valleys_lies_between_them():
+    """A particle whose images fit two states equally well: the minimum picks one, the mean
+    stays between them, where the prior and the data agree it most likely is."""
+    a, b = torch.tensor([1.5, 0.0]), torch.tensor([-1.5, 0.0])
+
+    def loss(z):
+        return -torch.logaddexp(-2.0 * ((z - a) ** 2).sum(-1), -2.0 * ((z - b) ** 2).sum(-1))
+
+    z0 = torch.zeros(1, 2)
+    best = infer_latents_grid(loss, z0, estimate="map")
+    mean = infer_latents_grid(loss, z0, estimate="mean")
+    assert best[0, 0].abs() > 1.0
+    assert mean[0, 0].abs() < 0.1 * best[0, 0].abs() and mean[0, 1].abs() < 1e-3
+    with pytest.raises(ValueError, match="estimate"):
+        infer_latents_grid(loss, z0, estimate="median")
+
+
 def test_variability_coefficients_map_undo_each_views_visibility():
     """3DVA's E-step: coefficients seen through per-particle Gram matrices (views that show a
     volume weakly, or mix two) are recovered better by the MAP than by plain projections."""

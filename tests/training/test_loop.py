@@ -102,6 +102,39 @@ def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_confi
     assert events[0].start_epoch == 1 and isinstance(events[-1], ev.RunFinished) and events[-1].epochs == 2
 
 
+def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, tmp_path):
+    """latent_box: inference on Fourier-cropped images and map (box 16 of 24); a stopped run
+    resumed (the view is rebuilt, its noise spectra estimated again) equals an uninterrupted one."""
+    from napari_flex3d.training.loop import _latent_view
+
+    config = dict(epochs=2, latent_dim=2, latent_box=16, preview_every=0)
+    threads = torch.get_num_threads()
+    try:
+        whole = list(train_run(tiny_config(tiny_sim, tmp_path / "a", **config), tmp_path / "a"))
+        gen = train_run(tiny_config(tiny_sim, tmp_path / "b", **config), tmp_path / "b")
+        for e in gen:
+            if isinstance(e, ev.StepLoss) and e.epoch == 1 and e.step == 1:
+                break
+        gen.close()
+        list(train_run(None, tmp_path / "b", resume=True))
+        plain = list(train_run(tiny_config(tiny_sim, tmp_path / "c", **{**config, "latent_box": None}), tmp_path / "c"))
+    finally:
+        torch.set_num_threads(threads)
+    assert isinstance(whole[-1], ev.RunFinished)
+    _assert_same_state(tmp_path / "a", tmp_path / "b")
+    za, zc = np.load(tmp_path / "a" / "latents.npy"), np.load(tmp_path / "c" / "latents.npy")
+    assert np.isfinite(za).all() and not np.array_equal(za, zc)  # inference did run at the other box
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["settings"]["latent_box"] == 16
+    assert isinstance(plain[-1], ev.RunFinished)
+    model = load_checkpoint(checkpoint_path(tmp_path / "a"))
+    from napari_flex3d.training.loop import load_run
+
+    cfg, _, fine = load_run(tmp_path / "a")
+    for bad in (15, 32, 8):
+        with pytest.raises(ValueError, match="latent_box"):
+            _latent_view(tiny_config(tiny_sim, tmp_path, latent_box=bad), fine, read_particles(cfg.particles), "cpu")
+
+
 _CHILD = textwrap.dedent(
     """
     import sys

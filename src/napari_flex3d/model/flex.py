@@ -264,6 +264,52 @@ class FlexModel(nn.Module):
             points = self.voxel_points(z)[0]  # (n_vox, 3)
         return convect_volume(values, points, self.box, self.apix, kernel=kernel or self.kernel, deconvolve=self.deconvolve)
 
+    def at_box(self, box: int) -> "FlexModel":
+        """The same model seen at a smaller box ``n``: for cheaper latent inference.
+
+        The view shares this model's flow generator (the same module: its updates show at
+        once) and mesh; its canonical map sits at the ``n``-box voxels (voxel size
+        ``apix * N / n``) that touch this model's mask, and holds no values of its own
+        until :meth:`copy_canonical_from` puts the Fourier-cropped canonical map there.
+        A projection costs about ``(n / N)^3`` of this model's: the splat visits every
+        mask voxel once per image.
+        """
+        from ..mesh.build import Mesh
+        from .canonical import mask_voxels
+
+        box = int(box)
+        if box == self.box:
+            return self
+        if not 8 <= box < self.box or box % 2:
+            raise ValueError(f"a view's box must be even, >= 8 and below the model's {self.box}, got {box}")
+        apix = self.apix * self.box / box
+        fine = self.canonical.to_volume(torch.ones_like(self.canonical.values)).detach()  # (N, N, N) mask
+        fine = torch.nn.functional.max_pool3d(fine[None, None], 3, stride=1, padding=1)[0, 0]  # one voxel wider
+        # the nearest fine voxel to each coarse voxel centre (both grids centred at box // 2)
+        near = torch.round(self.box // 2 + (torch.arange(box, device=fine.device) - box // 2) * (self.box / box))
+        near = near.long().clamp(0, self.box - 1)
+        coarse = fine[near][:, near][:, :, near] > 0.5  # (n, n, n)
+        index, points = mask_voxels(coarse, apix)
+        canonical = CanonicalMap(torch.zeros(len(index)), index, box, apix).to(self.vertices_a.device)
+        mesh = Mesh(self.vertices_a.cpu().numpy(), self.cells.cpu().numpy(), box, apix)
+        bary_index, bary_weight = barycentric_rows(mesh, canonical.points_xyz_a)
+        view = FlexModel(
+            canonical, self.flow, self.vertices_a, self.cells, bary_index, bary_weight, self.rigidity_weights,
+            kernel=self.kernel,
+        )
+        view.deconvolve = self.deconvolve
+        return view.to(self.vertices_a.device)
+
+    @torch.no_grad()
+    def copy_canonical_from(self, fine: "FlexModel") -> None:
+        """Set this view's canonical values to ``fine``'s band-limited map, Fourier-cropped
+        to this box, and stop band-limiting here (the copy already is). No host sync."""
+        from ..ops.fourier import fourier_crop_3d
+
+        full = fine.canonical.to_volume(fine.canonical_values())  # (N, N, N), band-limited
+        self.canonical.values.copy_(self.canonical.from_full(fourier_crop_3d(full, self.box)))
+        self.max_freq_px = None
+
     def rigidity(self, z: torch.Tensor) -> torch.Tensor:
         """Local non-rigidity ``E_rigid (b,)`` = ``sum_j w_j sum_l (s_l(F_j) - 1)^2`` (signed ``s``)."""
         d = self.displacements(z)  # (b, v, 3)

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-__all__ = ["fourier_crop_2d", "fourier_crop_3d", "fourier_resize", "shift_images", "lowpass_3d", "lowpass_2d"]
+__all__ = ["crop_rfft_2d", "fourier_crop_2d", "fourier_crop_3d", "fourier_resize", "shift_images", "lowpass_3d", "lowpass_2d"]
 
 
 def _freq_index_map(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,6 +70,18 @@ def fourier_crop_2d(images: torch.Tensor, box_out: int) -> torch.Tensor:
 def fourier_crop_3d(volume: torch.Tensor, box_out: int) -> torch.Tensor:
     """``volume (..., d, h, w)`` -> ``(..., box_out, box_out, box_out)`` by Fourier cropping (or padding)."""
     return fourier_resize(volume, box_out, 3)
+
+
+def crop_rfft_2d(spec: torch.Tensor, box_out: int) -> torch.Tensor:
+    """The ``rfft2``-layout array ``spec (..., N, N//2+1)`` (no fftshift: DC at ``[0, 0]``)
+    at a smaller box: ``(..., box_out, box_out//2+1)``, each output frequency read from
+    the same frequency of the input (a CTF at a Fourier-cropped box, for instance)."""
+    n_in = spec.shape[-2]
+    if spec.shape[-1] != n_in // 2 + 1 or not 2 <= box_out <= n_in:
+        raise ValueError(f"crop_rfft_2d needs (..., N, N//2+1) and box_out <= N, got {tuple(spec.shape)}, {box_out}")
+    out_i, in_i = _freq_index_map(n_in, box_out, spec.device)
+    order = torch.argsort(out_i)
+    return spec[..., in_i[order], : box_out // 2 + 1]
 
 
 def shift_images(images: torch.Tensor, shifts_a: torch.Tensor, apix: float) -> torch.Tensor:

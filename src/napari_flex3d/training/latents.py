@@ -17,6 +17,7 @@ Gaussian prior.
 from __future__ import annotations
 
 import io
+import math
 import pickle
 from collections.abc import Callable
 from pathlib import Path
@@ -201,6 +202,7 @@ def infer_latents_grid(
     z_range: float = 2.5,
     prior_weight: float = 1.0,
     max_joint: int = 100,
+    estimate: str = "map",
 ) -> torch.Tensor:
     """Grid search over ``z``: a joint grid over all axes first when small enough, then
     coordinate descent, one axis at a time, on grids that narrow every sweep.
@@ -216,30 +218,65 @@ def infer_latents_grid(
     true model: correlations 0.86 / 0.86 with axis-by-axis descent, 0.91 / 0.90 joint).
     The objective per particle is ``loss_fn(z) + prior_weight/2 |z|^2``.
 
+    ``estimate="mean"`` returns the posterior mean instead of the minimum (the MAP
+    point) where the joint first sweep ran. The data loss is a whitened negative log
+    likelihood (``model.loss.data_loss``), so ``exp(-objective)`` is the posterior up to
+    a constant; the mean is its quadrature over the joint grid's points plus the refined
+    minimum, which adds the mass the grid missed (``exp(-best) - exp(-grid's best)``).
+    A particle whose images hardly tell the states apart gets a broad posterior
+    and a mean that shrinks towards what the data support, instead of a minimum pulled
+    to a random extreme by the noise; a well-determined particle has a posterior
+    narrower than the grid spacing, and its refined minimum carries nearly all the
+    weight. Measured on the 20,000-particle recovery benchmark's trained model (2,048
+    particles, hinge + roll, SNR 0.05): canonical correlations 0.865 / 0.840 with the
+    minimum, 0.888 / 0.857 with this mean (the 9 x 9 grid's alone 0.889 / 0.858, a 25 x 25
+    grid's 0.890 / 0.859). (With two narrow valleys, narrower than the grid spacing, the mean
+    leans towards the one the refinement found.)
+
     Args:
         loss_fn: ``z (b, K) -> (b,)`` data loss per particle, model frozen.
         z0: ``(b, K)`` starting latents.
+        estimate: ``"map"`` (the minimum found) or ``"mean"`` (posterior mean; the
+            minimum when no joint sweep ran, ``K`` too large).
     Returns:
-        ``(b, K)`` refined latents (never worse than ``z0`` by the objective).
+        ``(b, K)`` refined latents (``"map"``: never worse than ``z0`` by the objective).
     """
+    if estimate not in ("map", "mean"):
+        raise ValueError(f"estimate must be 'map' or 'mean', got {estimate!r}")
     z = z0.clone()
     b, k_dim = z.shape
     best = loss_fn(z) + 0.5 * prior_weight * (z**2).sum(-1)  # (b,)
+    # posterior quadrature over the joint sweep, accumulated as a running log-sum-exp
+    log_mass = torch.full_like(best, -math.inf)  # (b,) log sum exp(-obj)
+    moment = torch.zeros_like(z)  # (b, K) sum exp(-obj - log_mass) * z
+    grid_best = torch.full_like(best, math.inf)  # (b,) the joint grid's lowest objective
 
-    def try_candidates(cand: torch.Tensor) -> None:
-        nonlocal best, z
+    def accumulate(cand: torch.Tensor, obj: torch.Tensor) -> None:
+        nonlocal log_mass, moment
+        new_mass = torch.logaddexp(log_mass, -obj)  # (b,)
+        keep = torch.exp(log_mass - new_mass)  # (b,) 0 at the first point
+        moment = moment * keep[:, None] + torch.exp(-obj - new_mass)[:, None] * cand
+        log_mass = new_mass
+
+    def try_candidates(cand: torch.Tensor, joint: bool = False) -> None:
+        nonlocal best, z, grid_best
         obj = loss_fn(cand) + 0.5 * prior_weight * (cand**2).sum(-1)  # (b,)
+        if joint:
+            accumulate(cand, obj)
+            grid_best = torch.minimum(grid_best, obj)
         better = obj < best  # torch.where, not z[better] = ...: no host sync on a GPU
         z = torch.where(better[:, None], cand, z)
         best = torch.where(better, obj, best)
 
     half_width = float(z_range)
+    joint = False
     for sweep in range(sweeps):
         offsets = torch.linspace(-half_width, half_width, n_grid, device=z.device, dtype=z.dtype)  # (g,)
         if sweep == 0 and n_grid**k_dim <= max_joint:
+            joint = True
             points = torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim)  # (g^K, K)
             for point in points:
-                try_candidates(point.expand(b, k_dim).clone())
+                try_candidates(point.expand(b, k_dim).clone(), joint=True)
         else:
             for k in range(k_dim):
                 centre = torch.zeros_like(z[:, k]) if sweep == 0 else z[:, k].clone()  # (b,)
@@ -248,6 +285,12 @@ def infer_latents_grid(
                     cand[:, k] = centre + off
                     try_candidates(cand)
         half_width = 2.0 * half_width / max(n_grid - 1, 1)  # one previous grid spacing
+    if estimate == "mean" and joint:
+        # the refined minimum adds the mass the grid missed: exp(-best) - exp(-grid_best), nothing
+        # when the grid already sat at the minimum, nearly all when the posterior is narrow
+        excess = -best + torch.log1p(-torch.exp((best - grid_best).clamp(max=0.0)).clamp(max=1.0 - 1e-7))
+        accumulate(z, -excess)
+        return moment
     return z
 
 

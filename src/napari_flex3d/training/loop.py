@@ -74,6 +74,7 @@ class RunState:
     global_step: int = 0
     history: list = field(default_factory=list)
     dist: DistContext = field(default_factory=DistContext)  # this process's rank (torchrun); inactive alone
+    latent_view: "LatentView | None" = None  # the model at config.latent_box for inference (None: the model itself)
 
     @property
     def box(self) -> int:
@@ -89,6 +90,46 @@ class RunState:
 
 
 # --------------------------------------------------------------------------- building
+
+
+@dataclass
+class LatentView:
+    """The model at a smaller box for latent inference (``TrainConfig.latent_box``).
+
+    It shares the model's flow generator; its canonical map is the training map,
+    band-limited and Fourier-cropped, refreshed before every inference; minibatches are
+    Fourier-cropped to it (images and CTF); its noise spectra are estimated at its box.
+    """
+
+    model: torch.nn.Module  # FlexModel.at_box(box)
+    spectra: torch.Tensor  # (n_groups, n_shells) at the view's box
+    max_freq_px: float  # the highest frequency inference uses (band_end of this box's Nyquist)
+
+    @property
+    def box(self) -> int:
+        return self.model.box
+
+    def batch(self, batch: dict) -> dict:
+        from ..ops.fourier import crop_rfft_2d, fourier_crop_2d
+
+        out = dict(batch)
+        out["images"] = fourier_crop_2d(batch["images"], self.box)
+        out["ctf"] = crop_rfft_2d(batch["ctf"], self.box)
+        out["box"], out["apix"] = self.box, self.model.apix
+        return out
+
+
+def _latent_view(config: TrainConfig, model, ps, device) -> LatentView | None:
+    """The inference view of ``model`` at ``config.latent_box``, or ``None`` (infer at the training box)."""
+    from .setup import estimate_spectra
+
+    if config.latent_box is None or int(config.latent_box) == model.box:
+        return None
+    box = int(config.latent_box)
+    if box < 16 or box % 2 or box > model.box:
+        raise ValueError(f"latent_box {box} must be even, >= 16 and <= the training box {model.box}")
+    spectra = estimate_spectra(ps, np.arange(min(len(ps), 2048)), box, device)
+    return LatentView(model.at_box(box), spectra, config.band_end * box / 2)
 
 
 def _read_inputs(config: TrainConfig):
@@ -153,6 +194,7 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_fil
         opt_canonical=_adam_for_canonical(model, config),
         generator=generator,
         consensus=torch.as_tensor(consensus, device=device),
+        latent_view=_latent_view(config, model, ps, device),
     )
 
 
@@ -267,6 +309,7 @@ def _restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
         epoch=int(state["epoch"]),
         global_step=int(state["global_step"]),
         history=json.loads(state["history_json"]),
+        latent_view=_latent_view(config, model, ps, device),
     )
     run.opt_flow.load_state_dict(state["opt_flow"])
     run.opt_canonical.load_state_dict(state["opt_canonical"])  # carries the scaled learning rate
@@ -292,29 +335,36 @@ def _trainable(model: torch.nn.Module, params: list):
             p.requires_grad_(k)
 
 
-def _data_terms(run: RunState, batch: dict, z: torch.Tensor, max_freq_px: float) -> torch.Tensor:
-    """Whitened data loss per particle ``(b,)`` of the model at latents ``z (b, K)``."""
+def _data_terms(
+    run: RunState, batch: dict, z: torch.Tensor, max_freq_px: float, view: LatentView | None = None
+) -> torch.Tensor:
+    """Whitened data loss per particle ``(b,)`` of the model (or of ``view``, with a batch at its box) at ``z (b, K)``."""
     from ..model.loss import data_loss
 
-    pred = run.model.project(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"])  # (b, N, N)
-    noise = run.spectra[batch["optics_group"]]  # (b, n_shells)
+    model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
+    pred = model.project(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"])  # (b, N, N)
+    noise = spectra[batch["optics_group"]]  # (b, n_shells)
     return data_loss(pred, batch["images"], noise, max_freq_px=max_freq_px, scale="fit")
 
 
 def _infer(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> torch.Tensor:
-    """Latents ``(b, K)`` refined with the model frozen."""
-    cfg = run.config
+    """Latents ``(b, K)`` refined with the model frozen (at ``run.latent_view``'s box if there is one)."""
+    cfg, view = run.config, run.latent_view
     if cfg.latent_inference == "none":
         return z0
+    if view is not None:
+        view.model.copy_canonical_from(run.model)  # the training map as it is now, cropped
+        batch = view.batch(batch)
+        max_freq_px = min(max_freq_px, view.max_freq_px)
 
     def loss_fn(z):
-        return _data_terms(run, batch, z, max_freq_px)
+        return _data_terms(run, batch, z, max_freq_px, view)
 
-    with _trainable(run.model, []):
+    with _trainable(run.model, []), _trainable(run.model if view is None else view.model, []):
         if cfg.latent_inference == "grid":
             return infer_latents_grid(
                 loss_fn, z0, sweeps=cfg.latent_steps, n_grid=cfg.latent_grid, z_range=cfg.latent_range,
-                prior_weight=cfg.latent_prior,
+                prior_weight=cfg.latent_prior, estimate=cfg.latent_estimate,
             )
         return infer_latents_gradient(loss_fn, z0, steps=cfg.latent_steps, lr=cfg.lr_latent, prior_weight=cfg.latent_prior)
 
