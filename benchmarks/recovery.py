@@ -40,6 +40,7 @@ def main(argv=None) -> int:
     p.add_argument("--train-box", type=int, default=None, help="training box (default: the particles' box up to 128)")
     p.add_argument("--latent-box", type=int, default=None,
                    help="box of latent inference, Fourier-cropped from the training box (default: the training box)")
+    p.add_argument("--mesh-cell-size-a", type=float, default=None, help="mesh cell size (Å; default: 20 cells across)")
     p.add_argument("--kernel", default="cubic", choices=["cubic", "linear"])
     p.add_argument("--latent-inference", default=None, choices=["grid", "gradient", "none"])
     p.add_argument("--latent-init-band", type=float, default=None, help="band of the variability start (fraction of Nyquist)")
@@ -84,6 +85,8 @@ def main(argv=None) -> int:
         settings["latent_inference"] = args.latent_inference
     if args.latent_init_band is not None:
         settings["latent_init_band"] = args.latent_init_band
+    if args.mesh_cell_size_a:
+        settings["mesh_cell_size_a"] = args.mesh_cell_size_a
     if args.latent_estimate:
         settings["latent_estimate"] = args.latent_estimate
     if args.latent_grid is not None:
