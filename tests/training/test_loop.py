@@ -126,13 +126,15 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
     assert np.isfinite(za).all() and not np.array_equal(za, zc)  # inference did run at the other box
     assert json.loads((tmp_path / "a" / "config.json").read_text())["settings"]["latent_box"] == 16
     assert isinstance(plain[-1], ev.RunFinished)
-    model = load_checkpoint(checkpoint_path(tmp_path / "a"))
     from napari_flex3d.training.loop import load_run
 
     cfg, _, fine = load_run(tmp_path / "a")
     for bad in (15, 32, 8):
         with pytest.raises(ValueError, match="latent_box"):
             _latent_view(tiny_config(tiny_sim, tmp_path, latent_box=bad), fine, read_particles(cfg.particles), "cpu")
+    with pytest.raises(ValueError, match="latent_box 26 must be even, >= 16 and <= the training box 24"):
+        next(train_run(tiny_config(tiny_sim, tmp_path / "d", latent_box=26), tmp_path / "d"))
+    assert not (tmp_path / "d" / "mesh.npz").exists()  # refused before anything was built
 
 
 _CHILD = textwrap.dedent(

@@ -119,15 +119,20 @@ class LatentView:
         return out
 
 
+def _checked_latent_box(latent_box: int, training_box: int) -> int:
+    box = int(latent_box)
+    if box < 16 or box % 2 or box > training_box:
+        raise ValueError(f"latent_box {box} must be even, >= 16 and <= the training box {training_box}")
+    return box
+
+
 def _latent_view(config: TrainConfig, model, ps, device) -> LatentView | None:
     """The inference view of ``model`` at ``config.latent_box``, or ``None`` (infer at the training box)."""
     from .setup import estimate_spectra
 
     if config.latent_box is None or int(config.latent_box) == model.box:
         return None
-    box = int(config.latent_box)
-    if box < 16 or box % 2 or box > model.box:
-        raise ValueError(f"latent_box {box} must be even, >= 16 and <= the training box {model.box}")
+    box = _checked_latent_box(config.latent_box, model.box)
     spectra = estimate_spectra(ps, np.arange(min(len(ps), 2048)), box, device)
     return LatentView(model.at_box(box), spectra, config.band_end * box / 2)
 
@@ -165,6 +170,8 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_fil
 
     ps = _read_inputs(config)
     box = training_box(config.box, int(ps.box))
+    if config.latent_box is not None:  # before anything is built or written
+        _checked_latent_box(config.latent_box, box)
     apix = float(ps.apix) * ps.box / box
     consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
     mask, mesh = build_mask_and_mesh(consensus, apix, config)
