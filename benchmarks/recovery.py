@@ -45,6 +45,7 @@ def main(argv=None) -> int:
     p.add_argument("--latent-inference", default=None, choices=["grid", "gradient", "none"])
     p.add_argument("--latent-init-band", type=float, default=None, help="band of the variability start (fraction of Nyquist)")
     p.add_argument("--latent-grid", type=int, default=None, help="candidate values per latent axis in a grid sweep")
+    p.add_argument("--lr-final", type=float, default=None, help="learning rates' final fraction (cosine after the band ramp)")
     p.add_argument("--latent-estimate", default=None, choices=["mean", "map"])
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process")
@@ -87,6 +88,8 @@ def main(argv=None) -> int:
         settings["latent_init_band"] = args.latent_init_band
     if args.mesh_cell_size_a:
         settings["mesh_cell_size_a"] = args.mesh_cell_size_a
+    if args.lr_final is not None:
+        settings["lr_final"] = args.lr_final
     if args.latent_estimate:
         settings["latent_estimate"] = args.latent_estimate
     if args.latent_grid is not None:

@@ -101,6 +101,11 @@ class TrainConfig(_Settings):
     structure_batches: int = _f(1, "minibatches per cycle updating the canonical map (flow fixed)")
     band_start: float = _f(0.25, "starting band limit as a fraction of the training box's Nyquist")
     band_end: float = _f(0.8, "final band limit as a fraction of the training box's Nyquist")
+    lr_final: float = _f(
+        1.0,
+        "after the band ramp, both learning rates fall along a half cosine to this fraction of their start by "
+        "the last step (1: constant)",
+    )
     band_ramp_epochs: float | None = _f(None, "epochs over which the band limit rises (None: two thirds of --epochs)")
     # latents
     latent_init: str = _f(

@@ -107,7 +107,7 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
     resumed (the view is rebuilt, its noise spectra estimated again) equals an uninterrupted one."""
     from napari_flex3d.training.loop import _latent_view
 
-    config = dict(epochs=2, latent_dim=2, latent_box=16, preview_every=0)
+    config = dict(epochs=2, latent_dim=2, latent_box=16, preview_every=0, lr_final=0.3)  # and a decaying rate
     threads = torch.get_num_threads()
     try:
         whole = list(train_run(tiny_config(tiny_sim, tmp_path / "a", **config), tmp_path / "a"))
@@ -126,6 +126,8 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
     assert np.isfinite(za).all() and not np.array_equal(za, zc)  # inference did run at the other box
     assert json.loads((tmp_path / "a" / "config.json").read_text())["settings"]["latent_box"] == 16
     assert isinstance(plain[-1], ev.RunFinished)
+    opt = load_checkpoint(checkpoint_path(tmp_path / "a"))["opt_flow"]["param_groups"][0]
+    assert opt["lr"] == pytest.approx(0.3 * opt["initial_lr"])  # the last step ran at lr_final of the start
     from napari_flex3d.training.loop import load_run
 
     cfg, _, fine = load_run(tmp_path / "a")

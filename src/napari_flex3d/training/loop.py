@@ -41,7 +41,7 @@ from .distributed import DistContext
 from ..io.prefetch import host_to_device
 from ..model.loss import band_coefficients
 from .latents import infer_latents_gradient, infer_latents_grid, initial_latents
-from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, phase_of_step
+from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, lr_factor, phase_of_step
 
 __all__ = ["train_run", "checkpoint_path", "load_run", "RunState"]
 
@@ -460,6 +460,15 @@ def _step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict |
     return torch.stack([data_m + cfg.rigidity_lambda * rigid_m, data_m, rigid_m])
 
 
+def _set_learning_rates(run: RunState, factor: float) -> None:
+    """Both optimisers' learning rates at ``factor`` times their start (kept as ``initial_lr``
+    in each parameter group, so it travels with the optimiser's state into a checkpoint)."""
+    for opt in (run.opt_flow, run.opt_canonical):
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
+
+
 def _validate(run: RunState, band: float) -> float:
     """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any.
 
@@ -658,6 +667,8 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
                     epoch, run.global_step - cfg.warmup_epochs * spe, cfg.warmup_epochs, cfg.flow_batches,
                     cfg.structure_batches,
                 )
+                # the rate a step uses is the one at its end: the last step runs at lr_final
+                _set_learning_rates(run, lr_factor(epoch + (step + 1) / spe, cfg.epochs, cfg.lr_final, cfg.band_ramp_epochs))
                 values = _step(run, idx, phase, band, batch=batch)
                 run.global_step += 1
                 if pending is not None:
