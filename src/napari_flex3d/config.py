@@ -102,7 +102,7 @@ class TrainConfig(_Settings):
     band_start: float = _f(0.25, "starting band limit as a fraction of the training box's Nyquist")
     band_end: float = _f(0.8, "final band limit as a fraction of the training box's Nyquist")
     lr_final: float = _f(
-        1.0,
+        0.1,
         "after the band ramp, both learning rates fall along a half cosine to this fraction of their start by "
         "the last step (1: constant)",
     )
