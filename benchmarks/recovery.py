@@ -78,22 +78,12 @@ def main(argv=None) -> int:
     run_dir = out / "run"
     settings = dict(particles=str(sim_dir / "particles.star"), map=str(sim_dir / "consensus.mrc"), out=str(run_dir),
                     latent_dim=k, epochs=args.epochs, batch=args.batch, box=args.train_box, latent_box=args.latent_box,
-                    kernel=args.kernel,
-                    device=args.device, threads=args.threads, preview_every=0, max_particles=args.max_particles)
-    if args.warmup_epochs is not None:
-        settings["warmup_epochs"] = args.warmup_epochs
-    if args.latent_inference:
-        settings["latent_inference"] = args.latent_inference
-    if args.latent_init_band is not None:
-        settings["latent_init_band"] = args.latent_init_band
-    if args.mesh_cell_size_a:
-        settings["mesh_cell_size_a"] = args.mesh_cell_size_a
-    if args.lr_final is not None:
-        settings["lr_final"] = args.lr_final
-    if args.latent_estimate:
-        settings["latent_estimate"] = args.latent_estimate
-    if args.latent_grid is not None:
-        settings["latent_grid"] = args.latent_grid
+                    kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
+                    max_particles=args.max_particles)
+    for name in ("warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
+                 "latent_estimate", "latent_grid"):  # the training's own defaults unless given here
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
     config = TrainConfig(**settings)
     resume = (run_dir / "checkpoints" / "last.pt").is_file()  # a stopped benchmark continues
     t_train = time.perf_counter()
