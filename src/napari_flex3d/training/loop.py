@@ -367,7 +367,7 @@ def _infer(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> 
     def loss_fn(z):
         return _data_terms(run, batch, z, max_freq_px, view)
 
-    with _trainable(run.model, []), _trainable(run.model if view is None else view.model, []):
+    with _trainable(run.model, []), (contextlib.nullcontext() if view is None else _trainable(view.model, [])):
         if cfg.latent_inference == "grid":
             return infer_latents_grid(
                 loss_fn, z0, sweeps=cfg.latent_steps, n_grid=cfg.latent_grid, z_range=cfg.latent_range,
