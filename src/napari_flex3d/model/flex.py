@@ -290,7 +290,7 @@ class FlexModel(nn.Module):
         near = near.long().clamp(0, self.box - 1)
         coarse = fine[near][:, near][:, :, near] > 0.5  # (n, n, n)
         index, points = mask_voxels(coarse, apix)
-        canonical = CanonicalMap(torch.zeros(len(index)), index, box, apix).to(self.vertices_a.device)
+        canonical = CanonicalMap(torch.zeros(len(index)), index, box, apix)  # view.to() below moves it
         mesh = Mesh(self.vertices_a.cpu().numpy(), self.cells.cpu().numpy(), box, apix)
         bary_index, bary_weight = barycentric_rows(mesh, canonical.points_xyz_a)
         view = FlexModel(
