@@ -100,19 +100,36 @@ def bandwidth_gbs(device, gib: float = 1.0) -> float:
     return 2 * n * 4 / dt / 1e9
 
 
-def molecule_model(box: int, config, device):
-    """A FlexModel of the two-domain molecule at ``box`` built the way training builds one."""
-    import torch
+MESH_DIR: Path | None = None  # --mesh-dir: saved meshes (mesh_<box>.npz) instead of building them (no pyvista needed)
+
+
+def molecule_mesh(box: int, config):
+    """The two-domain molecule at ``box`` (Å/px, volume, solvent mask) and training's default mesh of it
+    (read from ``MESH_DIR/mesh_<box>.npz`` where one is saved)."""
     from convect_project import APIX_AT_64, two_domain_molecule
 
-    from napari_flex3d.mesh.build import build_mesh
+    from napari_flex3d.mesh.build import build_mesh, load_mesh
     from napari_flex3d.mesh.masks import solvent_mask
-    from napari_flex3d.training.setup import build_model, default_cell_size_a
+    from napari_flex3d.training.setup import default_cell_size_a
 
     apix = APIX_AT_64 * 64 / box
     smooth, vol = two_domain_molecule(box)
     mask = solvent_mask(smooth, apix, threshold=0.5, lowpass_a=None, dilate_a=2.0, soft_pad_a=0.0).binary
-    mesh = build_mesh(mask, apix, cell_size_a=default_cell_size_a(box, apix, config.mesh_cell_size_a))
+    saved = MESH_DIR / f"mesh_{box}.npz" if MESH_DIR is not None else None
+    if saved is not None and saved.is_file():
+        mesh = load_mesh(saved)
+    else:
+        mesh = build_mesh(mask, apix, cell_size_a=default_cell_size_a(box, apix, config.mesh_cell_size_a))
+    return apix, vol, mask, mesh
+
+
+def molecule_model(box: int, config, device):
+    """A FlexModel of the two-domain molecule at ``box`` built the way training builds one."""
+    import torch
+
+    from napari_flex3d.training.setup import build_model
+
+    apix, vol, mask, mesh = molecule_mesh(box, config)
     torch.manual_seed(0)
     return build_model(vol, apix, mask, mesh, config).to(device), apix
 
@@ -166,24 +183,30 @@ def bytes_per_evaluation(n_voxels: int, kernel: str, backward: bool) -> float:
     return fwd * (2.0 if backward else 1.0) + (n_voxels * 16 if backward else 0.0)
 
 
-def bench_training(box: int, batch: int, steps: int, device, quick: bool) -> dict:
+def bench_training(box: int, batch: int, steps: int, device, quick: bool, latent_box: int | None = None,
+                   profile: bool = False) -> dict:
     import numpy as np
     import torch
 
     from napari_flex3d.config import TrainConfig
-    from napari_flex3d.training.loop import RunState, _adam_for_canonical, _step
+    from napari_flex3d.training.loop import LatentView, RunState, _adam_for_canonical, _step
     from napari_flex3d.training.schedule import FLOW, STRUCTURE
 
-    config = TrainConfig(batch=batch, preview_every=0)
+    latent_box = latent_box if latent_box and latent_box < box else None
+    config = TrainConfig(batch=batch, preview_every=0, latent_box=latent_box)
     model, apix = molecule_model(box, config, device)
     n_vox = int(model.canonical.n_voxels)
+    view = None
+    if latent_box:  # inference on the Fourier-cropped view (white spectra: the cost does not depend on them)
+        view = LatentView(model.at_box(latent_box), torch.ones(1, latent_box // 2 + 1, device=device),
+                          config.band_end * latent_box / 2)
     n_particles = batch * (steps + 1)
     run = RunState(
         config=config, out_dir=Path("."), device=device, ps=None, model=model,
         spectra=torch.ones(1, box // 2 + 1, device=device), latents=torch.zeros(n_particles, config.latent_dim, device=device),
         train_idx=np.arange(n_particles), val_idx=np.arange(0), opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
         opt_canonical=_adam_for_canonical(model, config), generator=torch.Generator().manual_seed(0),
-        consensus=torch.zeros(1, device=device),
+        consensus=torch.zeros(1, device=device), latent_view=view,
     )
     batches = [random_batch(model, batch, device, seed=s) for s in range(2)]
     _step(run, np.arange(batch), FLOW, 0.5, batch=batches[0])  # warm-up (kernels, allocator)
@@ -198,14 +221,52 @@ def bench_training(box: int, batch: int, steps: int, device, quick: bool) -> dic
     dt = time.perf_counter() - t0
     rate = steps * batch / dt
     syncs = count_host_syncs(lambda: _step(run, np.arange(batch), FLOW, 0.5, batch=batches[0]), device)
+    if profile:
+        profile_steps(lambda ph: _step(run, np.arange(batch), ph, 0.5, batch=batches[0]), (FLOW, STRUCTURE), device)
     k, g, sweeps = config.latent_dim, config.latent_grid, config.latent_steps
-    evals = 1 + sweeps * k * g  # forward-only evaluations of latent inference per particle
-    per_particle = evals * bytes_per_evaluation(n_vox, config.kernel, False) + bytes_per_evaluation(n_vox, config.kernel, True)
+    first = g**k if g**k <= 100 else k * g  # the first sweep is joint over the K-D grid where it is small
+    evals = 1 + first + (sweeps - 1) * k * g  # forward-only evaluations of latent inference per particle
+    n_vox_inference = int(view.model.canonical.n_voxels) if view is not None else n_vox
+    per_particle = (evals * bytes_per_evaluation(n_vox_inference, config.kernel, False)
+                    + bytes_per_evaluation(n_vox, config.kernel, True))
     return {
-        "box": box, "batch": batch, "steps": steps, "particles_per_s": rate, "peak_gb": _peak_gb(device),
+        "box": box, "latent_box": latent_box or box, "n_voxels_inference": n_vox_inference,
+        "batch": batch, "steps": steps, "particles_per_s": rate, "peak_gb": _peak_gb(device),
         "n_voxels": n_vox, "evaluations_per_particle": evals + 1, "bytes_per_particle": per_particle,
         "apix": apix, "host_syncs_per_step": syncs,
     }
+
+
+def profile_steps(step, phases, device, rows: int = 22) -> None:
+    """Print where one step of each phase spends its time (torch.profiler): the ops with the most
+    device time (CPU time on the CPU), kernel launches and the step's wall time against the
+    device's busy time (a step whose device time is far under its wall time is launch-bound)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for phase in phases:
+        _sync(device)
+        t0 = time.perf_counter()
+        with profile(activities=activities) as prof:
+            step(phase)
+            _sync(device)
+        wall = time.perf_counter() - t0
+        events = prof.key_averages()
+        key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        try:
+            busy = sum(getattr(e, key, 0.0) for e in events) / 1e6
+            kernels = sum(e.count for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+        except Exception as exc:  # a profiler API difference must not lose the table
+            busy, kernels = float("nan"), f"? ({exc})"
+        print(f"profile, {phase} step: wall {wall:.3f} s (under the profiler), device busy {busy:.3f} s, "
+              f"{kernels} kernel launches", flush=True)
+        for sort_by in (key, "self_cuda_time_total", "self_cpu_time_total"):  # names differ across torch versions
+            try:
+                print(events.table(sort_by=sort_by, row_limit=rows, max_name_column_width=48), flush=True)
+                break
+            except (AttributeError, KeyError, ValueError, TypeError) as exc:
+                print(f"(table by {sort_by}: {exc})", flush=True)
 
 
 def bench_reconstruction(box: int, chunk: int, chunks: int, device) -> dict:
@@ -252,13 +313,32 @@ def main(argv=None) -> int:
     p.add_argument("--chunk", type=int, default=128, help="reconstruction particles per gradient chunk")
     p.add_argument("--chunks", type=int, default=8)
     p.add_argument("--train-boxes", type=int, nargs="+", default=[128, 180])
+    p.add_argument("--latent-box", type=int, default=None,
+                   help="latent inference at this Fourier-cropped box (TrainConfig.latent_box; default the training box)")
     p.add_argument("--recon-box", type=int, default=256)
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table of one step per phase (first box)")
+    p.add_argument("--no-reconstruction", action="store_true", help="training boxes only")
     p.add_argument("--wheels", default=None, help="pip-install the wheels in this folder first (offline)")
+    p.add_argument("--mesh-dir", default=None,
+                   help="read mesh_<box>.npz from here instead of building meshes (pyvista absent on the GPU machine)")
+    p.add_argument("--save-meshes", default=None, metavar="DIR",
+                   help="build the meshes of the given boxes, save them as DIR/mesh_<box>.npz and exit")
     a = p.parse_args(argv)
     if a.wheels:
         _install_wheels(a.wheels)
     _setup_path()
     import torch
+
+    global MESH_DIR
+    if a.save_meshes:
+        from napari_flex3d.config import TrainConfig
+        from napari_flex3d.mesh.build import save_mesh
+
+        for box in [*a.train_boxes, a.recon_box]:
+            mesh = molecule_mesh(box, TrainConfig(preview_every=0))[3]
+            print(f"box {box}: {save_mesh(mesh, Path(a.save_meshes) / f'mesh_{box}.npz')}", flush=True)
+        return 0
+    MESH_DIR = Path(a.mesh_dir) if a.mesh_dir else None
 
     if a.quick:
         a.train_boxes, a.recon_box, a.batch, a.steps, a.chunk, a.chunks = [32, 40], 48, 32, 2, 16, 2
@@ -272,14 +352,17 @@ def main(argv=None) -> int:
     out = {"device": name, "bandwidth_gbs": bw, "training": [], "reconstruction": None}
     for box in a.train_boxes:
         c0 = time.process_time()
-        r = bench_training(box, a.batch, a.steps, device, a.quick)
+        r = bench_training(box, a.batch, a.steps, device, a.quick, a.latent_box, profile=a.profile and box == a.train_boxes[0])
         r["bound_particles_per_s"] = bw * 1e9 / r["bytes_per_particle"]
         r["cpu_seconds"] = time.process_time() - c0
         out["training"].append(r)
-        print(f"train box {box}: {r['particles_per_s']:,.1f} particles/s (bandwidth bound {r['bound_particles_per_s']:,.0f}, "
+        print(f"train box {box} (inference at {r['latent_box']}): {r['particles_per_s']:,.1f} particles/s (bandwidth bound {r['bound_particles_per_s']:,.0f}, "
               f"{r['particles_per_s'] / r['bound_particles_per_s']:.1%}), peak {r['peak_gb']:.2f} GB, "
               f"{r['n_voxels']:,} voxels, {r['evaluations_per_particle']} evaluations/particle, "
               f"host syncs per step {r['host_syncs_per_step']}", flush=True)
+    if a.no_reconstruction:
+        print(json.dumps(out))
+        return 0
     r = bench_reconstruction(a.recon_box, a.chunk, a.chunks, device)
     r["bound_particles_per_s"] = bw * 1e9 / r["bytes_per_particle"]
     out["reconstruction"] = r

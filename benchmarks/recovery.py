@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--latent-box", type=int, default=None,
                    help="box of latent inference, Fourier-cropped from the training box (default: the training box)")
     p.add_argument("--mesh-cell-size-a", type=float, default=None, help="mesh cell size (Å; default: 20 cells across)")
+    p.add_argument("--mesh", default=None,
+                   help="a saved mesh (flex3d mesh / save_mesh) instead of building one from the consensus "
+                        "(a GPU machine without pyvista: build it where pyvista is)")
     p.add_argument("--kernel", default="cubic", choices=["cubic", "linear"])
     p.add_argument("--latent-inference", default=None, choices=["grid", "gradient", "none"])
     p.add_argument("--latent-init-band", type=float, default=None, help="band of the variability start (fraction of Nyquist)")
@@ -67,11 +70,12 @@ def main(argv=None) -> int:
         t_sim = float("nan")
     else:
         from napari_flex3d.simulate.dataset import simulate_dataset
+        from napari_flex3d.training.setup import resolve_device
 
         sim_dir = out / "sim"
         t0 = time.perf_counter()
         simulate_dataset(sim_dir, n_particles=args.n_particles, box=args.box, apix=192.0 / args.box, snr=args.snr,
-                         motion=args.motion, seed=0, progress=True)
+                         motion=args.motion, seed=0, progress=True, device=resolve_device(args.device))
         t_sim = time.perf_counter() - t0
     truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
     k = len(truth["coordinate_names"])
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
                     latent_dim=k, epochs=args.epochs, batch=args.batch, box=args.train_box, latent_box=args.latent_box,
                     kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
                     max_particles=args.max_particles)
-    for name in ("warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
+    for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
                  "latent_estimate", "latent_grid"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)

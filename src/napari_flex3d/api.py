@@ -26,12 +26,16 @@ def format_info(summary: dict) -> str:
     return format_summary(summary)
 
 
-def simulate(out_dir, *, n_particles=5000, box=64, apix=3.0, snr=0.1, motion="hinge", seed=0, progress=False):
-    """Write a synthetic flexible dataset (see :mod:`napari_flex3d.simulate`)."""
+def simulate(out_dir, *, n_particles=5000, box=64, apix=3.0, snr=0.1, motion="hinge", seed=0, progress=False,
+             device="cpu"):
+    """Write a synthetic flexible dataset (see :mod:`napari_flex3d.simulate`); ``device`` (auto, cpu,
+    cuda[:i]) reconstructs the consensus half maps."""
     from .simulate.dataset import simulate_dataset
+    from .training.setup import resolve_device
 
     return simulate_dataset(
-        Path(out_dir), n_particles=n_particles, box=box, apix=apix, snr=snr, motion=motion, seed=seed, progress=progress
+        Path(out_dir), n_particles=n_particles, box=box, apix=apix, snr=snr, motion=motion, seed=seed, progress=progress,
+        device=resolve_device(device),
     )
 
 

@@ -37,6 +37,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         motion=args.motion,
         seed=args.seed,
         progress=not args.quiet,
+        device=args.device,
     )
     print(result.summary())
     return 0
@@ -159,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snr", type=float, default=0.1)
     p.add_argument("--motion", choices=["hinge", "twist", "both", "none"], default="hinge")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu",
+                   help="where the consensus half maps are reconstructed: cpu (default), auto or cuda[:i]")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 

@@ -55,8 +55,8 @@ def test_shift_images_moves_content_by_plus_shift(device):
     img = torch.zeros(2, 16, 16, device=device)
     img[:, 8, 8] = 1.0
     out = shift_images(img, torch.tensor([[2.0, -3.0], [-5.0, 4.0]], device=device) * 1.5, apix=1.5)
-    assert out[0, 8 - 3, 8 + 2] == pytest.approx(1.0, abs=1e-5)
-    assert out[1, 8 + 4, 8 - 5] == pytest.approx(1.0, abs=1e-5)
+    assert out[0, 8 - 3, 8 + 2].item() == pytest.approx(1.0, abs=1e-5)
+    assert out[1, 8 + 4, 8 - 5].item() == pytest.approx(1.0, abs=1e-5)
     assert out.abs().sum().item() == pytest.approx(2.0, abs=1e-3)
     smooth = _band_limited((2, 16, 16), keep=7).float().to(device)
     s = torch.tensor([[0.3, -1.7], [2.2, 0.45]], device=device, requires_grad=True)
