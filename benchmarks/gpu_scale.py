@@ -254,9 +254,12 @@ def profile_steps(step, phases, device, rows: int = 22) -> None:
         wall = time.perf_counter() - t0
         events = prof.key_averages()
         key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        try:
-            busy = sum(getattr(e, key, 0.0) for e in events) / 1e6
-            kernels = sum(e.count for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+        try:  # on CUDA the kernels' own rows (an op's row repeats its kernels' time)
+            rows_of = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+            if device.type != "cuda":
+                rows_of = list(events)
+            busy = sum(getattr(e, key, 0.0) for e in rows_of) / 1e6
+            kernels = sum(e.count for e in rows_of) if device.type == "cuda" else 0
         except Exception as exc:  # a profiler API difference must not lose the table
             busy, kernels = float("nan"), f"? ({exc})"
         print(f"profile, {phase} step: wall {wall:.3f} s (under the profiler), device busy {busy:.3f} s, "

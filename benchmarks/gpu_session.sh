@@ -21,6 +21,7 @@
 #  3. recovery at box 128 on the 20,000-particle simulation: MAX_PARTICLES (default 20000) for
 #     16 epochs, inference at box 64, stopped at LIMIT seconds from the start (default 585);
 #  4. gpu_scale (training at 128/180, reconstruction at 256) with --profile, if time is left.
+# Assembled from the steps run on 2026-11-27 (docs/training.md); not yet run as a whole.
 # Measured on one H100 (2026-11-27, before the SVD-free rigidity): recovery at box 128 trained
 # about 420 particles/s per epoch, so 20,000 x 16 epochs needs about 13 minutes there.
 set -u

@@ -274,7 +274,8 @@ def simulate_dataset(
     seed : everything is a deterministic function of the arguments.
     progress : show tqdm bars.
     device : where the consensus half maps are reconstructed (default the CPU; a GPU is much
-        faster at large boxes, and agrees with the CPU to float32 rounding).
+        faster at large boxes: 3.3 s on an H100 against 461 s on 2 CPU cores for 20,000
+        particles at box 128).
 
     Returns
     -------
