@@ -266,3 +266,9 @@ def test_cli_simulate(tmp_path, capsys):
     assert "consensus vs truth" in out and "20 particles" in out
     assert np.load(tmp_path / "truth" / "coords.npy").shape == (20, 2)
     assert main(["simulate", "--out", str(tmp_path), "--box", "15", "--quiet"]) == 2
+    capsys.readouterr()
+    # --device names where the half maps are reconstructed; a bad one is refused by name
+    assert main(["simulate", "--out", str(tmp_path / "d"), "--n-particles", "20", "--box", "16", "--apix", "12",
+                 "--device", "gpu", "--quiet"]) == 2
+    assert "device 'gpu'" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "particles.mrcs").exists()
