@@ -24,8 +24,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
 def reference_energy(rest_inv, disp, cells, weights):
     """The energy as computed before: float32 ``F``, ``svdvals``, sign of ``det F`` on the smallest."""
-    import torch
-
     from napari_flex3d.mesh.rigidity import deformation_gradients, signed_singular_values
 
     F = deformation_gradients(rest_inv, disp, cells)

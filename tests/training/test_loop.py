@@ -137,6 +137,9 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
     with pytest.raises(ValueError, match="latent_box 26 must be even, >= 16 and <= the training box 24"):
         next(train_run(tiny_config(tiny_sim, tmp_path / "d", latent_box=26), tmp_path / "d"))
     assert not (tmp_path / "d" / "mesh.npz").exists()  # refused before anything was built
+    with pytest.raises(ValueError, match="lr_final=1.5 must lie in"):
+        next(train_run(tiny_config(tiny_sim, tmp_path / "e", lr_final=1.5), tmp_path / "e"))
+    assert not (tmp_path / "e" / "mesh.npz").exists()
 
 
 _CHILD = textwrap.dedent(

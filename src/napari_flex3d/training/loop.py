@@ -170,8 +170,11 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_fil
 
     ps = _read_inputs(config)
     box = training_box(config.box, int(ps.box))
-    if config.latent_box is not None:  # before anything is built or written
+    # settings refused before anything is built or written (the schedule's checks run on the first step too)
+    if config.latent_box is not None:
         _checked_latent_box(config.latent_box, box)
+    band_limit(0.0, config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
+    lr_factor(0.0, config.epochs, config.lr_final, config.band_ramp_epochs)
     apix = float(ps.apix) * ps.box / box
     consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
     mask, mesh = build_mask_and_mesh(consensus, apix, config)

@@ -8,8 +8,8 @@ latents held at their initial values. After that the minibatches cycle through
 raises the band limit of the map and of the data term linearly from ``band_start`` to
 ``band_end`` (fractions of the training box's Nyquist) over ``band_ramp_epochs``; after
 that, with ``lr_final < 1``, both learning rates fall along a half cosine to ``lr_final``
-times their start by the last step (:func:`lr_factor`). Everything here is a pure function of the settings and the position in the run, so a
-resumed run follows the same schedule.
+times their start by the last step (:func:`lr_factor`). Everything here is a pure function
+of the settings and the position in the run, so a resumed run follows the same schedule.
 """
 
 from __future__ import annotations
