@@ -50,6 +50,8 @@ def main(argv=None) -> int:
     p.add_argument("--latent-grid", type=int, default=None, help="candidate values per latent axis in a grid sweep")
     p.add_argument("--lr-final", type=float, default=None, help="learning rates' final fraction (cosine after the band ramp)")
     p.add_argument("--latent-estimate", default=None, choices=["mean", "map"])
+    p.add_argument("--latent-prior-shape", default=None, choices=["empirical", "gaussian"],
+                   help="the latents' prior (default: training's, the empirical one)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process")
     p.add_argument("--procs", type=int, default=1,
@@ -85,7 +87,7 @@ def main(argv=None) -> int:
                     kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
                     max_particles=args.max_particles)
     for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
-                 "latent_estimate", "latent_grid"):  # the training's own defaults unless given here
+                 "latent_estimate", "latent_grid", "latent_prior_shape"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = TrainConfig(**settings)

@@ -131,7 +131,16 @@ class TrainConfig(_Settings):
     )
     lr_latent: float = _f(0.1, "step size of gradient latent inference (Adam)")
     latent_noise: float = _f(0.15, "standard deviation of the noise injected into the latents during the model update")
-    latent_prior: float = _f(1.0, "weight of the unit Gaussian prior on the latents")
+    latent_prior: float = _f(
+        1.0, "weight of the unit Gaussian prior on the latents (the learned prior starts from it and keeps its moments)"
+    )
+    latent_prior_shape: str = _f(
+        "empirical",
+        "the latents' prior in grid inference: empirical (learned from the particles' posteriors on the joint grid, "
+        "starting from the Gaussian and updated every epoch; needs the joint first sweep, else the Gaussian is kept) "
+        "or gaussian (the unit Gaussian throughout, as cryoSPARC)",
+        choices=("empirical", "gaussian"),
+    )
     # run
     device: str = _f("auto", "auto, cpu, or cuda[:i]")
     seed: int = _f(0, "random seed (runs are deterministic on the CPU given the seed)")

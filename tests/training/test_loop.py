@@ -142,6 +142,46 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
     assert not (tmp_path / "e" / "mesh.npz").exists()
 
 
+def test_learned_prior_is_checkpointed_and_resumes_identically(tiny_sim, tiny_config, tmp_path):
+    """The empirical latent prior changes after the first epoch that infers, travels in the
+    checkpoint, and a run stopped after it resumes exactly; a run from before the learned
+    prior (no setting in its checkpoint) keeps the Gaussian."""
+    from napari_flex3d.io.checkpoint import save_checkpoint
+    from napari_flex3d.training.latents import GridPrior
+    from napari_flex3d.training.loop import load_run
+
+    config = dict(epochs=3, preview_every=0)
+    threads = torch.get_num_threads()
+    try:
+        list(train_run(tiny_config(tiny_sim, tmp_path / "a", **config), tmp_path / "a"))
+        gen = train_run(tiny_config(tiny_sim, tmp_path / "b", **config), tmp_path / "b")
+        for e in gen:
+            if isinstance(e, ev.StepLoss) and e.epoch == 2 and e.step == 1:
+                break
+        gen.close()
+        stopped = load_checkpoint(checkpoint_path(tmp_path / "b"))
+        list(train_run(None, tmp_path / "b", resume=True))
+        list(train_run(tiny_config(tiny_sim, tmp_path / "g", latent_prior_shape="gaussian", **config), tmp_path / "g"))
+    finally:
+        torch.set_num_threads(threads)
+    assert stopped["epoch"] == 2
+    gauss = GridPrior.gaussian(1, 5, 2.5).log_density
+    learned = stopped["latent_prior"]  # after epoch 1 (the first that inferred), before epoch 2
+    assert learned.shape == (5,) and (torch.log_softmax(learned, 0) - torch.log_softmax(gauss, 0)).abs().max() > 1e-3
+    _assert_same_state(tmp_path / "a", tmp_path / "b")
+    final_a, final_b = (load_checkpoint(checkpoint_path(tmp_path / d))["latent_prior"] for d in "ab")
+    assert torch.equal(final_a, final_b)
+    state_g = load_checkpoint(checkpoint_path(tmp_path / "g"))
+    assert "latent_prior" not in state_g
+    assert not np.array_equal(np.load(tmp_path / "a" / "latents.npy"), np.load(tmp_path / "g" / "latents.npy"))
+    # a checkpoint written before the setting existed reads as the Gaussian it trained with
+    settings = json.loads(state_g["config_json"])
+    del settings["latent_prior_shape"]
+    state_g["config_json"] = json.dumps(settings)
+    save_checkpoint(checkpoint_path(tmp_path / "g"), state_g)
+    assert load_run(tmp_path / "g")[0].latent_prior_shape == "gaussian"
+
+
 _CHILD = textwrap.dedent(
     """
     import sys

@@ -3,7 +3,8 @@
 Auto-decoder inference: every particle's ``z_i (K,)`` is a stored point estimate. For a
 minibatch, with the model frozen, :func:`infer_latents_grid` (coordinate descent over a
 coarse-to-fine grid, one axis at a time) or :func:`infer_latents_gradient` (a few Adam
-steps on ``z``) lowers ``E_data(z) + prior/2 |z|^2`` per particle. Both take the model as
+steps on ``z``) lowers ``E_data(z) + prior/2 |z|^2`` per particle, or ``E_data(z) - log p(z)``
+with a prior learned from the particles (:class:`GridPrior`, grid inference). Both take the model as
 a function ``loss_fn(z (b, K)) -> (b,)`` of per-particle data losses, so they know nothing
 of projection or CTF.
 
@@ -29,6 +30,7 @@ __all__ = [
     "read_latents_pkl",
     "read_latents_file",
     "initial_latents",
+    "GridPrior",
     "infer_latents_grid",
     "infer_latents_gradient",
 ]
@@ -190,6 +192,106 @@ def initial_latents(
     return z
 
 
+# --------------------------------------------------------------------------- the prior
+
+
+class GridPrior:
+    """A latent prior learned from the data: a log density on the joint grid of inference.
+
+    3DFlex's prior is the unit Gaussian, whatever the motion's distribution. Posterior means
+    under a prior that is wrong pull particles towards where that prior puts its mass (a
+    uniform or two-state motion is made Gaussian-shaped). This prior is estimated from the
+    particles instead (empirical Bayes): its values at the ``n_grid**K`` points of the joint
+    first sweep are the particles' posterior weights on them, averaged (one EM step of the
+    grid's nonparametric maximum likelihood estimate per epoch: :meth:`updated`), mixed with
+    a little of the Gaussian it starts from so that no point is ever ruled out. Between grid
+    points its log density is interpolated multilinearly; beyond the grid it falls off as the
+    Gaussian does.
+
+    ``log_density (n_grid**K,)`` is in ``torch.cartesian_prod`` order (first axis slowest),
+    up to a constant.
+    """
+
+    #: the share of the starting Gaussian mixed into every update
+    floor = 0.01
+
+    def __init__(self, log_density: torch.Tensor, k_dim: int, n_grid: int, z_range: float, gaussian_weight: float = 1.0):
+        if n_grid < 2 or log_density.shape != (n_grid**k_dim,):
+            raise ValueError(f"grid prior needs {n_grid}**{k_dim} values on a grid of >= 2 points, got {tuple(log_density.shape)}")
+        self.log_density = log_density
+        self.k_dim, self.n_grid, self.z_range, self.gaussian_weight = int(k_dim), int(n_grid), float(z_range), float(gaussian_weight)
+
+    @classmethod
+    def gaussian(cls, k_dim: int, n_grid: int, z_range: float, weight: float = 1.0, device=None) -> "GridPrior":
+        """The unit Gaussian (``exp(-weight/2 |z|^2)``) on the grid: where an empirical prior starts."""
+        points = cls._points(k_dim, n_grid, z_range, device)
+        return cls(-0.5 * weight * (points**2).sum(-1), k_dim, n_grid, z_range, weight)
+
+    @staticmethod
+    def _points(k_dim: int, n_grid: int, z_range: float, device=None) -> torch.Tensor:
+        offsets = torch.linspace(-z_range, z_range, n_grid, device=device, dtype=torch.float32)
+        return torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim)  # (g^K, K)
+
+    def matches(self, k_dim: int, n_grid: int, z_range: float) -> bool:
+        return (self.k_dim, self.n_grid) == (k_dim, n_grid) and math.isclose(self.z_range, z_range)
+
+    def energy(self, z: torch.Tensor) -> torch.Tensor:
+        """``-log p(z)`` up to a constant, ``(b, K) -> (b,)``."""
+        g, r = self.n_grid, self.z_range
+        h = 2.0 * r / (g - 1)
+        inside = z.clamp(-r, r)
+        t = (inside + r) / h  # (b, K) grid coordinates
+        i0 = t.floor().clamp(0, g - 2)
+        frac = t - i0
+        i0 = i0.long()
+        log_d = self.log_density.to(z)
+        out = torch.zeros_like(z[:, 0])
+        for corner in range(2**self.k_dim):
+            index = torch.zeros_like(i0[:, 0])
+            weight = torch.ones_like(z[:, 0])
+            for k in range(self.k_dim):
+                bit = (corner >> (self.k_dim - 1 - k)) & 1
+                index = index * g + i0[:, k] + bit
+                weight = weight * (frac[:, k] if bit else 1.0 - frac[:, k])
+            out = out + weight * log_d[index]
+        tail = 0.5 * self.gaussian_weight * ((z**2).sum(-1) - (inside**2).sum(-1))
+        return tail - out
+
+    def updated(self, mass: torch.Tensor) -> "GridPrior":
+        """One EM step: the new prior is ``mass`` (the summed posterior weights of the grid's
+        points, ``(n_grid**K,)``), normalised and mixed with :attr:`floor` of the starting
+        Gaussian; the prior itself when ``mass`` is all zero (no particle was inferred)."""
+        mass = mass.to(self.log_density)
+        gauss = torch.softmax(GridPrior.gaussian(self.k_dim, self.n_grid, self.z_range, self.gaussian_weight).log_density.to(mass), 0)
+        total = mass.sum()
+        empirical = mass / total.clamp(min=torch.finfo(mass.dtype).tiny)
+        new = self._standardised(torch.log((1.0 - self.floor) * empirical + self.floor * gauss))
+        return GridPrior(torch.where(total > 0, new, self.log_density), self.k_dim, self.n_grid, self.z_range, self.gaussian_weight)
+
+    def _standardised(self, log_p: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+        """``log_p`` tilted to the starting Gaussian's mean and variance on every axis.
+
+        Of all priors with those moments, the one closest to ``log_p`` (least Kullback-Leibler
+        divergence) is ``log_p + sum_k a_k z_k + b_k z_k^2`` up to a constant; ``a, b`` come
+        from Newton's method on the convex dual. The moments anchor the latents' scale and
+        centre as the Gaussian does (an auto-decoder's latents are otherwise free to drift in
+        scale, the flow generator following them); the shape is the data's.
+        """
+        points = self._points(self.k_dim, self.n_grid, self.z_range, log_p.device).to(torch.float64)  # (G, K)
+        feats = torch.cat([points, points**2], 1)  # (G, 2K)
+        gauss = torch.softmax(-0.5 * self.gaussian_weight * (points**2).sum(-1), 0)  # (G,)
+        target = gauss @ feats  # (2K,) the starting Gaussian's moments on this grid
+        base = log_p.to(torch.float64)
+        theta = torch.zeros(2 * self.k_dim, dtype=torch.float64, device=log_p.device)
+        for _ in range(iterations):
+            p = torch.softmax(base + feats @ theta, 0)  # (G,)
+            mean = p @ feats  # (2K,)
+            centred = feats - mean
+            hessian = centred.T @ (p[:, None] * centred) + 1e-9 * torch.eye(2 * self.k_dim, dtype=torch.float64, device=log_p.device)
+            theta = theta - torch.linalg.solve(hessian, mean - target)
+        return torch.log_softmax(base + feats @ theta, 0).to(log_p.dtype)
+
+
 # --------------------------------------------------------------------------- inference
 
 
@@ -203,6 +305,8 @@ def infer_latents_grid(
     prior_weight: float = 1.0,
     max_joint: int = 100,
     estimate: str = "map",
+    prior: GridPrior | None = None,
+    grid_mass: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Grid search over ``z``: a joint grid over all axes first when small enough, then
     coordinate descent, one axis at a time, on grids that narrow every sweep.
@@ -216,7 +320,8 @@ def infer_latents_grid(
     particle a tilted, sometimes two-valleyed objective that axis-by-axis descent from the
     origin leaves in the wrong valley (measured on the simulator's hinge + roll with the
     true model: correlations 0.86 / 0.86 with axis-by-axis descent, 0.91 / 0.90 joint).
-    The objective per particle is ``loss_fn(z) + prior_weight/2 |z|^2``.
+    The objective per particle is ``loss_fn(z) + prior_weight/2 |z|^2``, or
+    ``loss_fn(z) + prior.energy(z)`` with a learned :class:`GridPrior`.
 
     ``estimate="mean"`` returns the posterior mean instead of the minimum (the MAP
     point) where the joint first sweep ran. The data loss is a whitened negative log
@@ -238,6 +343,11 @@ def infer_latents_grid(
         z0: ``(b, K)`` starting latents.
         estimate: ``"map"`` (the minimum found) or ``"mean"`` (posterior mean; the
             minimum when no joint sweep ran, ``K`` too large).
+        prior: a learned prior on this grid (same ``K``, ``n_grid``, ``z_range``) in place
+            of the Gaussian.
+        grid_mass: ``(n_grid**K,)``, if given: each particle's posterior weights on the joint
+            grid's points (normalised per particle) are added to it, for
+            :meth:`GridPrior.updated` (nothing is added when no joint sweep runs).
     Returns:
         ``(b, K)`` refined latents (``"map"``: never worse than ``z0`` by the objective).
     """
@@ -245,11 +355,21 @@ def infer_latents_grid(
         raise ValueError(f"estimate must be 'map' or 'mean', got {estimate!r}")
     z = z0.clone()
     b, k_dim = z.shape
-    best = loss_fn(z) + 0.5 * prior_weight * (z**2).sum(-1)  # (b,)
+    if prior is not None and not prior.matches(k_dim, n_grid, z_range):
+        raise ValueError(
+            f"the grid prior is on a {prior.n_grid}**{prior.k_dim} grid over +-{prior.z_range}; "
+            f"inference uses {n_grid}**{k_dim} over +-{z_range}"
+        )
+
+    def prior_energy(cand: torch.Tensor) -> torch.Tensor:  # (b, K) -> (b,)
+        return 0.5 * prior_weight * (cand**2).sum(-1) if prior is None else prior.energy(cand)
+
+    best = loss_fn(z) + prior_energy(z)  # (b,)
     # posterior quadrature over the joint sweep, accumulated as a running log-sum-exp
     log_mass = torch.full_like(best, -math.inf)  # (b,) log sum exp(-obj)
     moment = torch.zeros_like(z)  # (b, K) sum exp(-obj - log_mass) * z
     grid_best = torch.full_like(best, math.inf)  # (b,) the joint grid's lowest objective
+    grid_objs = []  # (b,) per joint grid point, for grid_mass
 
     def accumulate(cand: torch.Tensor, obj: torch.Tensor) -> None:
         nonlocal log_mass, moment
@@ -260,10 +380,12 @@ def infer_latents_grid(
 
     def try_candidates(cand: torch.Tensor, joint: bool = False) -> None:
         nonlocal best, z, grid_best
-        obj = loss_fn(cand) + 0.5 * prior_weight * (cand**2).sum(-1)  # (b,)
+        obj = loss_fn(cand) + prior_energy(cand)  # (b,)
         if joint:
             accumulate(cand, obj)
             grid_best = torch.minimum(grid_best, obj)
+            if grid_mass is not None:
+                grid_objs.append(obj)
         better = obj < best  # torch.where, not z[better] = ...: no host sync on a GPU
         z = torch.where(better[:, None], cand, z)
         best = torch.where(better, obj, best)
@@ -285,6 +407,8 @@ def infer_latents_grid(
                     cand[:, k] = centre + off
                     try_candidates(cand)
         half_width = 2.0 * half_width / max(n_grid - 1, 1)  # one previous grid spacing
+    if grid_mass is not None and grid_objs:
+        grid_mass += torch.softmax(-torch.stack(grid_objs, 1), 1).sum(0).to(grid_mass)  # (g^K,)
     if estimate == "mean" and joint:
         # the refined minimum adds the mass the grid missed: exp(-best) - exp(-grid_best), nothing
         # when the grid already sat at the minimum, nearly all when the posterior is narrow

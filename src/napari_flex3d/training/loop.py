@@ -40,7 +40,7 @@ from . import events as ev
 from .distributed import DistContext
 from ..io.prefetch import host_to_device
 from ..model.loss import band_coefficients
-from .latents import infer_latents_gradient, infer_latents_grid, initial_latents
+from .latents import GridPrior, infer_latents_gradient, infer_latents_grid, initial_latents
 from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, lr_factor, phase_of_step
 
 __all__ = ["train_run", "checkpoint_path", "load_run", "RunState"]
@@ -75,6 +75,8 @@ class RunState:
     history: list = field(default_factory=list)
     dist: DistContext = field(default_factory=DistContext)  # this process's rank (torchrun); inactive alone
     latent_view: "LatentView | None" = None  # the model at config.latent_box for inference (None: the model itself)
+    latent_prior: "GridPrior | None" = None  # the empirical prior (config.latent_prior_shape), None: the Gaussian
+    latent_mass: torch.Tensor | None = None  # (grid**K,) this epoch's posterior weights on the grid, for the prior
 
     @property
     def box(self) -> int:
@@ -135,6 +137,18 @@ def _latent_view(config: TrainConfig, model, ps, device) -> LatentView | None:
     box = _checked_latent_box(config.latent_box, model.box)
     spectra = estimate_spectra(ps, np.arange(min(len(ps), 2048)), box, device)
     return LatentView(model.at_box(box), spectra, config.band_end * box / 2)
+
+
+def _empirical_prior(config: TrainConfig, device, log_density: torch.Tensor | None = None) -> GridPrior | None:
+    """The learned latent prior where ``config`` asks for it and grid inference runs a joint
+    first sweep (``latent_grid ** K <= 100``); ``None`` (the Gaussian) elsewhere. Starts as
+    the Gaussian unless ``log_density`` (from a checkpoint) is given."""
+    k, g = config.latent_dim, config.latent_grid
+    if config.latent_prior_shape != "empirical" or config.latent_inference != "grid" or g**k > 100:
+        return None
+    if log_density is not None:
+        return GridPrior(log_density.to(device), k, g, config.latent_range, config.latent_prior)
+    return GridPrior.gaussian(k, g, config.latent_range, config.latent_prior, device)
 
 
 def _read_inputs(config: TrainConfig):
@@ -205,6 +219,7 @@ def _new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_fil
         generator=generator,
         consensus=torch.as_tensor(consensus, device=device),
         latent_view=_latent_view(config, model, ps, device),
+        latent_prior=_empirical_prior(config, device),
     )
 
 
@@ -250,6 +265,7 @@ def _state_dict(run: RunState) -> dict:
         "opt_canonical": run.opt_canonical.state_dict(),
         "rng_torch": run.generator.get_state(),
         "history_json": json.dumps(run.history),
+        **({} if run.latent_prior is None else {"latent_prior": run.latent_prior.log_density.detach().cpu()}),
     }
 
 
@@ -265,7 +281,9 @@ def _config_and_model(state: dict, path, config: TrainConfig | None = None):
     from .setup import model_from_state
 
     try:
-        saved = from_dict(TrainConfig, json.loads(state["config_json"]))
+        settings = json.loads(state["config_json"])
+        settings.setdefault("latent_prior_shape", "gaussian")  # runs from before the learned prior keep their Gaussian
+        saved = from_dict(TrainConfig, settings)
         if config is not None:  # a resumed run may only change how long and where it runs
             saved = dataclasses.replace(
                 saved, epochs=config.epochs, device=config.device, threads=config.threads,
@@ -320,6 +338,7 @@ def _restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
         global_step=int(state["global_step"]),
         history=json.loads(state["history_json"]),
         latent_view=_latent_view(config, model, ps, device),
+        latent_prior=_empirical_prior(config, device, state.get("latent_prior")),
     )
     run.opt_flow.load_state_dict(state["opt_flow"])
     run.opt_canonical.load_state_dict(state["opt_canonical"])  # carries the scaled learning rate
@@ -372,9 +391,12 @@ def _infer(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> 
 
     with _trainable(run.model, []), (contextlib.nullcontext() if view is None else _trainable(view.model, [])):
         if cfg.latent_inference == "grid":
+            if run.latent_prior is not None and run.latent_mass is None:
+                run.latent_mass = torch.zeros_like(run.latent_prior.log_density)
             return infer_latents_grid(
                 loss_fn, z0, sweeps=cfg.latent_steps, n_grid=cfg.latent_grid, z_range=cfg.latent_range,
-                prior_weight=cfg.latent_prior, estimate=cfg.latent_estimate,
+                prior_weight=cfg.latent_prior, estimate=cfg.latent_estimate, prior=run.latent_prior,
+                grid_mass=run.latent_mass,
             )
         return infer_latents_gradient(loss_fn, z0, steps=cfg.latent_steps, lr=cfg.lr_latent, prior_weight=cfg.latent_prior)
 
@@ -496,6 +518,22 @@ def _validate(run: RunState, band: float) -> float:
 
         total = all_reduce_sum(total)
     return float(total) / len(run.val_idx)
+
+
+def _update_latent_prior(run: RunState, epoch: int) -> None:
+    """End of an epoch: the learned prior takes one EM step from the epoch's posterior weights
+    (summed over ranks under torchrun), and the next epoch collects afresh. Warm-up epochs
+    (only the validation particles inferred) leave it as it is."""
+    mass, run.latent_mass = run.latent_mass, None
+    if run.latent_prior is None or epoch < run.config.warmup_epochs:
+        return
+    if mass is None:  # this rank inferred nothing; it still joins the sum
+        mass = torch.zeros_like(run.latent_prior.log_density)
+    if run.dist.active:
+        from .distributed import all_reduce_sum
+
+        mass = all_reduce_sum(mass)
+    run.latent_prior = run.latent_prior.updated(mass)
 
 
 # --------------------------------------------------------------------------- epoch news
@@ -681,6 +719,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             yield step_news(pending)
         band = band_limit(epoch + 1, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
         val_loss = _validate(run, band)
+        _update_latent_prior(run, epoch)
         if ctx.active:  # each particle was processed by one rank this epoch: assemble the full table
             owned = np.zeros(len(run.latents), bool)
             for idx in step_idx:
