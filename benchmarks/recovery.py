@@ -53,6 +53,8 @@ def main(argv=None) -> int:
     p.add_argument("--latent-prior-shape", default=None, choices=["empirical", "gaussian"],
                    help="the latents' prior (default: training's, the empirical one)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--seed", type=int, default=None,
+                   help="training's seed (split, flow weights, start, shuffles; default training's, 0); the simulation's stays 0")
     p.add_argument("--threads", type=int, default=None, help="CPU threads per process")
     p.add_argument("--procs", type=int, default=1,
                    help="train data-parallel in this many processes (flex3d train under torchrun, gloo on the CPU); "
@@ -87,7 +89,7 @@ def main(argv=None) -> int:
                     kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
                     max_particles=args.max_particles)
     for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
-                 "latent_estimate", "latent_grid", "latent_prior_shape"):  # the training's own defaults unless given here
+                 "latent_estimate", "latent_grid", "latent_prior_shape", "seed"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = TrainConfig(**settings)
