@@ -245,3 +245,30 @@ def test_learned_prior_recovers_a_uniform_motion_better_than_the_gaussian():
     assert density[nodes < 1.6].min() > 0.13 and density[nodes > 2].max() < 0.005
     # all mass zero (no particle inferred): the prior stays
     assert torch.equal(prior.updated(torch.zeros(9)).log_density, prior.log_density)
+
+
+@pytest.mark.parametrize("k_dim, n_grid", [(1, 3), (1, 9), (2, 9), (2, 10), (3, 4)])
+def test_learned_prior_keeps_the_gaussians_mean_and_variance(k_dim, n_grid):
+    """Whatever the particles' weights (all in one corner, all at the centre, random and peaked),
+    the updated prior keeps the starting Gaussian's mean and variance on every axis (the
+    latents' scale stays anchored) and is finite everywhere; on 3 points per axis those two
+    moments leave nothing free, so it stays the Gaussian."""
+    prior = GridPrior.gaussian(k_dim, n_grid, 2.5)
+    points = torch.cartesian_prod(*([torch.linspace(-2.5, 2.5, n_grid, dtype=torch.float64)] * k_dim)).reshape(-1, k_dim)
+    feats = torch.cat([points, points**2], 1)
+    start = torch.softmax(prior.log_density.double(), 0)
+    gen = torch.Generator().manual_seed(k_dim * 100 + n_grid)
+    masses = [torch.zeros(n_grid**k_dim).index_fill_(0, torch.tensor([i]), 500.0) for i in (0, n_grid**k_dim // 2)]
+    masses += [torch.rand(n_grid**k_dim, generator=gen) ** p for p in (1, 4, 12)]
+    for mass in masses:
+        new = prior.updated(mass)
+        assert torch.isfinite(new.log_density).all()
+        density = torch.softmax(new.log_density.double(), 0)
+        torch.testing.assert_close(density @ feats, start @ feats, atol=1e-6, rtol=0)
+        if n_grid == 3:
+            torch.testing.assert_close(density, start, atol=1e-6, rtol=0)
+    # the shape does follow the data: weights piled at the extremes give a flatter prior than the Gaussian
+    edges = (points.abs() > 1.5).all(1).to(torch.float32)
+    if n_grid > 3:
+        flat = torch.softmax(prior.updated(edges * 100 + 1).log_density.double(), 0)
+        assert flat[edges.bool()].sum() > start[edges.bool()].sum()

@@ -268,28 +268,46 @@ class GridPrior:
         new = self._standardised(torch.log((1.0 - self.floor) * empirical + self.floor * gauss))
         return GridPrior(torch.where(total > 0, new, self.log_density), self.k_dim, self.n_grid, self.z_range, self.gaussian_weight)
 
-    def _standardised(self, log_p: torch.Tensor, iterations: int = 30) -> torch.Tensor:
+    def _standardised(self, log_p: torch.Tensor, iterations: int = 100) -> torch.Tensor:
         """``log_p`` tilted to the starting Gaussian's mean and variance on every axis.
 
         Of all priors with those moments, the one closest to ``log_p`` (least Kullback-Leibler
-        divergence) is ``log_p + sum_k a_k z_k + b_k z_k^2`` up to a constant; ``a, b`` come
-        from Newton's method on the convex dual. The moments anchor the latents' scale and
-        centre as the Gaussian does (an auto-decoder's latents are otherwise free to drift in
-        scale, the flow generator following them); the shape is the data's.
+        divergence) is ``log_p + sum_k a_k z_k + b_k z_k^2`` up to a constant; ``a, b``
+        minimise the convex dual ``logsumexp(log_p + F theta) - theta . target`` (Newton's
+        method with backtracking, on the CPU in float64: ``2K`` numbers once an epoch). The
+        moments anchor the latents' scale and centre as the Gaussian does (an auto-decoder's
+        latents are otherwise free to drift in scale, the flow generator following them); the
+        shape is the data's. With 2 points per axis the variance is fixed by the grid, and
+        only the mean is matched.
         """
-        points = self._points(self.k_dim, self.n_grid, self.z_range, log_p.device).to(torch.float64)  # (G, K)
+        points = self._points(self.k_dim, self.n_grid, self.z_range).to(torch.float64)  # (G, K)
         feats = torch.cat([points, points**2], 1)  # (G, 2K)
-        gauss = torch.softmax(-0.5 * self.gaussian_weight * (points**2).sum(-1), 0)  # (G,)
-        target = gauss @ feats  # (2K,) the starting Gaussian's moments on this grid
-        base = log_p.to(torch.float64)
-        theta = torch.zeros(2 * self.k_dim, dtype=torch.float64, device=log_p.device)
+        target = torch.softmax(-0.5 * self.gaussian_weight * (points**2).sum(-1), 0) @ feats  # the Gaussian's moments
+        base = log_p.detach().to("cpu", torch.float64)
+        theta = torch.zeros(2 * self.k_dim, dtype=torch.float64)
+        ridge = 1e-9 * torch.eye(2 * self.k_dim, dtype=torch.float64)
+
+        def dual(th):
+            return torch.logsumexp(base + feats @ th, 0) - th @ target
+
+        value = dual(theta)
         for _ in range(iterations):
             p = torch.softmax(base + feats @ theta, 0)  # (G,)
-            mean = p @ feats  # (2K,)
-            centred = feats - mean
-            hessian = centred.T @ (p[:, None] * centred) + 1e-9 * torch.eye(2 * self.k_dim, dtype=torch.float64, device=log_p.device)
-            theta = theta - torch.linalg.solve(hessian, mean - target)
-        return torch.log_softmax(base + feats @ theta, 0).to(log_p.dtype)
+            grad = p @ feats - target  # (2K,)
+            if float(grad.abs().max()) < 1e-10:
+                break
+            centred = feats - p @ feats
+            step = torch.linalg.solve(centred.T @ (p[:, None] * centred) + ridge, grad)
+            t = min(1.0, 1.0 / float(step.abs().max()))  # no jump into a flat, saturated corner
+            while t > 1e-12:  # backtracking (Armijo): full Newton steps overshoot on peaked priors
+                trial = dual(theta - t * step)
+                if float(trial) <= float(value) - 1e-4 * t * float(grad @ step):
+                    break
+                t *= 0.5
+            else:
+                break
+            theta, value = theta - t * step, trial
+        return torch.log_softmax(base + feats @ theta, 0).to(log_p)
 
 
 # --------------------------------------------------------------------------- inference
