@@ -52,6 +52,7 @@ def test_event_stream_and_run_folder(full_run, tiny_sim):
     steps = [e for e in events if isinstance(e, ev.StepLoss)]
     assert len(steps) == start.epochs * start.steps_per_epoch
     assert [s.phase for s in steps[: start.steps_per_epoch]] == ["warmup"] * start.steps_per_epoch
+    assert start.latent_prior == "learned (5^1 grid)"  # K = 1, a grid of 5: the joint sweep runs
     assert {s.phase for s in steps[start.steps_per_epoch :]} == {"flow", "structure"}
     assert all(np.isfinite(s.loss) for s in steps)
     from napari_flex3d.model.loss import band_coefficients
@@ -180,6 +181,12 @@ def test_learned_prior_is_checkpointed_and_resumes_identically(tiny_sim, tiny_co
     state_g["config_json"] = json.dumps(settings)
     save_checkpoint(checkpoint_path(tmp_path / "g"), state_g)
     assert load_run(tmp_path / "g")[0].latent_prior_shape == "gaussian"
+    # no joint sweep (9^3 > 100 points), or gradient inference: the Gaussian, and the run says so
+    from napari_flex3d.training.loop import _empirical_prior
+
+    assert _empirical_prior(tiny_config(tiny_sim, tmp_path, latent_dim=3, latent_grid=9), "cpu") is None
+    assert _empirical_prior(tiny_config(tiny_sim, tmp_path, latent_inference="gradient"), "cpu") is None
+    assert _empirical_prior(tiny_config(tiny_sim, tmp_path, latent_dim=2, latent_grid=10), "cpu") is not None
 
 
 _CHILD = textwrap.dedent(

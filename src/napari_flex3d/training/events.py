@@ -42,6 +42,7 @@ class RunStarted(Event):
     steps_per_epoch: int
     start_epoch: int  # 0 for a new run, the number of finished epochs when resuming
     n_vertices: int
+    latent_prior: str = "gaussian"  # "learned (9^2 grid)" or "gaussian": what latent inference uses
 
 
 @dataclass(frozen=True)

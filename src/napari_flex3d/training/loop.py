@@ -677,6 +677,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
         run_dir=str(out_dir), n_particles=len(run.ps), n_train=len(run.train_idx), n_val=len(run.val_idx),
         box=run.box, apix=run.apix, device=str(run.device), epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
         start_epoch=run.epoch, n_vertices=int(run.model.vertices_a.shape[0]),
+        latent_prior="gaussian" if run.latent_prior is None else f"learned ({cfg.latent_grid}^{cfg.latent_dim} grid)",
     )
     spe = run.steps_per_epoch
     while run.epoch < cfg.epochs:

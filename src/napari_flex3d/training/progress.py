@@ -22,7 +22,7 @@ def format_event(event: ev.Event) -> str | None:
         return (
             f"run {event.run_dir}: {event.n_particles} particles ({event.n_train} train, {event.n_val} validation), "
             f"box {event.box} at {event.apix:.3g} Å/px, {event.n_vertices} mesh vertices, device {event.device}, "
-            f"{event.epochs} epochs x {event.steps_per_epoch} steps{resumed}"
+            f"{event.epochs} epochs x {event.steps_per_epoch} steps, latent prior {event.latent_prior}{resumed}"
         )
     if isinstance(event, ev.StepLoss):
         return (
