@@ -232,6 +232,11 @@ class GridPrior:
         offsets = torch.linspace(-z_range, z_range, n_grid, device=device, dtype=torch.float32)
         return torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim)  # (g^K, K)
 
+    def _gaussian_weights(self) -> torch.Tensor:
+        """The starting Gaussian's probabilities on the grid, ``(G,)`` float64 on the CPU."""
+        points = self._points(self.k_dim, self.n_grid, self.z_range).to(torch.float64)
+        return torch.softmax(-0.5 * self.gaussian_weight * (points**2).sum(-1), 0)
+
     def matches(self, k_dim: int, n_grid: int, z_range: float) -> bool:
         return (self.k_dim, self.n_grid) == (k_dim, n_grid) and math.isclose(self.z_range, z_range)
 
@@ -262,7 +267,7 @@ class GridPrior:
         points, ``(n_grid**K,)``), normalised and mixed with :attr:`floor` of the starting
         Gaussian; the prior itself when ``mass`` is all zero (no particle was inferred)."""
         mass = mass.to(self.log_density)
-        gauss = torch.softmax(GridPrior.gaussian(self.k_dim, self.n_grid, self.z_range, self.gaussian_weight).log_density.to(mass), 0)
+        gauss = self._gaussian_weights().to(mass)
         total = mass.sum()
         empirical = mass / total.clamp(min=torch.finfo(mass.dtype).tiny)
         new = self._standardised(torch.log((1.0 - self.floor) * empirical + self.floor * gauss))
@@ -282,7 +287,7 @@ class GridPrior:
         """
         points = self._points(self.k_dim, self.n_grid, self.z_range).to(torch.float64)  # (G, K)
         feats = torch.cat([points, points**2], 1)  # (G, 2K)
-        target = torch.softmax(-0.5 * self.gaussian_weight * (points**2).sum(-1), 0) @ feats  # the Gaussian's moments
+        target = self._gaussian_weights() @ feats  # (2K,) the starting Gaussian's moments
         base = log_p.detach().to("cpu", torch.float64)
         theta = torch.zeros(2 * self.k_dim, dtype=torch.float64)
         ridge = 1e-9 * torch.eye(2 * self.k_dim, dtype=torch.float64)
