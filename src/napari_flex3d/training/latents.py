@@ -204,9 +204,10 @@ class GridPrior:
     particles instead (empirical Bayes): its values at the ``n_grid**K`` points of the joint
     first sweep are the particles' posterior weights on them, averaged (one EM step of the
     grid's nonparametric maximum likelihood estimate per epoch: :meth:`updated`), mixed with
-    a little of the Gaussian it starts from so that no point is ever ruled out. Between grid
-    points its log density is interpolated multilinearly; beyond the grid it falls off as the
-    Gaussian does.
+    a little of the Gaussian it starts from so that no point is ever ruled out, and tilted
+    back to that Gaussian's mean and variance on every axis (which anchor the latents' scale).
+    Between grid points its log density is interpolated multilinearly; beyond the grid it
+    falls off as the Gaussian does.
 
     ``log_density (n_grid**K,)`` is in ``torch.cartesian_prod`` order (first axis slowest),
     up to a constant.
