@@ -168,6 +168,12 @@ def rigidity_energy(
         )
     if rest_inv is None:
         rest_inv = rest_edge_inverse(torch.as_tensor(rest_vertices, device=disp.device), cells)
+    energy = _energy(rest_inv, disp, cells, weights)
+    return energy[0] if unbatched else energy
+
+
+def _energy(rest_inv: torch.Tensor, disp: torch.Tensor, cells: torch.Tensor, weights) -> torch.Tensor:
+    """``(b,)`` energy of ``disp (b, v, 3)`` given ``D^-1 (t, 3, 3)`` (no SVD, see the module notes)."""
     # F = I + dD D^-1 in float64, so that small strains keep their digits: sum_l (s^_l - 1)^2 = |F|^2 - 2 p + 3
     dD = edge_matrices(disp.to(torch.float64), cells)  # (b, t, 3, 3)
     G = dD @ rest_inv.to(torch.float64)  # F - I
@@ -178,8 +184,7 @@ def rigidity_energy(
     per_cell = per_cell.to(disp.dtype)  # (b, t)
     if weights is not None:
         per_cell = per_cell * torch.as_tensor(weights, device=disp.device).to(per_cell.dtype)
-    energy = per_cell.sum(-1)  # (b,)
-    return energy[0] if unbatched else energy
+    return per_cell.sum(-1)  # (b,)
 
 
 class RigidityPrior(torch.nn.Module):
@@ -212,9 +217,7 @@ class RigidityPrior(torch.nn.Module):
             raise ValueError(f"displacements have {displacements.shape[-2]} vertices, mesh has {self.n_vertices}")
         unbatched = displacements.dim() == 2
         disp = displacements.unsqueeze(0) if unbatched else displacements
-        F = deformation_gradients(self.rest_inv, disp, self.cells)  # (b, t, 3, 3)
-        per_cell = ((signed_singular_values(F) - 1.0) ** 2).sum(-1)  # (b, t)
-        energy = (per_cell * self.weights.to(per_cell.dtype)).sum(-1)  # (b,)
+        energy = _energy(self.rest_inv, disp, self.cells, self.weights)  # (b,)
         return energy[0] if unbatched else energy
 
 
