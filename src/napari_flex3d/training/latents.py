@@ -195,6 +195,12 @@ def initial_latents(
 # --------------------------------------------------------------------------- the prior
 
 
+def _joint_grid(k_dim: int, offsets: torch.Tensor) -> torch.Tensor:
+    """All ``len(offsets)**K`` points ``(G, K)`` of the joint grid, first axis slowest: the order
+    of the first sweep's candidates and of a :class:`GridPrior`'s values."""
+    return torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim)
+
+
 class GridPrior:
     """A latent prior learned from the data: a log density on the joint grid of inference.
 
@@ -230,8 +236,7 @@ class GridPrior:
 
     @staticmethod
     def _points(k_dim: int, n_grid: int, z_range: float, device=None) -> torch.Tensor:
-        offsets = torch.linspace(-z_range, z_range, n_grid, device=device, dtype=torch.float32)
-        return torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim)  # (g^K, K)
+        return _joint_grid(k_dim, torch.linspace(-z_range, z_range, n_grid, device=device))
 
     def _gaussian_weights(self) -> torch.Tensor:
         """The starting Gaussian's probabilities on the grid, ``(G,)`` float64 on the CPU."""
@@ -420,8 +425,7 @@ def infer_latents_grid(
         offsets = torch.linspace(-half_width, half_width, n_grid, device=z.device, dtype=z.dtype)  # (g,)
         if sweep == 0 and n_grid**k_dim <= max_joint:
             joint = True
-            points = torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim)  # (g^K, K)
-            for point in points:
+            for point in _joint_grid(k_dim, offsets):  # (K,) each
                 try_candidates(point.expand(b, k_dim).clone(), joint=True)
         else:
             for k in range(k_dim):
