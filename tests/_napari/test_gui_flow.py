@@ -98,6 +98,8 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
     fx, fy = train.fsc_plot.data("epoch 2")
     assert len(fx) > 3 and fy[0] > 0.5  # the canonical map still matches the consensus at low resolution
     assert train.latent_plot.mode == "points" and train.latents.shape == (96, 2)
+    agreement = [e.latent_agreement for e in train.events if type(e).__name__ == "EpochSummary"][-1]
+    assert train.latent_plot.getPlotItem().titleLabel.text.endswith(f"agreement with the last epoch {agreement:.3f}")
     previews = [layer for layer in viewer.layers if layer.name.startswith(PREVIEW_PREFIX)]
     assert len(previews) == 4  # K=2 axes x (-1, +1) sigma
 

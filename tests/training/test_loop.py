@@ -78,11 +78,35 @@ def test_event_stream_and_run_folder(full_run, tiny_sim):
     assert z.dtype == np.float32 and z.shape == (120, 1) and np.isfinite(z).all()
     history = json.loads((out / "history.json").read_text())
     assert [h["epoch"] for h in history] == [0, 1, 2] and all(h["seconds"] > 0 for h in history)
+    # the latent agreement of epoch e is |Pearson| (K = 1) between the snapshots after e - 1 and e
+    snaps = [e.latents[:, 0] for e in events if isinstance(e, ev.LatentSnapshot)]
+    for e in (1, 2):
+        expected = abs(np.corrcoef(snaps[e - 1], snaps[e])[0, 1])
+        assert summaries[e].latent_agreement == pytest.approx(expected, abs=1e-6)
+        assert history[e]["latent_agreement"] == pytest.approx(expected, abs=1e-6)
+    assert 0.0 <= summaries[0].latent_agreement <= 1.0
     ps_in, ps_out = read_particles(tiny_sim / "particles.star"), read_particles(out / "particles.star")
     np.testing.assert_allclose(ps_out.table["rlnFlex3dLatent1"].to_numpy(), z[:, 0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(ps_out.rotations, ps_in.rotations, atol=1e-5)
     assert set(ps_in.table.columns) <= set(ps_out.table.columns)
     assert (out / "canonical.mrc").is_file() and (out / "mesh.npz").is_file()
+
+
+def test_latent_agreement_against_known_correlations():
+    from napari_flex3d.training.loop import latent_agreement
+
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((20000, 2))
+    moved = z @ np.array([[0.6, -0.8], [0.8, 0.6]]) * 3.0 + 5.0  # rotated, scaled, shifted as a whole
+    assert latent_agreement(z, moved) == pytest.approx(1.0, abs=1e-12)
+    # independent noise of variance s^2 on every axis: each canonical correlation is 1 / sqrt(1 + s^2)
+    noisy = z + 0.5 * rng.standard_normal(z.shape)
+    assert latent_agreement(z, noisy) == pytest.approx(1 / np.sqrt(1.25), abs=0.01)
+    # noise on one axis only: the smallest correlation is that axis's
+    one = z + np.column_stack([np.zeros(len(z)), rng.standard_normal(len(z))])
+    assert latent_agreement(z, one) == pytest.approx(1 / np.sqrt(2.0), abs=0.01)
+    assert np.isnan(latent_agreement(np.zeros((100, 2)), z[:100]))  # zero start: undefined, not 1
+    assert np.isnan(latent_agreement(z[:3], z[:3]))  # too few particles
 
 
 def test_new_run_refuses_an_existing_run(full_run, tiny_sim, tiny_config):

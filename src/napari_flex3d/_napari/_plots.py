@@ -38,6 +38,10 @@ class ThemedPlot(pg.PlotWidget):
         item.showGrid(x=True, y=True, alpha=0.2)
         self.setMinimumHeight(150)
 
+    def set_title(self, title: str) -> None:
+        """A new title in the theme's colour and size (``setTitle`` alone falls back to pyqtgraph's)."""
+        self.getPlotItem().setTitle(title, color=self._fg, size="9pt")
+
 
 class CurvePlot(ThemedPlot):
     """Named line curves, each replaced or extended as new values arrive."""

@@ -337,10 +337,14 @@ class TrainWidget(WorkerControls, QWidget):
         self.loss_plot.append("train (epoch)", ev.epoch + 1, ev.train_residual)
         if np.isfinite(ev.val_residual):
             self.loss_plot.append("validation", ev.epoch + 1, ev.val_residual)
+        if np.isfinite(getattr(ev, "latent_agreement", float("nan"))):
+            self.latent_plot.set_title(
+                f"latents (axes 0, 1), epoch {ev.epoch + 1}: agreement with the last epoch {ev.latent_agreement:.3f}"
+            )
 
     def _on_FSCCurve(self, ev) -> None:
         self.fsc_plot.set_curve(f"epoch {ev.epoch + 1}", ev.frequencies_per_a, ev.fsc)
-        self.fsc_plot.getPlotItem().setTitle(f"model FSC: {ev.resolution_a:.1f} Å at 0.143")
+        self.fsc_plot.set_title(f"model FSC: {ev.resolution_a:.1f} Å at 0.143")
 
     def _on_LatentSnapshot(self, ev) -> None:
         z = np.asarray(ev.latents, np.float32)

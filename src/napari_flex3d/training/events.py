@@ -74,6 +74,11 @@ class EpochSummary(Event):
     peak_memory_mb: float  # peak resident memory of the process (CPU) or the device (CUDA)
     train_residual: float = float("nan")  # mean of the steps' residual per coefficient (1 = noise)
     val_residual: float = float("nan")  # the validation data loss per coefficient of the final band (x 2)
+    # the smallest canonical correlation between the latents after this epoch and before it
+    # (1: the latent space stopped moving; nan where undefined, such as constant latents).
+    # Near 1 only once the model settles: the last epochs' figure says whether more epochs
+    # or a lower --lr-final could still change the latents.
+    latent_agreement: float = float("nan")
 
 
 @dataclass(frozen=True, eq=False)

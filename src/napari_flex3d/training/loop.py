@@ -43,7 +43,7 @@ from ..model.loss import band_coefficients
 from .latents import GridPrior, infer_latents_gradient, infer_latents_grid, initial_latents
 from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, lr_factor, phase_of_step
 
-__all__ = ["train_run", "checkpoint_path", "load_run", "RunState"]
+__all__ = ["train_run", "checkpoint_path", "load_run", "RunState", "latent_agreement"]
 
 CHECKPOINT_NAME = "last.pt"
 
@@ -539,6 +539,20 @@ def _update_latent_prior(run: RunState, epoch: int) -> None:
 # --------------------------------------------------------------------------- epoch news
 
 
+def latent_agreement(before: np.ndarray, after: np.ndarray) -> float:
+    """The smallest canonical correlation between two latent tables ``(n, K)`` of the same
+    particles: 1 when one is an affine map of the other (a latent space that only moved as a
+    whole), lower as particles move against each other; nan with fewer than ``K + 2``
+    particles or a constant axis."""
+    from .recovery import canonical_correlations
+
+    before, after = np.asarray(before, np.float64), np.asarray(after, np.float64)
+    k = before.shape[1]
+    if len(before) < k + 2 or np.any(before.std(0) < 1e-8) or np.any(after.std(0) < 1e-8):
+        return float("nan")
+    return float(canonical_correlations(before, after).min())
+
+
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -682,6 +696,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     spe = run.steps_per_epoch
     while run.epoch < cfg.epochs:
         epoch, t0, c0 = run.epoch, time.perf_counter(), time.process_time()
+        latents_before = run.latents.cpu().numpy().copy()  # once per epoch, for the latent agreement
         order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
         losses, residuals = [], []
         step_idx = [run.train_idx[np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])] for s in range(spe)]
@@ -730,12 +745,14 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
         run.epoch += 1
         seconds = time.perf_counter() - t0
         std = tuple(run.latents.std(0).tolist()) if len(run.latents) > 1 else (0.0,) * cfg.latent_dim
+        latents_after = run.latents.cpu().numpy().copy()
         summary = ev.EpochSummary(
             epoch=epoch, train_loss=float(np.mean(losses)), val_loss=val_loss, seconds=seconds,
             cpu_seconds=time.process_time() - c0, band_limit=band,
             latent_std=std, peak_memory_mb=_peak_memory_mb(run.device),
             train_residual=float(np.mean(residuals)) if residuals else float("nan"),
             val_residual=2.0 * val_loss / band_coefficients(run.box, band * run.box / 2),
+            latent_agreement=latent_agreement(latents_before, latents_after),
         )
         run.history.append({k: v for k, v in dataclasses.asdict(summary).items()})
         path = checkpoint_path(out_dir)
@@ -744,7 +761,7 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
             _write_progress(run)
         distributed.barrier(ctx)
         yield summary
-        yield ev.LatentSnapshot(epoch=epoch, latents=run.latents.cpu().numpy().copy())
+        yield ev.LatentSnapshot(epoch=epoch, latents=latents_after)
         yield _model_fsc(run)
         if cfg.preview_every and (run.epoch % cfg.preview_every == 0 or run.epoch == cfg.epochs):
             yield ev.PreviewVolumes(

@@ -37,7 +37,8 @@ def format_event(event: ev.Event) -> str | None:
             f"epoch {event.epoch + 1}: train {event.train_loss:.4g}, validation {val} (residual per coefficient "
             f"{event.train_residual:.4f} / {event.val_residual:.4f}; 1 = noise), {event.seconds:.1f} s "
             f"({event.cpu_seconds:.1f} s CPU), "
-            f"latent std ({std}), peak memory {event.peak_memory_mb:.0f} MB"
+            f"latent std ({std}), latent agreement with the last epoch {event.latent_agreement:.4f}, "
+            f"peak memory {event.peak_memory_mb:.0f} MB"
         )
     if isinstance(event, ev.FSCCurve):
         return f"epoch {event.epoch + 1}: {event.kind} FSC 0.143 at {event.resolution_a:.2f} Å"
