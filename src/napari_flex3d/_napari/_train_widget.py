@@ -337,7 +337,7 @@ class TrainWidget(WorkerControls, QWidget):
         self.loss_plot.append("train (epoch)", ev.epoch + 1, ev.train_residual)
         if np.isfinite(ev.val_residual):
             self.loss_plot.append("validation", ev.epoch + 1, ev.val_residual)
-        if np.isfinite(getattr(ev, "latent_agreement", float("nan"))):
+        if np.isfinite(ev.latent_agreement):
             self.latent_plot.set_title(
                 f"latents (axes 0, 1), epoch {ev.epoch + 1}: agreement with the last epoch {ev.latent_agreement:.3f}"
             )
