@@ -27,8 +27,8 @@ class ThemedPlot(pg.PlotWidget):
         background, foreground = _theme_colours(viewer)
         super().__init__(parent=parent, background=background)
         self._fg = foreground
+        self.set_title(title)
         item = self.getPlotItem()
-        item.setTitle(title, color=foreground, size="9pt")
         for side, text in (("bottom", x_label), ("left", y_label)):
             axis = item.getAxis(side)
             axis.setPen(foreground)
