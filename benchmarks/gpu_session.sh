@@ -14,24 +14,30 @@
 #     from napari_flex3d.mesh.build import save_mesh; c = consensus_at_box('SIM/consensus.mrc', 128, 1.5, 128);
 #     save_mesh(build_mask_and_mesh(c, 1.5, C())[1], '.devcarry/meshes/sim128_both.npz')"   # the mesh training builds
 #
-# Steps (each with its own time limit; a failed smoke stops the run early):
-#  1. CUDA-parametrised tests of the suite (background);
-#  2. smoke: the whole recovery path on 512 particles at box 128 (simulate, 2 epochs with latent
-#     inference, write, evaluate);
-#  3. recovery at box 128 on the 20,000-particle simulation: MAX_PARTICLES (default 20000) for
-#     16 epochs, inference at box 64, stopped at LIMIT seconds from the start (default 585);
-#  4. gpu_scale (training at 128/180, reconstruction at 256) with --profile, if time is left.
-# Assembled from the steps run on 2026-11-27 (docs/training.md); not yet run as a whole.
-# Measured on one H100 (2026-11-27, before the SVD-free rigidity): recovery at box 128 trained
-# about 420 particles/s per epoch, so 20,000 x 16 epochs needs about 13 minutes there.
+# Steps (each with its own time limit; a failed step stops the run early):
+#  1. the 20,000-particle --motion both simulation at box 128 (half maps on the GPU), with the
+#     CUDA-parametrised tests of the suite beside it;
+#  2. smoke, which also measures the rate: the whole recovery path (train, write, evaluate) on the
+#     first SMOKE_N particles of that simulation for 3 epochs at batch 256;
+#  3. recovery at box 128, inference at box 64, EPOCHS (16) epochs on as many particles as the
+#     smoke's rate fits before LIMIT seconds from the start (at most MAX_PARTICLES, 20000);
+#     the run's history is copied to OUT while it trains, so a stopped run still reports;
+#  4. gpu_scale at training box 128 (the SVD-free rigidity's throughput), if time is left.
+# Other settings: DEVICE (cuda), SIM_N (20000), SMOKE_N (2048), LIMIT (570 s).
 set -u
 : "${OUT:?set OUT to a folder for the logs}"
 mkdir -p "$OUT"
 T0=$(date +%s)
-LIMIT=${LIMIT:-585}
+LIMIT=${LIMIT:-570}
 WHEELS=${WHEELS:-.whl}
 M=${MESHES:-.devcarry/meshes}
-N=${MAX_PARTICLES:-20000}
+CAP=${MAX_PARTICLES:-20000}
+DEVICE=${DEVICE:-cuda}
+SIM_N=${SIM_N:-20000}
+SMOKE_N=${SMOKE_N:-2048}
+EPOCHS=${EPOCHS:-16}
+SIM=${SIM_DIR:-/tmp/sim128}
+rm -rf /tmp/smoke /tmp/rec128 "$SIM"  # this script's own folders: a recovery folder left over would be resumed
 el() { echo $(( $(date +%s) - T0 )); }
 export PYTHONUNBUFFERED=1 OMP_WAIT_POLICY=PASSIVE
 if compgen -G "$WHEELS/*.whl" > /dev/null; then
@@ -39,39 +45,70 @@ if compgen -G "$WHEELS/*.whl" > /dev/null; then
   export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 fi
 export PYTHONPATH=$PWD/src:$PWD/benchmarks:${PYTHONPATH:-}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, napari_flex3d, mrcfile, starfile, tetgen; print('torch', torch.__version__, torch.cuda.get_device_name(0))" || exit 4
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null
+python3 -c "import torch, napari_flex3d, mrcfile, starfile, tetgen; print('torch', torch.__version__, torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU')" || exit 4
 echo "== set-up done at $(el) s"
 
-( python3 -m napari_flex3d.cli simulate --out /tmp/sim128 --n-particles 20000 --box 128 --apix 1.5 --snr 0.05 \
-    --motion both --seed 0 --quiet --device cuda > "$OUT/sim.log" 2>&1; echo "sim rc=$? at $(el) s" >> "$OUT/sim.log" ) &
-SIM=$!
+# 1. the simulation, with the CUDA tests beside it
 ( OMP_NUM_THREADS=2 timeout 150 python3 -m pytest -q -p no:cacheprovider -o 'filterwarnings=ignore::DeprecationWarning' \
     tests/model/test_flow.py tests/ops tests/mesh/test_mesh_rigidity.py tests/mesh/test_mesh_barycentric.py \
     tests/reconstruct/test_rigid.py -k cuda > "$OUT/pytest_cuda.log" 2>&1; echo "pytest rc=$? at $(el) s" >> "$OUT/pytest_cuda.log" ) &
+timeout 200 python3 -m napari_flex3d.cli simulate --out "$SIM" --n-particles "$SIM_N" --box 128 --apix 1.5 --snr 0.05 \
+    --motion both --seed 0 --quiet --device "$DEVICE" > "$OUT/sim.log" 2>&1
+rc=$?
+echo "== simulation rc=$rc at $(el) s"
+tail -3 "$OUT/sim.log"
+[ $rc -eq 0 ] || exit 5
 
-OMP_NUM_THREADS=4 timeout 150 python3 benchmarks/recovery.py --out /tmp/smoke --n-particles 512 --box 128 --epochs 2 \
-    --warmup-epochs 0 --batch 128 --mesh "$M/sim128_both.npz" --latent-box 64 --device cuda > "$OUT/smoke.log" 2>&1
+# 2. smoke and rate: 3 epochs of the first SMOKE_N particles, evaluated as the full run is
+OMP_NUM_THREADS=8 timeout 150 python3 benchmarks/recovery.py --out /tmp/smoke --sim "$SIM" --max-particles "$SMOKE_N" \
+    --epochs 3 --warmup-epochs 0 --mesh "$M/sim128_both.npz" --train-box 128 --latent-box 64 --device "$DEVICE" \
+    > "$OUT/smoke.log" 2>&1
 rc=$?
 echo "== smoke rc=$rc at $(el) s"
-tail -22 "$OUT/smoke.log"
-if [ $rc -ne 0 ]; then kill $SIM 2>/dev/null; exit 5; fi
+grep -v "^\s*$" "$OUT/smoke.log" | tr '\r' '\n' | grep -v "batch/s" | tail -20
+[ $rc -eq 0 ] || exit 6
 
-wait $SIM
-echo "== simulation finished at $(el) s"
-tail -3 "$OUT/sim.log"
-tail -3 "$OUT/pytest_cuda.log"
+# 3. recovery, sized by the smoke: its slowest trained epoch after the first gives particles/s; the
+# smoke's time outside its epochs (set-up, checkpoints: twice; evaluation: once) is added; 2 warm-up
+# epochs cost about 0.4 of one; 15 % margin; 30 s kept for step 4
+N=$(python3 - "$LIMIT" "$(el)" "$CAP" "$EPOCHS" <<'EOF'
+import json, os, re, sys
+limit, now, cap, epochs = (float(x) for x in sys.argv[1:])
+hist = json.load(open("/tmp/smoke/run/history.json"))
+n_train = int(re.search(r"\((\d+) train", open("/tmp/smoke/train.log").read()).group(1))
+rate = n_train / max(h["seconds"] for h in hist[1:])
+smoke = open(os.environ["OUT"] + "/smoke.log").read()
+total = float(re.search(r"benchmark (\d+) s", smoke).group(1))
+trained = float(re.search(r"training in all (\d+) s", smoke).group(1))
+extra = trained - sum(h["seconds"] for h in hist)  # set-up, checkpoints, per-epoch FSC: counted twice
+overhead = 2 * extra + (total - trained)  # and the evaluation once
+left = limit - now - 30 - overhead - 10
+eff = (epochs - 2) + 2 * 0.4 if epochs > 2 else epochs
+n = int(min(cap, 0.85 * rate * left / eff / 0.95) // 1000 * 1000)
+print(max(n, min(1000, int(cap))))
+print(f"rate {rate:.0f} particles/s, overhead {overhead:.0f} s, {left:.0f} s for training", file=sys.stderr)
+EOF
+)
 echo "== recovery on $N particles from $(el) s"
-OMP_NUM_THREADS=8 timeout $(( LIMIT - $(el) - 5 )) python3 benchmarks/recovery.py --out /tmp/rec128 --sim /tmp/sim128 \
-    --mesh "$M/sim128_both.npz" --train-box 128 --latent-box 64 --device cuda --max-particles "$N" > "$OUT/recovery.log" 2>&1
+( while sleep 15; do cp /tmp/rec128/run/history.json "$OUT/history_live.json" 2>/dev/null; done ) &
+COPIER=$!
+OMP_NUM_THREADS=8 timeout $(( LIMIT - $(el) - 5 )) python3 benchmarks/recovery.py --out /tmp/rec128 --sim "$SIM" \
+    --mesh "$M/sim128_both.npz" --train-box 128 --latent-box 64 --device "$DEVICE" --max-particles "$N" \
+    --epochs "$EPOCHS" > "$OUT/recovery.log" 2>&1
 echo "== recovery rc=$? at $(el) s"
-grep -v "^\s*$" "$OUT/recovery.log" | tr '\r' '\n' | grep -v "batch/s" | tail -32
+kill $COPIER 2>/dev/null
+cp /tmp/rec128/run/history.json "$OUT/history_live.json" 2>/dev/null
+grep -v "^\s*$" "$OUT/recovery.log" | tr '\r' '\n' | grep -v "batch/s" | tail -30
 (cd /tmp/rec128 && tar czf "$OUT/rec128.tgz" run/history.json run/config.json run/latents.npy train.log 2>/dev/null)
+tail -3 "$OUT/pytest_cuda.log"
 
+# 4. gpu_scale at box 128 with what is left
 LEFT=$(( LIMIT - $(el) ))
-if [ $LEFT -gt 90 ]; then
-  timeout $(( LEFT - 5 )) python3 benchmarks/gpu_scale.py --mesh-dir "$M" --latent-box 64 --profile > "$OUT/gpu_scale.log" 2>&1
+if [ $LEFT -gt 45 ]; then
+  timeout $(( LEFT - 5 )) python3 benchmarks/gpu_scale.py --mesh-dir "$M" --train-boxes 128 --latent-box 64 --steps 6 \
+      --no-reconstruction --device "$DEVICE" > "$OUT/gpu_scale.log" 2>&1
   echo "== gpu_scale rc=$? at $(el) s"
-  grep -E "train box|reconstruct box|bandwidth|device|^profile" "$OUT/gpu_scale.log"
+  grep -E "train box|bandwidth|device" "$OUT/gpu_scale.log"
 fi
 echo "== done at $(el) s"
