@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "spearman", "best_spearman", "canonical_correlations", "latents_for_coords", "masked_correlation", "state_fsc_report",
+    "spearman", "best_spearman", "canonical_correlations", "latents_for_coords", "masked_correlation", "map_figures",
+    "state_fsc_report",
 ]
 
 
@@ -60,28 +61,59 @@ def masked_correlation(a, b, weight) -> float:
     return float((w * da * db).sum() / ((w * da * da).sum() * (w * db * db).sum()).sqrt())
 
 
-def state_fsc_report(run_dir, sim_dir, threshold: float = 0.143, moving_domain=(1, 2)) -> list[dict]:
-    """FSC resolution against each true state: the convected map at the state's latent vs the consensus.
+def map_figures(vol, true, mask, apix: float, threshold: float = 0.143) -> dict:
+    """How close ``vol (N, N, N)`` is to the true density ``true``: over the whole box and
+    inside the soft ``mask`` of a domain.
 
-    The latent of a true state comes from :func:`latents_for_coords`. Both maps are
-    compared with the true state's density at the training box, over the whole box and
-    inside a soft mask around the moving domain (``moving_domain``: the simulator's linker
-    and arm, :func:`~napari_flex3d.simulate.oracle.domain_mask` at rest, dilated, with a
-    soft edge; the same mask multiplies the map and the truth). Returns one dict per
-    state: ``coords``, ``flex_a``, ``consensus_a``, ``flex_moving_a``,
-    ``consensus_moving_a`` (Å at ``threshold``) and the same at FSC 0.5 (``flex_half_a``,
-    ``consensus_half_a``, ``flex_moving_half_a``, ``consensus_moving_half_a``): at a
-    small training box both maps often reach its Nyquist at 0.143, and 0.5 still tells
-    them apart; a masked FSC keeps the mask's own edge in both maps and often stays
-    high to Nyquist, so ``flex_moving_corr`` and ``consensus_moving_corr`` give the
-    mask-weighted real-space correlation with the truth (:func:`masked_correlation`).
+    Returns ``a`` and ``half_a`` (Å at ``threshold`` and 0.5 of the FSC over the whole box),
+    ``moving_a`` and ``moving_half_a`` (the same of the masked FSC, with both maps flattened
+    by one radial filter first, as :func:`~napari_flex3d.reconstruct.validation.masked_fsc`
+    does for half maps, so that the curve is not the mask's own edge) and ``moving_corr``
+    (:func:`masked_correlation`).
+
+    Inside a moving domain the FSC is blind to motion blur: an average of the domain's
+    positions keeps the phases of each and only lowers amplitudes, which an FSC normalises
+    away (the noise-free average of a simulation's states reaches Nyquist there, see
+    ``tests/training/test_recovery_figures.py``); misplacement, a phase error, is what it
+    sees. The real-space correlation sees both, so it is the figure that says whether a
+    domain is resolved better.
+    """
+    import torch
+
+    from ..ops.fsc import fsc, fsc_resolution
+    from ..reconstruct.validation import masked_fsc
+
+    vol, true = torch.as_tensor(vol), torch.as_tensor(true)
+    box = vol.shape[-1]
+    whole = fsc(vol, true)
+    moving = masked_fsc(vol, true, apix, mask=torch.as_tensor(mask)).curve
+    return {
+        "a": fsc_resolution(whole, box, apix, threshold),
+        "half_a": fsc_resolution(whole, box, apix, 0.5),
+        "moving_a": fsc_resolution(moving, box, apix, threshold),
+        "moving_half_a": fsc_resolution(moving, box, apix, 0.5),
+        "moving_corr": masked_correlation(vol, true, mask),
+    }
+
+
+def state_fsc_report(run_dir, sim_dir, threshold: float = 0.143, moving_domain=(1, 2)) -> list[dict]:
+    """The convected map at each true state's latent against the true density, next to the
+    consensus map and, as a control, the noise-free average of the simulation's states.
+
+    The latent of a true state comes from :func:`latents_for_coords`. Each map is compared
+    with the true state's density at the training box by :func:`map_figures`, the domain
+    being the moving one (``moving_domain``: the simulator's linker and arm,
+    :func:`~napari_flex3d.simulate.oracle.domain_mask` at rest, dilated, with a soft edge).
+    Returns one dict per state: ``coords`` and, for ``name`` in ``flex``, ``consensus`` and
+    ``average``, the figures of :func:`map_figures` as ``{name}_{figure}`` (``flex_a``,
+    ``consensus_moving_corr``, ...). The average (``truth/average.mrc``: pure motion blur, no
+    noise) shows what the moving-domain FSC cannot see.
     """
     import torch
 
     from ..explore.generate import generate_volume
     from ..io.mrc import read_map
     from ..ops.fourier import fourier_crop_3d
-    from ..ops.fsc import fsc, fsc_resolution
     from ..simulate.oracle import domain_mask
 
     run_dir, sim_dir = Path(run_dir), Path(sim_dir)
@@ -89,28 +121,25 @@ def state_fsc_report(run_dir, sim_dir, threshold: float = 0.143, moving_domain=(
     coords = np.load(sim_dir / "truth" / "coords.npy")
     latents = np.load(run_dir / "latents.npy")
     n = len(latents)
-    consensus = torch.tensor(read_map(sim_dir / "consensus.mrc").data)  # a copy: the array may be read-only
-    out, mask = [], None
+
+    def at_box(path, box):  # a copy: the array may be read-only
+        vol = torch.tensor(read_map(path).data)
+        return vol if vol.shape[-1] == box else fourier_crop_3d(vol, box)
+
+    out, mask, refs = [], None, None
     for state in truth["states"]:
         c = np.asarray(state["coords"], np.float64)[None]
         z = latents_for_coords(latents, coords[:n], c)[0]
         flex, apix = generate_volume(run_dir, z)
         flex = torch.as_tensor(flex)
         box = flex.shape[-1]
-        true = torch.tensor(read_map(sim_dir / "truth" / state["file"]).data)
-        if true.shape[-1] != box:
-            true = fourier_crop_3d(true, box)
-        cons = consensus if consensus.shape[-1] == box else fourier_crop_3d(consensus, box)
         if mask is None:
             mask = torch.as_tensor(domain_mask(sim_dir, moving_domain, box=box))
-
+            refs = {"consensus": at_box(sim_dir / "consensus.mrc", box),
+                    "average": at_box(sim_dir / "truth" / truth.get("average", "average.mrc"), box)}
+        true = at_box(sim_dir / "truth" / state["file"], box)
         row = {"coords": state["coords"]}
-        for name, vol in (("flex", flex), ("consensus", cons)):
-            whole, moving = fsc(vol, true), fsc(vol * mask, true * mask)
-            row[f"{name}_a"] = fsc_resolution(whole, box, apix, threshold)
-            row[f"{name}_moving_a"] = fsc_resolution(moving, box, apix, threshold)
-            row[f"{name}_half_a"] = fsc_resolution(whole, box, apix, 0.5)
-            row[f"{name}_moving_half_a"] = fsc_resolution(moving, box, apix, 0.5)
-            row[f"{name}_moving_corr"] = masked_correlation(vol, true, mask)
+        for name, vol in (("flex", flex), *refs.items()):
+            row.update({f"{name}_{k}": v for k, v in map_figures(vol, true, mask, apix, threshold).items()})
         out.append(row)
     return out
