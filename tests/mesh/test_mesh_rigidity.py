@@ -225,3 +225,23 @@ def test_rigid_labels_raise_weights_and_fixed_labels_zero_the_mask(tetgen_mesh):
     np.testing.assert_array_equal(m, np.where(np.rint(vx / APIX) >= 6, 0.0, 1.0))
     with pytest.raises(ValueError, match="labels"):
         deformation_mask_from_labels(tetgen_mesh, labels[:10])
+
+
+def test_rotation_trace_keeps_only_F_and_p_for_the_backward_pass():
+    # the written-out gradient (not autograd through the quartic's formulas, which kept about
+    # twenty float64 tensors of the batch's size): what is saved for backward is F and p
+    from napari_flex3d.mesh.rigidity import rotation_trace
+
+    n = 5000
+    F = (torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(n, 3, 3, dtype=torch.float64)).requires_grad_(True)
+    saved = {}
+
+    def pack(t):
+        saved[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        p = rotation_trace(F)
+    assert sum(saved.values()) <= (9 + 1) * 8 * n
+    p.sum().backward()
+    assert torch.isfinite(F.grad).all()

@@ -13,9 +13,9 @@ No SVD is taken (a batched 3 x 3 SVD was 62% of an H100's time in a training ste
 where ``p = s1 + s2 + sign(det F) s3 = max_R tr(R^T F)`` over rotations. ``p`` is the largest
 root of ``p^4 - 2 I1 p^2 - 8 det(F) p + I1^2 - 4 I2 = 0`` (``I1, I2`` the invariants of
 ``F^T F``; its roots are the four sign patterns of ``s^`` with an even number of flips), found
-by Newton's method from above it (monotone: every root is real), in float64,
-then one Newton step taken with gradients on, which gives ``dp/dF`` by the implicit function
-theorem: the polar rotation of ``F`` (the gradient is exactly zero at ``F = I``, and the
+by Newton's method from above it (monotone: every root is real), in float64, and
+``dp/dF`` is written out by the implicit function theorem (:func:`_trace_gradient`; the
+energy's backward pass keeps only ``F - I`` and ``p``): the polar rotation of ``F`` (the gradient is exactly zero at ``F = I``, and the
 derivative of the quartic, ``8 (s1 + s2)(s1 + s3)(s2 + s3)``, stays away from zero unless
 the cell collapses or is inverted with ``s2 = s3``, where the closest rotation is not unique).
 
@@ -91,35 +91,102 @@ def signed_singular_values(F: torch.Tensor) -> torch.Tensor:
 _NEWTON_STEPS = 16  # fixed (no host sync): measured 1e-13 relative on strains up to 1e3 and inversions (tests/mesh)
 
 
-def _invariants(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(|F|^2, |cof F|^2, det F)`` of ``F (..., 3, 3)``: the first two invariants of ``F^T F``
-    (``sum s^2`` and ``sum_{k<l} s_k^2 s_l^2``) and the signed ``s1 s2 s3``, elementwise (no LU)."""
+def _invariants(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(|F|^2, |cof F|^2, det F, cof F)`` of ``F (..., 3, 3)``: the first two invariants of ``F^T F``
+    (``sum s^2`` and ``sum_{k<l} s_k^2 s_l^2``), the signed ``s1 s2 s3`` and the cofactor matrix
+    ``(9, ...)`` row-major (``d det / dF``), elementwise (no LU)."""
     entries = F.flatten(-2).movedim(-1, 0).contiguous()  # (9, ...): contiguous components (3x faster on the CPU)
     a, b, c, d, e, f, g, h, k = entries.unbind(0)
     cof = torch.stack([e * k - f * h, f * g - d * k, d * h - e * g,
                        c * h - b * k, a * k - c * g, b * g - a * h,
                        b * f - c * e, c * d - a * f, a * e - b * d])
     det = a * cof[0] + b * cof[1] + c * cof[2]
-    return entries.square().sum(0), cof.square().sum(0), det
+    return entries.square().sum(0), cof.square().sum(0), det, cof
+
+
+def _trace_root(F: torch.Tensor) -> torch.Tensor:
+    """``p = max_R tr(R^T F)`` of float64 ``F (..., 3, 3)``: the quartic's largest root (no gradient)."""
+    i1, i2, det, _ = _invariants(F)
+    a, b, r = i1.reshape(-1), i2.reshape(-1), det.reshape(-1)
+    # on the CPU in cache-sized pieces (memory-bound there); on a GPU at once
+    step = a.numel() if a.device.type != "cpu" else 1 << 15
+    root = [_largest_root(a[k : k + step], b[k : k + step], r[k : k + step]) for k in range(0, a.numel(), step)]
+    return torch.cat(root).reshape(i1.shape) if root else i1.clone()
+
+
+def _trace_gradient(F: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """``dp/dF (..., 3, 3)`` at the root ``p`` of :func:`_trace_root`, by the implicit function theorem.
+
+    With ``q(p; I1, I2, det) = p^4 - 2 I1 p^2 - 8 det p + I1^2 - 4 I2 = 0``:
+    ``dp/dF = -(q_I1 dI1/dF + q_I2 dI2/dF + q_det dDet/dF) / q_p``, where ``dI1/dF = 2F``,
+    ``dI2/dF = 2 (I1 F - F F^T F)`` and ``dDet/dF = cof F``, so
+    ``dp/dF = (4 (p^2 - I1) F + 8 (I1 F - F F^T F) + 8 p cof F) / q_p`` with
+    ``q_p = 4 p (p^2 - I1) - 8 det``: the polar rotation of ``F``. Elementwise on the nine
+    components (as :func:`_invariants`), no batched 3 x 3 products.
+    """
+    i1, _, det, cof = _invariants(F)
+    f = F.flatten(-2).movedim(-1, 0).contiguous()  # (9, ...) row-major components
+    slope = (4.0 * (p * p - i1) * p - 8.0 * det).clamp_min(_slope_floor(i1))
+    c = {}  # C = F^T F, symmetric: C_jk = sum_i F_ij F_ik
+    for j in range(3):
+        for k in range(j, 3):
+            c[j, k] = c[k, j] = f[j] * f[k] + f[3 + j] * f[3 + k] + f[6 + j] * f[6 + k]
+    lin = 4.0 * (p * p - i1) + 8.0 * i1
+    out = torch.stack([
+        lin * f[3 * i + k] - 8.0 * (f[3 * i] * c[0, k] + f[3 * i + 1] * c[1, k] + f[3 * i + 2] * c[2, k]) + 8.0 * p * cof[3 * i + k]
+        for i in range(3) for k in range(3)
+    ]) / slope  # (9, ...)
+    return out.movedim(0, -1).unflatten(-1, (3, 3))
+
+
+class _RotationTrace(torch.autograd.Function):
+    """:func:`rotation_trace` of float64 ``F``, keeping only ``F`` and ``p`` for the backward pass."""
+
+    @staticmethod
+    def forward(ctx, F: torch.Tensor) -> torch.Tensor:
+        p = _trace_root(F)
+        ctx.save_for_backward(F, p)
+        return p
+
+    @staticmethod
+    def backward(ctx, grad_p: torch.Tensor) -> torch.Tensor:
+        F, p = ctx.saved_tensors
+        return grad_p[..., None, None] * _trace_gradient(F, p)
+
+
+class _StrainEnergy(torch.autograd.Function):
+    """Per cell ``sum_l (s^_l - 1)^2`` of ``F = I + G``, ``G = dD D^-1``, from float64 edge changes
+    ``dD (b, t, 3, 3)`` and ``D^-1 (t, 3, 3)``: ``|G|^2 + 2 tr G - 2 (p - 3)`` (``p - 3`` formed
+    before it meets the small terms, so small strains keep their digits), floored at 0; gradient
+    ``2 (F - dp/dF) D^-T``. Only ``G`` and ``p`` are kept for the backward pass: autograd through these formulas kept about four times as much
+    (``benchmarks/rigidity.py``; a training step at box 128 on an H100 went from 3.3 to 6.2 GB
+    when the SVD was replaced by autograd through them)."""
+
+    @staticmethod
+    def forward(ctx, dD: torch.Tensor, rest_inv: torch.Tensor) -> torch.Tensor:
+        G = dD @ rest_inv
+        p = _trace_root(G + torch.eye(3, dtype=G.dtype, device=G.device))
+        ctx.save_for_backward(G, rest_inv, p)
+        return _strain(G, p).clamp_min(0.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        G, rest_inv, p = ctx.saved_tensors
+        F = G + torch.eye(3, dtype=G.dtype, device=G.device)
+        grad = torch.where(_strain(G, p) >= 0.0, grad, 0.0)  # as clamp_min passes it
+        grad_g = (2.0 * grad)[..., None, None] * (F - _trace_gradient(F, p))
+        return grad_g @ rest_inv.transpose(-1, -2), None
+
+
+def _strain(G: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return (G * G).sum((-1, -2)) + 2.0 * G.diagonal(dim1=-2, dim2=-1).sum(-1) - 2.0 * (p - 3.0)
 
 
 def rotation_trace(F: torch.Tensor) -> torch.Tensor:
     """``max_R tr(R^T F)`` over rotations ``R``, i.e. ``s1 + s2 + sign(det F) s3``, for ``F (..., 3, 3)``
     (float64 inside, returned in ``F``'s dtype); differentiable, its gradient the polar rotation of ``F``.
     No SVD (see the module notes)."""
-    i1, i2, det = _invariants(F.to(torch.float64))
-    with torch.no_grad():
-        a, b, r = i1.detach().reshape(-1), i2.detach().reshape(-1), det.detach().reshape(-1)
-        # on the CPU in cache-sized pieces (memory-bound there); on a GPU at once
-        step = a.numel() if a.device.type != "cpu" else 1 << 15
-        root = [_largest_root(a[k : k + step], b[k : k + step], r[k : k + step]) for k in range(0, a.numel(), step)]
-        p = torch.cat(root).reshape(i1.shape)
-        a = i1.detach()
-        slope = (4.0 * (p * p - a) * p - 8.0 * det.detach()).clamp_min(_slope_floor(a))
-    # one more Newton step with gradients on: the value stays p (the quartic is 0 there) and the
-    # gradient is -(d quartic / dF) / slope, the implicit derivative of the root
-    quartic = ((p * p - 2.0 * i1) * p - 8.0 * det) * p + i1 * i1 - 4.0 * i2
-    return (p - quartic / slope).to(F.dtype)
+    return _RotationTrace.apply(F.to(torch.float64)).to(F.dtype)
 
 
 def _slope_floor(i1: torch.Tensor) -> torch.Tensor:
@@ -176,12 +243,8 @@ def _energy(rest_inv: torch.Tensor, disp: torch.Tensor, cells: torch.Tensor, wei
     """``(b,)`` energy of ``disp (b, v, 3)`` given ``D^-1 (t, 3, 3)`` (no SVD, see the module notes)."""
     # F = I + dD D^-1 in float64, so that small strains keep their digits: sum_l (s^_l - 1)^2 = |F|^2 - 2 p + 3
     dD = edge_matrices(disp.to(torch.float64), cells)  # (b, t, 3, 3)
-    G = dD @ rest_inv.to(torch.float64)  # F - I
-    F = G + torch.eye(3, dtype=torch.float64, device=disp.device)
-    trace_g = G.diagonal(dim1=-2, dim2=-1).sum(-1)
-    # |F|^2 - 2 p + 3 = |G|^2 + 2 tr G + 6 - 2 p, with p - 3 formed before it meets the small terms
-    per_cell = ((G * G).sum((-1, -2)) + 2.0 * trace_g - 2.0 * (rotation_trace(F) - 3.0)).clamp_min(0.0)
-    per_cell = per_cell.to(disp.dtype)  # (b, t)
+    # |F|^2 - 2 p + 3 = |G|^2 + 2 tr G + 6 - 2 p with G = F - I = dD D^-1
+    per_cell = _StrainEnergy.apply(dD, rest_inv.detach().to(torch.float64)).to(disp.dtype)  # (b, t)
     if weights is not None:
         per_cell = per_cell * torch.as_tensor(weights, device=disp.device).to(per_cell.dtype)
     return per_cell.sum(-1)  # (b,)
