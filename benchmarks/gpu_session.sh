@@ -17,16 +17,17 @@
 # Steps (each with its own time limit; a failed step stops the run early):
 #  1. the 20,000-particle --motion both simulation at box 128 (half maps on the GPU), with the
 #     CUDA-parametrised tests of the suite beside it;
-#  2. smoke, which also measures the rate: the whole recovery path (train, write, evaluate) on the
+#  2. gpu_scale at training box 128: particles/s and peak memory of a training step (about 25 s);
+#  3. smoke, which also measures the rate: the whole recovery path (train, write, evaluate) on the
 #     first SMOKE_N particles of that simulation for 3 epochs at batch 256;
-#  3. recovery at box 128, inference at box 64, EPOCHS (16) epochs on as many particles as the
+#  4. recovery at box 128, inference at box 64, EPOCHS (16) epochs on as many particles as the
 #     smoke's rate fits before LIMIT seconds from the start (at most MAX_PARTICLES, 20000);
-#     the run's history is copied to OUT while it trains, so a stopped run still reports;
-#  4. gpu_scale at training box 128 (the SVD-free rigidity's throughput), if time is left.
+#     the run's history is copied to OUT while it trains, so a stopped run still reports, and
+#     the model comes back in rec128.tgz (benchmarks/recovery.py --evaluate-only reads it).
 # Other settings: DEVICE (cuda), SIM_N (20000), SMOKE_N (2048), LIMIT (570 s).
 # Run whole on one H100 on 2026-11-27 (LIMIT=565): set-up 9 s, simulation done at 54 s, smoke at
 # 101 s (its rate, 295 particles/s, was low: the recovery trained at about 370), recovery on
-# 7,000 particles done at 387 s, gpu_scale done at 413 s (docs/training.md, "On a GPU"). All
+# 7,000 particles done at 387 s, gpu_scale (then last) done at 413 s (docs/training.md, "On a GPU"). All
 # 20,000 particles x 16 epochs at box 128 need about 13 minutes of training at that rate.
 set -u
 : "${OUT:?set OUT to a folder for the logs}"
@@ -64,7 +65,13 @@ echo "== simulation rc=$rc at $(el) s"
 tail -3 "$OUT/sim.log"
 [ $rc -eq 0 ] || exit 5
 
-# 2. smoke and rate: 3 epochs of the first SMOKE_N particles, evaluated as the full run is
+# 2. gpu_scale at training box 128: throughput and peak memory of a training step
+OMP_NUM_THREADS=8 timeout 90 python3 benchmarks/gpu_scale.py --mesh-dir "$M" --train-boxes 128 --latent-box 64 --steps 6 \
+    --no-reconstruction --device "$DEVICE" > "$OUT/gpu_scale.log" 2>&1
+echo "== gpu_scale rc=$? at $(el) s"
+grep -E "train box|bandwidth|device" "$OUT/gpu_scale.log"
+
+# 3. smoke and rate: 3 epochs of the first SMOKE_N particles, evaluated as the full run is
 OMP_NUM_THREADS=8 timeout 150 python3 benchmarks/recovery.py --out /tmp/smoke --sim "$SIM" --max-particles "$SMOKE_N" \
     --epochs 3 --warmup-epochs 0 --mesh "$M/sim128_both.npz" --train-box 128 --latent-box 64 --device "$DEVICE" \
     > "$OUT/smoke.log" 2>&1
@@ -73,21 +80,22 @@ echo "== smoke rc=$rc at $(el) s"
 grep -v "^\s*$" "$OUT/smoke.log" | tr '\r' '\n' | grep -v "batch/s" | tail -20
 [ $rc -eq 0 ] || exit 6
 
-# 3. recovery, sized by the smoke: its slowest trained epoch after the first gives particles/s; the
-# smoke's time outside its epochs (set-up, checkpoints: twice; evaluation: once) is added; 2 warm-up
-# epochs cost about 0.4 of one; 15 % margin; 30 s kept for step 4
+# 4. recovery, sized by the smoke: its trained epochs after the first give particles/s (their mean;
+# on 2026-11-27 the smoke's slowest read 295 where the run trained at about 370); the smoke's time
+# outside its epochs (set-up, checkpoints: twice; evaluation: once) is added; 2 warm-up epochs cost
+# about 0.4 of one; 15 % margin
 N=$(python3 - "$LIMIT" "$(el)" "$CAP" "$EPOCHS" <<'EOF'
 import json, os, re, sys
 limit, now, cap, epochs = (float(x) for x in sys.argv[1:])
 hist = json.load(open("/tmp/smoke/run/history.json"))
 n_train = int(re.search(r"\((\d+) train", open("/tmp/smoke/train.log").read()).group(1))
-rate = n_train / max(h["seconds"] for h in hist[1:])
+rate = n_train * len(hist[1:]) / sum(h["seconds"] for h in hist[1:])
 smoke = open(os.environ["OUT"] + "/smoke.log").read()
 total = float(re.search(r"benchmark (\d+) s", smoke).group(1))
 trained = float(re.search(r"training in all (\d+) s", smoke).group(1))
 extra = trained - sum(h["seconds"] for h in hist)  # set-up, checkpoints, per-epoch FSC: counted twice
 overhead = 2 * extra + (total - trained)  # and the evaluation once
-left = limit - now - 30 - overhead - 10
+left = limit - now - overhead - 10
 eff = (epochs - 2) + 2 * 0.4 if epochs > 2 else epochs
 n = int(min(cap, 0.85 * rate * left / eff / 0.95) // 1000 * 1000)
 print(max(n, min(1000, int(cap))))
@@ -104,15 +112,8 @@ echo "== recovery rc=$? at $(el) s"
 kill $COPIER 2>/dev/null
 cp /tmp/rec128/run/history.json "$OUT/history_live.json" 2>/dev/null
 grep -v "^\s*$" "$OUT/recovery.log" | tr '\r' '\n' | grep -v "batch/s" | tail -30
-(cd /tmp/rec128 && tar czf "$OUT/rec128.tgz" run/history.json run/config.json run/latents.npy train.log 2>/dev/null)
+(cd /tmp/rec128 && tar czf "$OUT/rec128.tgz" run/history.json run/config.json run/latents.npy run/canonical.mrc \
+    run/mesh.npz run/checkpoints/last.pt train.log 2>/dev/null)  # the model too: evaluate it again anywhere
 tail -3 "$OUT/pytest_cuda.log"
 
-# 4. gpu_scale at box 128 with what is left
-LEFT=$(( LIMIT - $(el) ))
-if [ $LEFT -gt 45 ]; then
-  timeout $(( LEFT - 5 )) python3 benchmarks/gpu_scale.py --mesh-dir "$M" --train-boxes 128 --latent-box 64 --steps 6 \
-      --no-reconstruction --device "$DEVICE" > "$OUT/gpu_scale.log" 2>&1
-  echo "== gpu_scale rc=$? at $(el) s"
-  grep -E "train box|bandwidth|device" "$OUT/gpu_scale.log"
-fi
 echo "== done at $(el) s"
