@@ -15,7 +15,7 @@ from napari_flex3d.mesh import (
     voxel_centres_xyz_a,
 )
 
-from conftest import APIX  # noqa: E402  (tests/mesh/conftest.py)
+APIX = 3.0  # the pixel size of the fixtures in tests/mesh/conftest.py
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

@@ -24,7 +24,7 @@ from napari_flex3d.mesh import (
 )
 from napari_flex3d.mesh.build import cell_signed_volumes, max_cell_volume
 
-from conftest import APIX, BOX  # noqa: E402  (tests/mesh/conftest.py)
+BOX, APIX = 64, 3.0  # the box and pixel size of the fixtures in tests/mesh/conftest.py
 
 
 def _mask_points(mask):

@@ -18,7 +18,7 @@ from napari_flex3d.mesh import (
 )
 from napari_flex3d.mesh.rigidity import cell_sample_points, rest_edge_inverse
 
-from conftest import APIX, BOX  # noqa: E402  (tests/mesh/conftest.py)
+BOX, APIX = 64, 3.0  # the box and pixel size of the fixtures in tests/mesh/conftest.py
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

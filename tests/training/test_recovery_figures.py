@@ -30,7 +30,8 @@ def maps():
 
     def ball(centre, radius, n):
         d = rng.normal(size=(n, 3))
-        return np.asarray(centre) + d / np.linalg.norm(d, axis=1, keepdims=True) * radius * rng.uniform(0, 1, (n, 1)) ** (1 / 3)
+        r = radius * rng.uniform(0, 1, (n, 1)) ** (1 / 3)  # uniform in the ball
+        return np.asarray(centre) + d / np.linalg.norm(d, axis=1, keepdims=True) * r
 
     static, moving = ball((16, 16, 10), 5.0, 40), ball((16, 16, 22), 4.0, 30)
     rest = _blobs(static)

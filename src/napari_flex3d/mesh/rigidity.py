@@ -15,9 +15,10 @@ root of ``p^4 - 2 I1 p^2 - 8 det(F) p + I1^2 - 4 I2 = 0`` (``I1, I2`` the invari
 ``F^T F``; its roots are the four sign patterns of ``s^`` with an even number of flips), found
 by Newton's method from above it (monotone: every root is real), in float64, and
 ``dp/dF`` is written out by the implicit function theorem (:func:`_trace_gradient`; the
-energy's backward pass keeps only ``F - I`` and ``p``): the polar rotation of ``F`` (the gradient is exactly zero at ``F = I``, and the
-derivative of the quartic, ``8 (s1 + s2)(s1 + s3)(s2 + s3)``, stays away from zero unless
-the cell collapses or is inverted with ``s2 = s3``, where the closest rotation is not unique).
+energy's backward pass keeps only ``F - I`` and ``p``): the polar rotation of ``F`` (the
+gradient is exactly zero at ``F = I``, and the derivative of the quartic,
+``8 (s1 + s2)(s1 + s3)(s2 + s3)``, stays away from zero unless the cell collapses or is
+inverted with ``s2 = s3``, where the closest rotation is not unique).
 
 ``w_j`` is the cell's mean canonical density scaled so the densest cell is 1, floored at
 a minimum (cryoSPARC: 0.5), then raised for cells the user marked rigid. A per-vertex
@@ -132,10 +133,8 @@ def _trace_gradient(F: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
         for k in range(j, 3):
             c[j, k] = c[k, j] = f[j] * f[k] + f[3 + j] * f[3 + k] + f[6 + j] * f[6 + k]
     lin = 4.0 * (p * p - i1) + 8.0 * i1
-    out = torch.stack([
-        lin * f[3 * i + k] - 8.0 * (f[3 * i] * c[0, k] + f[3 * i + 1] * c[1, k] + f[3 * i + 2] * c[2, k]) + 8.0 * p * cof[3 * i + k]
-        for i in range(3) for k in range(3)
-    ]) / slope  # (9, ...)
+    fc = [f[3 * i] * c[0, k] + f[3 * i + 1] * c[1, k] + f[3 * i + 2] * c[2, k] for i in range(3) for k in range(3)]
+    out = torch.stack([lin * f[m] - 8.0 * fc[m] + 8.0 * p * cof[m] for m in range(9)]) / slope  # (9, ...)
     return out.movedim(0, -1).unflatten(-1, (3, 3))
 
 
@@ -158,9 +157,10 @@ class _StrainEnergy(torch.autograd.Function):
     """Per cell ``sum_l (s^_l - 1)^2`` of ``F = I + G``, ``G = dD D^-1``, from float64 edge changes
     ``dD (b, t, 3, 3)`` and ``D^-1 (t, 3, 3)``: ``|G|^2 + 2 tr G - 2 (p - 3)`` (``p - 3`` formed
     before it meets the small terms, so small strains keep their digits), floored at 0; gradient
-    ``2 (F - dp/dF) D^-T``. Only ``G`` and ``p`` are kept for the backward pass: autograd through these formulas kept about four times as much
-    (``benchmarks/rigidity.py``; a training step at box 128 on an H100 went from 3.3 to 6.2 GB
-    when the SVD was replaced by autograd through them)."""
+    ``2 (F - dp/dF) D^-T``. Only ``G`` and ``p`` are kept for the backward pass: autograd
+    through these formulas kept about four times as much (``benchmarks/rigidity.py``; a
+    training step at box 128 on an H100 went from 3.3 to 6.2 GB when the SVD was replaced by
+    autograd through them)."""
 
     @staticmethod
     def forward(ctx, dD: torch.Tensor, rest_inv: torch.Tensor) -> torch.Tensor:
