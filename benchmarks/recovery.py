@@ -71,9 +71,9 @@ def main(argv=None) -> int:
 
     t_bench = time.perf_counter()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     if args.evaluate_only and not (args.sim and (out / "run" / "latents.npy").is_file()):
         p.error("--evaluate-only needs --sim and a finished run in OUT/run (OUT/run/latents.npy)")
+    out.mkdir(parents=True, exist_ok=True)
     if args.sim:
         sim_dir = Path(args.sim)
         t_sim = float("nan")
