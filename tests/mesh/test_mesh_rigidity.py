@@ -227,13 +227,8 @@ def test_rigid_labels_raise_weights_and_fixed_labels_zero_the_mask(tetgen_mesh):
         deformation_mask_from_labels(tetgen_mesh, labels[:10])
 
 
-def test_rotation_trace_keeps_only_F_and_p_for_the_backward_pass():
-    # the written-out gradient (not autograd through the quartic's formulas, which kept about
-    # twenty float64 tensors of the batch's size): what is saved for backward is F and p
-    from napari_flex3d.mesh.rigidity import rotation_trace
-
-    n = 5000
-    F = (torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(n, 3, 3, dtype=torch.float64)).requires_grad_(True)
+def _saved_bytes(fn) -> int:
+    """Bytes of the distinct storages autograd keeps for the backward pass of ``fn()``."""
     saved = {}
 
     def pack(t):
@@ -241,7 +236,24 @@ def test_rotation_trace_keeps_only_F_and_p_for_the_backward_pass():
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        p = rotation_trace(F)
-    assert sum(saved.values()) <= (9 + 1) * 8 * n
-    p.sum().backward()
+        fn()
+    return sum(saved.values())
+
+
+def test_rigidity_keeps_only_what_its_written_out_gradient_needs():
+    # the gradient is written out (autograd through the quartic's formulas kept about twenty
+    # float64 tensors of the batch's size): rotation_trace keeps F and p, the energy that
+    # training uses keeps F - I and p per particle and cell, and a few numbers per cell
+    from napari_flex3d.mesh.rigidity import rotation_trace
+
+    n = 5000
+    F = (torch.eye(3, dtype=torch.float64) + 0.2 * torch.randn(n, 3, 3, dtype=torch.float64)).requires_grad_(True)
+    assert _saved_bytes(lambda: rotation_trace(F)) <= (9 + 1) * 8 * n
+    rotation_trace(F).sum().backward()
     assert torch.isfinite(F.grad).all()
+
+    mesh = build_grid_mesh(np.ones((5, 5, 5), bool), 1.0, cell_size_a=1.0)
+    X, b, t = _X(mesh, dtype=torch.float32), 64, mesh.n_cells
+    d = (0.1 * torch.randn(b, len(X), 3)).requires_grad_(True)
+    w = torch.rand(t) + 0.5
+    assert _saved_bytes(lambda: rigidity_energy(X, d, mesh.cells, w)) <= (9 + 1) * 8 * b * t + 128 * t

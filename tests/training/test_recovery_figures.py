@@ -65,12 +65,12 @@ def test_moving_domain_fsc_is_blind_to_blur_and_the_correlation_is_not(maps):
     assert blur["moving_corr"] < 0.96
     # a domain misplaced by 1.5 px: the masked FSC falls well before Nyquist
     assert shift["moving_a"] > 1.5 * NYQUIST
-    assert shift["moving_corr"] < 1.0
+    assert shift["moving_corr"] < 0.9  # the correlation sees it too
     # the static domain is untouched in both, so the whole-map figures are better than the domain's
     assert shift["a"] < shift["moving_a"]
 
 
-def test_figures_are_symmetric_in_scale(maps):
+def test_figures_do_not_depend_on_the_maps_scale(maps):
     """Any scale of the map (a consensus or a convected map on its own scale) gives the same figures."""
     truth, blurred, _, mask = maps
     a, b = map_figures(blurred, truth, mask, APIX), map_figures(7.5 * blurred, truth, mask, APIX)
