@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "spearman", "best_spearman", "canonical_correlations", "latents_for_coords", "masked_correlation", "map_figures",
-    "state_fsc_report",
+    "spearman", "best_spearman", "canonical_correlations", "quadratic_readout_correlations", "latents_for_coords",
+    "masked_correlation", "map_figures", "state_fsc_report",
 ]
 
 
@@ -41,6 +41,26 @@ def canonical_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
     qx, _ = np.linalg.qr(x - x.mean(0))
     qy, _ = np.linalg.qr(y - y.mean(0))
     return np.clip(np.linalg.svd(qx.T @ qy, compute_uv=False), 0.0, 1.0)
+
+
+def quadratic_readout_correlations(latents: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """Canonical correlations between the true coordinates ``coords (n, k)`` and their least-squares
+    prediction from the latents ``(n, K)``, their squares and pairwise products: ``(min(K, k),)``.
+
+    A diagnostic beside :func:`canonical_correlations`, not a replacement: it forgives a latent
+    space that is bent (one motion tracing a curve instead of a line), which the linear figure
+    counts as error. The auto-decoder's objective does not change under a smooth warp of the
+    latent space, so a bend inherited from the start stays; the difference between the two
+    figures says how much of the linear figure's shortfall is that bend.
+    """
+    z = np.atleast_2d(np.asarray(latents, np.float64).T).T
+    c = np.atleast_2d(np.asarray(coords, np.float64).T).T
+    z = (z - z.mean(0)) / np.where(z.std(0) > 0, z.std(0), 1.0)
+    i, j = np.triu_indices(z.shape[1])
+    features = np.concatenate([np.ones((len(z), 1)), z, z[:, i] * z[:, j]], axis=1)  # (n, 1 + K + K(K+1)/2)
+    coef, *_ = np.linalg.lstsq(features, c, rcond=None)
+    prediction = features @ coef  # (n, k)
+    return canonical_correlations(prediction, c)[: min(z.shape[1], c.shape[1])]
 
 
 def latents_for_coords(latents: np.ndarray, coords: np.ndarray, query: np.ndarray) -> np.ndarray:
