@@ -44,3 +44,39 @@ def test_more_latent_axes_than_coordinates():
     out = quadratic_readout_correlations(z, c)
     assert out.shape == (1,)
     assert np.isclose(out[0], 1.0)
+
+
+def _rotation_displacements(angles, points, axis):
+    """Displacements ``(n, p, 3)`` of ``points`` rotated by each angle about ``axis`` (Rodrigues)."""
+    k = axis / np.linalg.norm(axis)
+    kx = np.cross(k, points)  # (p, 3)
+    kkx = np.cross(k, kx)
+    s, c = np.sin(angles)[:, None, None], np.cos(angles)[:, None, None]
+    return s * kx + (1.0 - c) * kkx
+
+
+def test_displacement_modes_of_a_linear_flow_stop_at_its_rank():
+    from napari_flex3d.training.recovery import displacement_modes
+
+    rng = np.random.default_rng(3)
+    fields = rng.standard_normal((2, 50, 3))
+    z = rng.standard_normal((500, 2))
+    modes = displacement_modes(np.einsum("nk,kpd->npd", z, fields))
+    assert modes[0] == 1.0 and modes[1] > 0.1
+    assert np.all(modes[2:] < 1e-10)
+
+
+def test_displacement_modes_of_a_rotation_show_its_curvature():
+    from napari_flex3d.training.recovery import displacement_modes
+
+    rng = np.random.default_rng(4)
+    points = rng.standard_normal((200, 3)) * 10.0
+    angles = rng.uniform(-np.pi / 3, np.pi / 3, 4000)
+    modes = displacement_modes(_rotation_displacements(angles, points, np.array([0.3, -0.2, 1.0])))
+    # sin and 1 - cos multiply two orthogonal fields of equal norm (k x p and k x (k x p)), so the
+    # modes are those of the two functions' 2 x 2 covariance over the angles
+    eig = np.sqrt(np.linalg.eigvalsh(np.cov(np.sin(angles), 1.0 - np.cos(angles))))
+    expected = eig[0] / eig[1]
+    assert np.isclose(modes[1], expected, rtol=1e-6)
+    assert 0.1 < modes[1] < 0.5
+    assert np.all(modes[2:] < 1e-8)

@@ -264,3 +264,16 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
         next(train_run(None, tmp_path, resume=True))
     with pytest.raises(ValueError, match="no checkpoint"):
         next(train_run(None, tmp_path / "empty", resume=True))
+
+
+def test_motion_modes_of_a_run_against_the_simulators_truth(full_run, tiny_sim):
+    from napari_flex3d.training.recovery import motion_modes
+
+    out, _ = full_run
+    modes = motion_modes(out, tiny_sim, n=100)
+    for name in ("trained", "true"):
+        values = modes[name]
+        assert values.shape == (4,) and values[0] == 1.0
+        assert np.all(np.diff(values) <= 1e-12) and np.all(values >= 0)
+    # a hinge is a rotation: its true displacement over the particles has a curvature mode
+    assert modes["true"][1] > 0.02

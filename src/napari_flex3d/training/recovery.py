@@ -14,7 +14,7 @@ import numpy as np
 
 __all__ = [
     "spearman", "best_spearman", "canonical_correlations", "quadratic_readout_correlations", "latents_for_coords",
-    "masked_correlation", "map_figures", "state_fsc_report",
+    "masked_correlation", "map_figures", "state_fsc_report", "displacement_modes", "motion_modes",
 ]
 
 
@@ -163,3 +163,45 @@ def state_fsc_report(run_dir, sim_dir, threshold: float = 0.143, moving_domain=(
             row.update({f"{name}_{k}": v for k, v in map_figures(vol, true, mask, apix, threshold).items()})
         out.append(row)
     return out
+
+
+def displacement_modes(displacements, n_modes: int = 4) -> np.ndarray:
+    """Singular values ``(min(n_modes, ...),)``, relative to the largest, of per-particle vertex
+    displacements ``(n, v, 3)`` about their mean over the particles.
+
+    How many independent displacement fields the motion uses: a flow that is linear in its
+    latents has exactly ``K`` non-zero values; a rotation adds its curvature (the ``1 - cos``
+    term) as further modes.
+    """
+    d = np.asarray(displacements, np.float64).reshape(len(displacements), -1)
+    s = np.linalg.svd(d - d.mean(0), compute_uv=False)[:n_modes]
+    return s / s[0] if s[0] > 0 else s
+
+
+def motion_modes(run_dir, sim_dir, n: int = 2000, n_modes: int = 4) -> dict:
+    """:func:`displacement_modes` of a run's flow at its first ``n`` particles' latents and of the
+    simulator's true motion of the same particles, both on the run's own mesh.
+
+    The truth is the least-squares fit of the atoms' displacements on the mesh's vertices
+    (:func:`~napari_flex3d.simulate.oracle.true_vertex_displacements`). Returns ``{"trained":
+    (m,), "true": (m,)}``; where the trained values fall off faster than the true ones, the flow
+    is missing part of the motion's shape and the latents bend to make up for it.
+    """
+    import torch
+
+    from ..explore.generate import load_generator
+    from ..mesh.build import load_mesh
+    from ..simulate.molecule import build_molecule
+    from ..simulate.oracle import true_vertex_displacements
+
+    run_dir, sim_dir = Path(run_dir), Path(sim_dir)
+    truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
+    model, latents = load_generator(run_dir)
+    n = min(int(n), len(latents))
+    coords = np.load(sim_dir / "truth" / "coords.npy")[:n]
+    mesh = load_mesh(run_dir / "mesh.npz")
+    mol = build_molecule(int(truth["box"]), float(truth["apix"]), n_atoms=truth["n_atoms"], seed=truth["seed"])
+    d_true, _, _ = true_vertex_displacements(mesh, mol, coords, truth["motion"])
+    with torch.no_grad():
+        d_trained = model.displacements(latents[:n]).cpu().numpy()
+    return {"trained": displacement_modes(d_trained, n_modes), "true": displacement_modes(d_true, n_modes)}
