@@ -50,6 +50,7 @@ def main(argv=None) -> int:
                    help="a saved mesh (flex3d mesh / save_mesh) instead of building one from the consensus "
                         "(a GPU machine without pyvista: build it where pyvista is)")
     p.add_argument("--kernel", default="cubic", choices=["cubic", "linear"])
+    p.add_argument("--rigidity-floor", type=float, default=None, help="rigidity weight of empty mesh cells")
     p.add_argument("--latent-inference", default=None, choices=["grid", "gradient", "none"])
     p.add_argument("--latent-init-band", type=float, default=None, help="band of the variability start (fraction of Nyquist)")
     p.add_argument("--latent-grid", type=int, default=None, help="candidate values per latent axis in a grid sweep")
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
                     kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
                     max_particles=args.max_particles)
     for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
-                 "latent_estimate", "latent_grid", "latent_prior_shape", "seed"):  # the training's own defaults unless given here
+                 "rigidity_floor", "latent_estimate", "latent_grid", "latent_prior_shape", "seed"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = TrainConfig(**settings)

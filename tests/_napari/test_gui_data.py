@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from napari_flex3d._napari._library import available
+from napari_flex3d.config import TrainConfig
 
 pytestmark = pytest.mark.gui
 
@@ -112,8 +113,15 @@ def test_data_widget_loads_builds_saves_and_loads_a_mesh(make_napari_viewer, qtb
     assert fixed.any() and np.all(x_vox[fixed] < half + 0.5)  # only painted vertices are fixed
     assert np.all(painted.deformation_mask[x_vox > half + 1] == 1)
     cx = painted.centroids_a()[:, 0] / painted.apix + half
-    w_right, w_left = painted.rigidity_weights[cx > half + 2], painted.rigidity_weights[cx < half - 2]
-    assert w_right.min() > w_left.max()  # painted-rigid cells outweigh all the others
+    right, left = cx > half + 2, cx < half - 2
+    from napari_flex3d.mesh.rigidity import cell_density_weights
+
+    # the weights before painting: the consensus density's, floored at the training default
+    base = cell_density_weights(painted, w.session.consensus, min_weight=TrainConfig().rigidity_floor)
+    assert right.any() and left.any()
+    # painted-rigid cells are 10x as rigid as they were; the others keep their weights
+    np.testing.assert_allclose(painted.rigidity_weights[right], 10.0 * base[right], rtol=1e-6)
+    np.testing.assert_allclose(painted.rigidity_weights[left], base[left], rtol=1e-6)
     viewer.layers.remove(NO_MOTION_LAYER)
     viewer.layers.remove(RIGID_LAYER)
     w.load_mesh(path)
