@@ -50,3 +50,25 @@ def test_mesh_command_names_a_bad_label_volume(tmp_path, capsys):
                "--rigid-labels", str(tmp_path / "small.mrc")])
     assert rc == 2
     assert "small.mrc" in capsys.readouterr().err
+
+
+def test_every_entry_point_floors_empty_cells_at_the_one_default(tmp_path, capsys):
+    """`flex3d mesh`, `api.build_mesh`, the model and the weights function share ``config.RIGIDITY_FLOOR``."""
+    import inspect
+
+    from napari_flex3d import api
+    from napari_flex3d.config import RIGIDITY_FLOOR, TrainConfig
+    from napari_flex3d.mesh.rigidity import cell_density_weights
+    from napari_flex3d.model.flex import FlexModel
+
+    vol, _ = _two_blobs()
+    write_map(tmp_path / "map.mrc", vol, APIX)
+    assert main(["mesh", "--map", str(tmp_path / "map.mrc"), "--out", str(tmp_path / "m.npz"), "--json"]) == 0
+    capsys.readouterr()
+    w = load_mesh(tmp_path / "m.npz").rigidity_weights
+    assert w.min() == np.float32(RIGIDITY_FLOOR)  # the solvent cells sit at the floor
+    assert (w > 0.9).any() and (w == w.min()).mean() > 0.2
+    assert TrainConfig().rigidity_floor == RIGIDITY_FLOOR
+    for fn, name in ((api.build_mesh, "rigidity_floor"), (FlexModel.from_map, "rigidity_floor"),
+                     (cell_density_weights, "min_weight")):
+        assert inspect.signature(fn).parameters[name].default == RIGIDITY_FLOOR, fn

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .config import RIGIDITY_FLOOR
+
 
 def read_particles(path, *, passthrough=None, root=None):
     """Read a RELION STAR or cryoSPARC ``.cs`` particle file into a ``ParticleSet``."""
@@ -97,7 +99,7 @@ def demo(out_dir, *, progress=True, **kwargs) -> dict:
 
 
 def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None, dilate_a=6.0, cell_size_a=None,
-               rigidity_floor=0.5, rigid_labels=None, rigid_factor=10.0, no_motion_labels=None):
+               rigidity_floor=RIGIDITY_FLOOR, rigid_labels=None, rigid_factor=10.0, no_motion_labels=None):
     """Solvent mask and tetrahedral mesh of a consensus map, with rigidity weights from its
     density (and raised in ``rigid_labels``) and a deformation mask (0 in ``no_motion_labels``);
     saved to ``out`` (``.npz``). Returns ``(mesh, summary dict)``."""

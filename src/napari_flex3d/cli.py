@@ -12,6 +12,7 @@ import sys
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import __version__
+from .config import RIGIDITY_FLOOR
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -173,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--volume-fraction", type=float, default=None, help="or: threshold so this fraction of the box is inside")
     p.add_argument("--dilate-a", type=float, default=6.0, help="dilate the thresholded mask by this many Å")
     p.add_argument("--cell-size-a", type=float, default=None, help="cell size in Å (default: 20 cells across the box)")
-    p.add_argument("--rigidity-floor", type=float, default=0.5, help="smallest rigidity weight of a cell")
+    p.add_argument("--rigidity-floor", type=float, default=RIGIDITY_FLOOR,
+                   help=f"smallest rigidity weight of a cell, that of empty ones (default {RIGIDITY_FLOOR}; cryoSPARC 0.5)")
     p.add_argument("--rigid-labels", default=None, help="label volume (MRC): cells in labels > 0 are made 10x more rigid")
     p.add_argument("--no-motion-labels", default=None, help="label volume (MRC): vertices in labels > 0 do not move")
     p.add_argument("--json", action="store_true")

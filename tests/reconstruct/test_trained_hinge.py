@@ -5,17 +5,26 @@ then flex and rigid half maps at twice the training box.
 with K=1, 4 epochs (1 warm-up), batches of 100 and the linear kernel, as in
 tests/training/test_learns_hinge.py; then 6 L-BFGS iterations per half map at box 48.
 
-Measured (70 s on 2 lightly loaded cores; 250 s wall, 75 s CPU when heavily shared): latent vs true hinge
-|Spearman| 0.93; objective flex/rigid 0.992 for both halves; inside the arm mask, mean FSC
-(shells 4-11) against the true rest state 0.975 flex vs 0.971 rigid, against the true
-average 0.979 flex vs 0.989 rigid (remeasured 2026-11-27: 0.965 vs 0.958 and 0.964 vs 0.978;
-with --rigidity-floor 0.25 the flex figure against the rest state falls to 0.956, with 0.1 to 0.949); global FSC 0.143 at 7.78 Å (flex) and 7.76 Å (rigid),
-finer than the training Nyquist. The margins are small: this molecule's arm is a smooth
-blob of 3 Å-wide Gaussian atoms, so most of what motion blurs is beyond the signal.
-The oracle-flow version (tests/reconstruct/test_halfmaps.py) shows the same ordering with
-the true motion.
-"""
+The rigidity floor is pinned at cryoSPARC's 0.5 here, not the default 0.1. On this small,
+short run the held-out validation loss prefers 0.5 (143.96 against 144.69 for simulation seed
+0, 141.06 against 141.55 for seed 1), and at 0.1 the flow learns less of the hinge (the arm
+moves 2.0-2.7 Å at the coordinate -1 against 3.8-4.5 Å at 0.5), so the flexible maps only
+tie the rigid ones (best-state FSC in the arm 0.9643 / 0.9619 against 0.9641 / 0.9624). On
+the 20,000-particle benchmarks the validation loss prefers 0.1 (docs/training.md).
 
+The flex and rigid maps are compared with the true single states along the hinge (25 of them,
+-0.96 to +0.96), in the arm mask (mean FSC, shells 4-11), each at the state it matches best:
+the canonical frame is the state at the latents' centre, which on this two-well hinge is
+near -0.2, not the rest state. Measured 2026-11-27 (simulation seed 0; seed 1 in brackets):
+flex 0.9703 (0.9678) at -0.16, rigid 0.9641 (0.9624) at -0.16 (-0.24); against the true
+average flex 0.9641 (0.9592), rigid 0.9776 (0.9798). Against the rest state alone the seed-0
+figures are 0.9649 against 0.9578, but seed 1 gives 0.9549 against 0.9556: that measure
+depends on where the frame sits. Latent vs true hinge |Spearman| 0.93; objective flex/rigid
+0.992 for both halves; global FSC 0.143 at 7.78 Å (flex) and 7.76 Å (rigid), finer than the
+training Nyquist. The margins are small: this molecule's arm is a smooth blob of 3 Å-wide
+Gaussian atoms, so most of what motion blurs is beyond the signal. The oracle-flow version
+(tests/reconstruct/test_halfmaps.py) shows the same ordering with the true motion.
+"""
 from __future__ import annotations
 
 import json
@@ -30,7 +39,9 @@ from napari_flex3d.io.particles import read_particles
 from napari_flex3d.reconstruct.halfmaps import solve_half_maps
 from napari_flex3d.reconstruct.validation import masked_fsc
 from napari_flex3d.simulate.dataset import simulate_dataset
+from napari_flex3d.simulate.molecule import build_molecule, deform
 from napari_flex3d.simulate.oracle import domain_mask
+from napari_flex3d.simulate.render import render_volume
 from napari_flex3d.training.loop import load_run, train_run
 from napari_flex3d.training.recovery import spearman
 
@@ -45,7 +56,7 @@ def trained(tmp_path_factory):
     sim = simulate_dataset(root / "sim", n_particles=2000, box=BOX, apix=APIX, snr=0.3, motion="hinge", seed=0)
     config = TrainConfig(
         particles=str(sim.particles_star), map=str(sim.consensus), out=str(root / "run"), box=TRAIN_BOX,
-        latent_dim=1, epochs=4, warmup_epochs=1, batch=100, kernel="linear", preview_every=0,
+        latent_dim=1, epochs=4, warmup_epochs=1, batch=100, kernel="linear", preview_every=0, rigidity_floor=0.5,
     )
     for _ in train_run(config, root / "run"):
         pass
@@ -73,23 +84,33 @@ def test_trained_flex_explains_the_data_better_than_rigid(trained):
         assert report["maps"]["flex"]["objective"][half] < 0.997 * report["maps"]["rigid"]["objective"][half]
 
 
-def test_trained_flex_moves_the_arm_towards_the_rest_state(trained):
+def _single_states(sim_dir, coords: np.ndarray) -> list[torch.Tensor]:
+    """True density at each hinge coordinate in ``coords`` (the simulator's molecule, public API)."""
+    info = json.loads((sim_dir / "truth" / "truth.json").read_text())
+    mol = build_molecule(int(info["box"]), float(info["apix"]), n_atoms=info["n_atoms"], seed=info["seed"])
+    xyz = deform(mol, coords[:, None], "hinge")  # (s, n_atoms, 3)
+    return [render_volume(torch.as_tensor(x, dtype=torch.float32), BOX, APIX, mol.sigma_a) for x in xyz]
+
+
+def test_trained_flex_is_a_sharper_state_than_rigid(trained):
     root, _, arm, _ = trained
-    truth_dir = root / "sim" / "truth"
-    info = json.loads((truth_dir / "truth.json").read_text())
-    rest = _read(truth_dir / next(s["file"] for s in info["states"] if np.allclose(s["coords"], 0.0)))
-    average = _read(truth_dir / "average.mrc")
+    edges = np.linspace(-1.0, 1.0, 26)
+    coords = 0.5 * (edges[1:] + edges[:-1])  # 25 states, -0.96 to +0.96
+    states = _single_states(root / "sim", coords)
+    assert float(torch.corrcoef(torch.stack([states[0].flatten(), states[-1].flatten()]))[0, 1]) < 0.99  # they differ
+    average = _read(root / "sim" / "truth" / "average.mrc")
     m = torch.as_tensor(arm)
     shells = slice(4, 12)  # 24 Å to 8.7 Å: where there is signal
-    score = {}
+    best, to_average = {}, {}
     for mode in ("flex", "rigid"):
         v = 0.5 * (_read(root / "rec" / f"{mode}_half_A.mrc") + _read(root / "rec" / f"{mode}_half_B.mrc"))
-        score[mode] = (masked_fsc(v, rest, APIX, mask=m).curve[shells].mean(),
-                       masked_fsc(v, average, APIX, mask=m).curve[shells].mean())
-    (flex_rest, flex_avg), (rigid_rest, rigid_avg) = score["flex"], score["rigid"]
-    assert flex_rest > rigid_rest + 0.002, score
-    # the rigid map is the population average; the flex map has moved away from it, towards the rest state
-    assert rigid_avg - rigid_rest > (flex_avg - flex_rest) + 0.005, score
+        score = [float(masked_fsc(v, s, APIX, mask=m).curve[shells].mean()) for s in states]
+        best[mode] = (max(score), float(coords[int(np.argmax(score))]))
+        to_average[mode] = float(masked_fsc(v, average, APIX, mask=m).curve[shells].mean())
+    # the flexible map is closer to one state of the motion than the rigid map is to any
+    assert best["flex"][0] > best["rigid"][0] + 0.003, (best, to_average)
+    # the rigid map is the population average; the flexible one has moved away from it towards a state
+    assert to_average["rigid"] - best["rigid"][0] > (to_average["flex"] - best["flex"][0]) + 0.005, (best, to_average)
 
 
 def test_trained_flex_correlates_past_the_training_nyquist(trained):

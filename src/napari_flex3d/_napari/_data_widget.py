@@ -27,6 +27,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
+from ..config import RIGIDITY_FLOOR
 from ._library import piece
 from ._reader import default_iso_threshold, read_particle_file
 from ._session import session_for
@@ -391,7 +392,7 @@ def painted(viewer, name: str) -> np.ndarray | None:
     return data if data.any() else None
 
 
-def painted_mesh(viewer, mesh, density: np.ndarray | None = None, rigidity_floor: float = 0.5):
+def painted_mesh(viewer, mesh, density: np.ndarray | None = None, rigidity_floor: float = RIGIDITY_FLOOR):
     """``mesh`` with the viewer's painted masks applied (``mesh.rigidity``).
 
     The no-motion layer gives the per-vertex deformation mask (0 on painted vertices);

@@ -4,7 +4,7 @@ Typical use (DESIGN.md §2)::
 
     m = solvent_mask(consensus, apix)                      # low-pass 10 Å, threshold, dilate 2 Å, pad 5 Å
     mesh = build_mesh(m.binary, apix, cells_across=20)     # tetgen, grid fallback
-    w = cell_density_weights(mesh, consensus, min_weight=0.5)
+    w = cell_density_weights(mesh, consensus)             # empty cells at config.RIGIDITY_FLOOR
     mesh = mesh.replace(rigidity_weights=w)
     pts = voxel_centres_xyz_a(mask_voxel_indices(m.soft), m.soft.shape, apix)
     B = barycentric_matrix(mesh, pts)                      # sparse (n_vox, v), rows sum to 1

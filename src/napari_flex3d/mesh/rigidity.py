@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from ..config import RIGIDITY_FLOOR
 from .build import Mesh
 
 __all__ = [
@@ -317,12 +318,12 @@ def _check_label_volume(vol, mesh: Mesh, name: str) -> np.ndarray:
     return v
 
 
-def cell_density_weights(mesh: Mesh, density: np.ndarray, min_weight: float = 0.5, order: int = 4) -> np.ndarray:
+def cell_density_weights(mesh: Mesh, density: np.ndarray, min_weight: float = RIGIDITY_FLOOR, order: int = 4) -> np.ndarray:
     """Per-cell rigidity weights from the canonical density.
 
     Each cell's mean density is estimated from trilinear samples on an interior lattice
     of ``order``'s tetrahedral number of points; the densest cell gets 1, and the weights
-    are floored at ``min_weight`` (cryoSPARC: 0.5; 0 gives the paper's "empty cells
+    are floored at ``min_weight`` (ours: ``config.RIGIDITY_FLOOR``; cryoSPARC: 0.5; 0 gives the paper's "empty cells
     weigh zero").
 
     Args:

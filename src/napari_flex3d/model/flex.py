@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import RIGIDITY_FLOOR
 from ..mesh.rigidity import rest_edge_inverse, rigidity_energy
 from .canonical import CanonicalMap
 from .flow import FlowGenerator, interpolate_vertex_flow, sparse_to_barycentric
@@ -141,7 +142,7 @@ class FlexModel(nn.Module):
         lowpass_a: float | None = None,
         deformation_mask=None,
         rigidity_weights=None,
-        rigidity_floor: float = 0.5,
+        rigidity_floor: float = RIGIDITY_FLOOR,
         kernel: str = "cubic",
         init_std_a: float = 1e-4,
     ) -> "FlexModel":
