@@ -9,8 +9,14 @@ in the same process. Prints the bytes each keeps for the backward pass (what set
 memory of a training step: on an H100 at box 128 the first SVD-free version took a step from
 3.3 to 6.2 GB), and the largest difference of the energies and of their gradients.
 
+Then, at the size of the dense box-128 mesh of ``benchmarks/gpu_scale.py`` (256 x 34,992
+cells), the energy in pieces of the batch (``mesh.rigidity._CHUNK_BYTES``, what training runs)
+against the whole batch at once: time, and the peak memory of a forward + backward pass
+(each in a fresh process on the CPU, ``max_memory_allocated`` on a GPU).
+
     python benchmarks/rigidity.py                 # CPU, 1 thread
     python benchmarks/rigidity.py --device cuda   # a GPU (there the batched SVD was 62% of a step)
+    python benchmarks/rigidity.py --dense-only    # only the pieces against the whole batch
 """
 
 from __future__ import annotations
@@ -67,6 +73,64 @@ def saved_bytes(fn) -> int:
     return sum(seen.values())
 
 
+def _dense_mesh(path: Path, cells_across: int = 18) -> None:
+    """The dense case's mesh, written to ``path`` (``.npz``) so that a fresh process measures
+    only the step (building the mesh has a peak of its own)."""
+    import numpy as np
+
+    from napari_flex3d.mesh.build import build_grid_mesh
+
+    mesh = build_grid_mesh(np.ones((cells_across,) * 3, bool), 1.0, cell_size_a=1.0)
+    np.savez(path, vertices_a=mesh.vertices_a, cells=mesh.cells)
+
+
+def _dense_case(device, mesh_path: Path, batch: int = 256):
+    import numpy as np
+    import torch
+
+    from napari_flex3d.mesh.rigidity import rest_edge_inverse
+
+    mesh = np.load(mesh_path)
+    X = torch.as_tensor(mesh["vertices_a"], dtype=torch.float32, device=device)
+    cells = torch.as_tensor(mesh["cells"], dtype=torch.int64, device=device)
+    w = torch.rand(len(cells), generator=torch.Generator().manual_seed(0)).to(device) + 0.5
+    disp = (0.08 * torch.randn(batch, len(X), 3, generator=torch.Generator().manual_seed(1))).to(device)
+    return X, cells, w, rest_edge_inverse(X, cells), disp
+
+
+def _dense_step(device, mesh_path: Path, whole: bool):
+    """Forward + backward of the dense case; ``whole``: the batch in one piece. Returns the gradient."""
+    from napari_flex3d.mesh import rigidity
+
+    X, cells, w, inv, disp = _dense_case(device, mesh_path)
+    saved = rigidity._CHUNK_BYTES
+    if whole:
+        rigidity._CHUNK_BYTES = 1 << 62
+    try:
+        d = disp.requires_grad_(True)
+        rigidity.rigidity_energy(X, d, cells, w, rest_inv=inv).sum().backward()
+    finally:
+        rigidity._CHUNK_BYTES = saved
+    return d.grad
+
+
+def _peak_gb_in_fresh_process(mesh_path: Path, whole: bool) -> float:
+    """Peak resident memory added by one dense step, in a process of its own (CPU; Linux).
+
+    Read from ``VmHWM`` in ``/proc/self/status``: ``ru_maxrss`` would carry over the parent's
+    resident size from the fork."""
+    import subprocess
+
+    code = ("import sys, torch; sys.path.insert(0, %r); sys.path.insert(0, %r); import rigidity as b; "
+            "hwm = lambda: int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]); "
+            "torch.set_num_threads(1); b._dense_case('cpu', %r); base = hwm(); "
+            "b._dense_step('cpu', %r, %r); print((hwm() - base) / 2**20)"
+            % (str(Path(__file__).resolve().parent.parent / "src"), str(Path(__file__).resolve().parent),
+               str(mesh_path), str(mesh_path), whole))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
 def main(argv=None) -> int:
     import numpy as np
     import torch
@@ -78,6 +142,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dense-only", action="store_true", help="only the whole batch against pieces of it")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
@@ -95,7 +160,7 @@ def main(argv=None) -> int:
         return best
 
     print(f"device {device}, {torch.get_num_threads()} thread(s); best of {a.repeats}")
-    for batch, cells_across in [(128, 5), (256, 7)]:
+    for batch, cells_across in [] if a.dense_only else [(128, 5), (256, 7)]:
         mask = np.ones((cells_across,) * 3, bool)
         mesh = build_grid_mesh(mask, 1.0, cell_size_a=1.0)  # 6 tetrahedra per cube
         X = torch.as_tensor(mesh.vertices_a, dtype=torch.float32, device=device)
@@ -125,7 +190,45 @@ def main(argv=None) -> int:
               f"{((e_new - e_ref).abs() / e_ref).max().item():.1e}, gradient max diff (float32) "
               f"{(g_new - g_ref).abs().max().item():.1e} of {g_ref.abs().max().item():.1e} (autograd version: "
               f"{(g_new - g_auto).abs().max().item():.1e})")
+
+    # the dense mesh: the batch in pieces against at once (each step builds its own inputs)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mesh_path = Path(tmp) / "dense.npz"
+        _dense_mesh(mesh_path)
+        times, grads, peak = {}, {}, {}
+        for whole in (True, False):
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+                base = torch.cuda.memory_allocated(device)
+            best = float("inf")
+            for _ in range(min(a.repeats, 2)):  # seconds each on a CPU
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                grads[whole] = _dense_step(device, mesh_path, whole)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                best = min(best, time.perf_counter() - t0)
+            times[whole] = best
+            if device.type == "cuda":
+                peak[whole] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
+            else:
+                peak[whole] = _peak_gb_in_fresh_process(mesh_path, whole)
+        diff = (grads[True] - grads[False]).abs().max().item()
+    print(f"b=256, 34992 cells (the dense box-128 mesh's size), forward + backward: whole batch {times[True]:.2f} s, "
+          f"peak +{peak[True]:.2f} GB; in pieces of at most {_chunk_mib():.0f} MiB {times[False]:.2f} s, peak "
+          f"+{peak[False]:.2f} GB: {peak[True] / peak[False]:.2f}x less memory in {times[False] / times[True]:.2f}x "
+          f"the time; gradient max diff {diff:.1e}")
     return 0
+
+
+def _chunk_mib() -> float:
+    from napari_flex3d.mesh import rigidity
+
+    return rigidity._CHUNK_BYTES / 2**20
 
 
 if __name__ == "__main__":

@@ -257,3 +257,30 @@ def test_rigidity_keeps_only_what_its_written_out_gradient_needs():
     d = (0.1 * torch.randn(b, len(X), 3)).requires_grad_(True)
     w = torch.rand(t) + 0.5
     assert _saved_bytes(lambda: rigidity_energy(X, d, mesh.cells, w)) <= (9 + 1) * 8 * b * t + 128 * t
+
+
+def test_energy_in_pieces_of_the_batch_equals_it_whole(small_mesh, monkeypatch):
+    # large meshes are processed a few particles at a time to bound the transient memory;
+    # the pieces must give the whole batch's energy and gradient (here 1, 2 and 3 particles
+    # per piece over a batch of 7, so the last piece is short)
+    import napari_flex3d.mesh.rigidity as rigidity
+
+    X, t = _X(small_mesh, dtype=torch.float32), small_mesh.n_cells
+    d0 = 0.3 * torch.randn(7, len(X), 3, generator=torch.Generator().manual_seed(3))
+    w = torch.rand(t, generator=torch.Generator().manual_seed(4)) + 0.5
+
+    def energy_and_grad():
+        d = d0.clone().requires_grad_(True)
+        e = rigidity_energy(X, d, small_mesh.cells, w)
+        (e * torch.arange(1.0, 8.0)).sum().backward()  # a different weight per particle
+        return e.detach(), d.grad
+
+    e_whole, g_whole = energy_and_grad()
+    assert (e_whole > 0).all()
+    for per_piece in (1, 2, 3):
+        monkeypatch.setattr(rigidity, "_CHUNK_BYTES", per_piece * 72 * t)
+        e, g = energy_and_grad()
+        _close(e, e_whole, rtol=1e-6, atol=0)
+        _close(g, g_whole, rtol=1e-6, atol=1e-9)
+    monkeypatch.setattr(rigidity, "_CHUNK_BYTES", 1)  # smaller than one particle: one per piece
+    _close(energy_and_grad()[0], e_whole, rtol=1e-6, atol=0)

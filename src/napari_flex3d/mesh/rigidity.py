@@ -240,15 +240,28 @@ def rigidity_energy(
     return energy[0] if unbatched else energy
 
 
+#: Largest ``(b, t, 3, 3)`` float64 temporary of one piece of the batch (bytes). The energy's
+#: forward and backward passes each hold several such tensors at once; pieces keep that
+#: transient small while only ``G`` of the whole batch is kept for the backward pass.
+_CHUNK_BYTES = 1 << 27
+
+
 def _energy(rest_inv: torch.Tensor, disp: torch.Tensor, cells: torch.Tensor, weights) -> torch.Tensor:
-    """``(b,)`` energy of ``disp (b, v, 3)`` given ``D^-1 (t, 3, 3)`` (no SVD, see the module notes)."""
-    # F = I + dD D^-1 in float64, so that small strains keep their digits: sum_l (s^_l - 1)^2 = |F|^2 - 2 p + 3
-    dD = edge_matrices(disp.to(torch.float64), cells)  # (b, t, 3, 3)
-    # |F|^2 - 2 p + 3 = |G|^2 + 2 tr G + 6 - 2 p with G = F - I = dD D^-1
-    per_cell = _StrainEnergy.apply(dD, rest_inv.detach().to(torch.float64)).to(disp.dtype)  # (b, t)
-    if weights is not None:
-        per_cell = per_cell * torch.as_tensor(weights, device=disp.device).to(per_cell.dtype)
-    return per_cell.sum(-1)  # (b,)
+    """``(b,)`` energy of ``disp (b, v, 3)`` given ``D^-1 (t, 3, 3)`` (no SVD, see the module notes),
+    in pieces of the batch of at most ``_CHUNK_BYTES`` per ``(b, t, 3, 3)`` float64 tensor."""
+    inv = rest_inv.detach().to(torch.float64)
+    w = None if weights is None else torch.as_tensor(weights, device=disp.device)
+    step = max(1, _CHUNK_BYTES // (72 * max(1, cells.shape[0])))
+    out = []
+    for k in range(0, disp.shape[0], step):
+        # F = I + dD D^-1 in float64, so that small strains keep their digits: sum_l (s^_l - 1)^2 = |F|^2 - 2 p + 3
+        dD = edge_matrices(disp[k : k + step].to(torch.float64), cells)  # (b', t, 3, 3)
+        # |F|^2 - 2 p + 3 = |G|^2 + 2 tr G + 6 - 2 p with G = F - I = dD D^-1
+        per_cell = _StrainEnergy.apply(dD, inv).to(disp.dtype)  # (b', t)
+        if w is not None:
+            per_cell = per_cell * w.to(per_cell.dtype)
+        out.append(per_cell.sum(-1))
+    return torch.cat(out) if out else disp.new_zeros(0)  # (b,)
 
 
 class RigidityPrior(torch.nn.Module):
