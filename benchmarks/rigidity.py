@@ -147,9 +147,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     device = torch.device(a.device)
 
-    def timed(fn):
+    def timed(fn, repeats=None):
         best = float("inf")
-        for _ in range(a.repeats):
+        for _ in range(repeats or a.repeats):
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -203,16 +203,8 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
                 base = torch.cuda.memory_allocated(device)
-            best = float("inf")
-            for _ in range(min(a.repeats, 2)):  # seconds each on a CPU
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                grads[whole] = _dense_step(device, mesh_path, whole)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                best = min(best, time.perf_counter() - t0)
-            times[whole] = best
+            step = lambda whole=whole: grads.__setitem__(whole, _dense_step(device, mesh_path, whole))  # noqa: E731
+            times[whole] = timed(step, repeats=min(a.repeats, 2))  # seconds each on a CPU
             if device.type == "cuda":
                 peak[whole] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
             else:

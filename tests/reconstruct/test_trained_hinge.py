@@ -27,8 +27,6 @@ Gaussian atoms, so most of what motion blurs is beyond the signal. The oracle-fl
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
@@ -39,8 +37,8 @@ from napari_flex3d.io.particles import read_particles
 from napari_flex3d.reconstruct.halfmaps import solve_half_maps
 from napari_flex3d.reconstruct.validation import masked_fsc
 from napari_flex3d.simulate.dataset import simulate_dataset
-from napari_flex3d.simulate.molecule import build_molecule, deform
-from napari_flex3d.simulate.oracle import domain_mask
+from napari_flex3d.simulate.molecule import deform
+from napari_flex3d.simulate.oracle import domain_mask, simulated_molecule
 from napari_flex3d.simulate.render import render_volume
 from napari_flex3d.training.loop import load_run, train_run
 from napari_flex3d.training.recovery import spearman
@@ -86,8 +84,7 @@ def test_trained_flex_explains_the_data_better_than_rigid(trained):
 
 def _single_states(sim_dir, coords: np.ndarray) -> list[torch.Tensor]:
     """True density at each hinge coordinate in ``coords`` (the simulator's molecule, public API)."""
-    info = json.loads((sim_dir / "truth" / "truth.json").read_text())
-    mol = build_molecule(int(info["box"]), float(info["apix"]), n_atoms=info["n_atoms"], seed=info["seed"])
+    mol, _ = simulated_molecule(sim_dir)
     xyz = deform(mol, coords[:, None], "hinge")  # (s, n_atoms, 3)
     return [render_volume(torch.as_tensor(x, dtype=torch.float32), BOX, APIX, mol.sigma_a) for x in xyz]
 

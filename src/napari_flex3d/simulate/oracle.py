@@ -14,7 +14,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["true_vertex_displacements", "true_motion_model", "domain_mask"]
+__all__ = ["simulated_molecule", "true_vertex_displacements", "true_motion_model", "domain_mask"]
+
+
+def simulated_molecule(sim_dir):
+    """``(molecule, truth)``: the simulator's molecule rebuilt from ``truth/truth.json`` (and that
+    file's contents), checked against the rest coordinates in ``truth/atoms.npy``."""
+    from .molecule import build_molecule
+
+    truth_dir = Path(sim_dir) / "truth"
+    truth = json.loads((truth_dir / "truth.json").read_text())
+    mol = build_molecule(int(truth["box"]), float(truth["apix"]), n_atoms=truth["n_atoms"], seed=truth["seed"])
+    if not np.allclose(mol.xyz_a, np.load(truth_dir / "atoms.npy"), atol=1e-3):
+        raise ValueError(f"{truth_dir}: the rebuilt molecule differs from atoms.npy (another simulator version?)")
+    return mol, truth
 
 
 def true_vertex_displacements(mesh, mol, coords_grid: np.ndarray, motion: str, smooth: float = 0.1):
@@ -55,18 +68,13 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
     from ..io.mrc import read_map
     from ..mesh import build_mesh, solvent_mask
     from ..model.flex import FlexModel
-    from .molecule import build_molecule, motion_dim
+    from .molecule import motion_dim
 
-    sim_dir = Path(sim_dir)
-    truth_dir = sim_dir / "truth"
-    truth = json.loads((truth_dir / "truth.json").read_text())
+    truth_dir = Path(sim_dir) / "truth"
+    mol, truth = simulated_molecule(sim_dir)
     motion, box_sim, apix_sim = truth["motion"], int(truth["box"]), float(truth["apix"])
     box = box_sim if box is None else int(box)
     apix = apix_sim * box_sim / box
-    mol = build_molecule(box_sim, apix_sim, n_atoms=truth["n_atoms"], seed=truth["seed"])
-    atoms = np.load(truth_dir / "atoms.npy")
-    if not np.allclose(mol.xyz_a, atoms, atol=1e-3):
-        raise ValueError(f"{truth_dir}: the rebuilt molecule differs from atoms.npy (another simulator version?)")
     rest_file = next(s["file"] for s in truth["states"] if np.allclose(s["coords"], 0.0))
     rest = _resize_map(np.asarray(read_map(truth_dir / rest_file).data, dtype=np.float32), box)
     masks = solvent_mask(rest, apix)
@@ -99,14 +107,10 @@ def domain_mask(sim_dir, domain, box: int | None = None, dilate_a: float = 6.0, 
     mask, not the map)."""
     from scipy import ndimage
 
-    sim_dir = Path(sim_dir)
-    truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
+    mol, truth = simulated_molecule(sim_dir)
     box_sim, apix_sim = int(truth["box"]), float(truth["apix"])
     box = box_sim if box is None else int(box)
     apix = apix_sim * box_sim / box
-    from .molecule import build_molecule
-
-    mol = build_molecule(box_sim, apix_sim, n_atoms=truth["n_atoms"], seed=truth["seed"])
     pts = mol.xyz_a[np.isin(mol.domain, np.atleast_1d(domain))]
     if len(pts) == 0:
         raise ValueError(f"the molecule has no atoms in domain {domain}")

@@ -191,16 +191,14 @@ def motion_modes(run_dir, sim_dir, n: int = 2000, n_modes: int = 4) -> dict:
 
     from ..explore.generate import load_generator
     from ..mesh.build import load_mesh
-    from ..simulate.molecule import build_molecule
-    from ..simulate.oracle import true_vertex_displacements
+    from ..simulate.oracle import simulated_molecule, true_vertex_displacements
 
     run_dir, sim_dir = Path(run_dir), Path(sim_dir)
-    truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
+    mol, truth = simulated_molecule(sim_dir)
     model, latents = load_generator(run_dir)
     n = min(int(n), len(latents))
     coords = np.load(sim_dir / "truth" / "coords.npy")[:n]
     mesh = load_mesh(run_dir / "mesh.npz")
-    mol = build_molecule(int(truth["box"]), float(truth["apix"]), n_atoms=truth["n_atoms"], seed=truth["seed"])
     d_true, _, _ = true_vertex_displacements(mesh, mol, coords, truth["motion"])
     with torch.no_grad():
         d_trained = model.displacements(latents[:n]).cpu().numpy()
