@@ -84,13 +84,13 @@ def main(argv=None) -> dict:
     if args.independent_halves and not args.run:
         p.error("--independent-halves RUN_B needs --run RUN_A")
     if args.independent_halves:
-        from napari_flex3d.training.loop import load_run
+        from napari_flex3d.model.run import load_run
 
         _, _, model = load_run(args.run)
         latents = None
         source = f"independent half flows {args.run} (A) / {args.independent_halves} (B)"
     elif args.run:
-        from napari_flex3d.training.loop import load_run
+        from napari_flex3d.model.run import load_run
 
         _, _, model = load_run(args.run)
         latents = torch.as_tensor(np.load(Path(args.run) / "latents.npy"), dtype=torch.float32)

@@ -12,7 +12,7 @@ from napari_flex3d.config import TrainConfig, to_dict
 from napari_flex3d.explore.generate import axis_latents, generate_axis_series, generate_volume
 from napari_flex3d.io.checkpoint import save_checkpoint
 from napari_flex3d.io.mrc import read_map
-from napari_flex3d.training.loop import checkpoint_path
+from napari_flex3d.model.run import checkpoint_path
 
 BOX, APIX = 24, 4.0
 SHIFT_PER_Z_A = torch.tensor([3.0, -2.0, 1.0])  # xyz Å per unit of z

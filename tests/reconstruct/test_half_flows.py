@@ -90,7 +90,7 @@ def test_reconstruct_with_both_half_runs_writes_maps_and_report(runs):
 def test_each_flex_half_map_is_solved_with_its_own_runs_flow(runs):
     """Half map A equals a direct solve with run A's flow and latents, B with run B's; and
     run A's flow applied to half B gives a different map (the runs' flows differ)."""
-    from napari_flex3d.training.loop import load_run
+    from napari_flex3d.model.run import load_run
 
     full = read_particles(runs / "sim" / "particles.star")
     direct = {}

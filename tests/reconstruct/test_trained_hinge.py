@@ -40,7 +40,8 @@ from napari_flex3d.simulate.dataset import simulate_dataset
 from napari_flex3d.simulate.molecule import deform
 from napari_flex3d.simulate.oracle import domain_mask, simulated_molecule
 from napari_flex3d.simulate.render import render_volume
-from napari_flex3d.training.loop import load_run, train_run
+from napari_flex3d.model.run import load_run
+from napari_flex3d.training.loop import train_run
 from napari_flex3d.training.recovery import spearman
 
 pytestmark = pytest.mark.slow

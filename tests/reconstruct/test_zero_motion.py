@@ -33,7 +33,8 @@ from napari_flex3d.ops.fsc import fsc
 from napari_flex3d.reconstruct.halfmaps import solve_half_maps
 from napari_flex3d.reconstruct.validation import radial_shells_3d
 from napari_flex3d.simulate.dataset import simulate_dataset
-from napari_flex3d.training.loop import load_run, train_run
+from napari_flex3d.model.run import load_run
+from napari_flex3d.training.loop import train_run
 
 pytestmark = pytest.mark.slow
 

@@ -26,7 +26,8 @@ from napari_flex3d.config import write_config_json
 from napari_flex3d.io.checkpoint import load_checkpoint
 from napari_flex3d.training import distributed
 from napari_flex3d.training import events as ev
-from napari_flex3d.training.loop import checkpoint_path, train_run
+from napari_flex3d.model.run import checkpoint_path
+from napari_flex3d.training.loop import train_run
 
 _CHILD = textwrap.dedent(
     """

@@ -15,7 +15,8 @@ import torch
 from napari_flex3d.io.checkpoint import load_checkpoint
 from napari_flex3d.io.particles import read_particles
 from napari_flex3d.training import events as ev
-from napari_flex3d.training.loop import checkpoint_path, train_run
+from napari_flex3d.model.run import checkpoint_path
+from napari_flex3d.training.loop import train_run
 
 
 def _final_state(run_dir):
@@ -153,7 +154,7 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
     assert isinstance(plain[-1], ev.RunFinished)
     opt = load_checkpoint(checkpoint_path(tmp_path / "a"))["opt_flow"]["param_groups"][0]
     assert opt["lr"] == pytest.approx(0.3 * opt["initial_lr"])  # the last step ran at lr_final of the start
-    from napari_flex3d.training.loop import load_run
+    from napari_flex3d.model.run import load_run
 
     cfg, _, fine = load_run(tmp_path / "a")
     for bad in (15, 32, 8):
@@ -173,7 +174,7 @@ def test_learned_prior_is_checkpointed_and_resumes_identically(tiny_sim, tiny_co
     prior (no setting in its checkpoint) keeps the Gaussian."""
     from napari_flex3d.io.checkpoint import save_checkpoint
     from napari_flex3d.training.latents import GridPrior
-    from napari_flex3d.training.loop import load_run
+    from napari_flex3d.model.run import load_run
 
     config = dict(epochs=3, preview_every=0)
     threads = torch.get_num_threads()

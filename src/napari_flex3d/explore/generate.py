@@ -18,7 +18,7 @@ __all__ = ["load_generator", "generate_volume", "axis_latents", "generate_axis_s
 
 def load_generator(run_dir, device="cpu"):
     """``(model, latents (n, K) tensor)`` of a run, the model at the run's final band limit."""
-    from ..training.loop import load_run
+    from ..model.run import load_run
     from ..training.schedule import band_limit
 
     config, state, model = load_run(run_dir, device)

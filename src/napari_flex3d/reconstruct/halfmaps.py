@@ -393,7 +393,7 @@ def _write_fsc_png(path: Path, freqs: np.ndarray, curves: dict[str, np.ndarray],
 def _load_frozen_run(run_dir) -> tuple[object, torch.Tensor, str]:
     """A finished run's flow model, ``latents (m, K)`` and the half set it was trained on
     (``"A"``/``"B"``, or ``""`` for all particles)."""
-    from ..training.loop import load_run
+    from ..model.run import load_run
 
     config, _, model = load_run(run_dir, device="cpu")
     run_dir = Path(run_dir)

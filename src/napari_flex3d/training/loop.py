@@ -42,16 +42,9 @@ from ..io.prefetch import host_to_device
 from ..model.loss import band_coefficients
 from .latents import GridPrior, infer_latents_gradient, infer_latents_grid, initial_latents
 from .schedule import FLOW, STRUCTURE, WARMUP, band_limit, lr_factor, phase_of_step
+from ..model.run import CHECKPOINT_NAME, checkpoint_path, config_and_model
 
-__all__ = ["train_run", "checkpoint_path", "load_run", "RunState", "latent_agreement"]
-
-CHECKPOINT_NAME = "last.pt"
-
-
-def checkpoint_path(run_dir) -> Path:
-    """``run_dir/checkpoints/last.pt``."""
-    return Path(run_dir) / "checkpoints" / CHECKPOINT_NAME
-
+__all__ = ["train_run", "RunState", "latent_agreement"]
 
 @dataclass
 class RunState:
@@ -276,40 +269,12 @@ def _optimizer_to(opt: torch.optim.Optimizer, device) -> None:
                 st[k] = v.to(device)
 
 
-def _config_and_model(state: dict, path, config: TrainConfig | None = None):
-    """The checkpoint's settings (``config`` may change only epochs/device/threads/preview) and its model (CPU)."""
-    from .setup import model_from_state
-
-    try:
-        settings = json.loads(state["config_json"])
-        settings.setdefault("latent_prior_shape", "gaussian")  # runs from before the learned prior keep their Gaussian
-        saved = from_dict(TrainConfig, settings)
-        if config is not None:  # a resumed run may only change how long and where it runs
-            saved = dataclasses.replace(
-                saved, epochs=config.epochs, device=config.device, threads=config.threads,
-                preview_every=config.preview_every,
-            )
-        model = model_from_state(state["model"], int(state["box"]), float(state["apix"]), saved)
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: checkpoint lacks {exc}") from exc
-    return saved, model
-
-
-def load_run(run_dir, device="cpu") -> tuple[TrainConfig, dict, torch.nn.Module]:
-    """``(config, checkpoint, model)`` of a run folder's last checkpoint; the model on ``device``."""
-    from ..io.checkpoint import load_checkpoint
-
-    state = load_checkpoint(checkpoint_path(run_dir))
-    config, model = _config_and_model(state, checkpoint_path(run_dir))
-    return config, state, model.to(device)
-
-
 def _restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
     from ..io.checkpoint import load_checkpoint
     from .setup import consensus_at_box, resolve_device
 
     state = load_checkpoint(checkpoint_path(out_dir))
-    config, model = _config_and_model(state, checkpoint_path(out_dir), config)
+    config, model = config_and_model(state, checkpoint_path(out_dir), config)
     device = resolve_device(config.device)
     model = model.to(device)
     ps = _read_inputs(config)

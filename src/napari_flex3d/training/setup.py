@@ -2,9 +2,8 @@
 
 Pure functions: the device, the training box, the consensus map at that box, its mask
 and mesh, the :class:`~napari_flex3d.model.flex.FlexModel`, the noise spectra and the
-train/validation split. A model can also be rebuilt from a checkpoint's state dict
-alone (:func:`model_from_state`), without the mesh or the map: that is how
-``generate`` reads a run.
+train/validation split. (A model rebuilt from a checkpoint is
+:func:`napari_flex3d.model.run.load_run`'s job.)
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ __all__ = [
     "consensus_at_box",
     "build_mask_and_mesh",
     "build_model",
-    "model_from_state",
     "estimate_spectra",
     "split_train_val",
 ]
@@ -132,37 +130,6 @@ def build_model(consensus: np.ndarray, apix: float, mask: np.ndarray, mesh, conf
         kernel=config.kernel,
     )
     smooth_initial_flow(model.flow, model.vertices_a, config.flow_init_a)
-    return model
-
-
-def model_from_state(state: dict, box: int, apix: float, config: TrainConfig):
-    """Rebuild a :class:`FlexModel` from its ``state_dict`` (every buffer is in it)."""
-    from ..model.canonical import CanonicalMap
-    from ..model.flex import FlexModel
-    from ..model.flow import FlowGenerator
-
-    try:
-        canonical = CanonicalMap(state["canonical.values"], state["canonical.voxel_index"], box, apix)
-        flow = FlowGenerator(
-            config.latent_dim,
-            int(state["vertices_a"].shape[0]),
-            hidden=config.hidden,
-            layers=config.layers,
-            vertex_mask=state["flow.vertex_mask"],
-        )
-        model = FlexModel(
-            canonical,
-            flow,
-            state["vertices_a"],
-            state["cells"],
-            state["bary_index"],
-            state["bary_weight"],
-            state["rigidity_weights"],
-            kernel=config.kernel,
-        )
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError) as exc:
-        raise ValueError(f"checkpoint model does not match its settings: {exc}") from exc
     return model
 
 
