@@ -1,4 +1,8 @@
-"""The facade: what the CLI and the napari widgets call. Thin; the work lives in the modules."""
+"""The facade: what the CLI and the napari widgets call. Thin; the work lives in the modules.
+
+Layer L3: may import every room below it (config, core, features); only ``cli`` and
+``_napari`` import it.
+"""
 
 from __future__ import annotations
 

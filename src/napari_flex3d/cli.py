@@ -1,4 +1,7 @@
-"""The ``flex3d`` command line: each sub-command is a few lines over :mod:`napari_flex3d.api`."""
+"""The ``flex3d`` command line: each sub-command is a few lines over :mod:`napari_flex3d.api`.
+
+Layer L3: imports ``api`` and ``config``; nothing imports it but the ``flex3d`` entry point.
+"""
 
 from __future__ import annotations
 

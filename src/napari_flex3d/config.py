@@ -5,6 +5,8 @@ command line (:func:`add_arguments`, :func:`from_arguments`) and the magicgui fo
 built from these classes, so a setting is declared once. ``to_dict``/``from_dict`` give a
 JSON round trip; :func:`provenance` adds the version, time and command line that every
 run writes next to its settings (``config.json``).
+
+Layer L0: imports nothing of the package; every other room may import it.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ class _Settings:
 
 @dataclass(frozen=True)
 class TrainConfig(_Settings):
-    """Training of the flow generator, canonical map and per-particle latents (DESIGN.md §3).
+    """Training of the flow generator, canonical map and per-particle latents (docs/model.md, docs/training.md).
 
     The defaults are cryoSPARC's 3DFlex defaults where it has one (K=2, 6 layers of 64
     units, rigidity 2.0, latent noise 0.15, about 16 epochs).

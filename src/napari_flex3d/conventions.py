@@ -1,4 +1,6 @@
-"""Every convention of napari-flex3d, stated once (DESIGN.md section 1).
+"""Every convention of napari-flex3d, stated once (the user-facing page is docs/conventions.md).
+
+Layer L0: imports nothing of the package; every other room may import it.
 
 Arrays
     Volumes are ``(d, h, w)`` = ``(z, y, x)``, as ``mrcfile`` returns them; images are
