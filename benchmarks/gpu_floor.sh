@@ -8,7 +8,7 @@
 # benchmarks/gpu_session.sh (which says how to make them). On one H100 on 2026-11-27 it took
 # 463 s: simulation 63 s, then the two runs side by side at 268-272 training particles/s each
 # after warm-up (one run alone, second session: about 370, so two at once train 1.45x as many
-# particles per second; the GPU read 96-99 % busy), benchmark 388-393 s each. docs/training.md ("On a GPU", third session) has the figures.
+# particles per second; the GPU read 96-99 % busy), benchmark 388-393 s each. benchmarks/RESULTS.md ("recovery-gpu") has the figures.
 set -u
 T0=$(date +%s); el() { echo $(( $(date +%s) - T0 )); }
 LIMIT=${LIMIT:-560}; N=${N:-6000}

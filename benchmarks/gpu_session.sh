@@ -27,7 +27,7 @@
 # Other settings: DEVICE (cuda), SIM_N (20000), SMOKE_N (2048), LIMIT (570 s).
 # Run whole on one H100 on 2026-11-27 (LIMIT=565): set-up 9 s, simulation done at 54 s, smoke at
 # 101 s (its rate, 295 particles/s, was low: the recovery trained at about 370), recovery on
-# 7,000 particles done at 387 s, gpu_scale (then last) done at 413 s (docs/training.md, "On a GPU"). All
+# 7,000 particles done at 387 s, gpu_scale (then last) done at 413 s (benchmarks/RESULTS.md, "recovery-gpu"). All
 # 20,000 particles x 16 epochs at box 128 need about 13 minutes of training at that rate.
 set -u
 : "${OUT:?set OUT to a folder for the logs}"

@@ -39,7 +39,7 @@ __all__ = [
 #: floored here). cryoSPARC uses 0.5; at 0.5 the solvent around a domain that moves by more
 #: than about a cell holds the motion back (about 30 % on the 20,000-particle benchmark), and
 #: 0.1 gave better latents and a lower validation loss on both benchmark data sets, though not on
-#: a 2,000-particle, 4-epoch case (docs/training.md, "--rigidity-floor").
+#: a 2,000-particle, 4-epoch case (benchmarks/RESULTS.md, "Findings: recovery").
 RIGIDITY_FLOOR = 0.1
 
 
