@@ -1,4 +1,4 @@
-"""Per-particle latents: where they start and how each minibatch refines them (DESIGN.md §3).
+"""Per-particle latents: where they start and how each minibatch refines them (docs/model.md).
 
 Auto-decoder inference: every particle's ``z_i (K,)`` is a stored point estimate. For a
 minibatch, with the model frozen, :func:`infer_latents_grid` (coordinate descent over a
@@ -13,6 +13,7 @@ written by another method (a ``.npy``, a cryoDRGN ``z.pkl`` read by a restricted
 unpickler that only rebuilds NumPy arrays, cryoSPARC 3DVA components in a ``.cs``, or a
 STAR column), standardised to zero mean and unit spread so that they sit in the unit
 Gaussian prior.
+Imports NumPy and torch only (nothing of the package, nothing of the loop).
 """
 
 from __future__ import annotations
