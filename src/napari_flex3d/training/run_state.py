@@ -66,6 +66,8 @@ class RunState:
 
 
 def read_inputs(config: TrainConfig):
+    """The particles a run trains on (an ``io.particles.ParticleSet``): the input file, cut to
+    ``config.half_set`` and ``config.max_particles``; ``ValueError`` for a missing input or no poses."""
     from ..io.particles import half_set_rows, read_particles
 
     if not config.particles:
@@ -93,6 +95,9 @@ def adam_for_canonical(model, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_files: bool = True) -> RunState:
+    """A fresh run: inputs read, settings checked before anything is built, mesh and model
+    built (``mesh.npz`` written unless ``write_files`` is false: ranks other than 0), the
+    train/validation split, noise spectra and first latents."""
     from ..mesh.build import save_mesh
     from .setup import build_mask_and_mesh, build_model, consensus_at_box, estimate_spectra, split_train_val, training_box
 
@@ -167,6 +172,9 @@ def _optimizer_to(opt: torch.optim.Optimizer, device) -> None:
 
 
 def restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
+    """The run in ``out_dir`` as its last checkpoint left it (model, latents, optimisers, RNG,
+    schedule position, learned prior); ``config`` may change only what
+    :func:`~napari_flex3d.model.run.config_and_model` lets a resumption change."""
     from ..io.checkpoint import load_checkpoint
     from .setup import consensus_at_box, resolve_device
 
