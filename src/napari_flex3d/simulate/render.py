@@ -59,7 +59,7 @@ def project_atoms(
     weights: torch.Tensor | None = None,
     workspace: dict | None = None,
 ) -> torch.Tensor:
-    """Project Gaussian atoms exactly (DESIGN §1 conventions).
+    """Project Gaussian atoms exactly (axes, poses and shifts as in docs/conventions.md).
 
     Parameters
     ----------
