@@ -2,7 +2,7 @@
 
 Prints particles/s of
 
-* training at boxes 128 and 180: the loop's own minibatch step (``training.loop._step``:
+* training at boxes 128 and 180: the loop's own minibatch step (``training.step.train_step``:
   grid latent inference with the model frozen, latent noise, one Adam step), alternating
   flow and structure phases as the schedule does, default :class:`TrainConfig` (K=2,
   cubic kernel, 2 sweeps x 9 grid values, hidden 64 x 4 layers (the config's), batch
@@ -189,7 +189,10 @@ def bench_training(box: int, batch: int, steps: int, device, quick: bool, latent
     import torch
 
     from napari_flex3d.config import TrainConfig
-    from napari_flex3d.training.loop import LatentView, RunState, _adam_for_canonical, _step
+    from napari_flex3d.training.latent_state import LatentView
+    from napari_flex3d.training.run_state import RunState
+    from napari_flex3d.training.run_state import adam_for_canonical as _adam_for_canonical
+    from napari_flex3d.training.step import train_step as _step
     from napari_flex3d.training.schedule import FLOW, STRUCTURE
 
     latent_box = latent_box if latent_box and latent_box < box else None

@@ -72,9 +72,10 @@ def main(argv=None) -> int:
     from napari_flex3d.config import TrainConfig
     from napari_flex3d.training.loop import train_run
     from napari_flex3d.training.progress import consume_events
-    from napari_flex3d.training.recovery import (
-        best_spearman, canonical_correlations, motion_modes, quadratic_readout_correlations, state_fsc_report,
+    from napari_flex3d.evaluate.recovery import (
+        best_spearman, motion_modes, quadratic_readout_correlations, state_fsc_report,
     )
+    from napari_flex3d.training.agreement import canonical_correlations
 
     t_bench = time.perf_counter()
     out = Path(args.out)

@@ -111,10 +111,10 @@ def test_training_step_and_latent_inference_do_not_wait(tmp_path, latent_box):
         torch.set_num_threads(threads)
     assert steps == 6
     assert rec.hits, "the epoch summaries read the device: the recorder must have seen them"
-    in_step = [h for h in rec.hits if _inside(h[1], {"_step"}) and not _from_optimizer(h[1])]
+    in_step = [h for h in rec.hits if _inside(h[1], {"train_step"}) and not _from_optimizer(h[1])]
     assert in_step == [], _describe(in_step)
     # validation: one read per pass, not one per minibatch
-    in_val = [h for h in rec.hits if _inside(h[1], {"_validate"})]
+    in_val = [h for h in rec.hits if _inside(h[1], {"validation_loss"})]
     assert len(in_val) <= 2, _describe(in_val)  # 2 epochs
 
 

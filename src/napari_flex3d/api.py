@@ -97,7 +97,7 @@ def reconstruct(run_dir, particles, out_dir, *, run_b=None, progress=True, **kwa
 
 def demo(out_dir, *, progress=True, **kwargs) -> dict:
     """Simulate, train, write a series and a movie, and print the recovery figures."""
-    from .training.demo import run_demo
+    from .evaluate.demo import run_demo
 
     return run_demo(out_dir, progress=progress, **kwargs)
 

@@ -15,12 +15,6 @@ def simulate_small(out_dir: Path, n_particles: int, box: int, motion: str = "hin
 
 
 @pytest.fixture(scope="session")
-def simulate():
-    """``simulate(out_dir, n_particles, box, motion="hinge", snr=0.1, seed=0)``."""
-    return simulate_small
-
-
-@pytest.fixture(scope="session")
 def tiny_sim(tmp_path_factory) -> Path:
     """120 hinge particles at box 24: enough to exercise every code path in seconds."""
     out = tmp_path_factory.mktemp("tiny_sim")

@@ -94,7 +94,7 @@ def test_event_stream_and_run_folder(full_run, tiny_sim):
 
 
 def test_latent_agreement_against_known_correlations():
-    from napari_flex3d.training.loop import latent_agreement
+    from napari_flex3d.training.agreement import latent_agreement
 
     rng = np.random.default_rng(0)
     z = rng.standard_normal((20000, 2))
@@ -131,7 +131,7 @@ def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_confi
 def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, tmp_path):
     """latent_box: inference on Fourier-cropped images and map (box 16 of 24); a stopped run
     resumed (the view is rebuilt, its noise spectra estimated again) equals an uninterrupted one."""
-    from napari_flex3d.training.loop import _latent_view
+    from napari_flex3d.training.latent_state import latent_view
 
     config = dict(epochs=2, latent_dim=2, latent_box=16, preview_every=0, lr_final=0.3)  # and a decaying rate
     threads = torch.get_num_threads()
@@ -159,7 +159,7 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
     cfg, _, fine = load_run(tmp_path / "a")
     for bad in (15, 32, 8):
         with pytest.raises(ValueError, match="latent_box"):
-            _latent_view(tiny_config(tiny_sim, tmp_path, latent_box=bad), fine, read_particles(cfg.particles), "cpu")
+            latent_view(tiny_config(tiny_sim, tmp_path, latent_box=bad), fine, read_particles(cfg.particles), "cpu")
     with pytest.raises(ValueError, match="latent_box 26 must be even, >= 16 and <= the training box 24"):
         next(train_run(tiny_config(tiny_sim, tmp_path / "d", latent_box=26), tmp_path / "d"))
     assert not (tmp_path / "d" / "mesh.npz").exists()  # refused before anything was built
@@ -207,11 +207,11 @@ def test_learned_prior_is_checkpointed_and_resumes_identically(tiny_sim, tiny_co
     save_checkpoint(checkpoint_path(tmp_path / "g"), state_g)
     assert load_run(tmp_path / "g")[0].latent_prior_shape == "gaussian"
     # no joint sweep (9^3 > 100 points), or gradient inference: the Gaussian, and the run says so
-    from napari_flex3d.training.loop import _empirical_prior
+    from napari_flex3d.training.latent_state import empirical_prior
 
-    assert _empirical_prior(tiny_config(tiny_sim, tmp_path, latent_dim=3, latent_grid=9), "cpu") is None
-    assert _empirical_prior(tiny_config(tiny_sim, tmp_path, latent_inference="gradient"), "cpu") is None
-    assert _empirical_prior(tiny_config(tiny_sim, tmp_path, latent_dim=2, latent_grid=10), "cpu") is not None
+    assert empirical_prior(tiny_config(tiny_sim, tmp_path, latent_dim=3, latent_grid=9), "cpu") is None
+    assert empirical_prior(tiny_config(tiny_sim, tmp_path, latent_inference="gradient"), "cpu") is None
+    assert empirical_prior(tiny_config(tiny_sim, tmp_path, latent_dim=2, latent_grid=10), "cpu") is not None
 
 
 _CHILD = textwrap.dedent(
@@ -268,7 +268,7 @@ def test_corrupt_checkpoint_gives_a_clear_error(tmp_path):
 
 
 def test_motion_modes_of_a_run_against_the_simulators_truth(full_run, tiny_sim):
-    from napari_flex3d.training.recovery import motion_modes
+    from napari_flex3d.evaluate.recovery import motion_modes
 
     out, _ = full_run
     modes = motion_modes(out, tiny_sim, n=100)

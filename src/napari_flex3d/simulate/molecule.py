@@ -38,6 +38,7 @@ size. The hinge is unchanged.
 
 All geometry is given as fractions of the box length ``box * apix`` so the molecule
 fills the same part of any box.
+Imports NumPy only.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ simulator's true motion, the canonical map set to the true rest-state map.
 Training should approach it; reconstruction and benchmarks use it to separate what the
 solver can do from what training learned. Nothing here reads anything but the files
 ``flex3d simulate`` wrote (``truth/truth.json``, ``truth/atoms.npy``, the state maps).
+Imports core (io, ops, mesh, model) and simulate's own :mod:`.molecule`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ An atom of unit mass at ``p`` with width ``sigma`` has the density
 ``g(x) g(y) g(z)`` with ``g`` the normalised 1-D Gaussian (per voxel), so summing the
 rendered volume along any grid axis gives exactly the rendered projection (per pixel):
 both are sums of outer products of 1-D profiles, computed as matrix products.
+Imports torch only.
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def project_atoms(
     weights: torch.Tensor | None = None,
     workspace: dict | None = None,
 ) -> torch.Tensor:
-    """Project Gaussian atoms exactly (DESIGN §1 conventions).
+    """Project Gaussian atoms exactly (axes, poses and shifts as in docs/conventions.md).
 
     Parameters
     ----------

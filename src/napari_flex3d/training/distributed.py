@@ -20,6 +20,7 @@ inactive context and nothing here is called: single-process training is unchange
 Environment: ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``
 (set by ``torchrun``); ``FLEX3D_DIST_TIMEOUT_S`` (default 1800) bounds every collective,
 so a rank that dies makes the others fail with an error instead of hanging.
+Imports torch only (no module of the package); reconstruct reuses it for its L-BFGS passes.
 """
 
 from __future__ import annotations

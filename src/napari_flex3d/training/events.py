@@ -3,6 +3,7 @@
 :func:`napari_flex3d.training.loop.train_run` yields these; the CLI prints them with a
 progress bar (:mod:`napari_flex3d.training.progress`) and the napari widget plots them.
 Arrays inside events are NumPy copies: a consumer may keep them.
+Imports NumPy only: every front end may import it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Per-particle latents: where they start and how each minibatch refines them (DESIGN.md §3).
+"""Per-particle latents: where they start and how each minibatch refines them (docs/model.md).
 
 Auto-decoder inference: every particle's ``z_i (K,)`` is a stored point estimate. For a
 minibatch, with the model frozen, :func:`infer_latents_grid` (coordinate descent over a
@@ -13,6 +13,7 @@ written by another method (a ``.npy``, a cryoDRGN ``z.pkl`` read by a restricted
 unpickler that only rebuilds NumPy arrays, cryoSPARC 3DVA components in a ``.cs``, or a
 STAR column), standardised to zero mean and unit spread so that they sit in the unit
 Gaussian prior.
+Imports NumPy and torch only (nothing of the package, nothing of the loop).
 """
 
 from __future__ import annotations
@@ -382,68 +383,90 @@ def infer_latents_grid(
     """
     if estimate not in ("map", "mean"):
         raise ValueError(f"estimate must be 'map' or 'mean', got {estimate!r}")
-    z = z0.clone()
-    b, k_dim = z.shape
+    k_dim = z0.shape[1]
     if prior is not None and not prior.matches(k_dim, n_grid, z_range):
         raise ValueError(
             f"the grid prior is on a {prior.n_grid}**{prior.k_dim} grid over +-{prior.z_range}; "
             f"inference uses {n_grid}**{k_dim} over +-{z_range}"
         )
 
-    def prior_energy(cand: torch.Tensor) -> torch.Tensor:  # (b, K) -> (b,)
-        return 0.5 * prior_weight * (cand**2).sum(-1) if prior is None else prior.energy(cand)
+    def objective(cand: torch.Tensor) -> torch.Tensor:  # (b, K) -> (b,): data loss + prior energy
+        return loss_fn(cand) + (0.5 * prior_weight * (cand**2).sum(-1) if prior is None else prior.energy(cand))
 
-    best = loss_fn(z) + prior_energy(z)  # (b,)
-    # posterior quadrature over the joint sweep, accumulated as a running log-sum-exp
-    log_mass = torch.full_like(best, -math.inf)  # (b,) log sum exp(-obj)
-    moment = torch.zeros_like(z)  # (b, K) sum exp(-obj - log_mass) * z
-    grid_best = torch.full_like(best, math.inf)  # (b,) the joint grid's lowest objective
-    grid_objs = []  # (b,) per joint grid point, for grid_mass
-
-    def accumulate(cand: torch.Tensor, obj: torch.Tensor) -> None:
-        nonlocal log_mass, moment
-        new_mass = torch.logaddexp(log_mass, -obj)  # (b,)
-        keep = torch.exp(log_mass - new_mass)  # (b,) 0 at the first point
-        moment = moment * keep[:, None] + torch.exp(-obj - new_mass)[:, None] * cand
-        log_mass = new_mass
-
-    def try_candidates(cand: torch.Tensor, joint: bool = False) -> None:
-        nonlocal best, z, grid_best
-        obj = loss_fn(cand) + prior_energy(cand)  # (b,)
-        if joint:
-            accumulate(cand, obj)
-            grid_best = torch.minimum(grid_best, obj)
-            if grid_mass is not None:
-                grid_objs.append(obj)
-        better = obj < best  # torch.where, not z[better] = ...: no host sync on a GPU
-        z = torch.where(better[:, None], cand, z)
-        best = torch.where(better, obj, best)
-
+    search = _GridSearch(objective, z0.clone(), keep_grid=grid_mass is not None)
     half_width = float(z_range)
     joint = False
     for sweep in range(sweeps):
-        offsets = torch.linspace(-half_width, half_width, n_grid, device=z.device, dtype=z.dtype)  # (g,)
+        offsets = torch.linspace(-half_width, half_width, n_grid, device=z0.device, dtype=z0.dtype)  # (g,)
         if sweep == 0 and n_grid**k_dim <= max_joint:
             joint = True
-            for point in _joint_grid(k_dim, offsets):  # (K,) each
-                try_candidates(point.expand(b, k_dim).clone(), joint=True)
+            search.joint_sweep(offsets)
         else:
-            for k in range(k_dim):
-                centre = torch.zeros_like(z[:, k]) if sweep == 0 else z[:, k].clone()  # (b,)
-                for off in offsets:
-                    cand = z.clone()
-                    cand[:, k] = centre + off
-                    try_candidates(cand)
+            search.axis_sweep(offsets, from_origin=sweep == 0)
         half_width = 2.0 * half_width / max(n_grid - 1, 1)  # one previous grid spacing
-    if grid_mass is not None and grid_objs:
-        grid_mass += torch.softmax(-torch.stack(grid_objs, 1), 1).sum(0).to(grid_mass)  # (g^K,)
+    if grid_mass is not None and search.grid_objs:
+        grid_mass += torch.softmax(-torch.stack(search.grid_objs, 1), 1).sum(0).to(grid_mass)  # (g^K,)
     if estimate == "mean" and joint:
-        # the refined minimum adds the mass the grid missed: exp(-best) - exp(-grid_best), nothing
-        # when the grid already sat at the minimum, nearly all when the posterior is narrow
-        excess = -best + torch.log1p(-torch.exp((best - grid_best).clamp(max=0.0)).clamp(max=1.0 - 1e-7))
-        accumulate(z, -excess)
-        return moment
-    return z
+        return search.posterior_mean()
+    return search.z
+
+
+class _GridSearch:
+    """The state of :func:`infer_latents_grid` for a minibatch: each particle's best latents and
+    objective so far, and the posterior quadrature over the joint grid's points (a running
+    log-sum-exp, so that no particle's weights under- or overflow)."""
+
+    def __init__(self, objective: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, keep_grid: bool):
+        self.objective = objective
+        self.z = z  # (b, K)
+        self.best = objective(z)  # (b,)
+        self.log_mass = torch.full_like(self.best, -math.inf)  # (b,) log sum exp(-obj)
+        self.moment = torch.zeros_like(z)  # (b, K) sum exp(-obj - log_mass) * z
+        self.grid_best = torch.full_like(self.best, math.inf)  # (b,) the joint grid's lowest objective
+        self.grid_objs: list[torch.Tensor] = []  # (b,) per joint grid point, for grid_mass
+        self.keep_grid = keep_grid
+
+    def accumulate(self, cand: torch.Tensor, obj: torch.Tensor) -> None:
+        """Adds the point ``cand (b, K)`` with objective ``obj (b,)`` to the posterior quadrature."""
+        new_mass = torch.logaddexp(self.log_mass, -obj)  # (b,)
+        keep = torch.exp(self.log_mass - new_mass)  # (b,) 0 at the first point
+        self.moment = self.moment * keep[:, None] + torch.exp(-obj - new_mass)[:, None] * cand
+        self.log_mass = new_mass
+
+    def try_candidates(self, cand: torch.Tensor, joint: bool = False) -> None:
+        """Keeps ``cand (b, K)`` for the particles it improves; a joint grid point also joins the quadrature."""
+        obj = self.objective(cand)  # (b,)
+        if joint:
+            self.accumulate(cand, obj)
+            self.grid_best = torch.minimum(self.grid_best, obj)
+            if self.keep_grid:
+                self.grid_objs.append(obj)
+        better = obj < self.best  # torch.where, not z[better] = ...: no host sync on a GPU
+        self.z = torch.where(better[:, None], cand, self.z)
+        self.best = torch.where(better, obj, self.best)
+
+    def joint_sweep(self, offsets: torch.Tensor) -> None:
+        """Every point of the grid ``offsets (g,)`` on every axis, ``g**K`` in all, the same for all particles."""
+        b, k_dim = self.z.shape
+        for point in _joint_grid(k_dim, offsets):  # (K,) each
+            self.try_candidates(point.expand(b, k_dim).clone(), joint=True)
+
+    def axis_sweep(self, offsets: torch.Tensor, from_origin: bool) -> None:
+        """Coordinate descent: ``offsets (g,)`` about 0 (``from_origin``) or about the current best, one axis at a time."""
+        for k in range(self.z.shape[1]):
+            centre = torch.zeros_like(self.z[:, k]) if from_origin else self.z[:, k].clone()  # (b,)
+            for off in offsets:
+                cand = self.z.clone()
+                cand[:, k] = centre + off
+                self.try_candidates(cand)
+
+    def posterior_mean(self) -> torch.Tensor:
+        """``(b, K)``: the joint grid's quadrature plus the refined minimum, weighted by the mass the grid missed."""
+        # the refined minimum adds exp(-best) - exp(-grid_best): nothing when the grid already
+        # sat at the minimum, nearly all when the posterior is narrow
+        excess = -self.best + torch.log1p(-torch.exp((self.best - self.grid_best).clamp(max=0.0)).clamp(max=1.0 - 1e-7))
+        self.accumulate(self.z, -excess)
+        return self.moment
 
 
 def infer_latents_gradient(

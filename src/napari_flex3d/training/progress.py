@@ -2,6 +2,7 @@
 
 The napari widget consumes the same stream (:func:`~.loop.train_run`) in a worker thread;
 this is its command-line twin.
+Imports training's :mod:`.events` (and tqdm); nothing of the model.
 """
 
 from __future__ import annotations

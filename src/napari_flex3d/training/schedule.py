@@ -10,6 +10,7 @@ raises the band limit of the map and of the data term linearly from ``band_start
 that, with ``lr_final < 1``, both learning rates fall along a half cosine to ``lr_final``
 times their start by the last step (:func:`lr_factor`). Everything here is a pure function
 of the settings and the position in the run, so a resumed run follows the same schedule.
+Imports nothing of the package (explore reuses :func:`band_limit`).
 """
 
 from __future__ import annotations

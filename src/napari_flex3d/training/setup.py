@@ -4,6 +4,7 @@ Pure functions: the device, the training box, the consensus map at that box, its
 and mesh, the :class:`~napari_flex3d.model.flex.FlexModel`, the noise spectra and the
 train/validation split. (A model rebuilt from a checkpoint is
 :func:`napari_flex3d.model.run.load_run`'s job.)
+Imports config and core (io, ops, mesh, model).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ the same convect-project splat. Every particle's coefficients are then solved fo
 own view (3DVA's E-step, :func:`coefficients_map`: least squares with the ``K x K`` Gram
 matrix of its projected volumes and an empirical Gaussian prior), and, standardised per
 axis, are the initial latents. Band-limited to low resolution.
+Imports core (ops, model) only.
 """
 
 from __future__ import annotations

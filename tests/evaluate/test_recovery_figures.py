@@ -1,4 +1,4 @@
-"""The benchmark's map figures (``training.recovery.map_figures``) on maps of known error.
+"""The benchmark's map figures (``evaluate.recovery.map_figures``) on maps of known error.
 
 Why the moving domain is judged by its real-space correlation: a map that averages the
 domain over its positions (motion blur) keeps the phases, and a masked FSC, normalised per
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_flex3d.training.recovery import map_figures
+from napari_flex3d.evaluate.recovery import map_figures
 
 BOX, APIX = 32, 3.0
 NYQUIST = 2 * APIX

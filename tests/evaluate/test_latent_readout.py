@@ -3,7 +3,8 @@ and the quadratic read-out that forgives the bend (but nothing else)."""
 
 import numpy as np
 
-from napari_flex3d.training.recovery import canonical_correlations, quadratic_readout_correlations
+from napari_flex3d.evaluate.recovery import quadratic_readout_correlations
+from napari_flex3d.training.agreement import canonical_correlations
 
 
 def _coords(n=4000, seed=0):
@@ -56,7 +57,7 @@ def _rotation_displacements(angles, points, axis):
 
 
 def test_displacement_modes_of_a_linear_flow_stop_at_its_rank():
-    from napari_flex3d.training.recovery import displacement_modes
+    from napari_flex3d.evaluate.recovery import displacement_modes
 
     rng = np.random.default_rng(3)
     fields = rng.standard_normal((2, 50, 3))
@@ -67,7 +68,7 @@ def test_displacement_modes_of_a_linear_flow_stop_at_its_rank():
 
 
 def test_displacement_modes_of_a_rotation_show_its_curvature():
-    from napari_flex3d.training.recovery import displacement_modes
+    from napari_flex3d.evaluate.recovery import displacement_modes
 
     rng = np.random.default_rng(4)
     points = rng.standard_normal((200, 3)) * 10.0

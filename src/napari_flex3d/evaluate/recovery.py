@@ -1,8 +1,10 @@
 """How well a run recovered a simulated motion: latents against true coordinates, maps against true states.
 
-Used by the CI learning test, ``benchmarks/recovery.py`` and the demo. The truth comes
+Used by the slow hinge test, ``benchmarks/recovery.py`` and the demo. The truth comes
 from a ``flex3d simulate`` folder (``truth/coords.npy``, ``truth/truth.json``,
-``truth/state_*.mrc``); nothing here is used in training.
+``truth/state_*.mrc``); nothing here is used in training. Imports config/core and the
+features it scores (simulate's truth, explore's maps, reconstruct's masked FSC); no
+feature imports this module.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..training.agreement import canonical_correlations
+
 __all__ = [
-    "spearman", "best_spearman", "canonical_correlations", "quadratic_readout_correlations", "latents_for_coords",
+    "spearman", "best_spearman", "quadratic_readout_correlations", "latents_for_coords",
     "masked_correlation", "map_figures", "state_fsc_report", "displacement_modes", "motion_modes",
 ]
 
@@ -31,23 +35,11 @@ def best_spearman(latents: np.ndarray, coords: np.ndarray) -> np.ndarray:
     return np.array([max(abs(spearman(latents[:, j], coords[:, i])) for j in range(latents.shape[1])) for i in range(coords.shape[1])])
 
 
-def canonical_correlations(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Canonical correlations between ``x (n, p)`` and ``y (n, q)``: ``(min(p, q),)``, largest first.
-
-    The singular values of ``Qx^T Qy`` with ``Qx``, ``Qy`` orthonormal bases of the centred columns.
-    """
-    x = np.atleast_2d(np.asarray(x, np.float64).T).T
-    y = np.atleast_2d(np.asarray(y, np.float64).T).T
-    qx, _ = np.linalg.qr(x - x.mean(0))
-    qy, _ = np.linalg.qr(y - y.mean(0))
-    return np.clip(np.linalg.svd(qx.T @ qy, compute_uv=False), 0.0, 1.0)
-
-
 def quadratic_readout_correlations(latents: np.ndarray, coords: np.ndarray) -> np.ndarray:
     """Canonical correlations between the true coordinates ``coords (n, k)`` and their least-squares
     prediction from the latents ``(n, K)``, their squares and pairwise products: ``(min(K, k),)``.
 
-    A diagnostic beside :func:`canonical_correlations`, not a replacement: it forgives a latent
+    A diagnostic beside :func:`~napari_flex3d.training.agreement.canonical_correlations`, not a replacement: it forgives a latent
     space that is bent (one motion tracing a curve instead of a line), which the linear figure
     counts as error. The auto-decoder's objective does not change under a smooth warp of the
     latent space, so a bend inherited from the start stays; the difference between the two

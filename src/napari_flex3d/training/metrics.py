@@ -1,0 +1,70 @@
+"""What the loop measures at the end of an epoch: the validation loss, the model's FSC, peak memory.
+
+The validation loss is the data term of the held-out particles at their inferred latents
+(docs/validation.md for FSC). Imports core (io, ops) and training's :mod:`.step`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..io.prefetch import host_to_device
+from . import events as ev
+from .run_state import RunState
+from .step import data_terms, infer_batch_latents, local_rows, read_batch
+
+__all__ = ["validation_loss", "model_fsc", "peak_memory_mb"]
+
+
+def validation_loss(run: RunState, band: float) -> float:
+    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any.
+
+    Under torchrun each rank takes ``val_idx[rank::world]`` and the sums are added over ranks.
+    """
+    if len(run.val_idx) == 0:
+        return float("nan")
+    max_freq_px = band * run.box / 2
+    run.model.max_freq_px = max_freq_px
+    total = torch.zeros(1, dtype=torch.float64, device=run.device)  # summed on the device, read once
+    val_idx = local_rows(run, run.val_idx)
+    for s in range(0, len(val_idx), run.config.batch):
+        idx = val_idx[s : s + run.config.batch]
+        batch = read_batch(run, idx)
+        rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
+        z = infer_batch_latents(run, batch, run.latents[rows], max_freq_px)
+        run.latents[rows] = z.detach()
+        with torch.no_grad():
+            total += data_terms(run, batch, z, max_freq_px).sum().double()
+    if run.dist.active:
+        from .distributed import all_reduce_sum
+
+        total = all_reduce_sum(total)
+    return float(total) / len(run.val_idx)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    """The most memory the run has held: the device's allocations on CUDA, the process's RSS on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+    except ImportError:  # pragma: no cover (Windows)
+        return float("nan")
+
+
+@torch.no_grad()
+def model_fsc(run: RunState) -> ev.FSCCurve:
+    """FSC of the canonical map against the consensus map, both at the training box (the epoch just ended)."""
+    from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+
+    vol = run.model.canonical.to_volume(run.model.canonical_values())
+    curve = fsc(vol, run.consensus).cpu().numpy()
+    return ev.FSCCurve(
+        epoch=run.epoch - 1,
+        kind="model",
+        frequencies_per_a=shell_frequencies_a(run.box, run.apix),
+        fsc=curve,
+        resolution_a=fsc_resolution(curve, run.box, run.apix),
+    )

@@ -1,0 +1,116 @@
+"""What a run writes to its folder, and when: checkpoints, progress files, previews, final outputs.
+
+Every epoch: ``checkpoints/last.pt`` (:func:`checkpoint_state`, written atomically by the
+loop), ``latents.npy`` and ``history.json``; at the start ``config.json``; at the end
+``canonical.mrc``, ``particles.star`` (+ ``particles.cs`` for a cryoSPARC input). Preview
+volumes are made every ``preview_every`` epochs and at the last. Imports config and
+core (io, model).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import provenance, to_dict
+from ..io.checkpoint import atomic_write_bytes, save_checkpoint
+from ..model.run import checkpoint_path
+from .run_state import RunState
+
+__all__ = [
+    "checkpoint_state", "write_epoch_files", "write_progress", "write_final_outputs", "write_config", "preview_due", "preview_volumes",
+]
+
+
+def checkpoint_state(run: RunState) -> dict:
+    """The checkpoint: plain tensors, numbers and strings (``torch.load(weights_only=True)`` reads it)."""
+    from .. import __version__
+
+    return {
+        "package_version": __version__,
+        "config_json": json.dumps(to_dict(run.config)),
+        "epoch": run.epoch,
+        "global_step": run.global_step,
+        "box": run.box,
+        "apix": run.apix,
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "latents": run.latents.detach().cpu().clone(),
+        "spectra": run.spectra.detach().cpu(),
+        "train_idx": torch.as_tensor(run.train_idx),
+        "val_idx": torch.as_tensor(run.val_idx),
+        "opt_flow": run.opt_flow.state_dict(),
+        "opt_canonical": run.opt_canonical.state_dict(),
+        "rng_torch": run.generator.get_state(),
+        "history_json": json.dumps(run.history),
+        **({} if run.latent_prior is None else {"latent_prior": run.latent_prior.log_density.detach().cpu()}),
+    }
+
+
+def write_epoch_files(run: RunState) -> Path:
+    """End of an epoch (rank 0 only): the checkpoint, written atomically so that a kill leaves
+    the previous one, then ``latents.npy`` and ``history.json``. Returns the checkpoint's path."""
+    path = save_checkpoint(checkpoint_path(run.out_dir), checkpoint_state(run))
+    write_progress(run)
+    return path
+
+
+def write_config(run: RunState, cli_argv, resumed: bool) -> None:
+    """``config.json``: the settings and provenance; a resumption keeps the first provenance and
+    adds its own to ``resumed``."""
+    path = run.out_dir / "config.json"
+    doc = {"kind": "TrainConfig", "settings": to_dict(run.config), "provenance": provenance(cli_argv)}
+    if resumed and path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        doc["provenance"] = old.get("provenance", doc["provenance"])
+        doc["resumed"] = old.get("resumed", []) + [{**provenance(cli_argv), "from_epoch": run.epoch}]
+    doc["training_box"] = run.box
+    doc["training_apix"] = run.apix
+    path.write_text(json.dumps(doc, indent=2, default=str))
+
+
+def write_progress(run: RunState) -> None:
+    """Files refreshed every epoch: ``latents.npy`` and ``history.json`` (each written atomically)."""
+    atomic_write_bytes(run.out_dir / "latents.npy", lambda fh: np.save(fh, run.latents.cpu().numpy().astype(np.float32)))
+    atomic_write_bytes(run.out_dir / "history.json", lambda fh: fh.write(json.dumps(run.history, indent=1).encode()))
+
+
+def write_final_outputs(run: RunState) -> None:
+    """``canonical.mrc``, ``particles.star`` (+ ``particles.cs`` for a ``.cs`` input), latents and history."""
+    from ..io.mrc import write_map
+    from ..io.particles import write_cs, write_star
+
+    write_progress(run)
+    with torch.no_grad():
+        vol = run.model.canonical.to_volume(run.model.canonical_values()).cpu().numpy()
+    write_map(run.out_dir / "canonical.mrc", vol.astype(np.float32), run.apix, label="napari-flex3d canonical map")
+    z = run.latents.cpu().numpy().astype(np.float32)
+    write_star(run.ps, run.out_dir / "particles.star", extra_columns={"rlnFlex3dLatent": z})
+    if run.ps.fmt == "cryosparc":
+        write_cs(run.ps, run.out_dir / "particles.cs", extra_fields={f"flex3d/latent_{k}": z[:, k] for k in range(z.shape[1])})
+
+
+def preview_due(config, epochs_done: int) -> bool:
+    """Whether the epoch that brought the run to ``epochs_done`` shows preview volumes."""
+    return bool(config.preview_every) and (epochs_done % config.preview_every == 0 or epochs_done == config.epochs)
+
+
+@torch.no_grad()
+def preview_volumes(model, latents: torch.Tensor, sigmas=(-1.0, 1.0)) -> np.ndarray:
+    """Convected maps at ``mean + s * std`` along each latent axis: ``(K, len(sigmas), N, N, N)``."""
+    mean = latents.mean(0)
+    std = latents.std(0) if len(latents) > 1 else torch.ones(latents.shape[1], device=latents.device)
+    out = []
+    for k in range(latents.shape[1]):
+        row = []
+        for s in sigmas:
+            z = mean.clone()
+            z[k] = mean[k] + s * std[k]
+            row.append(model.volume(z.to(model.vertices_a)).cpu().numpy())
+        out.append(np.stack(row))
+    return np.stack(out).astype(np.float32)

@@ -1,0 +1,217 @@
+"""A training run's state, built new from its settings or restored from its last checkpoint.
+
+:class:`RunState` is everything a run holds between minibatches; :func:`new_run` builds it
+from a :class:`TrainConfig` (reading the particles, building mesh and model, the first
+latents), :func:`restored_run` from ``checkpoints/last.pt`` (resume). What a checkpoint
+holds is written by :func:`.outputs.checkpoint_state`. Imports config, core (io, mesh,
+model) and training's own modules below the loop.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..model.run import checkpoint_path, config_and_model
+from .distributed import DistContext
+from .latent_state import LatentView, checked_latent_box, empirical_prior, latent_view
+from .latents import GridPrior, initial_latents
+from .schedule import band_limit, lr_factor
+
+__all__ = ["RunState", "new_run", "restored_run", "read_inputs", "adam_for_canonical"]
+
+
+@dataclass
+class RunState:
+    """Everything a training run holds between minibatches (mutable; not an event)."""
+
+    config: TrainConfig
+    out_dir: Path
+    device: torch.device
+    ps: object  # io.particles.ParticleSet
+    model: torch.nn.Module  # model.flex.FlexModel
+    spectra: torch.Tensor  # (n_groups, n_shells) noise spectra at the training box
+    latents: torch.Tensor  # (n_particles, K) float32 on the run's device (no host copy per step), input row order
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    opt_flow: torch.optim.Optimizer
+    opt_canonical: torch.optim.Optimizer
+    generator: torch.Generator  # CPU: shuffles and latent noise
+    consensus: torch.Tensor  # (N, N, N) consensus map at the training box (for the model FSC)
+    epoch: int = 0  # epochs finished
+    global_step: int = 0
+    history: list = field(default_factory=list)
+    dist: DistContext = field(default_factory=DistContext)  # this process's rank (torchrun); inactive alone
+    latent_view: LatentView | None = None  # the model at config.latent_box for inference (None: the model itself)
+    latent_prior: GridPrior | None = None  # the empirical prior (config.latent_prior_shape), None: the Gaussian
+    latent_mass: torch.Tensor | None = None  # (grid**K,) this epoch's posterior weights on the grid, for the prior
+
+    @property
+    def box(self) -> int:
+        return self.model.box
+
+    @property
+    def apix(self) -> float:
+        return self.model.apix
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return max(1, math.ceil(len(self.train_idx) / self.config.batch))
+
+
+def read_inputs(config: TrainConfig):
+    """The particles a run trains on (an ``io.particles.ParticleSet``): the input file, cut to
+    ``config.half_set`` and ``config.max_particles``; ``ValueError`` for a missing input or no poses."""
+    from ..io.particles import half_set_rows, read_particles
+
+    if not config.particles:
+        raise ValueError("TrainConfig.particles: no particle file given")
+    if not config.map:
+        raise ValueError("TrainConfig.map: no consensus map given")
+    ps = read_particles(config.particles, passthrough=config.passthrough, root=config.root)
+    if not ps.has_poses:
+        raise ValueError(f"{config.particles}: particles have no poses (a consensus refinement is needed)")
+    half = config.half_set
+    if half:  # one half set only (independent flows per half map), in input order
+        ps = ps.subset(half_set_rows(ps, half))
+        if len(ps) == 0:
+            raise ValueError(f"{config.particles}: half set {half} is empty")
+    if config.max_particles is not None and config.max_particles < len(ps):
+        ps = ps.subset(np.arange(config.max_particles))
+    return ps
+
+
+def adam_for_canonical(model, config: TrainConfig) -> torch.optim.Optimizer:
+    """Adam on ``V`` with a step relative to the RMS of the initial map (its units are arbitrary)."""
+    values = model.canonical.values
+    rms = float(values.detach().pow(2).mean().sqrt()) or 1.0
+    return torch.optim.Adam([values], lr=config.lr_canonical * rms)
+
+
+def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_files: bool = True) -> RunState:
+    """A fresh run: inputs read, settings checked before anything is built, mesh and model
+    built (``mesh.npz`` written unless ``write_files`` is false: ranks other than 0), the
+    train/validation split, noise spectra and first latents."""
+    from ..mesh.build import save_mesh
+    from .setup import build_mask_and_mesh, build_model, consensus_at_box, estimate_spectra, split_train_val, training_box
+
+    ps = read_inputs(config)
+    box = training_box(config.box, int(ps.box))
+    # settings refused before anything is built or written (the schedule's checks run on the first step too)
+    if config.latent_box is not None:
+        checked_latent_box(config.latent_box, box)
+    band_limit(0.0, config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
+    lr_factor(0.0, config.epochs, config.lr_final, config.band_ramp_epochs)
+    apix = float(ps.apix) * ps.box / box
+    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
+    mask, mesh = build_mask_and_mesh(consensus, apix, config)
+    if write_files:  # rank 0 only under torchrun
+        save_mesh(mesh, out_dir / "mesh.npz")
+    torch.manual_seed(config.seed)  # the flow generator's initial weights
+    model = build_model(consensus, apix, mask, mesh, config).to(device)
+    train_idx, val_idx = split_train_val(len(ps), config.val_fraction, config.seed)
+    spectrum_idx = np.arange(min(len(ps), 2048))
+    spectra = estimate_spectra(ps, spectrum_idx, box, device)  # (n_groups, n_shells) on the device
+    if config.latent_init == "variability":
+        z0 = _variability_init(ps, model, spectra, box, device, config)
+    else:
+        z0 = initial_latents(config.latent_init, len(ps), config.latent_dim, config.seed, config.latent_column, ps.table)
+    generator = torch.Generator().manual_seed(config.seed)
+    return RunState(
+        config=config,
+        out_dir=out_dir,
+        device=device,
+        ps=ps,
+        model=model,
+        spectra=spectra,
+        latents=torch.as_tensor(z0).to(device),
+        train_idx=train_idx,
+        val_idx=val_idx,
+        opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
+        opt_canonical=adam_for_canonical(model, config),
+        generator=generator,
+        consensus=torch.as_tensor(consensus, device=device),
+        latent_view=latent_view(config, model, ps, device),
+        latent_prior=empirical_prior(config, device),
+    )
+
+
+def _variability_init(ps, model, spectra, box: int, device, config: TrainConfig) -> np.ndarray:
+    """Initial latents from the principal directions of variability (:mod:`.variability`)."""
+    from ..model.flex import batch_from_particles
+    from .variability import variability_latents
+
+    chunk = max(config.batch, 256)
+    fit_idx = np.arange(min(len(ps), 4000))
+
+    def batches(idx):
+        def gen():
+            for s in range(0, len(idx), chunk):
+                part = idx[s : s + chunk]
+                yield part, batch_from_particles(ps, part, box=box, device=device)
+
+        return gen
+
+    return variability_latents(
+        model, batches(fit_idx), spectra, config.latent_dim, band=config.latent_init_band, seed=config.seed,
+        final_batches=batches(np.arange(len(ps))),
+    )
+
+
+def _optimizer_to(opt: torch.optim.Optimizer, device) -> None:
+    for st in opt.state.values():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor) and k != "step":
+                st[k] = v.to(device)
+
+
+def restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
+    """The run in ``out_dir`` as its last checkpoint left it (model, latents, optimisers, RNG,
+    schedule position, learned prior); ``config`` may change only what
+    :func:`~napari_flex3d.model.run.config_and_model` lets a resumption change."""
+    from ..io.checkpoint import load_checkpoint
+    from .setup import consensus_at_box, resolve_device
+
+    state = load_checkpoint(checkpoint_path(out_dir))
+    config, model = config_and_model(state, checkpoint_path(out_dir), config)
+    device = resolve_device(config.device)
+    model = model.to(device)
+    ps = read_inputs(config)
+    box, apix = int(state["box"]), float(state["apix"])
+    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
+    latents = state["latents"].to(torch.float32)
+    if latents.shape != (len(ps), config.latent_dim):
+        raise ValueError(f"{out_dir}: checkpoint has latents {tuple(latents.shape)} for {len(ps)} particles")
+    generator = torch.Generator()
+    generator.set_state(state["rng_torch"])
+    run = RunState(
+        config=config,
+        out_dir=out_dir,
+        device=device,
+        ps=ps,
+        model=model,
+        spectra=state["spectra"].to(device),
+        latents=latents.to(device).clone(),
+        train_idx=state["train_idx"].numpy(),
+        val_idx=state["val_idx"].numpy(),
+        opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
+        opt_canonical=torch.optim.Adam([model.canonical.values], lr=config.lr_canonical),
+        generator=generator,
+        consensus=torch.as_tensor(consensus, device=device),
+        epoch=int(state["epoch"]),
+        global_step=int(state["global_step"]),
+        history=json.loads(state["history_json"]),
+        latent_view=latent_view(config, model, ps, device),
+        latent_prior=empirical_prior(config, device, state.get("latent_prior")),
+    )
+    run.opt_flow.load_state_dict(state["opt_flow"])
+    run.opt_canonical.load_state_dict(state["opt_canonical"])  # carries the scaled learning rate
+    _optimizer_to(run.opt_flow, device)
+    _optimizer_to(run.opt_canonical, device)
+    return run

@@ -1,0 +1,169 @@
+"""One minibatch of training: read it, infer its latents with the model frozen, take one Adam step.
+
+:func:`train_step` is the loop's inner step (latent inference after warm-up, latent noise,
+one Adam step of the flow or of the canonical map as the schedule's phase says). It never
+reads the device: its losses come back as a tensor the loop reads one step later, so the
+GPU is never idle waiting for the host (``tests/test_host_sync.py`` checks this). Imports
+config, core (io, model) and training's :mod:`.latents`, :mod:`.latent_state`,
+:mod:`.schedule`, :mod:`.distributed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from ..io.prefetch import host_to_device
+from .latent_state import LatentView
+from .latents import infer_latents_gradient, infer_latents_grid
+from .run_state import RunState
+from .schedule import FLOW, STRUCTURE, WARMUP
+
+__all__ = ["train_step", "infer_batch_latents", "data_terms", "read_batch", "local_rows", "set_learning_rates"]
+
+
+@contextlib.contextmanager
+def _trainable(model: torch.nn.Module, params: list):
+    """Only ``params`` require gradients inside the block."""
+    keep = [p.requires_grad for p in model.parameters()]
+    ids = {id(p) for p in params}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in ids)
+    try:
+        yield
+    finally:
+        for p, k in zip(model.parameters(), keep):
+            p.requires_grad_(k)
+
+
+def data_terms(
+    run: RunState, batch: dict, z: torch.Tensor, max_freq_px: float, view: LatentView | None = None
+) -> torch.Tensor:
+    """Whitened data loss per particle ``(b,)`` of the model (or of ``view``, with a batch at its box) at ``z (b, K)``."""
+    from ..model.loss import data_loss
+
+    model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
+    pred = model.project(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"])  # (b, N, N)
+    noise = spectra[batch["optics_group"]]  # (b, n_shells)
+    return data_loss(pred, batch["images"], noise, max_freq_px=max_freq_px, scale="fit")
+
+
+def infer_batch_latents(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+    """Latents ``(b, K)`` refined with the model frozen (at ``run.latent_view``'s box if there is one)."""
+    cfg, view = run.config, run.latent_view
+    if cfg.latent_inference == "none":
+        return z0
+    if view is not None:
+        view.model.copy_canonical_from(run.model)  # the training map as it is now, cropped
+        batch = view.batch(batch)
+        max_freq_px = min(max_freq_px, view.max_freq_px)
+
+    def loss_fn(z):
+        return data_terms(run, batch, z, max_freq_px, view)
+
+    with _trainable(run.model, []), (contextlib.nullcontext() if view is None else _trainable(view.model, [])):
+        if cfg.latent_inference == "grid":
+            if run.latent_prior is not None and run.latent_mass is None:
+                run.latent_mass = torch.zeros_like(run.latent_prior.log_density)
+            return infer_latents_grid(
+                loss_fn, z0, sweeps=cfg.latent_steps, n_grid=cfg.latent_grid, z_range=cfg.latent_range,
+                prior_weight=cfg.latent_prior, estimate=cfg.latent_estimate, prior=run.latent_prior,
+                grid_mass=run.latent_mass,
+            )
+        return infer_latents_gradient(loss_fn, z0, steps=cfg.latent_steps, lr=cfg.lr_latent, prior_weight=cfg.latent_prior)
+
+
+def read_batch(run: RunState, idx: np.ndarray) -> dict:
+    """Particles ``idx`` as a model batch at the training box, on the run's device."""
+    from ..model.flex import batch_from_particles
+
+    return batch_from_particles(run.ps, idx, box=run.box, device=run.device)
+
+
+def local_rows(run: RunState, idx: np.ndarray) -> np.ndarray:
+    """This rank's share of a global minibatch (all of it in one process)."""
+    if not run.dist.active:
+        return idx
+    from .distributed import shard
+
+    return idx[shard(idx, run.dist)]
+
+
+def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict | None = None) -> torch.Tensor:
+    """One minibatch: latent inference (after warm-up), noise injection, one Adam step.
+
+    Returns the per-particle ``(total, data, rigidity)`` losses as a ``(3,)`` float64 tensor
+    on the run's device: reading it is left to the caller, so that nothing in the step
+    waits for the device (the loop reads a step's losses after queuing the next step).
+
+    ``idx (B,)`` is the global minibatch; under torchrun this rank takes its share
+    (``batch``, if given, holds that share's images, e.g. from the prefetcher), the
+    loss is its per-particle sum over ``B`` and the gradients are summed over ranks.
+    """
+    from ..model.loss import total_loss
+
+    cfg, model, ctx = run.config, run.model, run.dist
+    max_freq_px = band * run.box / 2
+    model.max_freq_px = max_freq_px
+    b_global = len(idx)
+    if ctx.active:
+        from .distributed import all_reduce_grads, all_reduce_sum, shard
+
+        pos = shard(idx, ctx)
+        idx = idx[pos]
+    if batch is None and len(idx):
+        batch = read_batch(run, idx)
+    rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
+    z = run.latents[rows]
+    if phase != WARMUP and len(idx):
+        z = infer_batch_latents(run, batch, z, max_freq_px)
+        run.latents[rows] = z.detach()
+    noise = torch.randn((b_global, z.shape[1]), generator=run.generator) * cfg.latent_noise  # CPU generator: same on any device
+    if ctx.active:
+        noise = noise[torch.as_tensor(pos)]
+    z_noisy = z + host_to_device(noise, run.device)
+    if phase == WARMUP:
+        params, opts = list(model.flow.parameters()) + [model.canonical.values], [run.opt_flow, run.opt_canonical]
+    elif phase == FLOW:
+        params, opts = list(model.flow.parameters()), [run.opt_flow]
+    else:
+        params, opts = [model.canonical.values], [run.opt_canonical]
+    with _trainable(model, params):
+        for opt in opts:
+            opt.zero_grad(set_to_none=True)
+        if len(idx):
+            data = data_terms(run, batch, z_noisy, max_freq_px)  # (b,)
+            if phase == STRUCTURE:
+                with torch.no_grad():
+                    rigid = model.rigidity(z_noisy)
+                lam = 0.0
+            else:
+                rigid = model.rigidity(z_noisy)  # (b,)
+                lam = cfg.rigidity_lambda
+            if ctx.active:  # this rank's part of the global batch mean
+                loss = total_loss(data, rigid, lam, reduction="sum") / b_global
+            else:
+                loss = total_loss(data) if phase == STRUCTURE else total_loss(data, rigid, lam)
+            loss.backward()
+        else:  # a rank with no particles in a short last batch still joins the reduction
+            data = rigid = torch.zeros(0, device=run.device)
+        if ctx.active:
+            all_reduce_grads(params)
+        for opt in opts:
+            opt.step()
+    sums = torch.stack([data.detach().sum(), rigid.detach().sum()]).to(torch.float64)  # (2,)
+    if ctx.active:
+        sums = all_reduce_sum(sums)
+    data_m, rigid_m = sums / b_global
+    return torch.stack([data_m + cfg.rigidity_lambda * rigid_m, data_m, rigid_m])
+
+
+def set_learning_rates(run: RunState, factor: float) -> None:
+    """Both optimisers' learning rates at ``factor`` times their start (kept as ``initial_lr``
+    in each parameter group, so it travels with the optimiser's state into a checkpoint)."""
+    for opt in (run.opt_flow, run.opt_canonical):
+        for group in opt.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+            group["lr"] = group["initial_lr"] * factor
