@@ -41,44 +41,18 @@ import sys
 import time
 from pathlib import Path
 
+from _common import peak_memory_gb as _peak_gb
+from _common import reset_peak_memory as _reset_peak
+from _common import src_on_path as _setup_path
+from _common import sync as _sync
+
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _install_wheels(folder: str) -> None:
     wheels = sorted(str(p) for p in Path(folder).glob("*.whl"))
     if wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", *wheels], check=True)
-
-
-def _setup_path() -> None:
-    sys.path.insert(0, str(ROOT / "src"))
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-
-
-def _sync(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _reset_peak(device):
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def _peak_gb(device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 1e9
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # process peak RSS (KiB -> GB)
 
 
 def bandwidth_gbs(device, gib: float = 1.0) -> float:
