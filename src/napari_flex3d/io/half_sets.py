@@ -89,7 +89,7 @@ def check_half_set(half_set, n: int, where: str) -> np.ndarray:
     half = half.reshape(-1)
     bad = ~np.isin(half, (HALF_A, HALF_B, HALF_UNKNOWN))
     if bad.any():
-        raise ValueError(f"{where}: half_set holds {half[bad][0]!r}; expected 0 (A), 1 (B) or -1 (unknown)")
+        raise ValueError(f"{where}: half_set holds {half[bad][0].item()!r}; expected 0 (A), 1 (B) or -1 (unknown)")
     return half.astype(np.int8)
 
 
