@@ -15,9 +15,7 @@ from napari_flex3d.io.half_sets import (
     half_set_to_cryosparc,
     half_set_to_relion,
 )
-from napari_flex3d.io.optics import OpticsGroup
-from napari_flex3d.io.particle_set import ParticleSet
-from napari_flex3d.io.particles import read_particles, write_cs, write_star
+from napari_flex3d.io.particles import OpticsGroup, ParticleSet, read_particles, write_cs, write_star
 from io_fixtures import fmt  # noqa: F401 (pytest fixture)
 
 J24 = "cryodrgn/cryosparc_P12_J24_001_particles.cs"

@@ -37,13 +37,17 @@ HALF_A, HALF_B, HALF_UNKNOWN = 0, 1, -1
 _NAMES = ("A", "B")
 
 
+def _from_codes(values, code_a, code_b) -> np.ndarray:
+    values = np.asarray(values)
+    half = np.full(values.shape, HALF_UNKNOWN, np.int8)
+    half[values == code_a] = HALF_A
+    half[values == code_b] = HALF_B
+    return half
+
+
 def half_set_from_relion(random_subset) -> np.ndarray:
     """RELION ``rlnRandomSubset`` ``(n,)`` (1, 2; anything else unknown) -> ``(n,)`` int8 half set."""
-    subset = np.asarray(random_subset)
-    half = np.full(subset.shape, HALF_UNKNOWN, np.int8)
-    half[subset == 1] = HALF_A
-    half[subset == 2] = HALF_B
-    return half
+    return _from_codes(random_subset, 1, 2)
 
 
 def half_set_to_relion(half_set) -> np.ndarray:
@@ -54,11 +58,7 @@ def half_set_to_relion(half_set) -> np.ndarray:
 
 def half_set_from_cryosparc(split) -> np.ndarray:
     """cryoSPARC ``alignments3D/split`` ``(n,)`` (0, 1; anything else unknown) -> ``(n,)`` int8 half set."""
-    split = np.asarray(split)
-    half = np.full(split.shape, HALF_UNKNOWN, np.int8)
-    half[split == 0] = HALF_A
-    half[split == 1] = HALF_B
-    return half
+    return _from_codes(split, 0, 1)
 
 
 def half_set_to_cryosparc(half_set) -> np.ndarray:
