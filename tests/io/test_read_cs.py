@@ -16,7 +16,7 @@ R_ROW0 = np.array([[0.58163, 0.05683, -0.81147], [-0.37730, -0.86491, -0.33101],
 def test_j24_poses_shifts_ctf(fmt):
     ps = read_particles(fmt / J24)
     assert len(ps) == 2019 and ps.fmt == "cryosparc" and ps.has_poses
-    # DESIGN.md section 1: A = expm([pose]_x)^T; the README's R is expm([pose]_x)
+    # docs/conventions.md: A = expm([pose]_x)^T; the README's R is expm([pose]_x)
     np.testing.assert_allclose(ps.rotations[0], R_ROW0.T, atol=2e-5)
     v_last = [0.5504799, 3.2572987, -1.5672901]
     np.testing.assert_allclose(ps.rotations[-1], Rotation.from_rotvec(v_last).as_matrix().T, atol=1e-6)

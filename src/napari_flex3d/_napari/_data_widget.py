@@ -221,9 +221,11 @@ class DataMeshWidget(QWidget):
 
     def set_particles(self, ps) -> None:
         """Show the summary and a montage of ``ps`` and share it with the other widgets."""
+        from ..io.half_sets import half_set_name
+
         self.particles = ps
         s = particle_summary(ps)
-        halves = ", ".join(f"{'unknown' if k < 0 else 'half ' + 'AB'[k]}: {v}" for k, v in s["half_sets"].items())
+        halves = ", ".join(f"{'unknown' if k < 0 else 'half ' + half_set_name(k)}: {v}" for k, v in s["half_sets"].items())
         self.summary_label.setText(
             f"{s['count']} particles ({s['format']}), box {s['box']} px, {s['apix']:.3f} Å/px, "
             f"{s['optics_groups']} optics group(s); {halves}"

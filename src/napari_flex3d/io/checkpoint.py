@@ -6,6 +6,8 @@ but these plain types. Configs and NumPy generator states travel as JSON strings
 torch generator states as ``uint8`` tensors. The file is written to a temporary name in
 the same folder, flushed to disk, then renamed over the old one: a process killed at any
 moment leaves either the previous checkpoint or the new one, never half a file.
+
+Imports torch.
 """
 
 from __future__ import annotations

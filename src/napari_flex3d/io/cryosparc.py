@@ -3,6 +3,9 @@
 Field names contain ``/`` (``blob/path``, ``ctf/df1_A``, ``alignments3D/pose``); string
 fields are fixed-width bytes. Non-exported job outputs keep unchanged fields in a
 separate ``*_passthrough_*.cs`` file whose rows match the main file's by ``uid``.
+
+This module is the file format only (load, save, merge, check a field); what the fields
+mean for particles is in ``io.cs_particles`` and ``io.optics``. Imports NumPy and pandas.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["load_cs", "merge_passthrough", "records_to_frame", "save_cs", "merge_fields"]
+__all__ = ["load_cs", "merge_passthrough", "records_to_frame", "save_cs", "merge_fields", "numeric_field"]
 
 
 def load_cs(path) -> np.ndarray:
@@ -34,6 +37,27 @@ def load_cs(path) -> np.ndarray:
     if any(records.dtype[name].hasobject for name in records.dtype.names):
         raise ValueError(f"{path}: object fields are not allowed in a .cs file")
     return records
+
+
+def numeric_field(records: np.ndarray, name: str, path, *, shape=(), required=True, default=None):
+    """Field ``name`` as a finite float64 ``(n, *shape)`` array.
+
+    A missing field raises ValueError if ``required``, else gives None (``default`` None)
+    or ``default`` everywhere. ValueError naming the file, field and row for a wrong
+    dtype or shape, a NaN or an infinity.
+    """
+    if name not in records.dtype.names:
+        if required:
+            raise ValueError(f"{path}: missing field {name}")
+        return None if default is None else np.full((len(records),) + shape, default, dtype=np.float64)
+    values = records[name]
+    if values.dtype.kind not in "iuf" or values.shape[1:] != shape:
+        raise ValueError(f"{path}: field {name} has dtype {values.dtype} and shape {values.shape[1:]}, expected numbers of shape {shape}")
+    values = values.astype(np.float64)
+    bad = ~np.isfinite(values.reshape(len(records), -1)).all(axis=1)
+    if bad.any():
+        raise ValueError(f"{path}: field {name} has a NaN or infinite value at row {int(np.flatnonzero(bad)[0])}")
+    return values
 
 
 def merge_fields(base: np.ndarray, extra: dict[str, np.ndarray]) -> np.ndarray:

@@ -1,4 +1,7 @@
-"""``flex3d info``: a JSON-able summary of a particle file or an MRC map/stack."""
+"""``flex3d info``: a JSON-able summary of a particle file or an MRC map/stack.
+
+Imports ``conventions`` and ``io.mrc`` / ``io.particles``.
+"""
 
 from __future__ import annotations
 

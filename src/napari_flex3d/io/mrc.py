@@ -13,6 +13,8 @@ Pixel size: ``cell / m{x,y,z}``; a zero cell means "unknown" and ``read_map``
 returns ``apix=None`` (callers that need it call :meth:`MapData.require_apix`,
 which tells the user to pass ``--apix``). Stacks take their pixel size from the
 STAR/.cs file, never from the stack header.
+
+Imports NumPy (``mrcfile`` only to write).
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ Results are exactly what ``fn`` returns in the calling thread (it is a pure func
 the item), so training with or without prefetching gives the same numbers. An exception
 in ``fn`` is raised in the consumer at the item that caused it. Leaving the ``with``
 block early (a generator closed between yields, an error) stops the thread.
+
+Imports torch.
 """
 
 from __future__ import annotations

@@ -5,6 +5,9 @@ and without ``#N``, tab/space mixes, blank lines, missing final newline, blocks 
 order, one-row loops, quoted cells). What it does not do is fail cleanly: on garbage
 it raises whatever pandas or its tokenizer raises. ``read_star`` turns any parser
 failure into a ``ValueError`` naming the file.
+
+This module is the file format only (blocks of tables); what the columns mean for
+particles is in ``io.star_particles`` and ``io.optics``. Imports NumPy, pandas, starfile.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ Layout of ``out_dir``::
         average.mrc         true density averaged over the particles' state distribution
 
 Nothing in ``particles.star`` tells the truth: the ground truth lives only in ``truth/``.
+
+Part of ``simulate`` (a feature room): imports ``conventions``, the core rooms ``io`` and
+``ops``, the simulator's own modules and ``reconstruct.rigid`` (for the consensus).
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ import torch
 
 from ..conventions import euler_to_matrix, matrix_to_euler
 from ..io.mrc import write_map
-from ..io.particles import write_star
+from ..io.optics import OpticsGroup
+from ..io.particle_set import ParticleSet
+from ..io.star_particles import write_star
 from ..ops.ctf import ctf_2d
 from ..ops.fsc import fsc, fsc_resolution
 from .molecule import Molecule, build_molecule, deform, motion_dim, sample_motion_coords
@@ -115,7 +120,7 @@ class _Particles:
     defocus_u_a: np.ndarray
     defocus_v_a: np.ndarray
     defocus_angle_deg: np.ndarray
-    half_set: np.ndarray  # (n,) int8 0/1
+    half_set: np.ndarray  # (n,) int8 0 (A) / 1 (B), the in-memory code of io.half_sets
 
 
 def _draw_particles(n: int, motion: str, seed: int) -> _Particles:
@@ -165,8 +170,6 @@ def simulate_particles(
 
 def _particle_set(parts: _Particles, stack_name: str, box: int, apix: float):
     """The particles as an in-memory ``ParticleSet`` (poses, shifts, CTF, half sets)."""
-    from ..io.particles import OpticsGroup, ParticleSet
-
     n = parts.coords.shape[0]
     optics = OpticsGroup(
         name="opticsGroup1", number=1, voltage_kv=VOLTAGE_KV, cs_mm=CS_MM,
@@ -248,6 +251,28 @@ def _average_volume(mol: Molecule, coords: np.ndarray, motion: str, box: int, ap
     return vol
 
 
+@dataclass(frozen=True)
+class _Setup:
+    """The arguments every step of :func:`simulate_dataset` shares."""
+
+    n: int
+    box: int
+    apix: float
+    snr: float
+    motion: str
+    seed: int
+    progress: bool
+
+
+@dataclass(frozen=True)
+class _StackStats:
+    """What the noisy stack measured: signal and noise variance over all pixels, noise sd."""
+
+    var_signal: float
+    var_noise: float
+    sigma: float
+
+
 def simulate_dataset(
     out_dir: Path,
     n_particles: int = 5000,
@@ -282,74 +307,122 @@ def simulate_dataset(
     :class:`SimulationResult` (paths, figures, ``summary()``).
     """
     validate_args(n_particles, box, apix, snr, motion)
-    n, box = int(n_particles), int(box)
+    setup = _Setup(int(n_particles), int(box), apix, snr, motion, seed, progress)
     out_dir = Path(out_dir)
-    truth_dir = out_dir / "truth"
-    truth_dir.mkdir(parents=True, exist_ok=True)
-    for old in truth_dir.glob("state_*.mrc"):  # a previous run may have had more states
-        old.unlink()
+    truth_dir = _prepare_out_dir(out_dir)
     timings: dict[str, float] = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
 
-    mol = build_molecule(box, apix, n_atoms=n_atoms, seed=seed)
-    parts = _draw_particles(n, motion, seed)
-
-    # 1. noise-free images straight into the memory-mapped stack, with their statistics
+    mol = build_molecule(setup.box, apix, n_atoms=n_atoms, seed=seed)
+    parts = _draw_particles(setup.n, motion, seed)
     stack_path = out_dir / "particles.mrcs"
-    chunk = _chunk_size(mol.n_atoms, box)
-    starts = _progress(range(0, n, chunk), "projecting", progress)
-    total, total_sq = 0.0, 0.0
-    workspace: dict = {}
-    with mrcfile.new_mmap(stack_path, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
-        m.voxel_size = apix
-        m.set_image_stack()
-        for s in starts:
-            img = simulate_particles(mol, parts, motion, box, apix, s, min(s + chunk, n), workspace)
-            m.data[s : s + img.shape[0]] = img
-            total += float(img.sum(dtype=np.float64))
-            total_sq += float(np.square(img, dtype=np.float64).sum())
-        count = n * box * box
-        var_signal = total_sq / count - (total / count) ** 2
-        timings["project"] = time.perf_counter() - t0
+    stats = _write_stack(stack_path, mol, parts, setup, timings, t0)
 
-        # 2. white Gaussian noise at the requested SNR
-        t1 = time.perf_counter()
-        sigma = math.sqrt(var_signal / snr)
-        rng = _rng(seed, 4)
-        noise_sum, noise_sq = 0.0, 0.0
-        for s in range(0, n, chunk):
-            e = min(s + chunk, n)
-            noise = rng.standard_normal((e - s, box, box), dtype=np.float32) * np.float32(sigma)
-            noise_sum += float(noise.sum(dtype=np.float64))
-            noise_sq += float(np.square(noise, dtype=np.float64).sum())
-            m.data[s:e] += noise
-        var_noise = noise_sq / count - (noise_sum / count) ** 2
-        m.update_header_stats()
-    timings["noise"] = time.perf_counter() - t1
-
-    # 3. the STAR file (no ground truth in it)
+    # the STAR file (no ground truth in it)
     star_path = out_dir / "particles.star"
-    write_star(_particle_set(parts, str(stack_path.resolve()), box, apix), star_path)
+    write_star(_particle_set(parts, str(stack_path.resolve()), setup.box, apix), star_path)
 
-    # 4. the consensus: rigid reconstruction of each half set, as a refinement would give
     t1 = time.perf_counter()
-    half_a, half_b = _reconstruct_half_maps(star_path, progress, device)
-    consensus = 0.5 * (half_a + half_b)
-    half_paths = (out_dir / "consensus_half1.mrc", out_dir / "consensus_half2.mrc")
-    write_map(half_paths[0], half_a, apix)
-    write_map(half_paths[1], half_b, apix)
-    write_map(out_dir / "consensus.mrc", consensus, apix)
+    half_a, half_b, half_paths = _write_consensus(star_path, out_dir, setup, device)
     timings["reconstruct"] = time.perf_counter() - t1
 
-    # 5. ground truth
     t1 = time.perf_counter()
+    truth = _write_truth(truth_dir, mol, parts, setup, 0.5 * (half_a + half_b), half_a, half_b, stats)
+    timings["truth"] = time.perf_counter() - t1
+    timings["total"] = time.perf_counter() - t0
+    timings["total CPU"] = time.process_time() - cpu0  # all threads; compare with total on a shared machine
+
+    return SimulationResult(
+        out_dir=out_dir, particles_star=star_path, particles_mrcs=stack_path,
+        consensus=out_dir / "consensus.mrc", half_maps=half_paths, truth_dir=truth_dir,
+        n_particles=setup.n, box=setup.box, apix=float(apix), motion=motion, snr=float(snr),
+        snr_achieved=truth["snr_achieved"], seed=int(seed), n_atoms=mol.n_atoms,
+        consensus_fsc_resolution_a=truth["consensus_vs_average_resolution_a"],
+        half_map_fsc_resolution_a=truth["half_map_resolution_a"], timings_s=timings,
+    )
+
+
+def _prepare_out_dir(out_dir: Path) -> Path:
+    """Create ``out_dir/truth`` and clear state maps a previous run may have left (it may have had more)."""
+    truth_dir = out_dir / "truth"
+    truth_dir.mkdir(parents=True, exist_ok=True)
+    for old in truth_dir.glob("state_*.mrc"):
+        old.unlink()
+    return truth_dir
+
+
+def _write_stack(stack_path: Path, mol: Molecule, parts: _Particles, setup: _Setup, timings: dict, t0: float) -> _StackStats:
+    """Noise-free images straight into the memory-mapped stack, then white Gaussian noise at
+    the requested SNR (measured over all pixels); records the ``project`` and ``noise`` timings."""
+    n, box = setup.n, setup.box
+    with mrcfile.new_mmap(stack_path, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
+        m.voxel_size = setup.apix
+        m.set_image_stack()
+        var_signal = _project_into(m.data, mol, parts, setup)
+        timings["project"] = time.perf_counter() - t0
+
+        t1 = time.perf_counter()
+        sigma = math.sqrt(var_signal / setup.snr)
+        var_noise = _add_noise(m.data, sigma, _chunk_size(mol.n_atoms, box), setup.seed)
+        m.update_header_stats()
+    timings["noise"] = time.perf_counter() - t1
+    return _StackStats(var_signal, var_noise, sigma)
+
+
+def _project_into(stack: np.ndarray, mol: Molecule, parts: _Particles, setup: _Setup) -> float:
+    """Fill ``stack (n, box, box)`` with noise-free images, chunk by chunk; their variance over all pixels."""
+    n, box = setup.n, setup.box
+    chunk = _chunk_size(mol.n_atoms, box)
+    total, total_sq = 0.0, 0.0
+    workspace: dict = {}
+    for s in _progress(range(0, n, chunk), "projecting", setup.progress):
+        img = simulate_particles(mol, parts, setup.motion, box, setup.apix, s, min(s + chunk, n), workspace)
+        stack[s : s + img.shape[0]] = img
+        total += float(img.sum(dtype=np.float64))
+        total_sq += float(np.square(img, dtype=np.float64).sum())
+    count = n * box * box
+    return total_sq / count - (total / count) ** 2
+
+
+def _add_noise(stack: np.ndarray, sigma: float, chunk: int, seed: int) -> float:
+    """Add white Gaussian noise of sd ``sigma`` to ``stack (n, h, w)`` in place; its variance over all pixels."""
+    rng = _rng(seed, 4)
+    n = stack.shape[0]
+    noise_sum, noise_sq = 0.0, 0.0
+    for s in range(0, n, chunk):
+        e = min(s + chunk, n)
+        noise = rng.standard_normal((e - s,) + stack.shape[1:], dtype=np.float32) * np.float32(sigma)
+        noise_sum += float(noise.sum(dtype=np.float64))
+        noise_sq += float(np.square(noise, dtype=np.float64).sum())
+        stack[s:e] += noise
+    count = stack.size
+    return noise_sq / count - (noise_sum / count) ** 2
+
+
+def _write_consensus(star_path: Path, out_dir: Path, setup: _Setup, device) -> tuple[np.ndarray, np.ndarray, tuple[Path, Path]]:
+    """The consensus, as a refinement would give it: rigid reconstruction of each half set,
+    written as ``consensus_half1/2.mrc`` and their mean ``consensus.mrc``."""
+    half_a, half_b = _reconstruct_half_maps(star_path, setup.progress, device)
+    half_paths = (out_dir / "consensus_half1.mrc", out_dir / "consensus_half2.mrc")
+    write_map(half_paths[0], half_a, setup.apix)
+    write_map(half_paths[1], half_b, setup.apix)
+    write_map(out_dir / "consensus.mrc", 0.5 * (half_a + half_b), setup.apix)
+    return half_a, half_b, half_paths
+
+
+def _write_truth(
+    truth_dir: Path, mol: Molecule, parts: _Particles, setup: _Setup,
+    consensus: np.ndarray, half_a: np.ndarray, half_b: np.ndarray, stats: _StackStats,
+) -> dict:
+    """The ground truth: coordinates, atoms, state and average maps, FSC figures and ``truth.json`` (returned)."""
+    box, apix, motion = setup.box, setup.apix, setup.motion
     np.save(truth_dir / "coords.npy", parts.coords.astype(np.float32))
     np.save(truth_dir / "atoms.npy", mol.xyz_a.astype(np.float32))
     np.save(truth_dir / "atom_domains.npy", mol.domain)
     states = _states(motion)
     state_files = []
     moved = deform(mol, states, motion)  # (s, a, 3)
-    for i, xyz in enumerate(_progress(moved, "truth volumes", progress)):
+    for i, xyz in enumerate(_progress(moved, "truth volumes", setup.progress)):
         vol = render_volume(torch.as_tensor(xyz, dtype=torch.float32), box, apix, mol.sigma_a)
         name = f"state_{i:03d}.mrc"
         write_map(truth_dir / name, vol.numpy(), apix)
@@ -357,14 +430,7 @@ def simulate_dataset(
     average = _average_volume(mol, parts.coords, motion, box, apix)
     write_map(truth_dir / "average.mrc", average.numpy(), apix)
     curve = fsc(torch.as_tensor(consensus), average)
-    res = fsc_resolution(curve, box, apix)
     half_curve = fsc(torch.as_tensor(half_a), torch.as_tensor(half_b))
-    half_res = fsc_resolution(half_curve, box, apix)
-    timings["truth"] = time.perf_counter() - t1
-    timings["total"] = time.perf_counter() - t0
-    timings["total CPU"] = time.process_time() - cpu0  # all threads; compare with total on a shared machine
-
-    snr_achieved = var_signal / var_noise
     truth = {
         "motion": motion,
         "coordinate_names": {
@@ -376,14 +442,14 @@ def simulate_dataset(
         "twist_axis": "x through twist_centre_a; the arm rolls rigidly, the linker twists",
         "hinge_pivot_a": mol.hinge_pivot_a.tolist(),
         "twist_centre_a": mol.twist_centre_a.tolist(),
-        "seed": int(seed),
-        "n_particles": n,
+        "seed": int(setup.seed),
+        "n_particles": setup.n,
         "box": box,
         "apix": float(apix),
-        "snr": float(snr),
-        "snr_achieved": snr_achieved,
-        "signal_variance": var_signal,
-        "noise_sigma": sigma,
+        "snr": float(setup.snr),
+        "snr_achieved": stats.var_signal / stats.var_noise,
+        "signal_variance": stats.var_signal,
+        "noise_sigma": stats.sigma,
         "n_atoms": mol.n_atoms,
         "atom_sigma_a": mol.sigma_a,
         "states": [{"file": f, "coords": c.tolist()} for f, c in zip(state_files, states)],
@@ -392,21 +458,14 @@ def simulate_dataset(
                           "static atoms once + moving atoms at each occupied histogram bin of coords.npy "
                           "(25 bins in 1-D, 11 x 11 in 2-D) weighted by its count",
         "consensus_vs_average_fsc": np.asarray(curve).tolist(),
-        "consensus_vs_average_resolution_a": res,
+        "consensus_vs_average_resolution_a": fsc_resolution(curve, box, apix),
         "half_map_fsc": np.asarray(half_curve).tolist(),
-        "half_map_resolution_a": half_res,
+        "half_map_resolution_a": fsc_resolution(half_curve, box, apix),
         "ctf": {"voltage_kv": VOLTAGE_KV, "cs_mm": CS_MM, "amplitude_contrast": AMPLITUDE_CONTRAST,
                 "defocus_range_a": list(DEFOCUS_RANGE_A)},
     }
     (truth_dir / "truth.json").write_text(json.dumps(truth, indent=2))
-
-    return SimulationResult(
-        out_dir=out_dir, particles_star=star_path, particles_mrcs=stack_path,
-        consensus=out_dir / "consensus.mrc", half_maps=half_paths, truth_dir=truth_dir,
-        n_particles=n, box=box, apix=float(apix), motion=motion, snr=float(snr), snr_achieved=snr_achieved,
-        seed=int(seed), n_atoms=mol.n_atoms, consensus_fsc_resolution_a=res, half_map_fsc_resolution_a=half_res,
-        timings_s=timings,
-    )
+    return truth
 
 
 def make_sample(n_particles: int = 400, box: int = 48, seed: int = 0, out_dir=None, motion: str = "hinge",
