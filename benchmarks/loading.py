@@ -24,7 +24,6 @@ JSON object.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -36,6 +35,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _common import parser  # noqa: E402
 
 
 def write_stack(path: Path, n: int, box: int, chunk: int = 32768) -> float:
@@ -116,7 +116,7 @@ def training_rate(box: int, n: int, batch: int, device: str) -> float:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0], device="cpu")
     p.add_argument("--n", type=int, default=1_000_000, help="particles in the stack")
     p.add_argument("--box", type=int, default=32, help="box of the stack")
     p.add_argument("--train-box", type=int, default=None, help="training box (default: --box)")
@@ -124,7 +124,6 @@ def main(argv=None) -> int:
     p.add_argument("--batches", type=int, default=100, help="minibatches per measurement")
     p.add_argument("--dir", default=str(Path(tempfile.gettempdir()) / "flex3d_loading"))
     p.add_argument("--train-particles", type=int, default=400, help="simulated particles for the training rate")
-    p.add_argument("--device", default="cpu")
     p.add_argument("--no-train", action="store_true", help="skip the training rate")
     p.add_argument("--delete", action="store_true", help="delete the stack afterwards")
     p.add_argument("--quick", action="store_true", help="20,000 particles, 20 batches, 200 training particles")

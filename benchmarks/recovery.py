@@ -22,16 +22,16 @@ K=2) unless ``--sim`` names an existing simulation, trains, and prints:
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+from _common import parser
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = parser(__doc__, device="auto")
     p.add_argument("--out", required=True, help="working folder (sim/ and run/ go here)")
     p.add_argument("--sim", default=None, help="use this existing simulation instead of simulating")
     p.add_argument("--n-particles", type=int, default=20000)
@@ -58,7 +58,6 @@ def main(argv=None) -> int:
     p.add_argument("--latent-estimate", default=None, choices=["mean", "map"])
     p.add_argument("--latent-prior-shape", default=None, choices=["empirical", "gaussian"],
                    help="the latents' prior (default: training's, the empirical one)")
-    p.add_argument("--device", default="auto")
     p.add_argument("--evaluate-only", action="store_true",
                    help="report on the finished run in OUT/run against --sim, without simulating or training")
     p.add_argument("--seed", type=int, default=None,
