@@ -13,16 +13,9 @@ Typical use (DESIGN.md §2)::
 """
 
 from .barycentric import PointLocation, barycentric_matrix, interpolate_vertex_field, locate_points
-from .build import (
-    Mesh,
-    build_grid_mesh,
-    build_mesh,
-    load_mesh,
-    mesh_edges,
-    save_mesh,
-    surface_triangles,
-)
+from .build import build_grid_mesh, build_mesh
 from .masks import MaskResult, mask_voxel_indices, solvent_mask, voxel_centres_xyz_a
+from .mesh import Mesh, load_mesh, mesh_edges, save_mesh, surface_triangles
 from .rigidity import (
     RigidityPrior,
     cell_density_weights,

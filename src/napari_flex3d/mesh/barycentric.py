@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from .build import Mesh
+from .mesh import Mesh
 
 __all__ = [
     "PointLocation",

@@ -33,7 +33,7 @@ import torch
 from scipy import ndimage
 
 from ..config import RIGIDITY_FLOOR
-from .build import Mesh
+from .mesh import Mesh
 
 __all__ = [
     "edge_matrices",

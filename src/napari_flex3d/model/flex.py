@@ -148,7 +148,7 @@ class FlexModel(nn.Module):
     ) -> "FlexModel":
         """Build a model from a consensus map ``(N, N, N)``, its ``apix``, a mesh and a solvent mask.
 
-        ``mesh`` is a ``mesh.build.Mesh`` (or anything with ``vertices_a (v, 3)``, ``cells
+        ``mesh`` is a ``mesh.mesh.Mesh`` (or anything with ``vertices_a (v, 3)``, ``cells
         (t, 4)`` and optional ``rigidity_weights``/``deformation_mask``) in the same Å frame.
         ``deformation_mask (v,)`` and ``rigidity_weights (t,)`` override the mesh's; without
         either, rigidity weights come from the low-passed map (:func:`cell_density_weights`,
@@ -275,7 +275,7 @@ class FlexModel(nn.Module):
         A projection costs about ``(n / N)^3`` of this model's: the splat visits every
         mask voxel once per image.
         """
-        from ..mesh.build import Mesh
+        from ..mesh.mesh import Mesh
         from .canonical import mask_voxels
 
         box = int(box)

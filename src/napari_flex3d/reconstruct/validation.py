@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_inv_a
 
 __all__ = [
     "FSCResult",
@@ -258,7 +258,7 @@ def guinier_bfactor(volume: torch.Tensor, apix: float, low_a: float = 10.0, high
     """B-factor (Å^2) from a Guinier fit: ``ln |F(s)| = c - B s^2 / 4`` between ``low_a`` and
     ``high_a`` (default: Nyquist). Positive B means the map's amplitudes fall off."""
     box = volume.shape[-1]
-    s = shell_frequencies_a(box, apix)  # 1/Å
+    s = shell_frequencies_inv_a(box, apix)  # 1/Å
     amp = radial_average(volume).cpu().numpy()
     high_a = 2.0 * apix if high_a is None else max(float(high_a), 2.0 * apix)
     sel = (s > 0) & (s >= 1.0 / low_a) & (s <= 1.0 / high_a) & (amp > 0)
@@ -303,7 +303,7 @@ def sharpen(
                 bfactor = max(guinier_bfactor(volume, apix, low_a=low_a, high_a=resolution_a), 0.0)
             except ValueError:
                 bfactor = 0.0
-    s = shell_frequencies_a(box, apix)
+    s = shell_frequencies_inv_a(box, apix)
     filt = np.exp(bfactor * s**2 / 4.0) * fsc_weight(fsc_curve)
     if np.isfinite(resolution_a):
         cut = box * apix / resolution_a  # Fourier px

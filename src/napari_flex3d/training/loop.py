@@ -547,14 +547,14 @@ def preview_volumes(model, latents: torch.Tensor, sigmas=(-1.0, 1.0)) -> np.ndar
 
 @torch.no_grad()
 def _model_fsc(run: RunState) -> ev.FSCCurve:
-    from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+    from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_inv_a
 
     vol = run.model.canonical.to_volume(run.model.canonical_values())
     curve = fsc(vol, run.consensus).cpu().numpy()
     return ev.FSCCurve(
         epoch=run.epoch - 1,
         kind="model",
-        frequencies_per_a=shell_frequencies_a(run.box, run.apix),
+        frequencies_per_a=shell_frequencies_inv_a(run.box, run.apix),
         fsc=curve,
         resolution_a=fsc_resolution(curve, run.box, run.apix),
     )
