@@ -49,6 +49,8 @@ import itertools
 import torch
 from torch.autograd.function import once_differentiable
 
+from .fourier import frequency_axes
+
 __all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS"]
 
 #: Kernel name -> number of taps per axis (support width in pixels).
@@ -281,7 +283,7 @@ def kernel_transfer(box: int, kernel: str, rfft: bool = False, device=None, dtyp
     cycles per pixel (FFT order, DC first).
     """
     power = _taps(kernel)  # the B-spline of order K - 1 is the K-fold box: sinc**K
-    f = torch.fft.rfftfreq(box, device=device) if rfft else torch.fft.fftfreq(box, device=device)
+    (f,) = frequency_axes((box,), rfft=rfft, device=device)  # (box,) or (box//2+1,) cycles/pixel
     return torch.sinc(f).pow(power).to(dtype)
 
 

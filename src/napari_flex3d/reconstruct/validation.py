@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..ops.fourier import frequency_radius_grid, raised_cosine
 from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_inv_a
 
 __all__ = [
@@ -52,10 +53,7 @@ class FSCResult:
 
 def radial_shells_3d(box: int, device=None) -> torch.Tensor:
     """Integer shell index ``round(|k|)`` of each coefficient of an ``rfftn``: ``(N, N, N//2+1)``."""
-    kz = torch.fft.fftfreq(box, d=1.0 / box, device=device)
-    kx = torch.fft.rfftfreq(box, d=1.0 / box, device=device)
-    k = torch.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    return torch.round(k).long()
+    return torch.round(frequency_radius_grid((box,) * 3, d=1.0 / box, device=device)).long()  # Fourier px
 
 
 def radial_average(volume: torch.Tensor) -> torch.Tensor:
@@ -250,8 +248,7 @@ def soften_mask(mask: np.ndarray, apix: float, edge_a: float = 10.0) -> np.ndarr
         return m
     width = max(float(edge_a), 3.0 * float(apix))
     dist = ndimage.distance_transform_edt(m < 0.5) * float(apix)  # Å outside the mask
-    t = np.clip(dist / width, 0.0, 1.0)
-    return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
+    return raised_cosine(dist / width).astype(np.float32)
 
 
 def guinier_bfactor(volume: torch.Tensor, apix: float, low_a: float = 10.0, high_a: float | None = None) -> float:
@@ -308,8 +305,7 @@ def sharpen(
     if np.isfinite(resolution_a):
         cut = box * apix / resolution_a  # Fourier px
         k = np.arange(s.size, dtype=np.float64)
-        edge = np.clip(k - cut, 0.0, 1.0)
-        filt = filt * 0.5 * (1.0 + np.cos(np.pi * edge))
+        filt = filt * raised_cosine(k - cut)  # one shell wide
     else:
         filt = np.zeros_like(filt)
     return apply_radial_filter(volume, torch.as_tensor(filt)), float(bfactor)
