@@ -1,6 +1,9 @@
-"""Tetrahedral mesh: masks, tetgen build, barycentric interpolation, rigidity prior.
+"""Tetrahedral mesh, a core room: masks, the mesh as data (:mod:`.mesh`), tetgen build,
+barycentric interpolation, rigidity prior.
 
-Typical use (DESIGN.md §2)::
+May import ``config``, ``conventions`` and ``ops``; never a feature room.
+
+Typical use (docs/model.md)::
 
     m = solvent_mask(consensus, apix)                      # low-pass 10 Å, threshold, dilate 2 Å, pad 5 Å
     mesh = build_mesh(m.binary, apix, cells_across=20)     # tetgen, grid fallback

@@ -1,5 +1,7 @@
 """Solvent masks from a consensus map, and masks painted by the user.
 
+A room of ``mesh``; it imports numpy, scipy and ``ops`` (the shared low-pass and soft edge).
+
 A solvent mask follows cryoSPARC's recipe and defaults: low-pass the map to 10 Å,
 threshold it, dilate the result by 2 Å and add a 5 Å soft (raised-cosine) pad.
 

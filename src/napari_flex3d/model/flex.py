@@ -1,4 +1,6 @@
-"""The 3DFlex forward model: ``I_i = C_i P(phi_i) D(f_theta(z_i), V)`` (paper §2, DESIGN.md §2).
+"""The 3DFlex forward model: ``I_i = C_i P(phi_i) D(f_theta(z_i), V)`` (paper §2, docs/model.md).
+
+A room of ``model``; it may import ``config``, ``mesh``, ``ops`` and the rest of ``model``.
 
 :class:`FlexModel` composes the canonical map ``V`` (:class:`~.canonical.CanonicalMap`:
 values at the voxels of a solvent mask), the flow generator ``f_theta``

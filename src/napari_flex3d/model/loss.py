@@ -1,5 +1,7 @@
 """The 3DFlex objective: a whitened, band-limited data term plus local rigidity.
 
+A room of ``model``; it may import ``ops``.
+
 ``E_data = 1/2 sum_k |F(I - s * model)(k)|^2 / P_noise(|k|)`` over the frequencies
 ``0 < |k| <= max_freq_px`` allowed at this stage of frequency marching (docs/model.md,
 paper Eq. 2 with coloured noise). Fourier transforms are orthonormal (``norm="ortho"``),

@@ -1,5 +1,7 @@
 """Fourier shell correlation (torch-fourier-shell-correlation) and resolution at a threshold.
 
+A room of ``ops``; it imports torch-fourier-shell-correlation, torch and numpy.
+
 Shell ``i`` (``0 .. N // 2``) is at spatial frequency ``i / (N * apix)`` 1/Å.
 """
 

@@ -1,5 +1,7 @@
 """Rigid reconstruction: Fourier back-projection of CTF-weighted images, Wiener filter.
 
+A room of ``reconstruct``; it may import ``ops``.
+
 For each particle ``i`` with pose ``A_i``, shift ``s_i`` and CTF ``C_i``:
 
     values(k)  += sum_i  C_i(k) F_i(k)      (F_i: the re-centred image's transform)
@@ -8,7 +10,7 @@ For each particle ``i`` with pose ``A_i``, shift ``s_i`` and CTF ``C_i``:
 
 with the central slices placed by trilinear gridding in a ``pad_factor``-oversampled
 3D transform. ``(values, weights)`` pairs from chunks add up, so
-the caller streams particles and normalises once (STYLE.md example 4). The gridding is
+the caller streams particles and normalises once. The gridding is
 our own (``index_add_`` of the 8 trilinear corners; several times faster on the CPU than
 torch-fourier-slice's insertion, which it matches) in an unshifted rfft layout.
 
@@ -17,7 +19,7 @@ the image data is brought there, ``C^2`` goes through the same real-space
 pad-and-transform path as ``irfft(C F)``: its point-spread function is padded and
 transformed (a second channel of the same insertion).
 
-The output obeys DESIGN.md section 1: a voxel ``r`` projects to ``(A r)_xy - shift``.
+The output obeys docs/conventions.md: a voxel ``r`` projects to ``(A r)_xy - shift``.
 """
 
 from __future__ import annotations

@@ -3,6 +3,8 @@ weighting, Guinier B-factor sharpening, and the noise-substitution check of mask
 tightness (Chen et al. 2013: phase-randomise the half maps beyond a resolution and
 correct the masked FSC with the FSC of the randomised maps).
 
+A room of ``reconstruct``; it may import ``ops``.
+
 All volumes are ``(N, N, N)`` torch tensors in ``(z, y, x)`` order; frequencies are in
 Fourier pixels of the box (shell ``i`` is at ``i / (N * apix)`` 1/Å).
 """
