@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from napari_flex3d.conventions import voxel_grid_xyz_a
-from napari_flex3d.model.canonical import CanonicalMap, bandlimit, radial_frequency_3d
+from napari_flex3d.model.canonical import CanonicalMap, bandlimit
+from napari_flex3d.ops.fourier import frequency_radius_grid
 
 
 def _ball_mask(n, r):
@@ -35,7 +36,7 @@ def test_bandlimit_cuts_exactly_at_the_radius():
     n = 32
     vol = torch.randn(n, n, n)
     out = bandlimit(vol, 6.0)
-    k = radial_frequency_3d(n)
+    k = frequency_radius_grid((n, n, n), d=1.0 / n)  # Fourier pixels
     spec_in, spec_out = torch.fft.rfftn(vol), torch.fft.rfftn(out)
     assert spec_out[k > 6.0].abs().max() < 1e-3
     torch.testing.assert_close(spec_out[k <= 6.0], spec_in[k <= 6.0], atol=1e-3, rtol=1e-4)

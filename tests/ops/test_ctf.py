@@ -16,7 +16,7 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_ctf_matches_torch_ctf(device):
-    """STACK.md mapping: defocus (U+V)/2, astigmatism (U-V)/2 in µm, angle = rlnDefocusAngle."""
+    """RELION's mapping: defocus (U+V)/2, astigmatism (U-V)/2 in µm, angle = rlnDefocusAngle."""
     rng = np.random.default_rng(0)
     b, box, apix = 5, 64, 1.7
     du = rng.uniform(5000, 30000, b)
@@ -37,7 +37,7 @@ def test_ctf_matches_torch_ctf(device):
 
 
 def test_ctf_formula_by_hand():
-    """DESIGN.md's formula at a few pixels, positive at DC; U along the astigmatism angle."""
+    """The formula of docs/conventions.md at a few pixels, positive at DC; U along the astigmatism angle."""
     box, apix, du, dv, ang, kv, cs, w = 32, 2.0, 20000.0, 10000.0, 30.0, 200.0, 2.0, 0.1
     c = ctf_2d(box, apix, du, dv, ang, kv, cs, w)[0].double().numpy()
     lam = float(electron_wavelength_a(kv))

@@ -1,12 +1,23 @@
-"""Fourier cropping/padding, sub-pixel shifts and low-pass filters."""
+"""Fourier cropping/padding, sub-pixel shifts, the frequency grid, the raised cosine and the low-pass."""
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
 from napari_flex3d.conventions import voxel_grid_xyz_a
-from napari_flex3d.ops.fourier import fourier_crop_2d, fourier_crop_3d, lowpass_3d, shift_images
+from napari_flex3d.ops.fourier import (
+    fourier_crop_2d,
+    fourier_crop_3d,
+    frequency_axes,
+    frequency_radius_grid,
+    lowpass,
+    raised_cosine,
+    shift_images,
+)
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -66,13 +77,114 @@ def test_shift_images_moves_content_by_plus_shift(device):
     assert torch.isfinite(s.grad).all()
 
 
-def test_lowpass_3d_cuts_above_and_keeps_below():
+def test_lowpass_cuts_above_and_keeps_below():
     vol = torch.randn(32, 32, 32, dtype=torch.float64)
     apix = 2.0
-    out = lowpass_3d(vol, resolution_a=8.0, apix=apix, soft_width_px=2.0)  # cutoff 0.25 cycles/voxel = shell 8
+    out = lowpass(vol, apix / 8.0, 2.0 / 32)  # 8 Å: cutoff 0.25 cycles/voxel = shell 8, edge 2 shells
     f = torch.fft.fftfreq(32)
     k = torch.sqrt(f[:, None, None] ** 2 + f[None, :, None] ** 2 + torch.fft.rfftfreq(32)[None, None, :] ** 2) * 32
     ratio = torch.fft.rfftn(out).abs() / torch.fft.rfftn(vol).abs()
     assert torch.allclose(ratio[k <= 8], torch.ones(()).double(), atol=1e-9)
     assert ratio[k >= 10].max() < 1e-9
     assert ((ratio[(k > 8) & (k < 10)] > 0) & (ratio[(k > 8) & (k < 10)] < 1)).all()
+
+
+# ----------------------------------------------------------------------------- the shared grid, edge and low-pass
+# Each replaced a copy elsewhere (model.canonical, model.loss, mesh.masks, reconstruct.rigid,
+# reconstruct.validation, ops.ctf, the old ops.fourier.lowpass_3d); these tests pin them to the
+# formulas of those copies, bit for bit where the arithmetic is the same.
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (27, 27, 27), (20, 24, 28), (9, 16)])
+@pytest.mark.parametrize("d", [1.0, 1.37, "1/N"])
+def test_frequency_radius_grid_equals_the_explicit_formula(shape, d):
+    d = 1.0 / shape[-1] if d == "1/N" else d
+    f = [torch.fft.fftfreq(n, d=d) for n in shape[:-1]] + [torch.fft.rfftfreq(shape[-1], d=d)]
+    if len(shape) == 3:
+        expect = torch.sqrt(f[0][:, None, None] ** 2 + f[1][None, :, None] ** 2 + f[2][None, None, :] ** 2)
+    else:
+        expect = torch.sqrt(f[0][:, None] ** 2 + f[1][None, :] ** 2)
+    assert torch.equal(frequency_radius_grid(shape, d=d), expect)
+    full = frequency_radius_grid(shape, d=d, rfft=False)
+    assert full.shape == shape and torch.equal(full[..., : shape[-1] // 2 + 1], expect)
+    ky, kx = torch.broadcast_tensors(*frequency_axes(shape[-2:], d=d, dtype=torch.float64))
+    ey, ex = torch.meshgrid(torch.fft.fftfreq(shape[-2], d=d, dtype=torch.float64),
+                            torch.fft.rfftfreq(shape[-1], d=d, dtype=torch.float64), indexing="ij")
+    assert torch.equal(ky, ey) and torch.equal(kx, ex)
+
+
+def test_raised_cosine_equals_the_old_formula_for_torch_and_numpy():
+    t = np.linspace(-0.5, 1.5, 2001)
+    expect = 0.5 * (1.0 + np.cos(np.pi * np.clip(t, 0.0, 1.0)))
+    out = raised_cosine(t)
+    assert isinstance(out, np.ndarray) and np.array_equal(out, expect)
+    tt = torch.as_tensor(t, dtype=torch.float32)
+    out_t = raised_cosine(tt)
+    assert isinstance(out_t, torch.Tensor) and torch.equal(out_t, 0.5 * (1 + torch.cos(math.pi * tt.clamp(0, 1))))
+    assert out[t <= 0].min() == 1.0 and out[t >= 1].max() == 0.0
+    assert np.all(np.diff(out) <= 0)  # falls monotonically across the edge
+
+
+def _old_lowpass_3d(volume, resolution_a, apix, soft_width_px):
+    """ops.fourier.lowpass_3d as it was, the oracle of the shared low-pass."""
+    n = volume.shape[-1]
+    fz = torch.fft.fftfreq(volume.shape[-3], dtype=volume.dtype)
+    fy = torch.fft.fftfreq(volume.shape[-2], dtype=volume.dtype)
+    fx = torch.fft.rfftfreq(n, dtype=volume.dtype)
+    k = torch.sqrt(fz[:, None, None] ** 2 + fy[None, :, None] ** 2 + fx[None, None, :] ** 2)
+    cutoff, width = apix / resolution_a, soft_width_px / n
+    if width <= 0:
+        filt = (k <= cutoff).to(k.dtype)
+    else:
+        filt = 0.5 * (1 + torch.cos(math.pi * ((k - cutoff) / width).clamp(0, 1)))
+    ft = torch.fft.rfftn(volume, dim=(-3, -2, -1))
+    return torch.fft.irfftn(ft * filt, s=volume.shape[-3:], dim=(-3, -2, -1))
+
+
+def _old_bandlimit(volume, max_freq_px, edge_px):
+    """model.canonical.bandlimit as it was (k in Fourier pixels)."""
+    box = volume.shape[-1]
+    kz = torch.fft.fftfreq(box, d=1.0 / box)
+    kx = torch.fft.rfftfreq(box, d=1.0 / box)
+    k = torch.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2)
+    if edge_px > 0:
+        filt = 0.5 * (1.0 + torch.cos(math.pi * ((k - max_freq_px) / edge_px).clamp(0.0, 1.0)))
+    else:
+        filt = (k <= max_freq_px).to(volume.dtype)
+    spec = torch.fft.rfftn(volume, dim=(-3, -2, -1))
+    return torch.fft.irfftn(spec * filt, s=(box, box, box), dim=(-3, -2, -1))
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 32), (27, 27, 27), (2, 20, 24, 28)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("soft_px", [0.0, 1.0, 2.5])
+def test_lowpass_equals_the_old_lowpass_3d(shape, dtype, soft_px):
+    vol = torch.randn(shape, generator=torch.Generator().manual_seed(3)).to(dtype)
+    out = lowpass(vol, 2.0 / 8.0, soft_px / shape[-1])
+    assert torch.equal(out, _old_lowpass_3d(vol, 8.0, 2.0, soft_px))
+
+
+@pytest.mark.parametrize("box", [24, 27, 32])
+@pytest.mark.parametrize("edge_px", [0.0, 3.0])
+def test_bandlimit_equals_the_old_formula(box, edge_px):
+    from napari_flex3d.model.canonical import bandlimit
+
+    vol = torch.randn(box, box, box, generator=torch.Generator().manual_seed(box))
+    assert torch.equal(bandlimit(vol, 6.3, edge_px=edge_px), _old_bandlimit(vol, 6.3, edge_px))
+
+
+def test_lowpass_map_equals_the_old_numpy_formula():
+    """mesh.masks.lowpass_map now filters with the shared torch low-pass; the old numpy code
+    (a float32 forward FFT) and the new (float64 throughout) agree to float32 round-off."""
+    from napari_flex3d.mesh.masks import lowpass_map
+
+    vol = np.random.default_rng(0).normal(size=(30, 36, 40)).astype(np.float32)
+    apix, resolution_a, edge_shells = 1.5, 8.0, 2.0
+    freqs = [np.fft.fftfreq(n, d=apix) for n in vol.shape[:2]] + [np.fft.rfftfreq(vol.shape[2], d=apix)]
+    kz, ky, kx = np.meshgrid(*freqs, indexing="ij", sparse=True)
+    k = np.sqrt(kz**2 + ky**2 + kx**2)
+    width = edge_shells / (max(vol.shape) * apix)
+    filt = 0.5 * (1.0 + np.cos(np.pi * np.clip((k - (1.0 / resolution_a - width / 2)) / width, 0.0, 1.0)))
+    expect = np.fft.irfftn(np.fft.rfftn(vol) * filt, s=vol.shape, axes=(0, 1, 2)).astype(np.float32)
+    np.testing.assert_allclose(lowpass_map(vol, apix, resolution_a, edge_shells), expect, rtol=0, atol=1e-6)
+

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_flex3d.ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+from napari_flex3d.ops.fsc import fsc, fsc_resolution, shell_frequencies_inv_a
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -35,7 +35,7 @@ def test_fsc_mask_and_batch():
 
 def test_fsc_resolution_interpolates_the_crossing():
     box, apix = 32, 1.5
-    f = shell_frequencies_a(box, apix)
+    f = shell_frequencies_inv_a(box, apix)
     assert f.shape == (17,) and f[16] == pytest.approx(1 / (2 * apix))
     curve = np.ones(17)
     curve[5], curve[6] = 0.3, 0.1  # 0.143 crossed 0.785 of the way from shell 5 to 6

@@ -5,7 +5,7 @@
 - mass conservation,
 - the reference projector ``ops.project.project`` (torch-fourier-slice, R = A^T) on a
   band-limited random volume, and a Fourier-shifted map for a uniform flow,
-- a single voxel landing where DESIGN.md section 1 says.
+- a single voxel landing where docs/conventions.md says.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def test_mass_is_conserved(kernel):
 
 
 def test_single_voxel_lands_where_design_says():
-    """DESIGN.md section 1: r appears at (A r)_xy - shift from pixel N//2, image [row=y, col=x]."""
+    """docs/conventions.md: r appears at (A r)_xy - shift from pixel N//2, image [row=y, col=x]."""
     box, apix = 16, 2.5
     c = box // 2
     # A = euler_to_matrix(90, 0, 0) = [[0, 1, 0], [-1, 0, 0], [0, 0, 1]] (RELION's passive Rz(90)).

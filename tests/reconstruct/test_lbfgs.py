@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from napari_flex3d.reconstruct.halfmaps import lbfgs_quadratic
+from napari_flex3d.reconstruct.solver import lbfgs_quadratic
 
 
 class DenseProblem:

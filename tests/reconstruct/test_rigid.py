@@ -13,7 +13,7 @@ from scipy.spatial.transform import Rotation
 from napari_flex3d.conventions import voxel_grid_xyz_a
 from napari_flex3d.io.particles import OpticsGroup, ParticleSet
 from napari_flex3d.ops.ctf import apply_ctf, ctf_2d
-from napari_flex3d.ops.fourier import fourier_crop_3d, lowpass_3d
+from napari_flex3d.ops.fourier import fourier_crop_3d, lowpass
 from napari_flex3d.ops.fsc import fsc, fsc_resolution
 from napari_flex3d.ops.project import project
 from napari_flex3d.reconstruct.rigid import (
@@ -34,7 +34,7 @@ def _truth(n=N, apix=APIX, seed=0, device="cpu") -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     vol = torch.randn(n, n, n, generator=g)
     r = voxel_grid_xyz_a(n, 1.0).norm(dim=-1)
-    vol = lowpass_3d(vol, 2 * apix / 0.9, apix, soft_width_px=1.0) * torch.clamp((n / 2.7 - r) / 3, 0, 1)
+    vol = lowpass(vol, apix / (2 * apix / 0.9), 1.0 / n) * torch.clamp((n / 2.7 - r) / 3, 0, 1)  # to 0.9 Nyquist, 1 px edge
     return vol.to(device)
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_flex3d.ops.fsc import shell_frequencies_a
+from napari_flex3d.ops.fsc import shell_frequencies_inv_a
 from napari_flex3d.reconstruct.validation import (
     apply_radial_filter,
     fsc_weight,
@@ -29,7 +29,7 @@ def _white(seed=0):
 
 
 def _blur(vol, b):
-    s = torch.as_tensor(shell_frequencies_a(BOX, APIX))
+    s = torch.as_tensor(shell_frequencies_inv_a(BOX, APIX))
     return apply_radial_filter(vol, torch.exp(-b * s**2 / 4))
 
 

@@ -1,6 +1,9 @@
-"""Tetrahedral mesh: masks, tetgen build, barycentric interpolation, rigidity prior.
+"""Tetrahedral mesh, a core room: masks, the mesh as data (:mod:`.mesh`), tetgen build,
+barycentric interpolation, rigidity prior.
 
-Typical use (DESIGN.md §2)::
+May import ``config``, ``conventions`` and ``ops``; never a feature room.
+
+Typical use (docs/model.md)::
 
     m = solvent_mask(consensus, apix)                      # low-pass 10 Å, threshold, dilate 2 Å, pad 5 Å
     mesh = build_mesh(m.binary, apix, cells_across=20)     # tetgen, grid fallback
@@ -13,16 +16,9 @@ Typical use (DESIGN.md §2)::
 """
 
 from .barycentric import PointLocation, barycentric_matrix, interpolate_vertex_field, locate_points
-from .build import (
-    Mesh,
-    build_grid_mesh,
-    build_mesh,
-    load_mesh,
-    mesh_edges,
-    save_mesh,
-    surface_triangles,
-)
+from .build import build_grid_mesh, build_mesh
 from .masks import MaskResult, mask_voxel_indices, solvent_mask, voxel_centres_xyz_a
+from .mesh import Mesh, load_mesh, mesh_edges, save_mesh, surface_triangles
 from .rigidity import (
     RigidityPrior,
     cell_density_weights,

@@ -1,5 +1,7 @@
 """Point location in a tetrahedral mesh and the FEM interpolation matrix ``B``.
 
+A room of ``mesh``; it imports numpy, scipy, torch and :mod:`.mesh`.
+
 Every point (a masked voxel centre) gets the cell that contains it and its four
 barycentric weights, stored once as a sparse ``(n, v)`` matrix ``B`` whose rows sum
 to 1, so a per-vertex field ``d (v, 3)`` becomes the per-point field ``B d (n, 3)``:
@@ -22,7 +24,7 @@ import numpy as np
 import torch
 from scipy.spatial import cKDTree
 
-from .build import Mesh
+from .mesh import Mesh
 
 __all__ = [
     "PointLocation",

@@ -1,16 +1,19 @@
-"""Tetrahedral mesh covering a mask: build, inspect, save and load.
+"""Building a tetrahedral mesh that covers a mask (tetgen, or a regular grid).
 
-Default path (DESIGN.md §2, STACK.md): the mask, cropped to its bounding box and padded
-with empty voxels (so the surface is closed even where the mask meets the box edge), is
-turned into a signed distance field whose ``margin_a`` level set lies just outside the
-mask's voxel centres; pyvista contours it (flying edges), smooths it and decimates it so
-its triangles have about the cell size; tetgen fills it with quality tetrahedra no
-larger than a regular tetrahedron whose edge is the cell size (tetgen honours this
-loosely: a few cells exceed it by ~10%). The mask voxels the mesh leaves uncovered, if
-any, are counted in ``mesh.info``. Should tetgen fail, or should the caller ask
-for it, a regular grid of cubes of the cell size, each split into six tetrahedra and
-kept where a mask voxel lies in it, covers the mask instead (robust, every mask voxel
-inside a cell by construction).
+A room of ``mesh``; it may import numpy, scipy, pyvista and tetgen (lazily) and the rest of
+``mesh``. The :class:`~.mesh.Mesh` it returns, and its save/load, live in :mod:`.mesh`.
+
+Default path (the paper's mesh, built with pyvista and tetgen): the mask, cropped to its
+bounding box and padded with empty voxels (so the surface is closed even where the mask meets
+the box edge), is turned into a signed distance field whose ``margin_a`` level set lies just
+outside the mask's voxel centres; pyvista contours it (flying edges), smooths it and
+decimates it so its triangles have about the cell size; tetgen fills it with quality
+tetrahedra no larger than a regular tetrahedron whose edge is the cell size (tetgen honours
+this loosely: a few cells exceed it by ~10%). The mask voxels the mesh leaves uncovered, if
+any, are counted in ``mesh.info``. Should tetgen fail, or should the caller ask for it, a
+regular grid of cubes of the cell size, each split into six tetrahedra and kept where a mask
+voxel lies in it, covers the mask instead (robust, every mask voxel inside a cell by
+construction).
 
 Coordinates are xyz Å, centred: voxel ``i`` of an ``N``-box sits at ``(i - N//2) * apix``.
 Every cell is positively oriented: ``det[x1 - x0, x2 - x0, x3 - x0] > 0``.
@@ -18,181 +21,39 @@ Every cell is positively oriented: ``det[x1 - x0, x2 - x0, x3 - x0] > 0``.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import warnings
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
+from .barycentric import locate_points
 from .masks import voxel_centres_xyz_a
+from .mesh import (  # the data type and its file format; the names are still importable from here
+    MESH_FORMAT_VERSION,
+    Mesh,
+    cell_signed_volumes,
+    load_mesh,
+    mesh_edges,
+    orient_cells,
+    save_mesh,
+    surface_triangles,
+)
 
 __all__ = [
-    "Mesh",
     "build_mesh",
     "build_grid_mesh",
     "cell_size_from_cells_across",
     "max_cell_volume",
-    "orient_cells",
-    "cell_signed_volumes",
-    "mesh_edges",
-    "surface_triangles",
-    "save_mesh",
-    "load_mesh",
+    # defined in .mesh
+    "Mesh",
     "MESH_FORMAT_VERSION",
+    "cell_signed_volumes",
+    "load_mesh",
+    "mesh_edges",
+    "orient_cells",
+    "save_mesh",
+    "surface_triangles",
 ]
-
-MESH_FORMAT_VERSION = 1
-
-# Faces of a positively oriented tetrahedron (x0, x1, x2, x3), ordered so that their
-# right-hand normals point out of it; face k is the one opposite vertex k.
-_OUTWARD_FACES = np.array([[1, 2, 3], [0, 3, 2], [0, 1, 3], [0, 2, 1]], dtype=np.int64)
-_EDGES = np.array([[0, 1], [0, 2], [0, 3], [1, 2], [1, 3], [2, 3]], dtype=np.int64)
-
-
-@dataclass(eq=False)
-class Mesh:
-    """A tetrahedral mesh in the canonical frame.
-
-    Attributes:
-        vertices_a: ``(v, 3)`` float64 vertex positions, xyz Å, centred (DESIGN.md §1).
-        cells: ``(t, 4)`` int64 vertex indices, every cell positively oriented.
-        box: edge of the cubic box, voxels, of the map the mesh was built for.
-        apix: voxel size of that map, Å.
-        rigidity_weights: optional ``(t,)`` float32 per-cell rigidity weights ``w_j``.
-        deformation_mask: optional ``(v,)`` float32 per-vertex mask ``m`` in [0, 1]
-            (0 where motion is forbidden).
-        method: how it was built (``"tetgen"``, ``"grid"`` or ``"user"``).
-        cell_size_a: the target cell size (edge length) it was built with, Å.
-    """
-
-    vertices_a: np.ndarray
-    cells: np.ndarray
-    box: int
-    apix: float
-    rigidity_weights: np.ndarray | None = None
-    deformation_mask: np.ndarray | None = None
-    method: str = "user"
-    cell_size_a: float | None = None
-    info: dict = field(default_factory=dict)
-
-    def __post_init__(self):
-        self.vertices_a = np.ascontiguousarray(self.vertices_a, dtype=np.float64)
-        self.cells = np.ascontiguousarray(self.cells, dtype=np.int64)
-        if self.vertices_a.ndim != 2 or self.vertices_a.shape[1] != 3:
-            raise ValueError(f"vertices_a must be (v, 3), got {self.vertices_a.shape}")
-        if self.cells.ndim != 2 or self.cells.shape[1] != 4:
-            raise ValueError(f"cells must be (t, 4), got {self.cells.shape}")
-        if self.cells.size and (self.cells.min() < 0 or self.cells.max() >= len(self.vertices_a)):
-            raise ValueError(f"cells index vertices outside 0..{len(self.vertices_a) - 1}")
-        self.box = int(self.box)
-        self.apix = float(self.apix)
-        if self.rigidity_weights is not None:
-            self.rigidity_weights = np.asarray(self.rigidity_weights, dtype=np.float32)
-            if self.rigidity_weights.shape != (self.n_cells,):
-                raise ValueError(f"rigidity_weights must be ({self.n_cells},), got {self.rigidity_weights.shape}")
-        if self.deformation_mask is not None:
-            self.deformation_mask = np.asarray(self.deformation_mask, dtype=np.float32)
-            if self.deformation_mask.shape != (self.n_vertices,):
-                raise ValueError(
-                    f"deformation_mask must be ({self.n_vertices},), got {self.deformation_mask.shape}"
-                )
-
-    @property
-    def n_vertices(self) -> int:
-        return int(self.vertices_a.shape[0])
-
-    @property
-    def n_cells(self) -> int:
-        return int(self.cells.shape[0])
-
-    def cell_volumes_a3(self) -> np.ndarray:
-        """``(t,)`` cell volumes in Å³ (positive for positively oriented cells)."""
-        return cell_signed_volumes(self.vertices_a, self.cells)
-
-    def centroids_a(self) -> np.ndarray:
-        """``(t, 3)`` cell centroids, xyz Å."""
-        return self.vertices_a[self.cells].mean(axis=1)
-
-    def vertices_zyx_vox(self) -> np.ndarray:
-        """``(v, 3)`` vertex positions as fractional (z, y, x) voxel indices (for napari layers)."""
-        return (self.vertices_a / self.apix + self.box // 2)[:, ::-1].copy()
-
-    def replace(self, **changes) -> "Mesh":
-        """A copy with some fields changed (``dataclasses.replace``)."""
-        return dataclasses.replace(self, **changes)
-
-    def summary(self) -> dict:
-        """Counts and sizes, JSON-able: vertices, cells, boundary faces, edges, volumes."""
-        vols = self.cell_volumes_a3()
-        edges = mesh_edges(self)
-        lengths = np.linalg.norm(self.vertices_a[edges[:, 0]] - self.vertices_a[edges[:, 1]], axis=1)
-        out = {
-            "n_vertices": self.n_vertices,
-            "n_cells": self.n_cells,
-            "n_boundary_faces": int(len(surface_triangles(self))),
-            "n_edges": int(len(edges)),
-            "method": self.method,
-            "box": self.box,
-            "apix": self.apix,
-            "cell_size_a": self.cell_size_a,
-            "total_volume_a3": float(vols.sum()),
-            "cell_volume_a3_min": float(vols.min()) if len(vols) else 0.0,
-            "cell_volume_a3_max": float(vols.max()) if len(vols) else 0.0,
-            "edge_length_a_mean": float(lengths.mean()) if len(lengths) else 0.0,
-            "has_rigidity_weights": self.rigidity_weights is not None,
-            "has_deformation_mask": self.deformation_mask is not None,
-        }
-        if self.deformation_mask is not None:
-            out["n_fixed_vertices"] = int((self.deformation_mask == 0).sum())
-        return out
-
-    def __repr__(self) -> str:
-        return (
-            f"Mesh({self.n_vertices} vertices, {self.n_cells} cells, method={self.method!r}, "
-            f"box={self.box}, apix={self.apix}, cell_size_a={self.cell_size_a})"
-        )
-
-
-# ----------------------------------------------------------------------------- geometry
-
-
-def cell_signed_volumes(vertices_a: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """``(t,)`` signed volumes ``det[x1 - x0, x2 - x0, x3 - x0] / 6`` of ``(t, 4)`` cells."""
-    x = np.asarray(vertices_a, dtype=np.float64)[cells]  # (t, 4, 3)
-    edges = x[:, 1:] - x[:, :1]  # (t, 3, 3) rows = edges
-    return np.linalg.det(edges) / 6.0
-
-
-def orient_cells(vertices_a: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """Cells with vertices 2 and 3 swapped where needed so every signed volume is positive."""
-    cells = np.array(cells, dtype=np.int64, copy=True)
-    neg = cell_signed_volumes(vertices_a, cells) < 0
-    cells[neg, 2], cells[neg, 3] = cells[neg, 3].copy(), cells[neg, 2].copy()
-    return cells
-
-
-def mesh_edges(mesh_or_cells) -> np.ndarray:
-    """Unique undirected edges ``(e, 2)`` int64 (lower index first) of a mesh or ``(t, 4)`` cells."""
-    cells = mesh_or_cells.cells if isinstance(mesh_or_cells, Mesh) else np.asarray(mesh_or_cells, np.int64)
-    e = cells[:, _EDGES].reshape(-1, 2)  # (6t, 2)
-    e = np.sort(e, axis=1)
-    return np.unique(e, axis=0)
-
-
-def surface_triangles(mesh_or_cells) -> np.ndarray:
-    """Boundary faces ``(f, 3)`` int64 of a mesh, wound so their normals point outward.
-
-    A face is on the boundary when exactly one cell holds it. Needs positively oriented
-    cells (every :class:`Mesh` has them).
-    """
-    cells = mesh_or_cells.cells if isinstance(mesh_or_cells, Mesh) else np.asarray(mesh_or_cells, np.int64)
-    faces = cells[:, _OUTWARD_FACES].reshape(-1, 3)  # (4t, 3) outward-wound
-    key = np.sort(faces, axis=1)
-    _, inverse, counts = np.unique(key, axis=0, return_inverse=True, return_counts=True)
-    return faces[counts[inverse.ravel()] == 1]
 
 
 def cell_size_from_cells_across(box: int, apix: float, cells_across: float) -> float:
@@ -412,67 +273,7 @@ def build_mesh(
         "tetgen_attempt": attempt + 1,
     }
     mesh = Mesh(nodes, elems, box=box, apix=apix, method="tetgen", cell_size_a=float(cell_size_a), info=info)
-    from .barycentric import locate_points  # here: barycentric imports this module
-
     loc = locate_points(mesh, voxel_centres_xyz_a(np.argwhere(binary), binary.shape, apix))
     info["mask_voxels_outside"] = int((~loc.inside).sum())
     info["max_outside_distance_a"] = float(loc.outside_distance_a.max())
     return mesh
-
-
-# ----------------------------------------------------------------------------- save / load
-
-
-def save_mesh(mesh: Mesh, path) -> Path:
-    """Write a mesh as an ``.npz`` of plain arrays plus a JSON metadata string (no pickle)."""
-    path = Path(path)
-    if path.suffix != ".npz":
-        path = path.with_suffix(path.suffix + ".npz") if path.suffix else path.with_suffix(".npz")
-    meta = {
-        "format": "napari-flex3d mesh",
-        "version": MESH_FORMAT_VERSION,
-        "box": mesh.box,
-        "apix": mesh.apix,
-        "method": mesh.method,
-        "cell_size_a": mesh.cell_size_a,
-        "info": mesh.info,
-    }
-    arrays = {"vertices_a": mesh.vertices_a, "cells": mesh.cells, "meta_json": np.array(json.dumps(meta))}
-    if mesh.rigidity_weights is not None:
-        arrays["rigidity_weights"] = mesh.rigidity_weights
-    if mesh.deformation_mask is not None:
-        arrays["deformation_mask"] = mesh.deformation_mask
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return path
-
-
-def load_mesh(path) -> Mesh:
-    """Read a mesh written by :func:`save_mesh` (``np.load(allow_pickle=False)``)."""
-    path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable mesh .npz ({exc})") from exc
-    for key in ("vertices_a", "cells", "meta_json"):
-        if key not in arrays:
-            raise ValueError(f"{path}: mesh file lacks '{key}'")
-    meta = json.loads(str(arrays["meta_json"]))
-    if meta.get("format") != "napari-flex3d mesh":
-        raise ValueError(f"{path}: not a napari-flex3d mesh (format={meta.get('format')!r})")
-    if int(meta.get("version", 0)) > MESH_FORMAT_VERSION:
-        raise ValueError(f"{path}: mesh format version {meta['version']} is newer than {MESH_FORMAT_VERSION}")
-    return Mesh(
-        vertices_a=arrays["vertices_a"],
-        cells=arrays["cells"],
-        box=meta["box"],
-        apix=meta["apix"],
-        rigidity_weights=arrays.get("rigidity_weights"),
-        deformation_mask=arrays.get("deformation_mask"),
-        method=meta.get("method", "user"),
-        cell_size_a=meta.get("cell_size_a"),
-        info=meta.get("info", {}),
-    )

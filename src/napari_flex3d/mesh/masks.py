@@ -1,5 +1,7 @@
 """Solvent masks from a consensus map, and masks painted by the user.
 
+A room of ``mesh``; it imports numpy, scipy and ``ops`` (the shared low-pass and soft edge).
+
 A solvent mask follows cryoSPARC's recipe and defaults: low-pass the map to 10 Å,
 threshold it, dilate the result by 2 Å and add a 5 Å soft (raised-cosine) pad.
 
@@ -19,7 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from scipy import ndimage
+
+from ..ops.fourier import lowpass, raised_cosine
 
 __all__ = [
     "MaskResult",
@@ -76,15 +81,10 @@ def lowpass_map(volume: np.ndarray, apix: float, resolution_a: float, edge_shell
     vol = _check_volume(volume).astype(np.float32)
     if resolution_a is None or resolution_a <= 2.0 * apix:
         return vol.copy()
-    freqs = [np.fft.fftfreq(n, d=apix) for n in vol.shape[:2]] + [np.fft.rfftfreq(vol.shape[2], d=apix)]
-    kz, ky, kx = np.meshgrid(*freqs, indexing="ij", sparse=True)
-    k = np.sqrt(kz**2 + ky**2 + kx**2)  # (d, h, w//2+1) 1/Å
     k_cut = 1.0 / resolution_a
     width = edge_shells / (max(vol.shape) * apix)
-    t = np.clip((k - (k_cut - width / 2)) / width, 0.0, 1.0)
-    filt = 0.5 * (1.0 + np.cos(np.pi * t))  # 1 -> 0 across the edge
-    out = np.fft.irfftn(np.fft.rfftn(vol) * filt, s=vol.shape, axes=(0, 1, 2))
-    return out.astype(np.float32)
+    out = lowpass(torch.from_numpy(vol.astype(np.float64)), k_cut - width / 2, width, ndim=3, d=apix)  # in 1/Å
+    return out.numpy().astype(np.float32)
 
 
 def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
@@ -172,8 +172,7 @@ def solvent_mask(
     dist_a = ndimage.distance_transform_edt(~core, sampling=apix)
     binary = dist_a <= dilate_a + 1e-6
     if soft_pad_a > 0:
-        beyond = np.clip((dist_a - dilate_a) / soft_pad_a, 0.0, 1.0)
-        soft = 0.5 * (1.0 + np.cos(np.pi * beyond))
+        soft = raised_cosine((dist_a - dilate_a) / soft_pad_a)
         soft[binary] = 1.0
     else:
         soft = binary.astype(np.float64)
@@ -192,7 +191,7 @@ def mask_voxel_indices(mask: np.ndarray, level: float = 0.0) -> np.ndarray:
 def voxel_centres_xyz_a(zyx_idx: np.ndarray, shape: tuple[int, int, int], apix: float) -> np.ndarray:
     """Centres of voxels given as ``(n, 3)`` (z, y, x) indices, as ``(n, 3)`` xyz Å.
 
-    Voxel ``i`` of an axis of length ``n`` sits at ``(i - n // 2) * apix`` (DESIGN.md §1).
+    Voxel ``i`` of an axis of length ``n`` sits at ``(i - n // 2) * apix`` (docs/conventions.md).
     """
     idx = np.asarray(zyx_idx, dtype=np.float64)
     centre = np.array([s // 2 for s in shape], dtype=np.float64)

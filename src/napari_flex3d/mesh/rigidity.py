@@ -1,5 +1,7 @@
 """Local rigidity prior on the mesh, its per-cell weights, and priors painted by the user.
 
+A room of ``mesh``; it imports ``config`` and :mod:`.mesh`.
+
 For cell ``j`` with rest edge matrix ``D_j = [x1 - x0, x2 - x0, x3 - x0]`` (columns) and
 moved edges ``D'_j``, the deformation gradient is ``F = D'_j D_j^-1``, and (paper eq. 5)
 
@@ -33,7 +35,7 @@ import torch
 from scipy import ndimage
 
 from ..config import RIGIDITY_FLOOR
-from .build import Mesh
+from .mesh import Mesh
 
 __all__ = [
     "edge_matrices",

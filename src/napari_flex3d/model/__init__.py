@@ -1,6 +1,7 @@
 """The 3DFlex model: flow generator, canonical map, composed forward model, objective.
 
-See :mod:`napari_flex3d.model.flex` for how to train it.
+A core room: may import ``config``, ``conventions``, ``io``, ``mesh`` and ``ops``; never a
+feature room. See :mod:`napari_flex3d.model.flex` for how to train it.
 """
 
 from .canonical import CanonicalMap, bandlimit

@@ -1,7 +1,9 @@
 """The canonical map ``V``: density values at the voxels of a solvent mask.
 
+A room of ``model``; it may import ``conventions`` and ``ops``.
+
 ``V`` lives on the full ``(N, N, N)`` grid but only the voxels inside the mask are free
-(paper §2; DESIGN.md §2). The values are held as a flat ``(n_vox,)`` parameter beside the
+(paper §2; docs/model.md). The values are held as a flat ``(n_vox,)`` parameter beside the
 voxel centres ``(n_vox, 3)`` xyz Å, which are the points the flow moves and the splat
 projects. Frequency marching constrains ``V`` to be low-pass: :func:`bandlimit` is the
 band limit on the full grid.
@@ -9,32 +11,19 @@ band limit on the full grid.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from ..conventions import voxel_grid_xyz_a
+from ..ops.fourier import lowpass
 
 __all__ = [
     "CanonicalMap",
     "bandlimit",
-    "radial_frequency_3d",
     "mask_voxels",
     "scatter_to_volume",
     "gather_from_volume",
 ]
-
-
-def radial_frequency_3d(box: int, device=None, rfft: bool = True) -> torch.Tensor:
-    """Radius ``|k|`` in Fourier pixels (cycles per box) of each 3D Fourier coefficient.
-
-    ``(N, N, N//2 + 1)`` for ``rfft=True`` (DC at ``[0, 0, 0]``, no fftshift), else ``(N, N, N)``.
-    Nyquist is ``N / 2``.
-    """
-    kz = torch.fft.fftfreq(box, d=1.0 / box, device=device)  # (N,) integers in Fourier pixels
-    kx = torch.fft.rfftfreq(box, d=1.0 / box, device=device) if rfft else kz
-    return torch.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2)
 
 
 def bandlimit(volume: torch.Tensor, max_freq_px: float | None, edge_px: float = 0.0) -> torch.Tensor:
@@ -50,14 +39,7 @@ def bandlimit(volume: torch.Tensor, max_freq_px: float | None, edge_px: float = 
     box = volume.shape[-1]
     if volume.shape[-3:] != (box, box, box):
         raise ValueError(f"bandlimit needs a cubic volume (..., N, N, N), got {tuple(volume.shape)}")
-    k = radial_frequency_3d(box, device=volume.device)  # (N, N, N//2+1)
-    if edge_px > 0:
-        t = ((k - max_freq_px) / edge_px).clamp(0.0, 1.0)
-        filt = 0.5 * (1.0 + torch.cos(math.pi * t))
-    else:
-        filt = (k <= max_freq_px).to(volume.dtype)
-    spec = torch.fft.rfftn(volume, dim=(-3, -2, -1))
-    return torch.fft.irfftn(spec * filt, s=(box, box, box), dim=(-3, -2, -1))
+    return lowpass(volume, max_freq_px, edge_px, ndim=3, d=1.0 / box)  # d = 1/N: |k| in Fourier pixels
 
 
 def mask_voxels(mask: torch.Tensor, apix: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,6 @@
-"""The 3DFlex forward model: ``I_i = C_i P(phi_i) D(f_theta(z_i), V)`` (paper §2, DESIGN.md §2).
+"""The 3DFlex forward model: ``I_i = C_i P(phi_i) D(f_theta(z_i), V)`` (paper §2, docs/model.md).
+
+A room of ``model``; it may import ``config``, ``mesh``, ``ops`` and the rest of ``model``.
 
 :class:`FlexModel` composes the canonical map ``V`` (:class:`~.canonical.CanonicalMap`:
 values at the voxels of a solvent mask), the flow generator ``f_theta``
@@ -148,7 +150,7 @@ class FlexModel(nn.Module):
     ) -> "FlexModel":
         """Build a model from a consensus map ``(N, N, N)``, its ``apix``, a mesh and a solvent mask.
 
-        ``mesh`` is a ``mesh.build.Mesh`` (or anything with ``vertices_a (v, 3)``, ``cells
+        ``mesh`` is a ``mesh.mesh.Mesh`` (or anything with ``vertices_a (v, 3)``, ``cells
         (t, 4)`` and optional ``rigidity_weights``/``deformation_mask``) in the same Å frame.
         ``deformation_mask (v,)`` and ``rigidity_weights (t,)`` override the mesh's; without
         either, rigidity weights come from the low-passed map (:func:`cell_density_weights`,
@@ -275,7 +277,7 @@ class FlexModel(nn.Module):
         A projection costs about ``(n / N)^3`` of this model's: the splat visits every
         mask voxel once per image.
         """
-        from ..mesh.build import Mesh
+        from ..mesh.mesh import Mesh
         from .canonical import mask_voxels
 
         box = int(box)

@@ -1,5 +1,7 @@
 """The flow generator ``f_theta``: latent ``z (K)`` -> displacement of every mesh vertex.
 
+A room of ``model``; it imports torch only.
+
 An MLP ``K -> H x L (ReLU) -> 3 v`` whose last layer is linear without bias and starts
 near zero, so a fresh model is (almost) the rigid model (paper §2, "Flow generator").
 A per-vertex deformation mask ``m in [0, 1]`` multiplies the displacements, so masked

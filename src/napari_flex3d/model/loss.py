@@ -1,7 +1,9 @@
 """The 3DFlex objective: a whitened, band-limited data term plus local rigidity.
 
+A room of ``model``; it may import ``ops``.
+
 ``E_data = 1/2 sum_k |F(I - s * model)(k)|^2 / P_noise(|k|)`` over the frequencies
-``0 < |k| <= max_freq_px`` allowed at this stage of frequency marching (DESIGN.md §2,
+``0 < |k| <= max_freq_px`` allowed at this stage of frequency marching (docs/model.md,
 paper Eq. 2 with coloured noise). Fourier transforms are orthonormal (``norm="ortho"``),
 so white noise of standard deviation ``sigma`` per pixel has ``P_noise = sigma^2`` in
 every shell, and then ``E_data`` of pure noise has expectation ``n_freq / 2``.
@@ -17,6 +19,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from ..ops.fourier import frequency_radius_grid
 
 __all__ = [
     "n_shells_2d",
@@ -47,9 +51,7 @@ def n_shells_2d(box: int) -> int:
 
 def radial_frequency_2d(box: int, device=None) -> torch.Tensor:
     """``|k|`` in Fourier pixels of each ``rfft2`` coefficient, ``(box, box//2 + 1)``."""
-    ky = torch.fft.fftfreq(box, d=1.0 / box, device=device)  # (h,)
-    kx = torch.fft.rfftfreq(box, d=1.0 / box, device=device)  # (w//2+1,)
-    return torch.sqrt(ky[:, None] ** 2 + kx[None, :] ** 2)
+    return frequency_radius_grid((box, box), d=1.0 / box, device=device)
 
 
 def shell_index_2d(box: int, device=None) -> torch.Tensor:

@@ -1,4 +1,6 @@
-"""The contrast transfer function, RELION's definition (DESIGN.md section 1).
+"""The contrast transfer function, RELION's definition (docs/conventions.md).
+
+A room of ``ops``; it may import ``conventions`` and the rest of ``ops``.
 
 ``CTF(k) = sqrt(1 - w^2) sin(chi) + w cos(chi)`` with
 ``chi = pi * lambda * df(theta) * k^2 - (pi / 2) * Cs * lambda^3 * k^4 + phase_shift``,
@@ -17,9 +19,10 @@ import math
 import numpy as np
 import torch
 
-from napari_flex3d.conventions import electron_wavelength_a
+from ..conventions import electron_wavelength_a
+from .fourier import frequency_axes
 
-__all__ = ["ctf_2d", "apply_ctf", "particle_ctf", "frequency_grid_2d"]
+__all__ = ["ctf_2d", "apply_ctf", "particle_ctf"]
 
 
 def _as_batch(x, device, dtype) -> torch.Tensor:
@@ -27,16 +30,6 @@ def _as_batch(x, device, dtype) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x.to(device, dtype).reshape(-1)
     return torch.as_tensor(np.array(x, dtype=np.float64), device=device).to(dtype).reshape(-1)
-
-
-def frequency_grid_2d(box: int, apix: float, rfft: bool = True, device=None, dtype=torch.float32):
-    """Spatial frequencies of a ``box`` image, unshifted, in 1/Å.
-
-    Returns ``(ky, kx)``, each ``(box, box // 2 + 1)`` (rfft) or ``(box, box)``.
-    """
-    ky = torch.fft.fftfreq(box, d=apix, device=device, dtype=dtype)  # (h,)
-    kx = torch.fft.rfftfreq(box, d=apix, device=device, dtype=dtype) if rfft else ky  # (w',)
-    return torch.meshgrid(ky, kx, indexing="ij")
 
 
 def ctf_2d(
@@ -92,7 +85,7 @@ def ctf_2d(
     w = _as_batch(amplitude_contrast, device, dtype)
     phase = torch.deg2rad(_as_batch(phase_shift_deg, device, dtype))
 
-    ky, kx = frequency_grid_2d(box, apix, rfft=rfft, device=device, dtype=dtype)  # (h, w')
+    ky, kx = frequency_axes((box, box), d=apix, rfft=rfft, device=device, dtype=dtype)  # (h, 1), (1, w') 1/Å
     k2 = kx**2 + ky**2
     theta = torch.atan2(ky, kx)  # (h, w') direction of (kx, ky)
     b = lambda t: t[:, None, None]  # noqa: E731  (b,) -> (b, 1, 1)

@@ -1,7 +1,12 @@
-"""Fourier-space tools: cropping/padding to another box, sub-pixel shifts, low-pass.
+"""Fourier-space tools: the frequency grid, the raised-cosine edge and the low-pass that every
+module uses, cropping/padding to another box, sub-pixel shifts.
 
-Every function keeps the centre pixel/voxel ``N // 2`` where it is (DESIGN.md section 1),
-works on leading batch dimensions and is differentiable.
+A room of ``ops``; it imports torch and numpy only.
+
+Every function keeps the centre pixel/voxel ``N // 2`` where it is (docs/conventions.md),
+works on leading batch dimensions and is differentiable. Spectra are unshifted (DC first,
+``torch.fft`` order); frequencies are in cycles per unit of the sample spacing ``d``:
+``d=1`` cycles per pixel, ``d=apix`` 1/Å, ``d=1/N`` Fourier pixels of an ``N`` box.
 
 Fourier cropping preserves real-space *values* (a map's density, an image's grey
 levels): a band-limited function resampled on a coarser grid. Cropping ``N -> n``
@@ -14,9 +19,69 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
-__all__ = ["crop_rfft_2d", "fourier_crop_2d", "fourier_crop_3d", "fourier_resize", "shift_images", "lowpass_3d", "lowpass_2d"]
+__all__ = [
+    "frequency_axes",
+    "frequency_radius_grid",
+    "raised_cosine",
+    "lowpass",
+    "crop_rfft_2d",
+    "fourier_crop_2d",
+    "fourier_crop_3d",
+    "fourier_resize",
+    "shift_images",
+]
+
+
+def frequency_axes(shape, d: float = 1.0, rfft: bool = True, device=None, dtype=None) -> tuple[torch.Tensor, ...]:
+    """The frequencies along each axis of an FFT of ``shape``, unshifted, in cycles per unit of ``d``.
+
+    One tensor per axis, shaped to broadcast against the others: axis ``i`` of ``(n_0, .., n_k)``
+    is ``(1, .., n_i, .., 1)``; with ``rfft`` the last axis has ``n_k // 2 + 1`` entries (the
+    half spectrum of ``rfftn``). ``dtype=None`` is torch's default.
+    """
+    nd = len(shape)
+    axes = []
+    for i, n in enumerate(shape):
+        freq = torch.fft.rfftfreq if rfft and i == nd - 1 else torch.fft.fftfreq
+        f = freq(int(n), d=d, device=device, dtype=dtype)  # (n_i,)
+        axes.append(f.reshape((1,) * i + (-1,) + (1,) * (nd - 1 - i)))
+    return tuple(axes)
+
+
+def frequency_radius_grid(shape, d: float = 1.0, rfft: bool = True, device=None, dtype=None) -> torch.Tensor:
+    """``|k|`` of each coefficient of an FFT of ``shape`` (see :func:`frequency_axes` for units
+    and layout): ``(n_0, .., n_k // 2 + 1)`` with ``rfft``, else ``shape``."""
+    axes = frequency_axes(shape, d=d, rfft=rfft, device=device, dtype=dtype)
+    k2 = axes[0] ** 2
+    for f in axes[1:]:
+        k2 = k2 + f**2
+    return torch.sqrt(k2)
+
+
+def raised_cosine(t):
+    """The soft edge of every filter and mask: 1 at ``t <= 0``, ``(1 + cos(pi t)) / 2`` between,
+    0 at ``t >= 1``. ``t`` a torch tensor or a numpy array (the result is of the same kind)."""
+    if isinstance(t, torch.Tensor):
+        return 0.5 * (1.0 + torch.cos(math.pi * t.clamp(0.0, 1.0)))
+    return 0.5 * (1.0 + np.cos(np.pi * np.clip(t, 0.0, 1.0)))
+
+
+def lowpass(x: torch.Tensor, cutoff: float, edge_width: float = 0.0, ndim: int = 3, d: float = 1.0) -> torch.Tensor:
+    """Low-pass the last ``ndim`` axes of ``x (..., *shape)``.
+
+    Frequencies ``|k| <= cutoff`` pass unchanged; with ``edge_width > 0`` a raised cosine falls
+    from 1 to 0 over ``(cutoff, cutoff + edge_width]``, else the cut is hard. ``cutoff`` and
+    ``edge_width`` are in cycles per unit of ``d`` (``d=1/N``: Fourier pixels of an ``N`` box;
+    ``d=apix``: 1/Å). Linear and self-adjoint, so differentiable.
+    """
+    shape = tuple(x.shape[-ndim:])
+    dims = tuple(range(-ndim, 0))
+    k = frequency_radius_grid(shape, d=d, device=x.device, dtype=x.dtype)  # (*shape[:-1], n//2+1)
+    filt = raised_cosine((k - cutoff) / edge_width) if edge_width > 0 else (k <= cutoff).to(k.dtype)
+    return torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * filt, s=shape, dim=dims)
 
 
 def _freq_index_map(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -94,42 +159,7 @@ def shift_images(images: torch.Tensor, shifts_a: torch.Tensor, apix: float) -> t
     shifts_a = torch.as_tensor(shifts_a, device=images.device)
     rdtype = images.dtype if images.is_floating_point() else torch.float32
     s = shifts_a.to(rdtype) / apix  # (b, 2) pixels
-    ky = torch.fft.fftfreq(h, device=images.device, dtype=rdtype)  # (h,) cycles/pixel
-    kx = torch.fft.rfftfreq(w, device=images.device, dtype=rdtype)  # (w//2+1,)
-    phase = -2 * math.pi * (kx * s[..., 0, None, None] + ky[:, None] * s[..., 1, None, None])  # (b, h, w//2+1)
+    ky, kx = frequency_axes((h, w), device=images.device, dtype=rdtype)  # (h, 1), (1, w//2+1) cycles/pixel
+    phase = -2 * math.pi * (kx * s[..., 0, None, None] + ky * s[..., 1, None, None])  # (b, h, w//2+1)
     ft = torch.fft.rfftn(images, dim=(-2, -1))
     return torch.fft.irfftn(ft * torch.polar(torch.ones_like(phase), phase), s=(h, w), dim=(-2, -1))
-
-
-def _soft_lowpass_filter(k: torch.Tensor, cutoff: float, soft_width: float) -> torch.Tensor:
-    """1 below ``cutoff``, raised-cosine to 0 over ``soft_width`` (same units as ``k``)."""
-    if soft_width <= 0:
-        return (k <= cutoff).to(k.dtype)
-    t = ((k - cutoff) / soft_width).clamp(0, 1)
-    return 0.5 * (1 + torch.cos(math.pi * t))
-
-
-def lowpass_3d(volume: torch.Tensor, resolution_a: float, apix: float, soft_width_px: float = 2.0) -> torch.Tensor:
-    """Low-pass ``volume (..., d, h, w)`` to ``resolution_a`` (Å) with a raised-cosine edge
-    ``soft_width_px`` Fourier pixels wide starting at the cutoff."""
-    n = volume.shape[-1]
-    dims = (-3, -2, -1)
-    rdtype = volume.dtype
-    fz = torch.fft.fftfreq(volume.shape[-3], device=volume.device, dtype=rdtype)
-    fy = torch.fft.fftfreq(volume.shape[-2], device=volume.device, dtype=rdtype)
-    fx = torch.fft.rfftfreq(n, device=volume.device, dtype=rdtype)
-    k = torch.sqrt(fz[:, None, None] ** 2 + fy[None, :, None] ** 2 + fx[None, None, :] ** 2)  # cycles/voxel
-    filt = _soft_lowpass_filter(k, apix / resolution_a, soft_width_px / n)
-    ft = torch.fft.rfftn(volume, dim=dims)
-    return torch.fft.irfftn(ft * filt, s=volume.shape[-3:], dim=dims)
-
-
-def lowpass_2d(images: torch.Tensor, resolution_a: float, apix: float, soft_width_px: float = 2.0) -> torch.Tensor:
-    """As :func:`lowpass_3d` for ``images (..., h, w)``."""
-    n = images.shape[-1]
-    fy = torch.fft.fftfreq(images.shape[-2], device=images.device, dtype=images.dtype)
-    fx = torch.fft.rfftfreq(n, device=images.device, dtype=images.dtype)
-    k = torch.sqrt(fy[:, None] ** 2 + fx[None, :] ** 2)
-    filt = _soft_lowpass_filter(k, apix / resolution_a, soft_width_px / n)
-    ft = torch.fft.rfftn(images, dim=(-2, -1))
-    return torch.fft.irfftn(ft * filt, s=images.shape[-2:], dim=(-2, -1))

@@ -1,5 +1,7 @@
 """Fourier shell correlation (torch-fourier-shell-correlation) and resolution at a threshold.
 
+A room of ``ops``; it imports torch-fourier-shell-correlation, torch and numpy.
+
 Shell ``i`` (``0 .. N // 2``) is at spatial frequency ``i / (N * apix)`` 1/Å.
 """
 
@@ -9,7 +11,7 @@ import numpy as np
 import torch
 from torch_fourier_shell_correlation import fourier_shell_correlation
 
-__all__ = ["fsc", "fsc_resolution", "shell_frequencies_a"]
+__all__ = ["fsc", "fsc_resolution", "shell_frequencies_inv_a"]
 
 
 def fsc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -27,7 +29,7 @@ def fsc(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> t
     return fourier_shell_correlation(a, b.to(a))
 
 
-def shell_frequencies_a(box: int, apix: float) -> np.ndarray:
+def shell_frequencies_inv_a(box: int, apix: float) -> np.ndarray:
     """Spatial frequency of each FSC shell, ``(box // 2 + 1,)`` in 1/Å."""
     return np.arange(box // 2 + 1) / (box * apix)
 
@@ -40,7 +42,7 @@ def fsc_resolution(curve, box: int, apix: float, threshold: float = 0.143) -> fl
     returned; if it is below from shell 1 on, ``inf``.
     """
     c = np.asarray(curve.detach().cpu() if isinstance(curve, torch.Tensor) else curve, dtype=np.float64)
-    f = shell_frequencies_a(box, apix)
+    f = shell_frequencies_inv_a(box, apix)
     if c.shape[-1] != f.shape[0]:
         raise ValueError(f"FSC curve has {c.shape[-1]} shells, box {box} needs {f.shape[0]}")
     below = np.nonzero(c[1:] < threshold)[0]

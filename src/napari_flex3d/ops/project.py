@@ -1,8 +1,10 @@
 """The reference rigid projector (Fourier slice, torch-fourier-slice, pad 2).
 
+A room of ``ops``; it imports torch-fourier-slice and the rest of ``ops``.
+
 A map point ``r`` (xyz Å from voxel ``N // 2``) lands in image ``i`` at
-``(A_i r)_xy - shift_i`` from pixel ``N // 2`` (DESIGN.md section 1). torch-fourier-slice
-puts a point ``b`` at ``(R^T b)_xy`` (STACK.md), so we pass ``R = A^T``.
+``(A_i r)_xy - shift_i`` from pixel ``N // 2`` (docs/conventions.md). torch-fourier-slice
+puts a point ``b`` at ``(R^T b)_xy`` (its rotation convention), so we pass ``R = A^T``.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
-"""The fused convect-project operator (DESIGN.md section 2): the hot loop of 3DFlex.
+"""The fused convect-project operator (docs/model.md): the hot loop of 3DFlex.
+
+A room of ``ops``; it imports torch and :mod:`.fourier`.
 
 Each canonical voxel ``y`` with value ``V(y)`` has already been moved to ``p = y + u(y)``
-(xyz Å, centred as in DESIGN.md section 1). For particle ``i`` with pose ``A_i`` and shift
+(xyz Å, centred as in docs/conventions.md). For particle ``i`` with pose ``A_i`` and shift
 ``s_i`` the point lands at pixel coordinates
 
     x = ((A_i p)_x - s_x) / apix + box // 2,    y = ((A_i p)_y - s_y) / apix + box // 2
@@ -48,6 +50,8 @@ import itertools
 
 import torch
 from torch.autograd.function import once_differentiable
+
+from .fourier import frequency_axes
 
 __all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS"]
 
@@ -281,7 +285,7 @@ def kernel_transfer(box: int, kernel: str, rfft: bool = False, device=None, dtyp
     cycles per pixel (FFT order, DC first).
     """
     power = _taps(kernel)  # the B-spline of order K - 1 is the K-fold box: sinc**K
-    f = torch.fft.rfftfreq(box, device=device) if rfft else torch.fft.fftfreq(box, device=device)
+    (f,) = frequency_axes((box,), rfft=rfft, device=device)  # (box,) or (box//2+1,) cycles/pixel
     return torch.sinc(f).pow(power).to(dtype)
 
 
@@ -328,7 +332,7 @@ def convect_project(
     values: ``(n,)`` canonical map values ``V(y)`` (shared by all particles) or ``(b, n)``.
     points_xyz_a: ``(n, 3)`` or ``(b, n, 3)`` moved voxel centres ``y + u(y)``, xyz Å, centred
         (voxel ``i`` at ``(i - box//2) * apix``).
-    rotations: ``(b, 3, 3)`` poses ``A`` (DESIGN.md section 1); cast to the values' dtype.
+    rotations: ``(b, 3, 3)`` poses ``A`` (docs/conventions.md); cast to the values' dtype.
     shifts_a: ``(b, 2)`` (x, y) origin shifts in Å (a point lands at ``(A p)_xy - shift``), or None.
     box, apix: output image size (pixels) and pixel size (Å).
     kernel: ``"cubic"`` (cubic B-spline, support 4) or ``"linear"`` (support 2, faster).

@@ -1,5 +1,7 @@
 """Rigid reconstruction: Fourier back-projection of CTF-weighted images, Wiener filter.
 
+A room of ``reconstruct``; it may import ``ops``.
+
 For each particle ``i`` with pose ``A_i``, shift ``s_i`` and CTF ``C_i``:
 
     values(k)  += sum_i  C_i(k) F_i(k)      (F_i: the re-centred image's transform)
@@ -8,7 +10,7 @@ For each particle ``i`` with pose ``A_i``, shift ``s_i`` and CTF ``C_i``:
 
 with the central slices placed by trilinear gridding in a ``pad_factor``-oversampled
 3D transform. ``(values, weights)`` pairs from chunks add up, so
-the caller streams particles and normalises once (STYLE.md example 4). The gridding is
+the caller streams particles and normalises once. The gridding is
 our own (``index_add_`` of the 8 trilinear corners; several times faster on the CPU than
 torch-fourier-slice's insertion, which it matches) in an unshifted rfft layout.
 
@@ -17,7 +19,7 @@ the image data is brought there, ``C^2`` goes through the same real-space
 pad-and-transform path as ``irfft(C F)``: its point-spread function is padded and
 transformed (a second channel of the same insertion).
 
-The output obeys DESIGN.md section 1: a voxel ``r`` projects to ``(A r)_xy - shift``.
+The output obeys docs/conventions.md: a voxel ``r`` projects to ``(A r)_xy - shift``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_flex3d.ops.ctf import particle_ctf
-from napari_flex3d.ops.fourier import fourier_crop_2d, shift_images
+from napari_flex3d.ops.fourier import fourier_crop_2d, frequency_axes, frequency_radius_grid, shift_images
 from napari_flex3d.ops.project import as_rotations
 
 __all__ = [
@@ -63,9 +65,8 @@ def insert_slices(slices: torch.Tensor, rotations: torch.Tensor, m: int) -> torc
         return sum(insert_slices(slices[i : i + step], rotations[i : i + step], m) for i in range(0, b, step))
     dev = slices.device
     rdtype = slices.real.dtype
-    ky = torch.fft.fftfreq(m, device=dev, dtype=rdtype) * m  # (m,) grid units
-    kx = torch.fft.rfftfreq(m, device=dev, dtype=rdtype) * m  # (m//2+1,)
-    ky, kx = torch.meshgrid(ky, kx, indexing="ij")
+    ky, kx = (f * m for f in frequency_axes((m, m), device=dev, dtype=rdtype))  # grid units
+    ky, kx = torch.broadcast_tensors(ky, kx)  # (m, m//2+1) each
     keep = (kx**2 + ky**2) <= (m / 2) ** 2  # (m, m//2+1)
     kx, ky = kx[keep], ky[keep]  # (p,)
     vals = slices[:, :, keep]  # (b, c, p)
@@ -180,10 +181,7 @@ def finalize_reconstruction(
     p = (m - box) // 2
     w = weights.clamp(min=0)
     if wiener_constant is None:
-        fz = torch.fft.fftfreq(m, device=w.device)
-        fx = torch.fft.rfftfreq(m, device=w.device)
-        k = torch.sqrt(fz[:, None, None] ** 2 + fz[None, :, None] ** 2 + fx[None, None, :] ** 2)
-        inside = k <= 0.5 * box / m
+        inside = frequency_radius_grid((m, m, m), device=w.device) <= 0.5 * box / m  # cycles/voxel
         tau = wiener_fraction * float(w[inside].mean()) if bool(inside.any()) else 1.0
         tau = max(tau, 1e-12)
     else:

@@ -3,6 +3,8 @@ weighting, Guinier B-factor sharpening, and the noise-substitution check of mask
 tightness (Chen et al. 2013: phase-randomise the half maps beyond a resolution and
 correct the masked FSC with the FSC of the randomised maps).
 
+A room of ``reconstruct``; it may import ``ops``.
+
 All volumes are ``(N, N, N)`` torch tensors in ``(z, y, x)`` order; frequencies are in
 Fourier pixels of the box (shell ``i`` is at ``i / (N * apix)`` 1/Å).
 """
@@ -15,7 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+from ..ops.fourier import frequency_radius_grid, raised_cosine
+from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_inv_a
 
 __all__ = [
     "FSCResult",
@@ -52,10 +55,7 @@ class FSCResult:
 
 def radial_shells_3d(box: int, device=None) -> torch.Tensor:
     """Integer shell index ``round(|k|)`` of each coefficient of an ``rfftn``: ``(N, N, N//2+1)``."""
-    kz = torch.fft.fftfreq(box, d=1.0 / box, device=device)
-    kx = torch.fft.rfftfreq(box, d=1.0 / box, device=device)
-    k = torch.sqrt(kz[:, None, None] ** 2 + kz[None, :, None] ** 2 + kx[None, None, :] ** 2)
-    return torch.round(k).long()
+    return torch.round(frequency_radius_grid((box,) * 3, d=1.0 / box, device=device)).long()  # Fourier px
 
 
 def radial_average(volume: torch.Tensor) -> torch.Tensor:
@@ -250,15 +250,14 @@ def soften_mask(mask: np.ndarray, apix: float, edge_a: float = 10.0) -> np.ndarr
         return m
     width = max(float(edge_a), 3.0 * float(apix))
     dist = ndimage.distance_transform_edt(m < 0.5) * float(apix)  # Å outside the mask
-    t = np.clip(dist / width, 0.0, 1.0)
-    return (0.5 * (1.0 + np.cos(np.pi * t))).astype(np.float32)
+    return raised_cosine(dist / width).astype(np.float32)
 
 
 def guinier_bfactor(volume: torch.Tensor, apix: float, low_a: float = 10.0, high_a: float | None = None) -> float:
     """B-factor (Å^2) from a Guinier fit: ``ln |F(s)| = c - B s^2 / 4`` between ``low_a`` and
     ``high_a`` (default: Nyquist). Positive B means the map's amplitudes fall off."""
     box = volume.shape[-1]
-    s = shell_frequencies_a(box, apix)  # 1/Å
+    s = shell_frequencies_inv_a(box, apix)  # 1/Å
     amp = radial_average(volume).cpu().numpy()
     high_a = 2.0 * apix if high_a is None else max(float(high_a), 2.0 * apix)
     sel = (s > 0) & (s >= 1.0 / low_a) & (s <= 1.0 / high_a) & (amp > 0)
@@ -303,13 +302,12 @@ def sharpen(
                 bfactor = max(guinier_bfactor(volume, apix, low_a=low_a, high_a=resolution_a), 0.0)
             except ValueError:
                 bfactor = 0.0
-    s = shell_frequencies_a(box, apix)
+    s = shell_frequencies_inv_a(box, apix)
     filt = np.exp(bfactor * s**2 / 4.0) * fsc_weight(fsc_curve)
     if np.isfinite(resolution_a):
         cut = box * apix / resolution_a  # Fourier px
         k = np.arange(s.size, dtype=np.float64)
-        edge = np.clip(k - cut, 0.0, 1.0)
-        filt = filt * 0.5 * (1.0 + np.cos(np.pi * edge))
+        filt = filt * raised_cosine(k - cut)  # one shell wide
     else:
         filt = np.zeros_like(filt)
     return apply_radial_filter(volume, torch.as_tensor(filt)), float(bfactor)

@@ -57,14 +57,14 @@ def peak_memory_mb(device: torch.device) -> float:
 @torch.no_grad()
 def model_fsc(run: RunState) -> ev.FSCCurve:
     """FSC of the canonical map against the consensus map, both at the training box (the epoch just ended)."""
-    from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_a
+    from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_inv_a
 
     vol = run.model.canonical.to_volume(run.model.canonical_values())
     curve = fsc(vol, run.consensus).cpu().numpy()
     return ev.FSCCurve(
         epoch=run.epoch - 1,
         kind="model",
-        frequencies_per_a=shell_frequencies_a(run.box, run.apix),
+        frequencies_per_a=shell_frequencies_inv_a(run.box, run.apix),
         fsc=curve,
         resolution_a=fsc_resolution(curve, run.box, run.apix),
     )
