@@ -5,8 +5,8 @@ needed) and its canonical map convected by the flow at ``z`` with the same 3D sp
 training, at the band limit the run had reached. ``box`` other than the training box
 Fourier-pads (or crops) the result, changing the voxel size to keep the physical size.
 The CLI (``flex3d generate``) and the napari explorer both go through ``RunVolumes``, so a
-series from either is the same maps. Imports L0/L1 (``model``, ``ops``, ``io``), ``training.schedule``
-and ``explore.series``.
+series from either is the same maps. Imports ``model``, ``ops``, ``training.schedule`` (the
+band limit a run reached) and ``explore.series``.
 """
 
 from __future__ import annotations
