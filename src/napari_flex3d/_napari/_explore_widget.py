@@ -111,7 +111,8 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
         self.preview_spin.setRange(16, 512)
         self.preview_spin.setSingleStep(16)
         self.preview_spin.setValue(self.preview_box)
-        self.preview_spin.valueChanged.connect(lambda v: setattr(self, "preview_box", int(v)))
+        # maps are even-sized (RunVolumes refuses an odd box): a typed odd size rounds down
+        self.preview_spin.valueChanged.connect(lambda v: setattr(self, "preview_box", int(v) - int(v) % 2))
         form.addRow("preview box", self.preview_spin)
         self.traverse_combo = QComboBox()
         self.traverse_combo.addItem("drawn path")
