@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     # --- 0. what one canvas render costs here (software OpenGL under Xvfb is slow): a yardstick.
     # The consensus map, not noise: iso rays stop at the first voxel over the threshold, so a
     # noise volume (hit within a few steps) renders far faster than a map (mostly empty space).
-    from napari_flex3d._napari._reader import default_iso_threshold
+    from napari_flex3d._napari._layer_data import default_iso_threshold
     from napari_flex3d.io.mrc import read_map
 
     consensus = read_map(folder / "consensus.mrc")

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_flex3d._napari._library import available
 from napari_flex3d.config import TrainConfig
 
 pytestmark = pytest.mark.gui
@@ -131,19 +130,17 @@ def test_data_widget_loads_builds_saves_and_loads_a_mesh(make_napari_viewer, qtb
     qtbot.waitUntil(lambda: w.mesh is not None and w.mesh.n_cells > m.n_cells and not w.busy, timeout=60_000)
 
 
-def test_reconstruct_widget_says_when_it_is_not_available(make_napari_viewer):
-    from napari_flex3d._napari._reconstruct_widget import ReconstructWidget
+def test_reconstruct_widget_starts_enabled_and_refuses_without_a_run(make_napari_viewer, monkeypatch):
+    import napari_flex3d._napari._reconstruct_widget as rw
 
-    w = ReconstructWidget(make_napari_viewer())
-    missing = available("reconstruct.halfmaps", "reconstruct_run")
-    assert w.available == (missing is None)
-    assert w.run_btn.isEnabled() == (missing is None)
-    if missing:
-        assert "not available in this version" in w.status_label.text()
-    # the "not available" state is what a missing module gives
-    w.missing = available("reconstruct.no_such_module", "reconstruct_run")
-    w._update_buttons()
-    assert "not available in this version" in w.missing and not w.run_btn.isEnabled()
+    errors = []
+    monkeypatch.setattr(rw, "show_error", errors.append)
+    w = rw.ReconstructWidget(make_napari_viewer())
+    assert w.run_btn.isEnabled() and not w.stop_btn.isEnabled()
+    w.run_dir = ""
+    w.reconstruct()  # nothing to reconstruct: it says why and stays idle, its button enabled
+    assert w.state == "idle" and w.run_btn.isEnabled() and w.worker is None
+    assert errors and "choose a training run folder" in errors[0]
 
 
 def test_latent_scatter_switches_to_density_and_stays_fast_for_a_million_points(qtbot):
@@ -167,7 +164,7 @@ def test_sample_data_opens_map_particles_and_data_widget(make_napari_viewer, sam
     """The sample command's wiring (the simulation itself is the ``sample`` fixture's make_sample)."""
     from napari_flex3d._napari import _sample
     from napari_flex3d._napari._data_widget import MAP_LAYER, DataMeshWidget
-    from napari_flex3d._napari._reader import read_particle_file
+    from napari_flex3d._napari._layer_data import read_particle_file
     from napari_flex3d.io.mrc import read_map
 
     monkeypatch.setattr(

@@ -10,8 +10,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_flex3d._napari._library import available
-
 pytestmark = pytest.mark.gui
 
 TINY = dict(
@@ -20,18 +18,10 @@ TINY = dict(
 )
 
 
-def _skip_if_missing(*pieces):
-    for mod, name in pieces:
-        why = available(mod, name)
-        if why:
-            pytest.skip(why)
-
-
 def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sample, tmp_path, monkeypatch):
-    _skip_if_missing(("training.loop", "train_run"), ("config", "TrainConfig"), ("explore.generate", "load_generator"))
     from napari_flex3d._napari._data_widget import DataMeshWidget
     from napari_flex3d._napari._explore_widget import VOLUME_LAYER, LatentExplorerWidget
-    from napari_flex3d._napari._reader import read_particle_file
+    from napari_flex3d._napari._layer_data import read_particle_file
     from napari_flex3d._napari._train_widget import PREVIEW_PREFIX, TrainWidget
 
     import time

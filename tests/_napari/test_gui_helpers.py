@@ -1,4 +1,7 @@
-"""The small pure helpers behind the widgets: latent views, paths, polygons, forms."""
+"""The small pure helpers behind the widgets: latent views, forms, montages.
+
+(Latent paths and polygon subsets are ``explore``'s: tests/explore/test_paths.py.)
+"""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ pytestmark = pytest.mark.gui
 
 
 def test_pca_view_maps_plot_points_back_onto_the_latents():
-    from napari_flex3d._napari._explore_widget import latent_view
+    from napari_flex3d._napari._explore_plot import latent_view
 
     rng = np.random.default_rng(1)
     # K = 3 latents that vary in a tilted plane: PCA must find that plane
@@ -25,25 +28,6 @@ def test_pca_view_maps_plot_points_back_onto_the_latents():
     xy2, to2, _ = latent_view(z, (2, 0), use_pca=False)
     np.testing.assert_allclose(xy2, z[:, [2, 0]], rtol=1e-6)
     np.testing.assert_allclose(to2(7.0, 8.0, z[0]), [8.0, z[0, 1], 7.0], rtol=1e-6)
-
-
-def test_interpolated_path_is_evenly_spaced_and_hits_its_ends():
-    from napari_flex3d._napari._explore_widget import interpolate_path
-
-    path = np.array([[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]])
-    zs = interpolate_path(path, 8)
-    np.testing.assert_allclose(zs[0], path[0])
-    np.testing.assert_allclose(zs[-1], path[-1])
-    steps = np.linalg.norm(np.diff(zs, axis=0), axis=1)
-    np.testing.assert_allclose(steps[[0, 1, 3, 5, 6]], 1.0, rtol=1e-5)  # 7 units in 7 steps (corner cut inside one)
-
-
-def test_points_in_polygon_selects_the_inside():
-    from napari_flex3d._napari._explore_widget import points_in_polygon
-
-    xy = np.array([[0.5, 0.5], [2.0, 0.5], [0.1, 0.9], [-0.1, 0.5]])
-    square = np.array([[0, 0], [1, 0], [1, 1], [0, 1]])
-    np.testing.assert_array_equal(points_in_polygon(xy, square), [0, 2])
 
 
 def test_config_form_round_trips_a_frozen_dataclass():

@@ -2,7 +2,9 @@
 
 State lives in plain attributes (paths, ``threshold``, ``dilate_a``, ``cell_size_a``, ...);
 a test sets them and calls ``load_particles()``, ``load_map()``, ``build_mesh()``,
-``save_mesh()``, ``load_mesh()`` directly. Compute is the library's (``io``, ``mesh``).
+``save_mesh()``, ``load_mesh()`` directly. Compute is the library's (``io``, ``mesh``),
+imported inside the methods that use it: ``napari_flex3d.mesh`` pulls in torch, which
+napari should not pay for when it merely lists or docks the widget.
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from ..config import RIGIDITY_FLOOR
-from ._library import piece
-from ._reader import default_iso_threshold, read_particle_file
+from ._layer_data import default_iso_threshold, read_particle_file
 from ._session import session_for
 from ._workers import LatestOnly
 
@@ -249,7 +250,9 @@ class DataMeshWidget(QWidget):
             show_error("napari-flex3d: choose a consensus map first")
             return
         try:
-            m = piece("io.mrc", "read_map")(self.map_path)
+            from ..io.mrc import read_map
+
+            m = read_map(self.map_path)
             apix = m.require_apix() if hasattr(m, "require_apix") else float(m.apix)
         except Exception as exc:
             show_error(f"napari-flex3d: cannot read {self.map_path}: {exc}")
@@ -287,10 +290,13 @@ class DataMeshWidget(QWidget):
 
     # ------------------------------------------------------------------ mask and mesh
     def _compute_mesh(self, volume, apix, threshold, lowpass_a, dilate_a, soft_pad_a, cell_size_a):
-        mask = piece("mesh.masks", "solvent_mask")(
+        from ..mesh.build import build_mesh
+        from ..mesh.masks import solvent_mask
+
+        mask = solvent_mask(
             volume, apix, threshold=threshold, lowpass_a=lowpass_a or None, dilate_a=dilate_a, soft_pad_a=soft_pad_a
         )
-        mesh = piece("mesh.build", "build_mesh")(mask.binary, apix, cell_size_a=cell_size_a)
+        mesh = build_mesh(mask.binary, apix, cell_size_a=cell_size_a)
         return mask, mesh
 
     def build_mesh(self) -> None:
@@ -321,9 +327,11 @@ class DataMeshWidget(QWidget):
 
     def set_mesh(self, mesh) -> None:
         """Show ``mesh`` as a wireframe surface over the map and share it."""
+        from ..mesh.build import surface_triangles
+
         self.mesh = mesh
         self.counts_label.setText(f"vertices: {mesh.n_vertices:,}  cells: {mesh.n_cells:,}")
-        faces = piece("mesh.build", "surface_triangles")(mesh)
+        faces = surface_triangles(mesh)
         verts = mesh.vertices_zyx_vox().astype(np.float32)
         values = np.ones(len(verts), np.float32)
         scale = (mesh.apix,) * 3
@@ -342,13 +350,17 @@ class DataMeshWidget(QWidget):
         """Write the current mesh (with the painted masks applied) to ``path`` (.npz)."""
         if self.mesh is None:
             raise ValueError("no mesh to save: build or load one first")
-        out = piece("mesh.build", "save_mesh")(self.mesh_with_paint(), path)
+        from ..mesh.build import save_mesh
+
+        out = save_mesh(self.mesh_with_paint(), path)
         show_info(f"napari-flex3d: mesh saved to {out}")
         return Path(out)
 
     def load_mesh(self, path) -> None:
         """Read a mesh written by ``save_mesh`` and show it."""
-        self.set_mesh(piece("mesh.build", "load_mesh")(path))
+        from ..mesh.build import load_mesh
+
+        self.set_mesh(load_mesh(path))
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save mesh", "mesh.npz", "Mesh (*.npz)")
@@ -404,15 +416,16 @@ def painted_mesh(viewer, mesh, density: np.ndarray | None = None, rigidity_floor
     no_motion, rigid = painted(viewer, NO_MOTION_LAYER), painted(viewer, RIGID_LAYER)
     if mesh is None or (no_motion is None and rigid is None):
         return mesh
+    from ..mesh.rigidity import cell_density_weights, deformation_mask_from_labels, raise_rigid_cells
+
     changes = {}
     if no_motion is not None:
-        from_labels = piece("mesh.rigidity", "deformation_mask_from_labels")
-        changes["deformation_mask"] = from_labels(mesh, no_motion.astype(np.uint8))
+        changes["deformation_mask"] = deformation_mask_from_labels(mesh, no_motion.astype(np.uint8))
     if rigid is not None:
         base = mesh.rigidity_weights
         if base is None:
             if density is None:
                 raise ValueError("painting rigid regions needs the consensus map (for the density weights)")
-            base = piece("mesh.rigidity", "cell_density_weights")(mesh, density, min_weight=rigidity_floor)
-        changes["rigidity_weights"] = piece("mesh.rigidity", "raise_rigid_cells")(mesh, base, rigid.astype(np.uint8))
+            base = cell_density_weights(mesh, density, min_weight=rigidity_floor)
+        changes["rigidity_weights"] = raise_rigid_cells(mesh, base, rigid.astype(np.uint8))
     return mesh.replace(**changes)

@@ -1,4 +1,7 @@
-"""Plot widgets (pyqtgraph) sharing one napari-themed base; subclasses only draw."""
+"""Plot widgets (pyqtgraph) sharing one napari-themed base; subclasses only draw.
+
+Imports pyqtgraph, Qt and napari's theme; no library code.
+"""
 
 from __future__ import annotations
 

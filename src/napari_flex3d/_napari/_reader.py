@@ -1,17 +1,20 @@
-"""npe2 reader: MRC maps (3D, iso-surface), MRC stacks, and STAR / .cs particle files."""
+"""npe2 reader: MRC maps (3D, iso-surface), MRC stacks, and STAR / .cs particle files.
+
+Imports ``napari_flex3d.io`` (inside the readers, so that npe2 asking ``get_reader`` about a
+file costs nothing), ``._layer_data``, and the Data and mesh widget lazily (only when a
+particle file is opened into a running viewer).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 
-from ._library import piece
+from ._layer_data import map_layer_data, particles_layer_data, read_particle_file
 
 MAP_SUFFIXES = (".mrc", ".map")
 STACK_SUFFIXES = (".mrcs",)
 PARTICLE_SUFFIXES = (".star", ".cs")
-MONTAGE_COUNT = 16
 
 
 def get_reader(path):
@@ -34,33 +37,14 @@ def _one(path) -> Path:
     return Path(str(path[0] if isinstance(path, list) else path))
 
 
-def default_iso_threshold(data: np.ndarray) -> float:
-    """A starting iso level: mean + 3 standard deviations, kept below the maximum."""
-    mean, std = float(data.mean()), float(data.std())
-    return float(min(mean + 3.0 * std, 0.5 * (mean + float(data.max()))))
-
-
-def map_layer_data(data: np.ndarray, apix: float, name: str, **metadata) -> tuple:
-    """A layer-data tuple for a 3D map: scale = voxel size, iso-surface rendering."""
-    data = np.asarray(data, dtype=np.float32)
-    kwargs = {
-        "name": name,
-        "scale": (apix, apix, apix),
-        "rendering": "iso",
-        "iso_threshold": default_iso_threshold(data),
-        "colormap": "gray",
-        "metadata": {"apix": float(apix), **metadata},
-    }
-    return (data, kwargs, "image")
-
-
 def read_map_layer(path):
     """A 3D map as an iso-surface image layer; an MRC stack (ispg 0) as a 2D stack."""
+    from ..io.mrc import read_map
+
     p = _one(path)
-    mrc = piece("io.mrc")
     if _is_stack(p):
         return read_stack_layer(path)
-    m = mrc.read_map(p)
+    m = read_map(p)
     return [map_layer_data(m.data, float(m.apix), p.stem, path=str(p))]
 
 
@@ -82,40 +66,12 @@ def _is_stack(p: Path) -> bool:
 
 def read_stack_layer(path):
     """An image stack ``(n, h, w)``, memory-mapped, scale = pixel size."""
+    from ..io.mrc import open_stack
+
     p = _one(path)
-    mrc = piece("io.mrc")
-    stack = mrc.open_stack(p)
+    stack = open_stack(p)
     apix = getattr(stack, "apix", None) or _header_apix(p)
     return [(stack, {"name": p.stem, "scale": (1.0, apix, apix), "colormap": "gray", "metadata": {"apix": apix, "path": str(p)}}, "image")]
-
-
-def particles_layer_data(ps, name: str, count: int = MONTAGE_COUNT) -> tuple:
-    """A few particle images ``(count, h, w)`` with the particle set in the metadata."""
-    n = min(count, len(ps))
-    idx = np.linspace(0, len(ps) - 1, n).round().astype(np.int64) if n else np.zeros(0, np.int64)
-    images = np.asarray(ps.images(idx), dtype=np.float32)
-    apix = float(ps.apix)
-    kwargs = {
-        "name": f"{name} ({len(ps)} particles)",
-        "scale": (1.0, apix, apix),
-        "colormap": "gray",
-        "metadata": {"particles": ps, "indices": idx, "source": str(getattr(ps, "source", name))},
-    }
-    return (images, kwargs, "image")
-
-
-def read_particle_file(path, passthrough=None, root=None):
-    """``io.particles.read_particles``; with no ``root`` given and image paths that do not
-    resolve from the working folder, the particle file's own folder is tried as the root."""
-    read = piece("io.particles", "read_particles")
-    ps = read(path, passthrough=passthrough, root=root)
-    if root or len(ps) == 0:
-        return ps
-    try:
-        ps.images(np.array([0]))
-    except (ValueError, FileNotFoundError, OSError):
-        ps = read(path, passthrough=passthrough, root=str(Path(path).resolve().parent))
-    return ps
 
 
 def read_particles_layer(path):

@@ -2,8 +2,8 @@
 
 Wired to ``napari_flex3d.reconstruct.halfmaps.reconstruct_run`` (a generator of events:
 ``ReconstructProgress``, ``HalfMapDone``, ``ReconstructFinished``), run in a thread
-worker. When that module is absent the widget says so and its button stays disabled:
-no result is ever made up here.
+worker. ``reconstruct`` (which pulls in torch) is imported when a reconstruction starts,
+not when the widget is built; ``io.mrc`` (numpy only) at the top.
 
 State: ``run_dir``, ``particles_path`` (default: the run's own ``particles.star``),
 ``out_dir``, ``iterations``, ``rigid``; ``reconstruct()`` / ``stop()``; ``report`` and
@@ -30,13 +30,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._library import available, piece
+from ..io.mrc import read_map
+from ._layer_data import default_iso_threshold
 from ._plots import CurvePlot
 from ._session import session_for
 from ._workers import WorkerControls, start_worker
-
-MODULE = "reconstruct.halfmaps"
-FUNCTION = "reconstruct_run"
 
 
 def read_fsc_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -58,7 +56,6 @@ class ReconstructWidget(WorkerControls, QWidget):
         self.report: dict | None = None
         self.curves: dict = {}
         self.error: Exception | None = None
-        self.missing = available(MODULE, FUNCTION)
         self._t0 = 0.0
 
         layout = QVBoxLayout(self)
@@ -102,8 +99,6 @@ class ReconstructWidget(WorkerControls, QWidget):
         self.fsc_plot.getPlotItem().setYRange(-0.1, 1.05)
         self.fsc_plot.getPlotItem().addLine(y=0.143, pen="#888888")
         layout.addWidget(self.fsc_plot)
-        if self.missing:
-            self.status_label.setText(f"High-resolution reconstruction is not available in this version: {self.missing}.")
         self._update_buttons()
         self.session.changed.connect(self._on_session)
 
@@ -114,16 +109,12 @@ class ReconstructWidget(WorkerControls, QWidget):
     iterations = property(lambda self: self.iter_spin.value(), lambda self, v: self.iter_spin.setValue(int(v)))
     rigid = property(lambda self: self.rigid_check.isChecked(), lambda self, v: self.rigid_check.setChecked(bool(v)))
 
-    @property
-    def available(self) -> bool:
-        return self.missing is None
-
     def _on_session(self, name: str) -> None:
         if name == "run_dir" and not self.run_dir and self.session.run_dir is not None:
             self.run_dir = str(self.session.run_dir)
 
     def _update_buttons(self) -> None:
-        self.run_btn.setEnabled(self.available and self.state == "idle")
+        self.run_btn.setEnabled(self.state == "idle")
         self.stop_btn.setEnabled(self.state == "running")
 
     def _inputs(self) -> tuple[Path, Path, Path]:
@@ -140,14 +131,11 @@ class ReconstructWidget(WorkerControls, QWidget):
 
     def reconstruct(self) -> None:
         """Solve the flex (and rigid) half maps in a worker; plot their FSC; add the maps as layers."""
-        if not self.available:
-            show_error(f"napari-flex3d: {self.missing}")
-            return
         if self.state != "idle":
             return
         try:
             run, particles, out = self._inputs()
-            fn = piece(MODULE, FUNCTION)
+            from ..reconstruct.halfmaps import reconstruct_run
         except Exception as exc:
             show_error(f"napari-flex3d: cannot reconstruct: {exc}")
             return
@@ -162,8 +150,8 @@ class ReconstructWidget(WorkerControls, QWidget):
         run_b = Path(self.run_b_dir) if self.run_b_dir else None
 
         def job():
-            yield from fn(run, particles, out, passthrough=s.passthrough_path or None, root=s.root or None,
-                          iterations=iterations, rigid=rigid, run_b=run_b)
+            yield from reconstruct_run(run, particles, out, passthrough=s.passthrough_path or None,
+                                       root=s.root or None, iterations=iterations, rigid=rigid, run_b=run_b)
 
         self.worker = start_worker(job, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
 
@@ -187,7 +175,6 @@ class ReconstructWidget(WorkerControls, QWidget):
             self.curves = read_fsc_csv(csv)
             for name, (freq, curve) in self.curves.items():
                 self.fsc_plot.set_curve(name, freq, curve)
-        read_map = piece("io.mrc", "read_map")
         for mode in report.get("maps", {}):
             path = out / f"{mode}_map.mrc"
             if path.is_file():
@@ -195,8 +182,6 @@ class ReconstructWidget(WorkerControls, QWidget):
                 name = f"{mode} map (sharpened)"
                 if name in self.viewer.layers:
                     self.viewer.layers.remove(name)
-                from ._reader import default_iso_threshold
-
                 self.viewer.add_image(m.data, name=name, scale=(m.apix,) * 3, rendering="iso",
                                       iso_threshold=default_iso_threshold(m.data),
                                       colormap="cyan" if mode == "flex" else "gray", visible=(mode == "flex"))

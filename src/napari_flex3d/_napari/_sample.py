@@ -1,15 +1,22 @@
-"""npe2 sample data: the simulated flexible molecule (consensus map + its particles)."""
+"""npe2 sample data: the simulated flexible molecule (consensus map + its particles).
+
+Imports ``napari_flex3d.simulate`` and ``io`` inside the functions (the simulator pulls in
+torch, which napari should not pay for when it only lists the sample), ``._layer_data``,
+and the Data and mesh widget when a viewer is open.
+"""
 
 from __future__ import annotations
 
-from ._library import piece
-from ._reader import map_layer_data, particles_layer_data, read_particle_file
+from ._layer_data import map_layer_data, particles_layer_data, read_particle_file
 
 
 def load_sample(**kwargs):
     """Simulate (or re-simulate, it is deterministic) the sample; returns (result, map, ParticleSet)."""
-    result = piece("simulate.dataset", "make_sample")(**kwargs)
-    m = piece("io.mrc", "read_map")(result.consensus)
+    from ..io.mrc import read_map
+    from ..simulate.dataset import make_sample
+
+    result = make_sample(**kwargs)
+    m = read_map(result.consensus)
     ps = read_particle_file(result.particles_star)
     return result, m, ps
 

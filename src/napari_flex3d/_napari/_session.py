@@ -1,7 +1,7 @@
 """What the widgets of one viewer share: the data, the mesh, the training run.
 
 Widgets never reach into each other; they read and write one ``Session`` per viewer and
-listen to its ``changed`` signal (the name of what changed).
+listen to its ``changed`` signal (the name of what changed). Imports numpy and psygnal only.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Training is the library's generator ``training.loop.train_run``; this widget run
 napari thread worker and draws its typed events (``training.events``) as they arrive.
 State: ``config`` (the form as a ``TrainConfig``), ``state`` ("idle" | "running" |
 "stopping"), ``last_checkpoint``, ``run_dir``, ``latents``; ``start()``, ``stop()``,
-``resume()`` are the buttons.
+``resume()`` are the buttons. Imports ``napari_flex3d.config`` (light) at the top and
+``training`` / ``mesh`` (torch) only when a run starts.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._library import MissingPiece, piece
+from ..config import TrainConfig
 from ._plots import CurvePlot, LatentScatter
 from ._data_widget import painted_mesh
 from ._session import session_for
@@ -126,19 +127,14 @@ class TrainWidget(WorkerControls, QWidget):
         self._start_epoch = 0
 
         layout = QVBoxLayout(self)
-        self._config_cls = self._load_config_cls()
         box = QGroupBox("Settings")
         bl = QVBoxLayout(box)
-        if self._config_cls is not None:
-            self.form = config_form(self._config_cls, skip=FROM_SESSION + ("device",))
-            scroll = QScrollArea()
-            scroll.setWidgetResizable(True)
-            scroll.setWidget(self.form.native)
-            scroll.setMinimumHeight(180)
-            bl.addWidget(scroll)
-        else:
-            self.form = None
-            bl.addWidget(QLabel("training settings (napari_flex3d.config.TrainConfig) not available in this version"))
+        self.form = config_form(TrainConfig, skip=FROM_SESSION + ("device",))
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.form.native)
+        scroll.setMinimumHeight(180)
+        bl.addWidget(scroll)
         self.device_box = ComboBox(name="device", choices=self._devices(), value="auto", label="device")
         dev_row = Container(widgets=[self.device_box], labels=True)
         bl.addWidget(dev_row.native)
@@ -183,13 +179,6 @@ class TrainWidget(WorkerControls, QWidget):
 
     # ------------------------------------------------------------------ setup
     @staticmethod
-    def _load_config_cls():
-        try:
-            return piece("config", "TrainConfig")
-        except MissingPiece:
-            return None
-
-    @staticmethod
     def _devices() -> list[str]:
         import torch
 
@@ -206,9 +195,7 @@ class TrainWidget(WorkerControls, QWidget):
     @property
     def config(self):
         """The form (plus the session's inputs and the device) as a frozen ``TrainConfig``."""
-        if self._config_cls is None:
-            raise MissingPiece("napari_flex3d.config", "TrainConfig")
-        values = form_values(self._config_cls, self.form)
+        values = form_values(TrainConfig, self.form)
         s = self.session
         values.update(
             particles=s.particles_path or "",
@@ -217,7 +204,7 @@ class TrainWidget(WorkerControls, QWidget):
             root=s.root or None,
             device=self.device,
         )
-        return self._config_cls(**values)
+        return TrainConfig(**values)
 
     @config.setter
     def config(self, cfg) -> None:
@@ -252,7 +239,9 @@ class TrainWidget(WorkerControls, QWidget):
         mesh = self.session.mesh
         if mesh is not None and getattr(cfg, "mesh", None) in (None, ""):
             painted = painted_mesh(self.viewer, mesh, self.session.consensus, cfg.rigidity_floor)
-            path = piece("mesh.build", "save_mesh")(painted, out / "mesh.npz")
+            from ..mesh.build import save_mesh
+
+            path = save_mesh(painted, out / "mesh.npz")
             cfg = dataclasses.replace(cfg, mesh=str(path))
         if self.session.mask_threshold is not None:  # the mask the Data and mesh widget showed
             cfg = dataclasses.replace(
@@ -266,7 +255,7 @@ class TrainWidget(WorkerControls, QWidget):
             show_info("napari-flex3d: a run is already going")
             return
         try:
-            train_run = piece("training.loop", "train_run")
+            from ..training.loop import train_run  # looked up per start: a test swaps it for a slower one
             cfg = self.config
             if not resume:
                 cfg = self._prepare(cfg)

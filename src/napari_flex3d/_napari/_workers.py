@@ -1,4 +1,7 @@
-"""The one place that starts napari thread workers; errors become napari notifications."""
+"""The one place that starts napari thread workers; errors become napari notifications.
+
+Imports napari's threading and notifications; no library code.
+"""
 
 from __future__ import annotations
 

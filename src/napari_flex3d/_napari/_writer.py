@@ -1,4 +1,4 @@
-"""npe2 writer: an image layer to an MRC map with its voxel size."""
+"""npe2 writer: an image layer to an MRC map with its voxel size. Imports ``napari_flex3d.io.mrc``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._library import piece
+from ..io.mrc import write_map
 
 
 def layer_apix(meta: dict) -> float:
@@ -27,5 +27,5 @@ def write_mrc(path: str, data, meta: dict) -> list[str]:
     if out.suffix.lower() not in (".mrc", ".map"):
         out = out.with_suffix(".mrc")
     arr = np.asarray(data, dtype=np.float32)
-    piece("io.mrc", "write_map")(out, arr, layer_apix(meta), label=f"napari-flex3d: {meta.get('name', '')}")
+    write_map(out, arr, layer_apix(meta), label=f"napari-flex3d: {meta.get('name', '')}")
     return [str(out)]

@@ -1,9 +1,12 @@
-"""Convected maps of a trained run: at a latent point, or as a series along a latent axis.
+"""Convected maps of a trained run: at a latent point, along a latent path, as a series on disk.
 
-The model is rebuilt from the run's last checkpoint (no mesh or map needed) and its
-canonical map convected by the flow at ``z`` with the same 3D splat as training, at the
-band limit the run had reached. ``box`` other than the training box Fourier-pads (or
-crops) the result, changing the voxel size to keep the physical size.
+The model is rebuilt from the run's last checkpoint (``model.run.load_run``; no mesh or map
+needed) and its canonical map convected by the flow at ``z`` with the same 3D splat as
+training, at the band limit the run had reached. ``box`` other than the training box
+Fourier-pads (or crops) the result, changing the voxel size to keep the physical size.
+The CLI (``flex3d generate``) and the napari explorer both go through ``RunVolumes``, so a
+series from either is the same maps. Imports ``model``, ``ops``, ``training.schedule`` (the
+band limit a run reached) and ``explore.series``.
 """
 
 from __future__ import annotations
@@ -13,7 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["load_generator", "generate_volume", "axis_latents", "generate_axis_series"]
+from .series import write_series_movie, write_volume_series
+
+__all__ = [
+    "load_generator", "RunVolumes", "generate_volume", "axis_latents", "write_latent_series", "generate_axis_series",
+]
 
 
 def load_generator(run_dir, device="cpu"):
@@ -39,24 +46,42 @@ def _resize(vol: torch.Tensor, apix: float, box: int | None) -> tuple[np.ndarray
     return fourier_crop_3d(vol, box).cpu().numpy().astype(np.float32), apix * n / box
 
 
-@torch.no_grad()
-def _volumes(model, zs: torch.Tensor) -> torch.Tensor:
-    """Convected maps ``(f, N, N, N)`` at latents ``zs (f, K)``."""
-    return torch.stack([model.volume(z.to(model.vertices_a)) for z in zs])
+class RunVolumes:
+    """A trained run loaded once, for many volumes: ``latents (n, K)`` float32, ``box``, ``apix``."""
+
+    def __init__(self, run_dir, device="cpu"):
+        self.run_dir = Path(run_dir)
+        self.model, latents = load_generator(run_dir, device)
+        self.latents = latents.cpu().numpy().astype(np.float32)
+        self.box = int(self.model.box)
+        self.apix = float(self.model.apix)
+
+    def volume(self, z, box: int | None = None, kernel: str | None = None) -> tuple[np.ndarray, float]:
+        """The convected map at ``z (K,)``: ``(box, box, box)`` float32 and its voxel size in Å.
+
+        ``kernel="linear"`` is the quick preview (``None``: the run's own kernel); ``box``
+        other than the training box Fourier-crops or pads.
+        """
+        zt = torch.as_tensor(np.asarray(z, dtype=np.float32).reshape(-1))
+        if zt.numel() != self.model.latent_dim:
+            raise ValueError(f"z has {zt.numel()} values; the run has K={self.model.latent_dim} latent dimensions")
+        with torch.no_grad():
+            vol = self.model.volume(zt.to(self.model.vertices_a), kernel=kernel)
+        return _resize(vol, self.apix, box)
 
 
 def generate_volume(run_dir, z, box: int | None = None) -> tuple[np.ndarray, float]:
     """The convected map ``(n, n, n)`` float32 at latent point ``z (K,)`` and its voxel size in Å."""
-    model, _ = load_generator(run_dir)
-    z = torch.as_tensor(np.asarray(z, dtype=np.float32).reshape(-1))
-    if z.numel() != model.latent_dim:
-        raise ValueError(f"z has {z.numel()} values; the run has K={model.latent_dim} latent dimensions")
-    vol = _volumes(model, z[None])[0]
-    return _resize(vol, model.apix, box)
+    return RunVolumes(run_dir).volume(z, box=box)
 
 
-def axis_latents(latents: torch.Tensor, axis: int, frames: int = 41, sigma_range: float = 1.5) -> torch.Tensor:
-    """``(frames, K)``: the latents' mean, moved along ``axis`` from ``-sigma_range`` to ``+sigma_range`` std."""
+def axis_latents(latents, axis: int, frames: int = 41, sigma_range: float = 1.5) -> torch.Tensor:
+    """``(frames, K)``: the latents' mean, moved along ``axis`` from ``-sigma_range`` to ``+sigma_range`` std.
+
+    ``latents (n, K)`` is a tensor or an array; the std is the sample std (ddof 1) for the
+    CLI and the explorer alike.
+    """
+    latents = torch.as_tensor(latents, dtype=torch.float32)
     k_dim = latents.shape[1]
     if not 0 <= axis < k_dim:
         raise ValueError(f"axis {axis} out of range for K={k_dim} latent dimensions (0-based)")
@@ -69,6 +94,21 @@ def axis_latents(latents: torch.Tensor, axis: int, frames: int = 41, sigma_range
     return zs
 
 
+def write_latent_series(run: RunVolumes, zs, out_dir, box: int | None = None, prefix: str = "frame",
+                        label: str = "flex3d") -> tuple[np.ndarray, float, list[Path], Path]:
+    """The maps at latents ``zs (f, K)`` written as ``prefix_000.mrc``... with ``series.cxc``.
+
+    Each map's MRC label is ``label`` and its latent. Returns ``(volumes (f, n, n, n), apix,
+    frame paths, script path)``.
+    """
+    zs = np.asarray(zs, dtype=np.float32)
+    maps = [run.volume(z, box=box) for z in zs]
+    volumes, apix = np.stack([v for v, _ in maps]), maps[0][1]
+    labels = [f"{label} z=" + ",".join(f"{v:.3f}" for v in z.tolist()) for z in zs]
+    paths, script = write_volume_series(volumes, apix, out_dir, prefix=prefix, labels=labels)
+    return volumes, apix, paths, script
+
+
 def generate_axis_series(
     run_dir, axis: int, frames: int = 41, out_dir=None, box: int | None = None, sigma_range: float = 1.5, movie: bool = False
 ) -> dict:
@@ -76,17 +116,11 @@ def generate_axis_series(
 
     Returns ``{"frames": [paths], "script": path, "movie": path | None, "latents": (f, K) array, "apix": float}``.
     """
-    from .series import write_series_movie, write_volume_series
-
     if out_dir is None:
         raise ValueError("generate_axis_series needs an output folder")
-    model, latents = load_generator(run_dir)
-    zs = axis_latents(latents, axis, frames, sigma_range)
-    vols = _volumes(model, zs)  # (f, N, N, N)
-    resized = [_resize(v, model.apix, box) for v in vols]
-    apix = resized[0][1]
-    stack = np.stack([r[0] for r in resized])
-    labels = [f"flex3d axis {axis} z=" + ",".join(f"{v:.3f}" for v in z.tolist()) for z in zs]
-    paths, script = write_volume_series(stack, apix, out_dir, prefix=f"axis{axis}", labels=labels)
+    run = RunVolumes(run_dir)
+    zs = axis_latents(run.latents, axis, frames, sigma_range).numpy()
+    stack, apix, paths, script = write_latent_series(run, zs, out_dir, box=box, prefix=f"axis{axis}",
+                                                     label=f"flex3d axis {axis}")
     movie_path = write_series_movie(stack, Path(out_dir) / f"axis{axis}.mp4") if movie else None
-    return {"frames": paths, "script": script, "movie": movie_path, "latents": zs.numpy(), "apix": apix}
+    return {"frames": paths, "script": script, "movie": movie_path, "latents": zs, "apix": apix}

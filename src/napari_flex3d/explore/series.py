@@ -2,7 +2,9 @@
 
 ChimeraX opens numbered maps as one volume series with ``open frame_*.mrc vseries true``
 and plays it with ``vseries play``. The ``.cxc`` names its frames relative to itself:
-ChimeraX runs a command script from the script's own folder.
+ChimeraX runs a command script from the script's own folder. The movie frames' images
+(``projection_images``, ``to_uint8``) are shared with the napari explorer's movie export,
+so both scale a series' grey levels the same way. Imports numpy and ``io.mrc``.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_volume_series", "write_chimerax_series_script", "write_series_movie", "series_level"]
+__all__ = [
+    "write_volume_series", "write_chimerax_series_script", "write_series_movie", "series_level", "projection_images",
+    "to_uint8",
+]
 
 
 def series_level(volumes: np.ndarray) -> float:
@@ -64,10 +69,25 @@ def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str =
     return paths, script
 
 
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(frames, [0.5, 99.5])
-    scaled = (frames - lo) / (hi - lo if hi > lo else 1.0)
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """``images (f, h, w)`` as uint8, one grey scale for all frames (0.5 and 99.5 percentiles)
+    so that a moving density does not flicker in brightness."""
+    lo, hi = np.percentile(images, [0.5, 99.5])
+    scaled = (images - lo) / (hi - lo if hi > lo else 1.0)
     return (np.clip(scaled, 0.0, 1.0) * 255).astype(np.uint8)
+
+
+def projection_images(volumes: np.ndarray, view: str = "projection") -> np.ndarray:
+    """``(f, h, w)`` float32 images of a series ``(f, n, n, n)``: projections along z (or
+    central z slices), y up as in a plot."""
+    volumes = np.asarray(volumes, dtype=np.float32)
+    if view == "projection":
+        images = volumes.sum(axis=1)  # (f, h, w): along z
+    elif view == "slice":
+        images = volumes[:, volumes.shape[1] // 2]
+    else:
+        raise ValueError(f"view must be 'projection' or 'slice', got {view!r}")
+    return images[:, ::-1]
 
 
 def write_series_movie(volumes: np.ndarray, path, fps: int = 10, view: str = "projection", scale: int = 4) -> Path | None:
@@ -81,14 +101,7 @@ def write_series_movie(volumes: np.ndarray, path, fps: int = 10, view: str = "pr
         import imageio_ffmpeg  # noqa: F401  (the mp4 writer)
     except ImportError:
         return None
-    volumes = np.asarray(volumes, dtype=np.float32)
-    if view == "projection":
-        images = volumes.sum(axis=1)  # (f, h, w): along z
-    elif view == "slice":
-        images = volumes[:, volumes.shape[1] // 2]
-    else:
-        raise ValueError(f"view must be 'projection' or 'slice', got {view!r}")
-    images = _to_uint8(images[:, ::-1])  # y up
+    images = to_uint8(projection_images(volumes, view))
     images = np.kron(images, np.ones((1, scale, scale), np.uint8))  # nearest-neighbour enlargement
     pad = (-images.shape[1]) % 16  # codec-friendly size
     images = np.pad(images, ((0, 0), (0, pad), (0, pad)))

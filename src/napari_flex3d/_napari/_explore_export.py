@@ -1,0 +1,190 @@
+"""The explorer's exports: a movie along a path or axis, a volume series, a particle subset.
+
+The maps, the series files, the grey scale of the movie's projections and the subset
+writer are ``explore``'s (``RunVolumes``, ``write_latent_series``, ``projection_images`` /
+``to_uint8``, ``write_subset``), the same code the CLI runs; this module adds what only a
+GUI has: the latent plot with its cursor beside each movie frame, workers and dialogs.
+Imports Qt, napari's notifications, ``._workers`` and ``napari_flex3d.explore`` (its torch
+part, ``explore.generate``, only when a series is written).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from napari.utils.notifications import show_error, show_info
+from qtpy.QtWidgets import QFileDialog
+
+from ..explore.series import projection_images, to_uint8
+from ..explore.subsets import points_in_polygon, write_subset
+from ._workers import start_worker
+
+MOVIE_HEIGHT = 256  # pixels of a movie frame; the projection is enlarged by a whole factor
+
+
+class ExplorerExports:
+    """Mixin of ``LatentExplorerWidget``: ``export_movie``, ``export_series``, ``export_subset``.
+
+    Uses the host's ``run``, ``latents``, ``movie_latents``, ``preview_box``, ``plot``,
+    ``_from_latent``, ``_xy``, ``polygon``, ``session`` and ``status_label``; sets ``worker``
+    while it writes, then ``frames_written`` and ``movie_images`` (the movie's projections,
+    ``(f, h, w)`` uint8), ``series_written`` (``(frame paths, script)``) or ``selection``.
+    """
+
+    def _series_volumes(self, zs: np.ndarray, box: int | None):
+        for i, z in enumerate(zs):
+            yield i, z, self.run.volume(z, box=box)[0]
+
+    def export_movie(self, path, along: str | None = None, fps: int = 10, box: int | None = None) -> None:
+        """Write an mp4 or gif of the volume along the path (or an axis) beside the latent plot."""
+        if self.run is None:
+            show_error("napari-flex3d: open a trained run first")
+            return
+        path = Path(path)
+        if path.suffix.lower() not in (".mp4", ".gif"):
+            raise ValueError(f"{path}: a movie must be .mp4 or .gif")
+        zs = self.movie_latents(along)
+        projections, plots = [], []  # per frame, as they arrive: (h, w) float, (h', w', 3) uint8
+        self.status_label.setText(f"rendering {len(zs)} frames…")
+        state = {"finished": False, "written": False}
+
+        def maybe_write():
+            # frames and the end of the worker may arrive in either order (slots can nest)
+            if state["finished"] and not state["written"] and len(projections) == len(zs):
+                state["written"] = True
+                self.movie_images = to_uint8(np.stack(projections))  # one grey scale, as the CLI's movie
+                self._write_movie(path, [_compose_frame(img, plot) for img, plot in zip(self.movie_images, plots)], fps)
+                self.worker = None
+
+        def on_frame(item):
+            _, z, vol = item
+            projections.append(projection_images(vol[None])[0])
+            plots.append(self._plot_at(z))
+            self.status_label.setText(f"frame {len(projections)}/{len(zs)}")
+            maybe_write()
+
+        def on_done():
+            state["finished"] = True
+            maybe_write()
+
+        def on_error(exc):
+            state["written"] = True  # nothing to write
+            self.worker = None
+
+        box = min(box or self.preview_box, self.run.box)
+        self.worker = start_worker(
+            self._series_volumes, zs, box, yielded=on_frame, finished=on_done, errored=on_error
+        )
+
+    def _plot_at(self, z) -> np.ndarray:
+        """The latent plot with its cursor at ``z``, as ``(h, w, 3)`` uint8 RGB."""
+        x, y = self._from_latent(z)[0]
+        self.plot.set_cursor(x, y)
+        return _qimage_to_array(self.plot.grab().toImage())
+
+    def _write_movie(self, path: Path, frames: list[np.ndarray], fps: int) -> None:
+        import imageio.v2 as imageio
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.suffix.lower() == ".gif":
+            imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+        else:
+            imageio.mimsave(path, frames, fps=fps, codec="libx264", quality=7, macro_block_size=1)
+        self.frames_written = len(frames)
+        self.status_label.setText(f"wrote {path} ({len(frames)} frames)")
+        show_info(f"napari-flex3d: wrote {path}")
+
+    def export_series(self, folder, along: str | None = None, box: int | None = None) -> None:
+        """Write the volumes along the path (or an axis) as MRC files plus a ChimeraX ``.cxc``."""
+        if self.run is None:
+            show_error("napari-flex3d: open a trained run first")
+            return
+        zs = self.movie_latents(along)
+        run = self.run
+
+        def job():
+            from ..explore.generate import write_latent_series  # torch: not at plugin start-up
+
+            _, _, paths, script = write_latent_series(run, zs, folder, box=box, prefix="frame", label="flex3d")
+            return paths, script
+
+        def done(result):
+            self.series_written = result
+            self.status_label.setText(f"wrote {len(result[0])} maps and {Path(result[1]).name} to {folder}")
+
+        self.worker = start_worker(job, returned=done, finished=lambda: setattr(self, "worker", None))
+
+    def select_polygon(self) -> np.ndarray:
+        """Indices of the particles inside the drawn polygon (plot coordinates)."""
+        if len(self.polygon) < 3:
+            raise ValueError("draw a polygon first: choose 'lasso' and click three or more points")
+        self.selection = points_in_polygon(self._xy, np.array(self.polygon))
+        self.status_label.setText(f"{len(self.selection):,} particles selected")
+        return self.selection
+
+    def export_subset(self, path) -> Path:
+        """Write the particles inside the polygon as STAR or .cs (by suffix), pointing at the originals."""
+        ps = self.session.particles
+        if ps is None:
+            ps = getattr(self.run, "particles", None)
+        if ps is None:
+            raise ValueError("no particle set: load the particles in the Data and mesh widget")
+        if len(ps) != len(self.latents):
+            raise ValueError(f"{len(ps)} particles but {len(self.latents)} latents: not the run's particle set")
+        idx = self.select_polygon()
+        path = write_subset(ps, idx, path)
+        show_info(f"napari-flex3d: wrote {len(idx)} particles to {path}")
+        return path
+
+    # ------------------------------------------------------------------ dialogs
+    def _movie_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save movie", "movie.mp4", "Movie (*.mp4 *.gif)")
+        _report_errors(self.export_movie, path)
+
+    def _series_dialog(self):
+        folder = QFileDialog.getExistingDirectory(self, "Folder for the volume series")
+        _report_errors(self.export_series, folder)
+
+    def _subset_dialog(self):
+        path, _ = QFileDialog.getSaveFileName(self, "Save subset", "subset.star", "Particles (*.star *.cs)")
+        _report_errors(self.export_subset, path)
+
+
+def _report_errors(export, target) -> None:
+    """Run ``export(target)`` if a dialog gave a target; a refusal (``ValueError``) becomes a notification."""
+    if not target:
+        return
+    try:
+        export(target)
+    except ValueError as exc:
+        show_error(f"napari-flex3d: {exc}")
+
+
+def _compose_frame(image: np.ndarray, plot: np.ndarray, height: int = MOVIE_HEIGHT) -> np.ndarray:
+    """One ``(h, w, 3)`` uint8 frame: the projection ``image (h, w)`` uint8 beside the plot."""
+    rep = max(1, height // image.shape[0])
+    left = np.kron(image, np.ones((rep, rep), np.uint8))  # nearest-neighbour enlargement
+    left = np.repeat(left[..., None], 3, axis=2)
+    frame = np.concatenate([left, _resize_nearest(plot, left.shape[0])], axis=1)
+    h, w = frame.shape[:2]
+    return np.ascontiguousarray(frame[: h - h % 2, : w - w % 2])  # even sizes for yuv420p
+
+
+def _qimage_to_array(qimage) -> np.ndarray:
+    """A QImage as ``(h, w, 3)`` uint8 RGB."""
+    from qtpy.QtGui import QImage
+
+    img = qimage.convertToFormat(QImage.Format.Format_RGB888)
+    w, h, bpl = img.width(), img.height(), img.bytesPerLine()
+    buf = np.frombuffer(img.constBits().asstring(h * bpl) if hasattr(img.constBits(), "asstring") else img.constBits(), np.uint8)
+    return buf[: h * bpl].reshape(h, bpl)[:, : w * 3].reshape(h, w, 3).copy()
+
+
+def _resize_nearest(rgb: np.ndarray, height: int) -> np.ndarray:
+    """Nearest-neighbour resize of ``(h, w, 3)`` to ``height`` rows, keeping the aspect ratio."""
+    h, w = rgb.shape[:2]
+    width = max(2, int(round(w * height / h)))
+    rows = np.minimum((np.arange(height) * h / height).astype(int), h - 1)
+    cols = np.minimum((np.arange(width) * w / width).astype(int), w - 1)
+    return rgb[rows][:, cols]
