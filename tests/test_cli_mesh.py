@@ -37,7 +37,7 @@ def test_mesh_command_writes_a_mesh_with_weights_and_labels(tmp_path, capsys):
     centre_x = mesh.vertices_a[mesh.cells].mean(axis=1)[:, 0]
     w = mesh.rigidity_weights
     assert w is not None and w[centre_x < -6].mean() > 3 * w[centre_x > 6].mean()
-    m = mesh.deformation_mask
+    m = mesh.motion_mask
     assert m is not None and (m[mesh.vertices_a[:, 0] > 9 * APIX + 3] == 0).all()
     assert (m[mesh.vertices_a[:, 0] < 0] == 1).all()
 

@@ -105,7 +105,7 @@ def demo(out_dir, *, progress=True, **kwargs) -> dict:
 def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None, dilate_a=6.0, cell_size_a=None,
                rigidity_floor=RIGIDITY_FLOOR, rigid_labels=None, rigid_factor=10.0, no_motion_labels=None):
     """Solvent mask and tetrahedral mesh of a consensus map, with rigidity weights from its
-    density (and raised in ``rigid_labels``) and a deformation mask (0 in ``no_motion_labels``);
+    density (and raised in ``rigid_labels``) and a motion mask (0 in ``no_motion_labels``);
     saved to ``out`` (``.npz``). Returns ``(mesh, summary dict)``."""
     import numpy as np
 
@@ -113,7 +113,7 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
     from .mesh import (
         build_mesh as _build,
         cell_density_weights,
-        deformation_mask_from_labels,
+        motion_mask_from_labels,
         raise_rigid_cells,
         save_mesh,
         solvent_mask,
@@ -130,10 +130,10 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
     weights = cell_density_weights(mesh, mask.lowpassed, min_weight=rigidity_floor)
     if rigid_labels is not None:
         weights = raise_rigid_cells(mesh, weights, _labels(rigid_labels, vol.shape), factor=rigid_factor)
-    deformation = None
+    motion = None
     if no_motion_labels is not None:
-        deformation = deformation_mask_from_labels(mesh, _labels(no_motion_labels, vol.shape))
-    mesh = mesh.replace(rigidity_weights=weights, deformation_mask=deformation)
+        motion = motion_mask_from_labels(mesh, _labels(no_motion_labels, vol.shape))
+    mesh = mesh.replace(rigidity_weights=weights, motion_mask=motion)
     save_mesh(mesh, out)
     summary = {"map": str(map_path), "out": str(out), "threshold": mask.threshold_used,
                "mask_fraction": float(mask.binary.mean()), **mesh.summary()}

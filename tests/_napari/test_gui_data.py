@@ -108,9 +108,9 @@ def test_data_widget_loads_builds_saves_and_loads_a_mesh(make_napari_viewer, qtb
     viewer.layers[RIGID_LAYER].data[:, :, half:] = 1  # x >= centre: rigid
     painted = w.load_mesh(w.save_mesh(tmp_path / "painted.npz")) or w.mesh
     x_vox = painted.vertices_a[:, 0] / painted.apix + half  # vertex x in voxels
-    fixed = painted.deformation_mask == 0
+    fixed = painted.motion_mask == 0
     assert fixed.any() and np.all(x_vox[fixed] < half + 0.5)  # only painted vertices are fixed
-    assert np.all(painted.deformation_mask[x_vox > half + 1] == 1)
+    assert np.all(painted.motion_mask[x_vox > half + 1] == 1)
     cx = painted.centroids_a()[:, 0] / painted.apix + half
     right, left = cx > half + 2, cx < half - 2
     from napari_flex3d.mesh.rigidity import cell_density_weights

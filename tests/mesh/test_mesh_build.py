@@ -202,22 +202,24 @@ def test_save_load_round_trip(tmp_path, tetgen_mesh):
     rng = np.random.default_rng(0)
     mesh = tetgen_mesh.replace(
         rigidity_weights=rng.uniform(0.5, 1, tetgen_mesh.n_cells),
-        deformation_mask=(rng.uniform(size=tetgen_mesh.n_vertices) > 0.3).astype(np.float32),
+        motion_mask=(rng.uniform(size=tetgen_mesh.n_vertices) > 0.3).astype(np.float32),
     )
     path = save_mesh(mesh, tmp_path / "mesh.npz")
     back = load_mesh(path)
     np.testing.assert_array_equal(back.vertices_a, mesh.vertices_a)
     np.testing.assert_array_equal(back.cells, mesh.cells)
     np.testing.assert_array_equal(back.rigidity_weights, mesh.rigidity_weights)
-    np.testing.assert_array_equal(back.deformation_mask, mesh.deformation_mask)
+    np.testing.assert_array_equal(back.motion_mask, mesh.motion_mask)
     assert (back.box, back.apix, back.method, back.cell_size_a) == (mesh.box, mesh.apix, mesh.method, mesh.cell_size_a)
     assert back.vertices_a.dtype == np.float64 and back.cells.dtype == np.int64
     # Plain arrays only: loadable without pickle, metadata is JSON.
     with np.load(path, allow_pickle=False) as z:
         assert json.loads(str(z["meta_json"]))["format"] == "napari-flex3d mesh"
+        # the motion mask keeps the file key that meshes written before the rename carry
+        np.testing.assert_array_equal(z["deformation_mask"], mesh.motion_mask)
     # Without optional arrays too.
     back2 = load_mesh(save_mesh(tetgen_mesh, tmp_path / "plain"))
-    assert back2.rigidity_weights is None and back2.deformation_mask is None
+    assert back2.rigidity_weights is None and back2.motion_mask is None
 
 
 def test_load_rejects_other_files(tmp_path):

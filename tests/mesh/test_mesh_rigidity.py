@@ -11,7 +11,7 @@ from napari_flex3d.mesh import (
     RigidityPrior,
     build_grid_mesh,
     cell_density_weights,
-    deformation_mask_from_labels,
+    motion_mask_from_labels,
     raise_rigid_cells,
     rigidity_energy,
     signed_singular_values,
@@ -219,12 +219,12 @@ def test_rigid_labels_raise_weights_and_fixed_labels_zero_the_mask(tetgen_mesh):
     set_to = raise_rigid_cells(tetgen_mesh, w, labels, value=3.0)  # every label > 0
     assert np.all(set_to[(xc < -6.0) | (xc > 24.0)] == 3.0)
     assert np.all(set_to[(xc > 3.0) & (xc < 12.0)] == 0.5)
-    m = deformation_mask_from_labels(tetgen_mesh, labels, label_ids=[3])
+    m = motion_mask_from_labels(tetgen_mesh, labels, label_ids=[3])
     vx = tetgen_mesh.vertices_a[:, 0]
     assert m.dtype == np.float32 and m.shape == (tetgen_mesh.n_vertices,)
     np.testing.assert_array_equal(m, np.where(np.rint(vx / APIX) >= 6, 0.0, 1.0))
     with pytest.raises(ValueError, match="labels"):
-        deformation_mask_from_labels(tetgen_mesh, labels[:10])
+        motion_mask_from_labels(tetgen_mesh, labels[:10])
 
 
 def _saved_bytes(fn) -> int:

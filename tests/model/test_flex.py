@@ -190,11 +190,11 @@ def test_state_dict_round_trip(model, scene):
     torch.testing.assert_close(other.project(z, rot, sh), model.project(z, rot, sh))
 
 
-def test_deformation_mask_freezes_voxels(scene):
+def test_motion_mask_freezes_voxels(scene):
     vol, mask, mesh = scene
     torch.manual_seed(4)
     dmask = (mesh.vertices_a[:, 0] > 0).astype(np.float32)  # only the +x half may move
-    m = FlexModel.from_map(vol, APIX, mesh, mask, latent_dim=2, hidden=16, layers=2, deformation_mask=dmask,
+    m = FlexModel.from_map(vol, APIX, mesh, mask, latent_dim=2, hidden=16, layers=2, motion_mask=dmask,
                            init_std_a=1.0)
     z = torch.randn(3, 2)
     d = m.displacements(z)

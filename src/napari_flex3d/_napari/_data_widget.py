@@ -409,18 +409,18 @@ def painted(viewer, name: str) -> np.ndarray | None:
 def painted_mesh(viewer, mesh, density: np.ndarray | None = None, rigidity_floor: float = RIGIDITY_FLOOR):
     """``mesh`` with the viewer's painted masks applied (``mesh.rigidity``).
 
-    The no-motion layer gives the per-vertex deformation mask (0 on painted vertices);
+    The no-motion layer gives the per-vertex motion mask (0 on painted vertices);
     the rigid layer raises the rigidity weights of the painted cells (from the mesh's
     weights, or the density weights of ``density`` when the mesh has none).
     """
     no_motion, rigid = painted(viewer, NO_MOTION_LAYER), painted(viewer, RIGID_LAYER)
     if mesh is None or (no_motion is None and rigid is None):
         return mesh
-    from ..mesh.rigidity import cell_density_weights, deformation_mask_from_labels, raise_rigid_cells
+    from ..mesh.rigidity import cell_density_weights, motion_mask_from_labels, raise_rigid_cells
 
     changes = {}
     if no_motion is not None:
-        changes["deformation_mask"] = deformation_mask_from_labels(mesh, no_motion.astype(np.uint8))
+        changes["motion_mask"] = motion_mask_from_labels(mesh, no_motion.astype(np.uint8))
     if rigid is not None:
         base = mesh.rigidity_weights
         if base is None:

@@ -22,7 +22,7 @@ from .mesh import Mesh, load_mesh, mesh_edges, save_mesh, surface_triangles
 from .rigidity import (
     RigidityPrior,
     cell_density_weights,
-    deformation_mask_from_labels,
+    motion_mask_from_labels,
     raise_rigid_cells,
     rigidity_energy,
     signed_singular_values,
@@ -37,7 +37,7 @@ __all__ = [
     "build_grid_mesh",
     "build_mesh",
     "cell_density_weights",
-    "deformation_mask_from_labels",
+    "motion_mask_from_labels",
     "interpolate_vertex_field",
     "load_mesh",
     "locate_points",

@@ -321,7 +321,7 @@ def interpolate_vertex_field(
     Args:
         B: sparse ``(n, v)`` interpolation matrix from :func:`barycentric_matrix`.
         field: ``(b, v, c)`` or ``(v, c)`` per-vertex values (``c = 3`` for displacements).
-        vertex_mask: optional ``(v,)`` per-vertex deformation mask ``m`` multiplying
+        vertex_mask: optional ``(v,)`` per-vertex motion mask ``m`` multiplying
             ``field`` (0 where motion is forbidden).
 
     Returns:

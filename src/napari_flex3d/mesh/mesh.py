@@ -45,7 +45,7 @@ class Mesh:
         box: edge of the cubic box, voxels, of the map the mesh was built for.
         apix: voxel size of that map, Å.
         rigidity_weights: optional ``(t,)`` float32 per-cell rigidity weights ``w_j``.
-        deformation_mask: optional ``(v,)`` float32 per-vertex mask ``m`` in [0, 1]
+        motion_mask: optional ``(v,)`` float32 per-vertex mask ``m`` in [0, 1]
             (0 where motion is forbidden).
         method: how it was built (``"tetgen"``, ``"grid"`` or ``"user"``).
         cell_size_a: the target cell size (edge length) it was built with, Å.
@@ -56,7 +56,7 @@ class Mesh:
     box: int
     apix: float
     rigidity_weights: np.ndarray | None = None
-    deformation_mask: np.ndarray | None = None
+    motion_mask: np.ndarray | None = None
     method: str = "user"
     cell_size_a: float | None = None
     info: dict = field(default_factory=dict)
@@ -76,11 +76,11 @@ class Mesh:
             self.rigidity_weights = np.asarray(self.rigidity_weights, dtype=np.float32)
             if self.rigidity_weights.shape != (self.n_cells,):
                 raise ValueError(f"rigidity_weights must be ({self.n_cells},), got {self.rigidity_weights.shape}")
-        if self.deformation_mask is not None:
-            self.deformation_mask = np.asarray(self.deformation_mask, dtype=np.float32)
-            if self.deformation_mask.shape != (self.n_vertices,):
+        if self.motion_mask is not None:
+            self.motion_mask = np.asarray(self.motion_mask, dtype=np.float32)
+            if self.motion_mask.shape != (self.n_vertices,):
                 raise ValueError(
-                    f"deformation_mask must be ({self.n_vertices},), got {self.deformation_mask.shape}"
+                    f"motion_mask must be ({self.n_vertices},), got {self.motion_mask.shape}"
                 )
 
     @property
@@ -126,10 +126,10 @@ class Mesh:
             "cell_volume_a3_max": float(vols.max()) if len(vols) else 0.0,
             "edge_length_a_mean": float(lengths.mean()) if len(lengths) else 0.0,
             "has_rigidity_weights": self.rigidity_weights is not None,
-            "has_deformation_mask": self.deformation_mask is not None,
+            "has_motion_mask": self.motion_mask is not None,
         }
-        if self.deformation_mask is not None:
-            out["n_fixed_vertices"] = int((self.deformation_mask == 0).sum())
+        if self.motion_mask is not None:
+            out["n_fixed_vertices"] = int((self.motion_mask == 0).sum())
         return out
 
     def __repr__(self) -> str:
@@ -198,8 +198,8 @@ def save_mesh(mesh: Mesh, path) -> Path:
     arrays = {"vertices_a": mesh.vertices_a, "cells": mesh.cells, "meta_json": np.array(json.dumps(meta))}
     if mesh.rigidity_weights is not None:
         arrays["rigidity_weights"] = mesh.rigidity_weights
-    if mesh.deformation_mask is not None:
-        arrays["deformation_mask"] = mesh.deformation_mask
+    if mesh.motion_mask is not None:
+        arrays["deformation_mask"] = mesh.motion_mask  # the file's key since format 1: older readers keep reading it
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     np.savez(tmp, **arrays)
@@ -229,7 +229,7 @@ def load_mesh(path) -> Mesh:
         box=meta["box"],
         apix=meta["apix"],
         rigidity_weights=arrays.get("rigidity_weights"),
-        deformation_mask=arrays.get("deformation_mask"),
+        motion_mask=arrays.get("deformation_mask"),
         method=meta.get("method", "user"),
         cell_size_a=meta.get("cell_size_a"),
         info=meta.get("info", {}),

@@ -24,7 +24,7 @@ inverted with ``s2 = s3``, where the closest rotation is not unique).
 
 ``w_j`` is the cell's mean canonical density scaled so the densest cell is 1, floored at
 a minimum (cryoSPARC: 0.5), then raised for cells the user marked rigid. A per-vertex
-deformation mask ``m`` (0 where motion is forbidden, e.g. a micelle) comes from a label
+motion mask ``m`` (0 where motion is forbidden, e.g. a micelle) comes from a label
 volume the user paints.
 """
 
@@ -48,7 +48,7 @@ __all__ = [
     "cell_sample_points",
     "cell_density_weights",
     "raise_rigid_cells",
-    "deformation_mask_from_labels",
+    "motion_mask_from_labels",
 ]
 
 
@@ -402,8 +402,8 @@ def raise_rigid_cells(
     return w
 
 
-def deformation_mask_from_labels(mesh: Mesh, labels: np.ndarray, label_ids=None) -> np.ndarray:
-    """Per-vertex deformation mask ``(v,)`` float32: 0 at vertices whose nearest voxel carries a
+def motion_mask_from_labels(mesh: Mesh, labels: np.ndarray, label_ids=None) -> np.ndarray:
+    """Per-vertex motion mask ``(v,)`` float32: 0 at vertices whose nearest voxel carries a
     selected label (motion forbidden there, e.g. a micelle), 1 elsewhere (outside the box too).
 
     Args:

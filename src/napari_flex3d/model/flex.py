@@ -142,7 +142,7 @@ class FlexModel(nn.Module):
         hidden: int = 64,
         layers: int = 6,
         lowpass_a: float | None = None,
-        deformation_mask=None,
+        motion_mask=None,
         rigidity_weights=None,
         rigidity_floor: float = RIGIDITY_FLOOR,
         kernel: str = "cubic",
@@ -151,16 +151,16 @@ class FlexModel(nn.Module):
         """Build a model from a consensus map ``(N, N, N)``, its ``apix``, a mesh and a solvent mask.
 
         ``mesh`` is a ``mesh.mesh.Mesh`` (or anything with ``vertices_a (v, 3)``, ``cells
-        (t, 4)`` and optional ``rigidity_weights``/``deformation_mask``) in the same Å frame.
-        ``deformation_mask (v,)`` and ``rigidity_weights (t,)`` override the mesh's; without
+        (t, 4)`` and optional ``rigidity_weights``/``motion_mask``) in the same Å frame.
+        ``motion_mask (v,)`` and ``rigidity_weights (t,)`` override the mesh's; without
         either, rigidity weights come from the low-passed map (:func:`cell_density_weights`,
         floored at ``rigidity_floor``). The map and mask must be at the training box.
         """
         canonical = CanonicalMap.from_volume(consensus, mask, apix, lowpass_a=lowpass_a)
         vertices = torch.as_tensor(np.asarray(mesh.vertices_a), dtype=torch.float32)
         cells = torch.as_tensor(np.asarray(mesh.cells), dtype=torch.long)
-        if deformation_mask is None:
-            deformation_mask = getattr(mesh, "deformation_mask", None)
+        if motion_mask is None:
+            motion_mask = getattr(mesh, "motion_mask", None)
         if rigidity_weights is None:
             rigidity_weights = getattr(mesh, "rigidity_weights", None)
         if rigidity_weights is None:
@@ -173,7 +173,7 @@ class FlexModel(nn.Module):
             vertices.shape[0],
             hidden=hidden,
             layers=layers,
-            vertex_mask=None if deformation_mask is None else torch.as_tensor(np.asarray(deformation_mask)),
+            vertex_mask=None if motion_mask is None else torch.as_tensor(np.asarray(motion_mask)),
             init_std_a=init_std_a,
         )
         bary_index, bary_weight = barycentric_rows(mesh, canonical.points_xyz_a)
@@ -193,8 +193,8 @@ class FlexModel(nn.Module):
         return self.flow.latent_dim
 
     @property
-    def deformation_mask(self) -> torch.Tensor:
-        """``(v,)`` per-vertex deformation mask (a buffer of the flow generator)."""
+    def motion_mask(self) -> torch.Tensor:
+        """``(v,)`` per-vertex motion mask (a buffer of the flow generator)."""
         return self.flow.vertex_mask
 
     # ------------------------------------------------------------------ the model

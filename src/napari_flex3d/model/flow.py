@@ -4,7 +4,7 @@ A room of ``model``; it imports torch only.
 
 An MLP ``K -> H x L (ReLU) -> 3 v`` whose last layer is linear without bias and starts
 near zero, so a fresh model is (almost) the rigid model (paper §2, "Flow generator").
-A per-vertex deformation mask ``m in [0, 1]`` multiplies the displacements, so masked
+A per-vertex motion mask ``m in [0, 1]`` multiplies the displacements, so masked
 vertices (e.g. a micelle) never move. Voxel flow is the exact linear FEM interpolation
 of these vertex displacements (:func:`interpolate_vertex_flow`).
 """
@@ -29,7 +29,7 @@ class FlowGenerator(nn.Module):
     hidden, layers
         Width ``H`` and count ``L`` of the hidden ReLU layers (cryoSPARC: 64 x 6).
     vertex_mask
-        ``(v,)`` deformation mask in [0, 1]; ``None`` lets every vertex move.
+        ``(v,)`` motion mask in [0, 1]; ``None`` lets every vertex move.
     init_std_a
         Standard deviation of the final layer's weights: with ``z ~ N(0, 1)`` the first
         displacements are of order ``init_std_a * sqrt(H)`` Å at most (near zero), but
