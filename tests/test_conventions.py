@@ -1,4 +1,4 @@
-"""DESIGN.md section 1 checked against RELION's own projections and cryoSPARC/cryoDRGN.
+"""The conventions (docs/conventions.md) checked against RELION's own projections and cryoSPARC/cryoDRGN.
 
 The oracle: ``relion_project --pad 2 --ctf`` projected ``pointmass.mrc`` (one voxel,
 17 voxels along +x from the centre) at the poses, shifts and CTFs of
@@ -156,7 +156,7 @@ def test_euler_matrix_matches_relion_and_cryodrgn():
     for e, a in zip(angles, ours):
         np.testing.assert_allclose(a, _relion_euler_angles2matrix(*e), atol=1e-12)
         np.testing.assert_allclose(a, _cryodrgn_r_from_relion(*e), atol=1e-12)
-    # STACK.md: torch-fourier-slice's R = scipy ZYZ(rot, tilt, psi) is A^T
+    # torch-fourier-slice's R = scipy ZYZ(rot, tilt, psi) is A^T
     r = Rotation.from_euler("ZYZ", angles, degrees=True).as_matrix()
     np.testing.assert_allclose(np.swapaxes(r, -1, -2), ours, atol=1e-12)
 

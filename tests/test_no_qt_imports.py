@@ -1,4 +1,4 @@
-"""The headless library must never pull in Qt or napari (STYLE.md: only _napari/ may)."""
+"""The headless library must never pull in Qt or napari (only _napari/ may; docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 A simulated molecule with ``motion="none"`` (every particle at the rest state; 1,500
 particles, box 32, SNR 0.3) is trained by the real :func:`train_run` (K=1, 2 epochs, one
-of them warm-up, as in tests/training/test_learns_hinge.py), then the flex and the rigid
+of them warm-up), then the flex and the rigid
 half maps are solved by the same L-BFGS solver (:func:`solve_half_maps`).
 
 The bound on the FSC difference: for a shell with ``n`` Fourier coefficients the FSC's
