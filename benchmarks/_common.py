@@ -98,7 +98,7 @@ def peak_memory_gb(device="cpu") -> float:
 
     if torch.device(device).type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # KiB -> GB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
 
 
 def rss_bytes() -> int:

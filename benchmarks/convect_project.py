@@ -38,7 +38,9 @@ import torch
 import torch.nn.functional as F
 
 from napari_flex3d.conventions import euler_to_matrix, voxel_grid_xyz_a
+from napari_flex3d.ops.fourier import frequency_radius_grid
 from napari_flex3d.ops.splat import convect_project, convect_volume
+from _common import rss_bytes, sync
 
 APIX_AT_64 = 3.0  # Å per voxel at box 64 (a ~190 Å box); box 128 halves it
 
@@ -167,29 +169,19 @@ STEPS = {"fused": fused_step, "naive": naive_step}
 # ----------------------------------------------------------------------------- measuring
 
 
-def _sync(device):
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def time_step(step, model, batch, backward: bool, repeats: int, device) -> float:
     """Median seconds per call (after one warm-up)."""
     step(model, *batch, backward)
     model.zero_grad(set_to_none=True)
     times = []
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         step(model, *batch, backward)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
         model.zero_grad(set_to_none=True)
     return float(np.median(times))
-
-
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as fh:
-        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def save_model(model, info: dict, path: str) -> None:
@@ -239,13 +231,13 @@ def peak_memory_here(path: str, model, b: int, device: str) -> int:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except OSError:
         pass
-    base = _rss_bytes()
+    base = rss_bytes()
     peak = [base]
     done = threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
+            peak[0] = max(peak[0], rss_bytes())
             time.sleep(0.0005)
 
     thread = threading.Thread(target=sample, daemon=True)
@@ -253,7 +245,7 @@ def peak_memory_here(path: str, model, b: int, device: str) -> int:
     STEPS[path](model, *batch, True)
     done.set()
     thread.join()
-    peak[0] = max(peak[0], _rss_bytes())
+    peak[0] = max(peak[0], rss_bytes())
     return int(peak[0] - base)
 
 
@@ -276,7 +268,7 @@ def frc_accuracy(box: int = 48, n_poses: int = 5) -> dict:
     gen = torch.Generator().manual_seed(0)
     radius = voxel_grid_xyz_a(box, 1.0).norm(dim=-1)
     vol = torch.randn((box,) * 3, generator=gen) * ((0.38 * box - radius) / 3).clamp(0, 1)
-    freq = torch.stack(torch.meshgrid(*[torch.fft.fftfreq(box)] * 3, indexing="ij"), -1).norm(dim=-1)
+    freq = frequency_radius_grid((box,) * 3, rfft=False)  # cycles per pixel
     vol = torch.fft.ifftn(torch.fft.fftn(vol) * (freq <= 0.45)).real  # signal to 0.9 Nyquist
     rng = np.random.default_rng(1)
     angles = rng.uniform([-180, 0, -180], [180, 180, 180], size=(n_poses, 3))

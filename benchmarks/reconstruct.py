@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import sys
 import tempfile
 import time
@@ -40,10 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from _common import peak_memory_gb  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -165,7 +161,7 @@ def main(argv=None) -> dict:
         "simulate_s": t_sim,
         "reconstruct_s": t_rec,
         "reconstruct_cpu_s": cpu_rec,
-        "peak_rss_mb": _peak_rss_mb(),
+        "peak_rss_mb": peak_memory_gb("cpu") * 1e3,
         "threads": torch.get_num_threads(),
         "load_average_1min": os.getloadavg()[0],
         "rec_dir": str(rec_dir),

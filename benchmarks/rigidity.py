@@ -24,8 +24,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
+
+from _common import best_time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
@@ -148,16 +149,7 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
 
     def timed(fn, repeats=None):
-        best = float("inf")
-        for _ in range(repeats or a.repeats):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            fn()
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        return best
+        return best_time(fn, device, repeats or a.repeats)
 
     print(f"device {device}, {torch.get_num_threads()} thread(s); best of {a.repeats}")
     for batch, cells_across in [] if a.dense_only else [(128, 5), (256, 7)]:
