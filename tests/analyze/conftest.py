@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-JUNK_ROWS = np.array([3, 50, 77, 120, 151, 190])  # particles whose signal is replaced by its negative (junk)
+JUNK_ROWS = np.array([3, 50, 77, 120, 151, 190])  # particles with a contaminant (junk) beside them
 
 
 @pytest.fixture(scope="session")
 def hinge_sim(tmp_path_factory) -> Path:
-    """200 hinge particles at box 24 (8 Å/px, SNR 0.3); in ``JUNK_ROWS`` the contrast is flipped."""
+    """200 hinge particles at box 24 (8 Å/px, SNR 0.3); the ``JUNK_ROWS`` images get a blob the model
+    cannot explain (8 noise sds high, 2 px wide, off-centre: ice or a neighbour)."""
     import mrcfile
 
     from napari_flex3d.simulate.dataset import simulate_dataset
@@ -20,7 +21,10 @@ def hinge_sim(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("analyze_sim")
     simulate_dataset(out, n_particles=200, box=24, apix=8.0, snr=0.3, motion="hinge", seed=0)
     with mrcfile.mmap(out / "particles.mrcs", mode="r+") as m:
-        m.data[JUNK_ROWS] *= -1.0  # the background stays noise, the particle is the wrong way round
+        sd = float(np.std(m.data))
+        yy, xx = np.mgrid[:24, :24]
+        blob = np.exp(-((xx - 6.0) ** 2 + (yy - 7.0) ** 2) / (2 * 2.0**2)).astype(np.float32)
+        m.data[JUNK_ROWS] += 8.0 * sd * blob  # a sign flip would not do: the residual fits a per-image scale
     return out
 
 
@@ -39,3 +43,9 @@ def trained_run(hinge_sim, tmp_path_factory) -> Path:
     for _ in train_run(config, out):
         pass
     return out
+
+
+@pytest.fixture(scope="session")
+def junk_rows() -> np.ndarray:
+    """The rows of :func:`hinge_sim` with a contaminant."""
+    return JUNK_ROWS

@@ -1,0 +1,83 @@
+"""``flex3d analyze RUN`` end to end on a short trained run: files, subsets, outliers, the report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from napari_flex3d.analyze.compare import particle_names
+from napari_flex3d.analyze.html import render_page
+from napari_flex3d.cli import main
+from napari_flex3d.io.particles import read_particles
+
+
+@pytest.fixture(scope="module")
+def analysis(trained_run, hinge_sim, tmp_path_factory):
+    import starfile
+
+    other = tmp_path_factory.mktemp("other")
+    data = starfile.read(hinge_sim / "particles.star", always_dict=True)
+    block = data["particles"]
+    block["rlnOtherLatent1"] = np.arange(len(block), dtype=float)
+    data["particles"] = block.iloc[::-1].reset_index(drop=True)  # another tool's file, rows reversed
+    starfile.write(data, other / "other.star")
+    out = trained_run / "analysis"
+    rc = main(["analyze", str(trained_run), "--clusters", "3", "--compare", f"{other / 'other.star'}::rlnOtherLatent",
+               "--quiet"])
+    assert rc == 0
+    return out, hinge_sim
+
+
+def test_files_are_written(analysis):
+    out, _ = analysis
+    for name in ("report.html", "particles.csv", "artefacts.csv", "landscape.png", "clusters.csv", "cluster_00.mrc",
+                 "cluster_00.star", "outliers.txt", "particles_without_outliers.star", "displacement_z1.mrc",
+                 "strain_z2.mrc", "motion.csv", "compare_other.csv", "summary.json"):
+        assert (out / name).is_file(), name
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 6 and "<script" not in html
+
+
+def test_cluster_subset_reads_back_as_its_particles(analysis):
+    out, sim = analysis
+    table = pd.read_csv(out / "particles.csv")
+    ps = read_particles(sim / "particles.star")
+    names = particle_names(ps)
+    counts = pd.read_csv(out / "clusters.csv")["particles"].tolist()
+    for c in range(3):
+        subset = read_particles(out / f"cluster_{c:02d}.star")
+        members = np.flatnonzero(table["cluster"].to_numpy() == c)
+        assert len(subset) == counts[c] == len(members)
+        assert particle_names(subset).tolist() == names[members].tolist()
+        np.testing.assert_allclose(subset.rotations, ps.rotations[members], atol=1e-5)
+
+
+def test_junk_particles_are_the_outliers(analysis, junk_rows):
+    out, sim = analysis
+    table = pd.read_csv(out / "particles.csv")
+    junk = np.zeros(len(table), bool)
+    junk[junk_rows] = True
+    res = table["residual"].to_numpy()
+    assert 0.8 < np.median(res[~junk]) < 1.5  # the rest fit down to about the noise
+    assert res[junk].min() > np.percentile(res[~junk], 95)  # the flipped ones fit worse than 95 % of the rest
+    listed = set(np.loadtxt(out / "outliers.txt", dtype=int, ndmin=1).tolist())
+    assert set(junk_rows.tolist()) <= listed
+    kept = read_particles(out / "particles_without_outliers.star")
+    assert len(kept) == len(table) - len(listed)
+    assert not set(particle_names(kept)) & set(particle_names(read_particles(sim / "particles.star"))[sorted(listed)])
+
+
+def test_comparison_matches_by_name(analysis):
+    out, _ = analysis
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["compare"][0]["matched"] == summary["n_particles"]
+    assert summary["clusters"]["n"] == 3 and sum(summary["clusters"]["counts"]) == summary["n_particles"]
+
+
+def test_report_escapes_users_text():
+    page = render_page("t", [("p", "<script>alert(1)</script>"),
+                             ("table", pd.DataFrame({"<img src=x onerror=alert(1)>": ["<b>"]}))])
+    assert "<script>" not in page and "<img src=x" not in page and "&lt;script&gt;" in page
