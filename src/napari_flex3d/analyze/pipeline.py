@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -77,59 +78,65 @@ def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compa
     run_dir = Path(run_dir)
     out = Path(out_dir) if out_dir is not None else run_dir / "analysis"
     out.mkdir(parents=True, exist_ok=True)
-    timings, t0 = {}, time.perf_counter()
-    volumes = RunVolumes(run_dir, device=device)
-    config = _config(run_dir)
-    ps, particle_file = _read_particles(config, particles)
-    z = volumes.latents.astype(np.float64)
-    if len(z) != len(ps):
-        raise ValueError(f"{run_dir}: {len(z)} latents but {len(ps)} particles in {particle_file}")
-    timings["read"] = time.perf_counter() - t0
-
+    clock = _Clock()
+    with clock("read"):
+        volumes = RunVolumes(run_dir, device=device)
+        config = _config(run_dir)
+        ps, particle_file = _read_particles(config, particles)
+        z = volumes.latents.astype(np.float64)
+        if len(z) != len(ps):
+            raise ValueError(f"{run_dir}: {len(z)} latents but {len(ps)} particles in {particle_file}")
     say("per-particle residuals")
-    t = time.perf_counter()
-    rbox = residual_box_for(config, volumes.box, residual_box)
-    residual = particle_residuals(run_dir, ps, z, box=rbox, batch=batch, device=device)
-    timings["residual"] = time.perf_counter() - t
-    table = particle_table(z, ps, residual)
+    with clock("residual"):
+        rbox = residual_box_for(config, volumes.box, residual_box)
+        residual = particle_residuals(run_dir, ps, z, box=rbox, batch=batch, device=device)
+        table = particle_table(z, ps, residual)
     blocks = [("p", f"Run {run_dir}: {len(ps)} particles from {particle_file}, K = {z.shape[1]} latent "
                     f"dimensions, training box {volumes.box} ({volumes.apix:.3g} Å/px).")]
     summary = {"run": str(run_dir), "out": str(out), "n_particles": len(ps), "latent_dim": int(z.shape[1]),
                "residual_box": rbox}
-
     say("pose and defocus artefacts")
-    t = time.perf_counter()
-    blocks += _artefacts(table, out, artefact_threshold, summary)
-    timings["artefacts"] = time.perf_counter() - t
-
+    with clock("artefacts"):
+        blocks += _artefacts(table, out, artefact_threshold, summary)
     say("landscape and clusters")
-    t = time.perf_counter()
-    blocks += _landscape(z, table, ps, volumes, out, clusters, summary)
-    timings["clusters"] = time.perf_counter() - t
-
+    with clock("clusters"):
+        blocks += _landscape(z, table, ps, volumes, out, clusters, summary)
     say("outliers")
-    t = time.perf_counter()
-    blocks += _outliers(table, ps, out, outlier_z, summary)
-    timings["outliers"] = time.perf_counter() - t
-
+    with clock("outliers"):
+        blocks += _outliers(table, ps, out, outlier_z, summary)
     if compare:
         say("comparison with other tools")
-        t = time.perf_counter()
-        blocks += _compare(z, ps, compare, particle_file, out, summary)
-        timings["compare"] = time.perf_counter() - t
-
+        with clock("compare"):
+            blocks += _compare(z, ps, compare, particle_file, out, summary)
     say("displacement and strain")
-    t = time.perf_counter()
-    blocks += _motion(volumes, z, out, labels, sigma_range, summary)
-    timings["motion"] = time.perf_counter() - t
-
+    with clock("motion"):
+        blocks += _motion(volumes, z, out, labels, sigma_range, summary)
     table.to_csv(out / "particles.csv", index_label="row")
-    summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
-    summary["timings_s"]["total"] = round(time.perf_counter() - t0, 3)
+    summary["timings_s"], summary["cpu_s"] = clock.totals()
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     write_page(out / "report.html", "napari-flex3d analysis", blocks)
     say(f"wrote {out / 'report.html'}")
     return summary
+
+
+class _Clock:
+    """Wall and CPU seconds per stage. The CPU time is this process's (all its threads): on a
+    shared machine the wall time includes waiting for the cores, the CPU time does not."""
+
+    def __init__(self):
+        self.wall, self.cpu = {}, {}
+        self._start = (time.perf_counter(), time.process_time())
+
+    @contextmanager
+    def __call__(self, name: str):
+        t, c = time.perf_counter(), time.process_time()
+        yield
+        self.wall[name], self.cpu[name] = time.perf_counter() - t, time.process_time() - c
+
+    def totals(self) -> tuple[dict, dict]:
+        wall = {k: round(v, 3) for k, v in self.wall.items()} | {"total": round(time.perf_counter() - self._start[0], 3)}
+        cpu = {k: round(v, 3) for k, v in self.cpu.items()} | {"total": round(time.process_time() - self._start[1], 3)}
+        return wall, cpu
 
 
 def _config(run_dir: Path):

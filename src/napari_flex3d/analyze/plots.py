@@ -36,7 +36,8 @@ def _save(fig, path) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    fig.tight_layout()
+    # fixed margins: tight_layout measured every label's extent and took most of a figure's time
+    fig.subplots_adjust(left=0.08, right=0.95, bottom=0.12, top=0.92, wspace=0.5, hspace=0.5)
     fig.savefig(path, dpi=72)
     plt.close(fig)
     return path
