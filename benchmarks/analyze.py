@@ -16,8 +16,11 @@ plots in "artefacts" are capped at 20,000 points and scale less).
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the flex3d command sets it: idle threads sleep
 
 from _common import parser, src_on_path
 
