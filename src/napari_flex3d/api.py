@@ -167,14 +167,14 @@ def particle_table(run_dir, *, particles=None, residual=False, residual_box=None
     half set, file columns; ``residual=True`` adds the whitened residual): for colouring the
     latent scatter by anything."""
     from .analyze.covariates import particle_table as _table
-    from .analyze.pipeline import _read_particles, residual_box_for
+    from .analyze.pipeline import read_run_particles, residual_box_for
     from .analyze.residuals import particle_residuals
-    from .model.run import final_latents, load_run
+    from .model.run import load_run
 
-    config = load_run(run_dir).config
-    ps, _ = _read_particles(config, particles)
-    z = final_latents(run_dir)
+    run = load_run(run_dir)
+    ps, _ = read_run_particles(run.config, particles)
+    z = run.latents.numpy()
     res = None
     if residual:
-        res = particle_residuals(run_dir, ps, z, box=residual_box_for(config, 10**6, residual_box))
+        res = particle_residuals(run_dir, ps, z, box=residual_box_for(run.config, run.model.box, residual_box))
     return _table(z, ps, res)

@@ -33,8 +33,8 @@ def analysis(trained_run, hinge_sim, tmp_path_factory):
 
 def test_files_are_written(analysis):
     out, _ = analysis
-    for name in ("report.html", "particles.csv", "artefacts.csv", "landscape.png", "clusters.csv", "cluster_00.mrc",
-                 "cluster_00.star", "outliers.txt", "particles_without_outliers.star", "displacement_z1.mrc",
+    for name in ("report.html", "particles.csv", "artefacts.csv", "landscape.png", "clusters.csv", "clusters/cluster_000.mrc",
+                 "clusters/cluster_000.star", "clusters/series.cxc", "outliers.txt", "particles_without_outliers.star", "displacement_z1.mrc",
                  "strain_z2.mrc", "motion.csv", "compare_other.csv", "summary.json"):
         assert (out / name).is_file(), name
     html = (out / "report.html").read_text()
@@ -48,7 +48,7 @@ def test_cluster_subset_reads_back_as_its_particles(analysis):
     names = particle_names(ps)
     counts = pd.read_csv(out / "clusters.csv")["particles"].tolist()
     for c in range(3):
-        subset = read_particles(out / f"cluster_{c:02d}.star")
+        subset = read_particles(out / "clusters" / f"cluster_{c:03d}.star")
         members = np.flatnonzero(table["cluster"].to_numpy() == c)
         assert len(subset) == counts[c] == len(members)
         assert particle_names(subset).tolist() == names[members].tolist()
@@ -81,3 +81,23 @@ def test_report_escapes_users_text():
     page = render_page("t", [("p", "<script>alert(1)</script>"),
                              ("table", pd.DataFrame({"<img src=x onerror=alert(1)>": ["<b>"]}))])
     assert "<script>" not in page and "<img src=x" not in page and "&lt;script&gt;" in page
+
+
+def test_api_particle_table_is_the_report_table(analysis, trained_run):
+    from napari_flex3d import api
+
+    out, _ = analysis
+    table = api.particle_table(trained_run)
+    saved = pd.read_csv(out / "particles.csv")
+    np.testing.assert_allclose(table[["z1", "z2", "defocus_a", "view_z"]], saved[["z1", "z2", "defocus_a", "view_z"]],
+                               rtol=1e-6)
+
+
+def test_robust_threshold_is_where_robust_z_crosses():
+    from napari_flex3d.analyze.residuals import outlier_mask, robust_threshold, robust_z
+
+    x = np.concatenate([np.random.default_rng(0).normal(1.0, 0.1, 1000), [5.0, 6.0]])
+    np.testing.assert_allclose(robust_threshold(x, 3.5), np.median(x) + 3.5 * np.median(np.abs(x - np.median(x))) / 0.6745)
+    assert abs(robust_threshold(x, 0.0) - 1.0) < 0.02 and robust_threshold(x, 3.5) < 1.5  # the two outliers do not pull it
+    assert robust_z(np.append(x, robust_threshold(x, 3.5)))[-1] == pytest.approx(3.5, abs=0.05)  # the same scale (one more value moves the median a little)
+    assert outlier_mask(x, np.zeros_like(x)).nonzero()[0].tolist()[-2:] == [1000, 1001]

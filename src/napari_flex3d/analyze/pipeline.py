@@ -6,8 +6,9 @@ writes into ``RUN/analysis`` (or ``out_dir``):
 - ``particles.csv``: one row per particle (latents, defocus, angles, viewing direction,
   optics group, half set, file columns, residual, outlier flag, cluster);
 - ``artefacts.csv``, ``artefacts.png``: each axis's Spearman with defocus and pose;
-- ``landscape.png``, ``bic.png``, ``clusters.csv``, ``cluster_NN.mrc`` (the convected map
-  at the centre) and ``cluster_NN.star`` (``.cs`` too for a ``.cs`` input);
+- ``landscape.png``, ``bic.png``, ``clusters.csv``, ``clusters/cluster_NNN.mrc`` (the
+  convected map at each centre, with ``series.cxc`` for ChimeraX) and
+  ``clusters/cluster_NNN.star`` (``.cs`` too for a ``.cs`` input);
 - ``outliers.png``, ``outliers.txt`` (0-based rows), ``particles_without_outliers.star``;
 - ``compare_<name>.csv`` / ``.png`` per ``--compare`` source;
 - ``displacement_zK.mrc``, ``strain_zK.mrc``, ``motion.csv``, ``regions.csv`` (with labels);
@@ -35,9 +36,9 @@ from .covariates import ARTEFACT_SPEARMAN, latent_columns, particle_table, pose_
 from .html import write_page
 from .landscape import cluster_latents, log_density, projections
 from .motion import SIGMA_RANGE, axis_motion, region_table
-from .residuals import OUTLIER_Z, outlier_mask, particle_residuals, robust_z
+from .residuals import OUTLIER_Z, outlier_mask, particle_residuals, robust_threshold, robust_z
 
-__all__ = ["DEFAULT_RESIDUAL_BOX", "analyze_run", "residual_box_for"]
+__all__ = ["DEFAULT_RESIDUAL_BOX", "analyze_run", "read_run_particles", "residual_box_for"]
 
 DEFAULT_RESIDUAL_BOX = 64  # the residual's box when the run has no latent box: ~(64/128)^3 = 1/8 of the cost at 128
 
@@ -52,7 +53,9 @@ def residual_box_for(config, training_box: int, box=None) -> int:
     return min(training_box, DEFAULT_RESIDUAL_BOX)
 
 
-def _read_particles(config, particles):
+def read_run_particles(config, particles=None):
+    """``(ParticleSet, path)``: the particles a run trained on (its settings' file, cut to its half
+    set and particle limit), or the same rows from ``particles`` (a moved or converted file)."""
     from ..training.run_state import read_inputs
 
     if particles is not None:
@@ -82,7 +85,7 @@ def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compa
     with clock("read"):
         volumes = RunVolumes(run_dir, device=device)
         config = _config(run_dir)
-        ps, particle_file = _read_particles(config, particles)
+        ps, particle_file = read_run_particles(config, particles)
         z = volumes.latents.astype(np.float64)
         if len(z) != len(ps):
             raise ValueError(f"{run_dir}: {len(z)} latents but {len(ps)} particles in {particle_file}")
@@ -181,8 +184,8 @@ def _new_file_columns(table, shown: dict, limit: int) -> dict:
 
 
 def _landscape(z, table, ps, volumes, out, clusters, summary) -> list:
+    from ..explore.generate import write_latent_series
     from ..explore.subsets import write_subset
-    from ..io.mrc import write_map
 
     views = projections(z)
     result = cluster_latents(z, clusters)
@@ -194,23 +197,25 @@ def _landscape(z, table, ps, volumes, out, clusters, summary) -> list:
         centres.append(_centres_in_view(result.centres, z, xl, yl))
     dens = plots.density_figure(panels, out / "landscape.png", centres)
     bic = plots.bic_figure(result.bic, len(result.centres), out / "bic.png")
-    rows = []
+    # the centres' maps as a series ChimeraX plays (clusters/series.cxc), the subsets beside them
+    _, _, maps, _ = write_latent_series(volumes, result.centres, out / "clusters", prefix="cluster",
+                                        label="flex3d cluster centre")
     suffixes = [".star"] + ([".cs"] if ps.records is not None else [])
+    rows = []
     for c, centre in enumerate(result.centres):
         members = np.flatnonzero(result.labels == c)
-        vol, apix = volumes.volume(centre)
-        write_map(out / f"cluster_{c:02d}.mrc", vol, apix, label=f"flex3d cluster {c} centre")
         for suffix in suffixes:
             if len(members):
-                write_subset(ps, members, out / f"cluster_{c:02d}{suffix}")
+                write_subset(ps, members, out / "clusters" / f"{maps[c].stem}{suffix}")
         rows.append({"cluster": c, "particles": int(len(members)),
-                     **{f"z{i + 1}": float(v) for i, v in enumerate(centre)}, "map": f"cluster_{c:02d}.mrc"})
+                     **{f"z{i + 1}": float(v) for i, v in enumerate(centre)}, "map": f"clusters/{maps[c].name}"})
     frame = pd.DataFrame(rows)
     frame.to_csv(out / "clusters.csv", index=False)
     summary["clusters"] = {"method": result.method, "n": len(result.centres), "counts": result.counts.tolist(),
                            "bic": [None if np.isnan(b) else float(b) for b in result.bic]}
     text = (f"{len(result.centres)} clusters ({'Gaussian mixture, size chosen by the BIC' if result.method == 'gmm' else 'k-means'}"
-            f"); each centre's convected map is cluster_NN.mrc and its particles cluster_NN.star.")
+            f"); each centre's convected map is clusters/cluster_NNN.mrc (clusters/series.cxc plays them in "
+            f"ChimeraX) and its particles clusters/cluster_NNN.star.")
     return [("h2", "2. Landscape and clusters"), ("img", dens), ("p", text), ("table", frame), ("img", bic)]
 
 
@@ -237,7 +242,7 @@ def _outliers(table, ps, out, z_threshold, summary) -> list:
     kept = np.flatnonzero(~mask)
     if len(kept):
         write_star(ps.subset(kept), out / "particles_without_outliers.star")
-    thresholds = {"residual": _threshold_value(residual, z_threshold), "latent_norm": _threshold_value(norm, z_threshold)}
+    thresholds = {"residual": robust_threshold(residual, z_threshold), "latent_norm": robust_threshold(norm, z_threshold)}
     png = plots.histogram_figure({"residual": residual, "latent_norm": norm}, thresholds, out / "outliers.png")
     summary["outliers"] = {"n": int(mask.sum()), "robust_z": z_threshold, "residual_median": float(np.median(residual)),
                            "thresholds": thresholds}
@@ -245,13 +250,6 @@ def _outliers(table, ps, out, z_threshold, summary) -> list:
             f"{z_threshold} (median residual {np.median(residual):.3f}; 1 = only noise). To train without them: "
             f"flex3d train --particles {out / 'particles_without_outliers.star'} ...")
     return [("h2", "3. Outliers"), ("p", text), ("img", png)]
-
-
-def _threshold_value(x: np.ndarray, z_threshold: float) -> float:
-    """The value of ``x`` at robust z = ``z_threshold``."""
-    med = np.median(x)
-    mad = np.median(np.abs(x - med)) or (np.mean(np.abs(x - med)) / 0.7979 or 1.0)
-    return float(med + z_threshold * mad / 0.6745)
 
 
 def _compare(z, ps, sources, particle_file, out, summary) -> list:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["OUTLIER_Z", "particle_residuals", "robust_z", "outlier_mask"]
+__all__ = ["OUTLIER_Z", "particle_residuals", "robust_z", "robust_threshold", "outlier_mask"]
 
 # A robust z above 3.5 (median/MAD, Iglewicz & Hoaglin 1993) marks an outlier: for Gaussian
 # scores that is 1 particle in 2,000; real junk sits far beyond it.
@@ -79,14 +79,26 @@ def particle_residuals(run_dir, ps, latents=None, box: int | None = None, batch:
     return out
 
 
+def _median_spread(x: np.ndarray) -> tuple[float, float]:
+    """``(median, MAD / 0.6745)``: the centre and a Gaussian-equivalent sd that outliers do not inflate."""
+    med = float(np.median(x))
+    mad = float(np.median(np.abs(x - med)))
+    if mad <= 0:  # over half the values tie: fall back to the mean absolute deviation
+        mad = float(np.mean(np.abs(x - med))) * 0.6745 / 0.7979 or 0.6745
+    return med, mad / 0.6745
+
+
 def robust_z(x: np.ndarray) -> np.ndarray:
     """``0.6745 (x - median) / MAD``: a z-score that outliers themselves do not inflate."""
     x = np.asarray(x, np.float64)
-    med = np.median(x)
-    mad = np.median(np.abs(x - med))
-    if mad <= 0:
-        mad = np.mean(np.abs(x - med)) / 0.7979 or 1.0  # over half the values tie: fall back to the mean deviation
-    return 0.6745 * (x - med) / mad
+    med, sd = _median_spread(x)
+    return (x - med) / sd
+
+
+def robust_threshold(x: np.ndarray, z_threshold: float = OUTLIER_Z) -> float:
+    """The value of ``x`` whose :func:`robust_z` is ``z_threshold``."""
+    med, sd = _median_spread(np.asarray(x, np.float64))
+    return med + z_threshold * sd
 
 
 def outlier_mask(residual: np.ndarray, latent_norm: np.ndarray, z_threshold: float = OUTLIER_Z) -> np.ndarray:
