@@ -76,23 +76,15 @@ def test_zpkl_follows_its_particle_file(hinge_sim, tmp_path):
         read_external(str(pkl))
 
 
-class _Payload:
-    def __reduce__(self):
-        import os
-
-        return (os.system, ("touch PWNED",))
-
-
 def test_zpkl_carrying_code_is_refused(tmp_path, monkeypatch):
+    """The comparison goes through the array-only reader (tests/training/test_latents.py tests it
+    further): a protocol-0 pickle that calls ``builtins.eval`` is refused before anything runs."""
     monkeypatch.chdir(tmp_path)
     pkl = tmp_path / "z.pkl"
-    pkl.write_bytes(pickle.dumps(_Payload()))
-    with pytest.raises(ValueError, match="refusing to load"):
+    pkl.write_bytes(b"cbuiltins\neval\n(S'open(\"PWNED\", \"w\")'\ntR.")
+    with pytest.raises(ValueError, match="refusing to load builtins.eval"):
         read_external(f"{pkl}::{tmp_path / 'unused.star'}")
     assert not (tmp_path / "PWNED").exists()
-    pkl.write_bytes(pickle.dumps({"z": np.zeros(3)}))  # a dict is not a latent array either
-    with pytest.raises(ValueError):
-        read_external(f"{pkl}::{tmp_path / 'unused.star'}")
 
 
 def test_duplicate_names_are_refused():
