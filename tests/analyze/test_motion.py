@@ -71,3 +71,35 @@ def test_axis_ends_span_three_sd():
     ends = axis_end_latents(z, 0)
     np.testing.assert_allclose(ends[1, 0] - ends[0, 0], 3.0 * z[:, 0].std(ddof=1))
     np.testing.assert_allclose(ends[:, 1], z[:, 1].mean())
+
+
+def test_axis_motion_of_a_translating_flow():
+    """A flow ``f(z) = z * shift`` at every vertex: the ends of the axis are 3 sd apart, so every
+    mask voxel moves ``3 sd |shift|`` Å, rigidly (strain 0), and the maps hold that on the mask."""
+    from napari_flex3d.analyze.motion import axis_motion
+    from napari_flex3d.model.flex import FlexModel
+
+    mesh_mask = np.zeros((BOX,) * 3, bool)
+    mesh_mask[4:-4, 4:-4, 4:-4] = True
+    mesh = build_grid_mesh(mesh_mask, APIX, cell_size_a=16.0)
+    c = (np.arange(BOX) - BOX // 2) * APIX
+    zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
+    blob = np.exp(-(xx**2 + yy**2 + zz**2) / (2 * 10.0**2)).astype(np.float32)
+    model = FlexModel.from_map(blob, APIX, mesh, mesh_mask, latent_dim=1, hidden=2, layers=1, kernel="linear")
+    shift = torch.tensor([3.0, -2.0, 1.0])
+    with torch.no_grad():  # hidden = relu(z + 10), relu(10); out = shift * (h0 - h1) = shift * z
+        model.flow.hidden[0].weight.copy_(torch.tensor([[1.0], [0.0]]))
+        model.flow.hidden[0].bias.copy_(torch.tensor([10.0, 10.0]))
+        w = torch.zeros(model.flow.n_vertices, 3, 2)
+        w[:, :, 0], w[:, :, 1] = shift, -shift
+        model.flow.out.weight.copy_(w.reshape(-1, 2))
+    latents = np.random.default_rng(0).normal(0.2, 0.5, size=(500, 1))
+    expected = 3.0 * latents[:, 0].std(ddof=1) * float(torch.linalg.vector_norm(shift))
+    motion = axis_motion(model, latents)
+    np.testing.assert_allclose(motion["vertex_displacement_a"], expected, rtol=1e-4)
+    np.testing.assert_allclose(motion["voxel_displacement_a"], expected, rtol=1e-4)
+    assert np.abs(motion["cell_strain"]).max() < 1e-5
+    vol = motion["displacement_maps_a"][0]
+    inside = model.canonical.to_volume(torch.ones_like(model.canonical.values)).numpy() > 0
+    np.testing.assert_allclose(vol[inside], expected, rtol=1e-4)
+    assert np.all(vol[~inside] == 0) and vol.shape == (BOX,) * 3

@@ -24,9 +24,15 @@ def analysis(trained_run, hinge_sim, tmp_path_factory):
     block["rlnOtherLatent1"] = np.arange(len(block), dtype=float)
     data["particles"] = block.iloc[::-1].reset_index(drop=True)  # another tool's file, rows reversed
     starfile.write(data, other / "other.star")
+    from napari_flex3d.io.mrc import read_map, write_map
+
+    consensus = read_map(hinge_sim / "consensus.mrc")
+    labels = np.ones(consensus.data.shape, np.float32)  # painted regions on the consensus grid (z, y, x)
+    labels[:, :, consensus.data.shape[2] // 2 :] = 2.0  # x >= 0
+    write_map(other / "labels.mrc", labels, consensus.require_apix())
     out = trained_run / "analysis"
     rc = main(["analyze", str(trained_run), "--clusters", "3", "--compare", f"{other / 'other.star'}::rlnOtherLatent",
-               "--quiet"])
+               "--labels", str(other / "labels.mrc"), "--quiet"])
     assert rc == 0
     return out, hinge_sim
 
@@ -68,6 +74,15 @@ def test_junk_particles_are_the_outliers(analysis, junk_rows):
     kept = read_particles(out / "particles_without_outliers.star")
     assert len(kept) == len(table) - len(listed)
     assert not set(particle_names(kept)) & set(particle_names(read_particles(sim / "particles.star"))[sorted(listed)])
+
+
+def test_motion_tables(analysis):
+    out, _ = analysis
+    motion = pd.read_csv(out / "motion.csv")
+    assert motion["axis"].tolist() == ["z1", "z2"]
+    assert (motion["max_displacement_a"] >= motion["mean_displacement_a"]).all() and (motion["mean_strain"] >= 0).all()
+    regions = pd.read_csv(out / "regions.csv")
+    assert sorted(set(regions["region"])) == [1, 2] and set(regions["axis"]) == {"z1", "z2"}
 
 
 def test_comparison_matches_by_name(analysis):
