@@ -140,7 +140,11 @@ def _auto_float(text: str):
 def _cmd_analyze(args: argparse.Namespace) -> int:
     from . import api
 
-    clusters = args.clusters if args.clusters == "auto" else int(args.clusters)
+    clusters = args.clusters.strip().lower()
+    if clusters != "auto":
+        if not clusters.isdigit() or int(clusters) < 1:
+            raise ValueError(f"--clusters must be auto or a positive number, got {args.clusters!r}")
+        clusters = int(clusters)
     summary = api.analyze(args.run, out_dir=args.out, particles=args.particles, clusters=clusters,
                           compare=args.compare or (), labels=args.labels, residual_box=args.residual_box,
                           device=args.device, progress=None if args.quiet else print)
