@@ -116,3 +116,4 @@ def test_robust_threshold_is_where_robust_z_crosses():
     assert abs(robust_threshold(x, 0.0) - 1.0) < 0.02 and robust_threshold(x, 3.5) < 1.5  # the two outliers do not pull it
     assert robust_z(np.append(x, robust_threshold(x, 3.5)))[-1] == pytest.approx(3.5, abs=0.05)  # the same scale (one more value moves the median a little)
     assert outlier_mask(x, np.zeros_like(x)).nonzero()[0].tolist()[-2:] == [1000, 1001]
+
