@@ -149,3 +149,32 @@ def _labels(path, shape):
     if data.shape != tuple(shape):
         raise ValueError(f"{path}: label volume is {data.shape}, the map is {tuple(shape)}")
     return np.rint(data).astype(np.int64)
+
+
+def analyze(run_dir, *, out_dir=None, particles=None, clusters="auto", compare=(), labels=None, residual_box=None,
+            device="cpu", progress=None) -> dict:
+    """Write ``RUN/analysis`` (or ``out_dir``): artefact flags, landscape and clusters, outliers,
+    comparisons with other tools' latents, displacement and strain maps, and ``report.html``;
+    returns the summary (see :mod:`.analyze.pipeline`)."""
+    from .analyze.pipeline import analyze_run
+
+    return analyze_run(run_dir, out_dir, particles=particles, clusters=clusters, compare=tuple(compare or ()),
+                       labels=labels, residual_box=residual_box, device=device, progress=progress)
+
+
+def particle_table(run_dir, *, particles=None, residual=False, residual_box=None):
+    """The run's per-particle table (latents, defocus, angles, viewing direction, optics group,
+    half set, file columns; ``residual=True`` adds the whitened residual): for colouring the
+    latent scatter by anything."""
+    from .analyze.covariates import particle_table as _table
+    from .analyze.pipeline import read_run_particles, residual_box_for
+    from .analyze.residuals import particle_residuals
+    from .model.run import load_run
+
+    run = load_run(run_dir)
+    ps, _ = read_run_particles(run.config, particles)
+    z = run.latents.numpy()
+    res = None
+    if residual:
+        res = particle_residuals(run_dir, ps, z, box=residual_box_for(run.config, run.model.box, residual_box))
+    return _table(z, ps, res)

@@ -137,6 +137,24 @@ def _auto_float(text: str):
     return float(text)
 
 
+def _cmd_analyze(args: argparse.Namespace) -> int:
+    from . import api
+
+    clusters = args.clusters.strip().lower()
+    if clusters != "auto":
+        if not clusters.isdigit() or int(clusters) < 1:
+            raise ValueError(f"--clusters must be auto or a positive number, got {args.clusters!r}")
+        clusters = int(clusters)
+    summary = api.analyze(args.run, out_dir=args.out, particles=args.particles, clusters=clusters,
+                          compare=args.compare or (), labels=args.labels, residual_box=args.residual_box,
+                          device=args.device, progress=None if args.quiet else print)
+    flagged = [a["axis"] for a in summary["artefacts"] if a["flagged"]]
+    print(f"{summary['clusters']['n']} clusters, {summary['outliers']['n']} outliers"
+          + (f"; axes that track defocus or pose: {', '.join(flagged)}" if flagged else "; no axis tracks defocus or pose")
+          + f"; {summary['timings_s']['total']:.1f} s")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from . import api
 
@@ -227,6 +245,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_reconstruct)
+
+    p = sub.add_parser("analyze", help="read a trained run: artefacts, clusters, outliers, comparisons, what moved")
+    p.add_argument("run", help="training run folder")
+    p.add_argument("--particles", default=None, help="the run's particles (STAR or .cs; default the file it trained on)")
+    p.add_argument("--out", default=None, help="output folder (default RUN/analysis)")
+    p.add_argument("--clusters", default="auto", help="auto (a Gaussian mixture, the BIC picks 1-8) or a number (k-means)")
+    p.add_argument("--compare", action="append", metavar="FILE[::SPEC]",
+                   help="other tools' latents matched by image name: cryoDRGN z.pkl[::PARTICLES.star], cryoSPARC "
+                        "3DVA .cs, a STAR file[::COLUMN_PREFIX]; repeat for several")
+    p.add_argument("--labels", default=None, help="label volume (MRC, consensus map grid): displacement per painted region")
+    p.add_argument("--residual-box", type=int, default=None,
+                   help="box of the per-particle residual (default the latent box, else the training box up to 64)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_analyze)
 
     p = sub.add_parser("demo", help="the whole path on the built-in synthetic dataset")
     p.add_argument("--out", default="flex3d-demo", help="output folder (default: flex3d-demo)")
