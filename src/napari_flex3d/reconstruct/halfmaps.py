@@ -332,7 +332,7 @@ def reconstruct_run(
     learnt from one half reaches the other half map.
     """
     run = load_frozen_run(run_dir)
-    ps = read_particles(particles, passthrough=passthrough, root=root)
+    ps = read_particles(particles, passthrough=passthrough, root=root).require_images()
     flows = half_flows(run, ps, run_dir, particles, run_b)
     yield from solve_half_maps(flows.model, flows.latents, ps, out_dir, settings, model_b=flows.model_b,
                                latents_b=flows.latents_b, sources=flows.sources, **options)
