@@ -38,13 +38,10 @@ def simulate(out_dir, *, n_particles=5000, box=64, apix=3.0, snr=0.1, motion="hi
     cuda[:i]) reconstructs the consensus half maps. An existing dataset in ``out_dir`` is kept
     unless ``force``."""
     from .io.lock import folder_lock
-    from .simulate.dataset import simulate_dataset
+    from .simulate.dataset import simulate_dataset, validate_args
     from .training.setup import resolve_device
 
-    check_number("n_particles", n_particles, low=1, integer=True)
-    check_box("box", box, optional=False)
-    check_number("apix", apix, low=0, low_open=True)
-    check_number("snr", snr, low=0, low_open=True)
+    validate_args(n_particles, box, apix, snr, motion)  # before an existing dataset is looked for
     check_number("seed", seed, low=0, integer=True)
     existing = Path(out_dir) / "particles.star"
     if existing.exists() and not force:
@@ -165,6 +162,8 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
     check_number("dilate_a", dilate_a, low=0)
     check_number("cell_size_a", cell_size_a, low=0, low_open=True, optional=True)
     check_number("rigidity_floor", rigidity_floor, low=0, high=1)
+    if Path(out).is_dir():
+        raise ValueError(f"{out} is a folder; give the mesh file's name (for example {Path(out) / 'mesh.npz'})")
     m = read_map(map_path, apix=apix)
     vol_apix = m.require_apix()
     vol = np.asarray(m.data, dtype=np.float32)

@@ -283,7 +283,7 @@ def _os_message(exc: OSError) -> str:
         errno.EFBIG: "the file is larger than this system allows",
         errno.ENOTDIR: "a part of this path is a file, not a folder",
         errno.EISDIR: "a folder is in the way where a file is expected",
-        errno.EEXIST: "something is already in the way",
+        errno.EEXIST: "a file is in the way where a folder is expected",
         errno.EACCES: "check the permissions of this path",
         errno.EROFS: "the file system is read-only",
     }.get(exc.errno)

@@ -269,9 +269,9 @@ class GenerateConfig(_Settings):
                 if not math.isfinite(v):
                     raise ValueError(f"--z must be finite numbers, got {','.join(f'{x:g}' for x in self.z)}")
         check_number("axis", self.axis, low=0, integer=True, optional=True)
-        check_number("frames", self.frames, low=1, integer=True)
+        check_number("frames", self.frames, low=2, integer=True)
         check_number("sigma_range", self.sigma_range, low=0, low_open=True)
-        check_box("box", self.box)
+        check_box("box", self.box, low=8)  # an output box only: smaller than training's floor is fine
 
 
 # --------------------------------------------------------------------------- JSON round trip
