@@ -322,6 +322,8 @@ def _coerce(cls, name: str, value, hint):
 
 def from_dict(cls, data: dict):
     """Build ``cls`` from :func:`to_dict`'s output; unknown keys and wrong types raise ``ValueError``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} settings must be a mapping, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
@@ -371,6 +373,9 @@ def read_config_json(path, cls=None):
         kind, settings = doc["kind"], doc["settings"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a napari-flex3d config.json ({exc})") from exc
+    if not isinstance(kind, str) or not isinstance(settings, dict):
+        raise ValueError(f"{path}: not a napari-flex3d config.json (kind {kind!r}, settings of type "
+                         f"{type(settings).__name__})")
     classes = {c.__name__: c for c in (TrainConfig, GenerateConfig)}
     if cls is None:
         if kind not in classes:
@@ -378,7 +383,10 @@ def read_config_json(path, cls=None):
         cls = classes[kind]
     elif kind != cls.__name__:
         raise ValueError(f"{path}: holds a {kind}, not a {cls.__name__}")
-    return from_dict(cls, settings)
+    try:
+        return from_dict(cls, settings)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- command line

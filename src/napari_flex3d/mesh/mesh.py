@@ -237,7 +237,7 @@ def load_mesh(path, box: int | None = None, apix: float | None = None) -> Mesh:
         raise ValueError(f"{path}: not a napari-flex3d mesh (format={meta.get('format') if isinstance(meta, dict) else meta!r})")
     try:
         version, mesh_box, mesh_apix = int(meta.get("version", 0)), int(meta["box"]), float(meta["apix"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ValueError(f"{path}: mesh metadata lacks a valid version/box/apix ({exc!r})") from exc
     if version > MESH_FORMAT_VERSION:
         raise ValueError(f"{path}: mesh format version {version} is newer than {MESH_FORMAT_VERSION}")
