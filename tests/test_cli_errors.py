@@ -99,9 +99,9 @@ SIM = ["simulate", "--out", "{tmp}/s", "--quiet"]
 BAD = [
     # files: missing, a folder for a file, a path under a file, an existing file for a folder
     (["info", "{tmp}/absent.star"], "absent.star: no such file"),
-    (["info", "{dir}"], "a_folder.mrc"),
+    (["info", "{dir}"], "a_folder.mrc: is a folder, not an MRC file"),
     (["mesh", "--map", "{tmp}/absent.mrc", "--out", "{tmp}/m.npz"], "absent.mrc"),
-    (["mesh", "--map", "{dir}", "--out", "{tmp}/m.npz"], "a_folder.mrc"),
+    (["mesh", "--map", "{dir}", "--out", "{tmp}/m.npz"], "a_folder.mrc: is a folder, not an MRC file"),
     (["mesh", "--map", "{map}", "--out", "{file}/m.npz"], "a_file.txt: File exists (a file is in the way"),
     (["mesh", "--map", "{map}", "--out", "{dir}/"], "a_folder.mrc/ is a folder; give the mesh file's name"),
     (["generate", "--run", "{run}", "--z", "0.5", "--out", "{file}/g.mrc"], "a part of this path is a file"),

@@ -189,6 +189,8 @@ def _is_gz(path: Path) -> bool:
 def read_header(path) -> MrcHeader:
     """Parse the header of an MRC file (``.gz`` allowed); checks the file holds all its data."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not an MRC file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such MRC file")
     if _is_gz(path):

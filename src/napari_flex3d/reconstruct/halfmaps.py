@@ -33,6 +33,7 @@ import torch
 
 from ..conventions import voxel_grid_xyz_a
 from ..io.mrc import read_map, write_map
+from ..io.values import require_informative_map
 from ..io.particles import read_particles
 from ..mesh.mesh import Mesh
 from ..model.canonical import scatter_to_volume
@@ -298,6 +299,7 @@ class _Solve:
             self.passes_done += s.iterations - int(state["k"])  # stopped early: converged
         vol = scatter_to_volume(values.detach().cpu(), self.flat_index, self.box)  # V at the voxel centres
         if main:
+            require_informative_map(vol.numpy(), f"{mrc_path}: the solved {mode} half map {half}")  # stop, not report
             write_map(mrc_path, vol.numpy(), self.apix, label=f"napari-flex3d {mode} half map {half}")
             if state_path.exists():
                 state_path.unlink()
