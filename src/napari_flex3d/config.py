@@ -229,16 +229,14 @@ class TrainConfig(_Settings):
             check_number(name, getattr(self, name), low=0)
         for name in ("lr_flow", "lr_canonical", "lr_latent", "latent_range"):
             check_number(name, getattr(self, name), low=0, low_open=True)
-        for name in ("band_start", "band_end", "latent_init_band", "lr_final"):
+        # lr_final, box and latent_box are checked where the run starts (training.schedule, training.setup),
+        # against the particles' box that a settings object does not know.
+        for name in ("band_start", "band_end", "latent_init_band"):
             check_number(name, getattr(self, name), low=0, high=1, low_open=True)
         check_number("rigidity_floor", self.rigidity_floor, low=0, high=1)
         check_number("val_fraction", self.val_fraction, low=0, high=0.5)
         check_number("mask_threshold", self.mask_threshold, optional=True)
         check_number("mesh_cell_size_a", self.mesh_cell_size_a, low=0, low_open=True, optional=True)
-        check_box("box", self.box)
-        check_box("latent_box", self.latent_box)
-        if self.box is not None and self.latent_box is not None and self.latent_box > self.box:
-            raise ValueError(f"--latent-box {self.latent_box} must be <= --box {self.box}")
         if self.band_start > self.band_end:
             raise ValueError(f"--band-start {self.band_start:g} must be <= --band-end {self.band_end:g}")
         check_number("band_ramp_epochs", self.band_ramp_epochs, low=0, optional=True)
