@@ -99,7 +99,9 @@ SIM = ["simulate", "--out", "{tmp}/s", "--quiet"]
 BAD = [
     # files: missing, a folder for a file, a path under a file, an existing file for a folder
     (["info", "{tmp}/absent.star"], "absent.star: no such file"),
-    (["info", "{dir}"], "a_folder.mrc: is a folder, not an MRC file"),
+    (["info", "{dir}"], "a_folder.mrc: is a folder, not a file"),
+    (["info", "{tmp}"], "is a folder, not"),
+    (TRAIN[:2] + ["{dir}"] + TRAIN[3:], "a_folder.mrc: is a folder, not a particle file"),
     (["mesh", "--map", "{tmp}/absent.mrc", "--out", "{tmp}/m.npz"], "absent.mrc"),
     (["mesh", "--map", "{dir}", "--out", "{tmp}/m.npz"], "a_folder.mrc: is a folder, not an MRC file"),
     (["mesh", "--map", "{map}", "--out", "{file}/m.npz"], "a_file.txt: File exists (a file is in the way"),
