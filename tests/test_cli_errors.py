@@ -134,7 +134,7 @@ BAD = [
     (TRAIN + ["--box", "8"], "training box 8 must be even, >= 16"),
     (TRAIN + ["--epochs", "4", "--band-ramp-epochs", "6"], "--band-ramp-epochs 6 must be <= --epochs 4"),
     (TRAIN + ["--latent-noise", "-0.1"], "--latent-noise must be >= 0"),
-    (TRAIN + ["--val-fraction", "1.5"], "--val-fraction must be <= 0.5"),
+    (TRAIN + ["--val-fraction", "1.5"], "val_fraction must lie in [0, 1), got 1.5"),
     (["train", "--particles", "{star}"], "flex3d train needs --map, --out"),
     (GEN + ["--z", "nan"], "--z must be finite"),
     (GEN + ["--z", "1,abc"], "--z must be numbers separated by commas"),

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="convected maps at a latent point, or a series along a latent axis")
     p.add_argument("--run", required=True, help="training run folder")
     p.add_argument("--out", required=True, help="output .mrc (with --z) or folder (with --axis)")
-    p.add_argument("--z", default=None, help='latent point, comma separated: "z1,z2,..."')
+    p.add_argument("--z", default=None, help='latent point, comma separated (a leading minus works: --z -1.5,0.3)')
     p.add_argument("--axis", type=int, default=None, help="latent axis (0-based) for a series")
     p.add_argument("--frames", type=int, default=41, help="frames of a series (odd: the middle one is the mean)")
     p.add_argument("--sigma-range", type=float, default=1.5, help="a series spans +-this many standard deviations")
@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_OK = ("--z",)  # options whose value may start with a minus sign
+
+
 def _join_negative_values(argv: list[str]) -> list[str]:
     """``--z -1.5,0.3`` as ``--z=-1.5,0.3``: argparse would read a leading minus as an option."""
     out: list[str] = []
@@ -259,8 +262,6 @@ def _join_negative_values(argv: list[str]) -> list[str]:
         out.append(token)
     return out
 
-
-_NEGATIVE_OK = ("--z",)  # options whose value may start with a minus sign
 
 #: Exit codes: 2 for anything the user can fix, input or system (a bad option, a malformed or
 #: mismatched file, a missing or unwritable path, a full disk: argparse's own code for usage

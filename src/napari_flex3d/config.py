@@ -229,12 +229,11 @@ class TrainConfig(_Settings):
             check_number(name, getattr(self, name), low=0)
         for name in ("lr_flow", "lr_canonical", "lr_latent", "latent_range"):
             check_number(name, getattr(self, name), low=0, low_open=True)
-        # lr_final, box and latent_box are checked where the run starts (training.schedule, training.setup),
+        # lr_final, val_fraction, box and latent_box are checked where the run starts (training.schedule, training.setup),
         # against the particles' box that a settings object does not know.
         for name in ("band_start", "band_end", "latent_init_band"):
             check_number(name, getattr(self, name), low=0, high=1, low_open=True)
         check_number("rigidity_floor", self.rigidity_floor, low=0, high=1)
-        check_number("val_fraction", self.val_fraction, low=0, high=0.5)
         check_number("mask_threshold", self.mask_threshold, optional=True)
         check_number("mesh_cell_size_a", self.mesh_cell_size_a, low=0, low_open=True, optional=True)
         if self.band_start > self.band_end:
