@@ -229,3 +229,22 @@ def test_simulate_force_overwrites(capsys, inputs, monkeypatch):
     calls = []
     monkeypatch.setattr(dataset, "simulate_dataset", lambda out, **kw: calls.append(out) or "done")
     assert api.simulate(inputs["sim"], n_particles=10, box=16, force=True) == "done" and calls == [inputs["sim"]]
+
+
+def test_a_full_disk_is_one_line(inputs, tmp_path):
+    """A real ``EFBIG`` (``RLIMIT_FSIZE`` in a subprocess, standing in for a full disk): one line, exit 2."""
+    import subprocess
+    import sys
+
+    script = (
+        "import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+        "from napari_flex3d.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    argv = ["generate", "--run", str(inputs["run"]), "--z", "-0.5", "--out", str(tmp_path / "big.mrc")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, env=env, timeout=300)
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("flex3d")]
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert "writing " in lines[0] and "big.mrc: File too large" in lines[0], lines[0]
+    assert "larger than this system allows" in lines[0], lines[0]

@@ -270,13 +270,21 @@ def _join_negative_values(argv: list[str]) -> list[str]:
 EXIT_USER, EXIT_INTERNAL = 2, 3
 
 
-def _os_message(exc: OSError) -> str:
-    """One line for an ``OSError``: the file(s) it names and why, with a hint for the common cases."""
+def _os_message(exc: OSError, out=None) -> str:
+    """One line for an ``OSError``: the file(s) it names and why, with a hint for the common cases.
+
+    A failed ``write`` carries no file name; a full disk or a file-size limit is then put on
+    the command's output, ``out`` (its ``--out``), which is where everything is written.
+    """
     import errno
 
-    if exc.filename is None:
+    space = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if exc.filename is not None:
+        names = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 else "")
+    elif space and out:
+        names = f"writing {out}"
+    else:
         return str(exc)
-    names = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 else "")
     reason = exc.strerror or str(exc)
     hint = {
         errno.ENOSPC: "the disk is full; free space or choose another --out",
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         if isinstance(exc, OSError):
-            code, text = EXIT_USER, _os_message(exc)
+            code, text = EXIT_USER, _os_message(exc, getattr(args, "out", None))
         elif isinstance(exc, ValueError):
             code, text = EXIT_USER, str(exc)
         else:
