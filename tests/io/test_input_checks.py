@@ -107,3 +107,12 @@ def test_degenerate_or_inverted_cells_are_counted(tmp_path, grid_mesh, fault, co
     path = save_mesh(grid_mesh.replace(cells=cells), tmp_path / "m.npz")
     with pytest.raises(ValueError, match=f"m.npz: {count} of {grid_mesh.n_cells} cells are degenerate or inverted"):
         load_mesh(path)
+
+
+@pytest.mark.parametrize("value", [0.0, 3.0])
+def test_a_constant_map_has_no_automatic_threshold(value):
+    """Every entry point (CLI, widgets) meets a message, not Otsu's IndexError on an empty histogram."""
+    from napari_flex3d.mesh.masks import solvent_mask
+
+    with pytest.raises(ValueError, match="the map is constant"):
+        solvent_mask(np.full((16, 16, 16), value, np.float32), 2.0)
