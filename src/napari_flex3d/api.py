@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .config import RIGIDITY_FLOOR
+from .config import RIGIDITY_FLOOR, check_box, check_number
 
 
 def read_particles(path, *, passthrough=None, root=None):
@@ -33,16 +33,24 @@ def format_info(summary: dict) -> str:
 
 
 def simulate(out_dir, *, n_particles=5000, box=64, apix=3.0, snr=0.1, motion="hinge", seed=0, progress=False,
-             device="cpu"):
+             device="cpu", force=False):
     """Write a synthetic flexible dataset (see :mod:`napari_flex3d.simulate`); ``device`` (auto, cpu,
-    cuda[:i]) reconstructs the consensus half maps."""
-    from .simulate.dataset import simulate_dataset
+    cuda[:i]) reconstructs the consensus half maps. An existing dataset in ``out_dir`` is kept
+    unless ``force``."""
+    from .io.lock import folder_lock
+    from .simulate.dataset import simulate_dataset, validate_args
     from .training.setup import resolve_device
 
-    return simulate_dataset(
-        Path(out_dir), n_particles=n_particles, box=box, apix=apix, snr=snr, motion=motion, seed=seed, progress=progress,
-        device=resolve_device(device),
-    )
+    validate_args(n_particles, box, apix, snr, motion)  # before an existing dataset is looked for
+    check_number("seed", seed, low=0, integer=True)
+    existing = Path(out_dir) / "particles.star"
+    if existing.exists() and not force:
+        raise ValueError(f"{out_dir}: already holds a dataset ({existing}); pass --force to overwrite it")
+    with folder_lock(out_dir, "flex3d simulate"):
+        return simulate_dataset(
+            Path(out_dir), n_particles=n_particles, box=box, apix=apix, snr=snr, motion=motion, seed=seed,
+            progress=progress, device=resolve_device(device),
+        )
 
 
 def train(config, out_dir, *, resume=False, cli_argv=None, progress=True, overrides=None):
@@ -58,28 +66,41 @@ def train(config, out_dir, *, resume=False, cli_argv=None, progress=True, overri
         saved = config or read_config_json(Path(out_dir) / "config.json", TrainConfig)
         config = dataclasses.replace(saved, **overrides)
     events = train_run(config, out_dir, resume=resume, cli_argv=cli_argv)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports and logs
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 reports, logs and holds the lock
         for _ in events:
             pass
         return []
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return consume_events(events, log_path=Path(out_dir) / "train.log", progress=progress)
+    with _run_lock(out_dir, "flex3d train"):
+        return consume_events(events, log_path=Path(out_dir) / "train.log", progress=progress)
+
+
+def _run_lock(out_dir, command):
+    """The output folder's lock (:mod:`.io.lock`): a second job into a held folder is refused."""
+    from .io.lock import folder_lock
+
+    return folder_lock(out_dir, command)
 
 
 def generate(run_dir, *, z, out, box=None):
     """Write the convected map at latent point ``z`` to ``out`` (MRC); returns the path."""
+    from .config import GenerateConfig
     from .explore.generate import generate_volume
     from .io.mrc import write_map
+    from .io.values import require_informative_map
 
+    GenerateConfig(run=str(run_dir), out=str(out), z=tuple(float(v) for v in z), box=box)  # validates the options
     vol, apix = generate_volume(run_dir, z, box=box)
+    require_informative_map(vol, f"{out}: the convected map at z={','.join(f'{v:g}' for v in z)}")
     write_map(out, vol, apix, label="napari-flex3d convected map z=" + ",".join(f"{v:g}" for v in z))
     return Path(out)
 
 
 def generate_series(run_dir, *, axis, frames=41, out_dir, box=None, sigma_range=1.5, movie=False) -> dict:
     """A volume series along latent ``axis`` with a ChimeraX ``.cxc`` (and optionally an mp4)."""
+    from .config import GenerateConfig
     from .explore.generate import generate_axis_series
 
+    GenerateConfig(run=str(run_dir), out=str(out_dir), axis=axis, frames=frames, sigma_range=sigma_range, box=box)
     return generate_axis_series(run_dir, axis=axis, frames=frames, out_dir=out_dir, box=box,
                                 sigma_range=sigma_range, movie=movie)
 
@@ -89,10 +110,24 @@ def reconstruct(run_dir, particles, out_dir, *, run_b=None, progress=True, **kwa
 
     ``run_b``: independent half flows; ``run_dir`` trained with ``--half-set A``, ``run_b`` with
     ``--half-set B``, each half map solved with its own half's flow and latents."""
+    import contextlib
+
     from .reconstruct.halfmaps import consume, reconstruct_run
 
-    quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 reports
-    return consume(reconstruct_run(run_dir, particles, out_dir, run_b=run_b, **kwargs), progress=progress and not quiet)
+    check_reconstruct_options(**kwargs)
+    quiet = int(os.environ.get("RANK", "0")) != 0  # under torchrun, rank 0 reports and holds the lock
+    with contextlib.nullcontext() if quiet else _run_lock(out_dir, "flex3d reconstruct"):
+        return consume(reconstruct_run(run_dir, particles, out_dir, run_b=run_b, **kwargs),
+                       progress=progress and not quiet)
+
+
+def check_reconstruct_options(*, iterations=20, chunk=256, box=None, randomise_from_a="auto", **_) -> None:
+    """``ValueError`` naming the option for a reconstruction setting out of range."""
+    check_number("iterations", iterations, low=1, integer=True)
+    check_number("chunk", chunk, low=1, integer=True)
+    check_box("box", box)
+    if randomise_from_a not in ("auto", None):
+        check_number("randomise_from", randomise_from_a, low=0, low_open=True)
 
 
 def demo(out_dir, *, progress=True, **kwargs) -> dict:
@@ -110,6 +145,7 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
     import numpy as np
 
     from .io.mrc import read_map
+    from .io.values import require_informative_map
     from .mesh import (
         build_mesh as _build,
         cell_density_weights,
@@ -120,19 +156,28 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
     )
     from .training.setup import default_cell_size_a
 
+    check_number("apix", apix, low=0, low_open=True, optional=True)
+    check_number("threshold", threshold, optional=True)
+    check_number("volume_fraction", volume_fraction, low=0, high=1, low_open=True, optional=True)
+    check_number("dilate_a", dilate_a, low=0)
+    check_number("cell_size_a", cell_size_a, low=0, low_open=True, optional=True)
+    check_number("rigidity_floor", rigidity_floor, low=0, high=1)
+    if Path(out).is_dir():
+        raise ValueError(f"{out} is a folder; give the mesh file's name (for example {Path(out) / 'mesh.npz'})")
     m = read_map(map_path, apix=apix)
     vol_apix = m.require_apix()
     vol = np.asarray(m.data, dtype=np.float32)
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise ValueError(f"{map_path}: a consensus map must be a cubic volume, got shape {vol.shape}")
+    require_informative_map(vol, str(map_path))  # a constant map has no automatic threshold
     mask = solvent_mask(vol, vol_apix, threshold=threshold, volume_fraction=volume_fraction, dilate_a=dilate_a)
     mesh = _build(mask.binary, vol_apix, cell_size_a=default_cell_size_a(vol.shape[0], vol_apix, cell_size_a))
     weights = cell_density_weights(mesh, mask.lowpassed, min_weight=rigidity_floor)
     if rigid_labels is not None:
-        weights = raise_rigid_cells(mesh, weights, _labels(rigid_labels, vol.shape), factor=rigid_factor)
+        weights = raise_rigid_cells(mesh, weights, _labels(rigid_labels, vol.shape, vol_apix), factor=rigid_factor)
     motion = None
     if no_motion_labels is not None:
-        motion = motion_mask_from_labels(mesh, _labels(no_motion_labels, vol.shape))
+        motion = motion_mask_from_labels(mesh, _labels(no_motion_labels, vol.shape, vol_apix))
     mesh = mesh.replace(rigidity_weights=weights, motion_mask=motion)
     save_mesh(mesh, out)
     summary = {"map": str(map_path), "out": str(out), "threshold": mask.threshold_used,
@@ -140,14 +185,18 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
     return mesh, summary
 
 
-def _labels(path, shape):
+def _labels(path, shape, apix):
+    """A label volume at the map's shape and voxel size (``ValueError`` naming both otherwise)."""
     import numpy as np
 
     from .io.mrc import read_map
 
-    data = np.asarray(read_map(path).data)
+    m = read_map(path)
+    data = np.asarray(m.data)
     if data.shape != tuple(shape):
         raise ValueError(f"{path}: label volume is {data.shape}, the map is {tuple(shape)}")
+    if m.apix is not None and abs(m.apix - apix) > 0.01 * apix:
+        raise ValueError(f"{path}: label voxel size {m.apix:.4g} Å differs from the map's {apix:.4g} Å")
     return np.rint(data).astype(np.int64)
 
 

@@ -42,6 +42,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         progress=not args.quiet,
         device=args.device,
+        force=args.force,
     )
     print(result.summary())
     return 0
@@ -101,7 +102,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     if (args.z is None) == (args.axis is None):
         raise ValueError("flex3d generate needs exactly one of --z (a latent point) or --axis (a series)")
     if args.z is not None:
-        z = [float(t) for t in args.z.replace(" ", "").split(",") if t]
+        try:
+            z = [float(t) for t in args.z.replace(" ", "").split(",") if t]
+        except ValueError:
+            raise ValueError(f"--z must be numbers separated by commas (e.g. --z -1.5,0.3), got {args.z!r}") from None
         path = api.generate(args.run, z=z, out=args.out, box=args.box)
         print(f"wrote {path}")
     else:
@@ -165,6 +169,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flex3d", description="3D Flexible Refinement for cryo-EM.")
     parser.add_argument("--version", action="version", version=f"napari-flex3d {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the traceback as well as the one-line message (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("info", help="describe a particle file (STAR or .cs) or an MRC map/stack")
@@ -184,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
                    help="where the consensus half maps are reconstructed: cpu (default), auto or cuda[:i]")
+    p.add_argument("--force", action="store_true", help="overwrite a dataset already in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 
@@ -214,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="convected maps at a latent point, or a series along a latent axis")
     p.add_argument("--run", required=True, help="training run folder")
     p.add_argument("--out", required=True, help="output .mrc (with --z) or folder (with --axis)")
-    p.add_argument("--z", default=None, help='latent point, comma separated: "z1,z2,..."')
+    p.add_argument("--z", default=None, help='latent point, comma separated (a leading minus works: --z -1.5,0.3)')
     p.add_argument("--axis", type=int, default=None, help="latent axis (0-based) for a series")
     p.add_argument("--frames", type=int, default=41, help="frames of a series (odd: the middle one is the mean)")
     p.add_argument("--sigma-range", type=float, default=1.5, help="a series spans +-this many standard deviations")
@@ -270,13 +277,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_NEGATIVE_OK = ("--z",)  # options whose value may start with a minus sign
+
+
+def _join_negative_values(argv: list[str]) -> list[str]:
+    """``--z -1.5,0.3`` as ``--z=-1.5,0.3``: argparse would read a leading minus as an option."""
+    out: list[str] = []
+    it = iter(argv)
+    for token in it:
+        if token in _NEGATIVE_OK:
+            value = next(it, None)
+            if value is not None and value.startswith("-") and not value.startswith("--"):
+                token = f"{token}={value}"
+            elif value is not None:
+                out.append(token)
+                token = value
+        out.append(token)
+    return out
+
+
+#: Exit codes: 2 for anything the user can fix, input or system (a bad option, a malformed or
+#: mismatched file, a missing or unwritable path, a full disk: argparse's own code for usage
+#: errors, so scripts test one number), 3 for an internal error (a bug: please report it), 130
+#: for Ctrl-C.
+EXIT_USER, EXIT_INTERNAL = 2, 3
+
+
+def _os_message(exc: OSError, out=None) -> str:
+    """One line for an ``OSError``: the file(s) it names and why, with a hint for the common cases.
+
+    A failed ``write`` carries no file name; a full disk or a file-size limit is then put on
+    the command's output, ``out`` (its ``--out``), which is where everything is written.
+    """
+    import errno
+
+    space = exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+    if exc.filename is not None:
+        names = str(exc.filename) + (f" -> {exc.filename2}" if exc.filename2 else "")
+    elif space and out:
+        names = f"writing {out}"
+    else:
+        return str(exc)
+    reason = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "the disk is full; free space or choose another --out",
+        errno.EDQUOT: "the disk quota is exceeded; free space or choose another --out",
+        errno.EFBIG: "the file is larger than this system allows",
+        errno.ENOTDIR: "a part of this path is a file, not a folder",
+        errno.EISDIR: "a folder is in the way where a file is expected",
+        errno.EEXIST: "a file is in the way where a folder is expected",
+        errno.EACCES: "check the permissions of this path",
+        errno.EROFS: "the file system is read-only",
+    }.get(exc.errno)
+    return f"{names}: {reason}" + (f" ({hint})" if hint else "")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one ``flex3d`` command; errors become one line on stderr (``--debug``: with the traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = _join_negative_values([a for a in argv if a != "--debug"])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"flex3d {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"flex3d {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the one place that turns any failure into a message
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if isinstance(exc, OSError):
+            code, text = EXIT_USER, _os_message(exc, getattr(args, "out", None))
+        elif isinstance(exc, ValueError):
+            code, text = EXIT_USER, str(exc)
+        else:
+            code, text = EXIT_INTERNAL, f"internal error ({type(exc).__name__}: {exc})"
+            if not debug:
+                text += "; rerun with --debug for the traceback and report it"
+        print(f"flex3d {args.command}: error: " + " ".join(text.split()), file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import datetime
 import json
+import math
 import sys
 import types
 import typing
@@ -33,6 +34,9 @@ __all__ = [
     "read_config_json",
     "add_arguments",
     "from_arguments",
+    "check_box",
+    "check_number",
+    "option_name",
 ]
 
 #: Rigidity weight of an empty mesh cell (cells are weighted by their density, the densest 1,
@@ -48,8 +52,53 @@ def _f(default, help: str, **meta):
     return field(default=default, metadata={"help": help, **meta})
 
 
+def option_name(name: str) -> str:
+    """The command-line spelling of a setting: ``latent_dim`` -> ``--latent-dim``."""
+    return "--" + name.replace("_", "-")
+
+
+def check_number(name: str, value, *, low=None, high=None, low_open=False, integer=False, optional=False):
+    """Raise ``ValueError`` naming ``--name`` unless ``value`` is a finite number in the range.
+
+    ``low``/``high`` bound it (inclusive; ``low_open``: ``value > low``); ``optional``: None
+    passes. The one check behind every numeric option of the CLI, the widgets and the API.
+    """
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
+        raise ValueError(f"{option_name(name)} must be {'an integer' if integer else 'a number'}, got {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{option_name(name)} must be finite, got {value}")
+    if low is not None and (value <= low if low_open else value < low):
+        raise ValueError(f"{option_name(name)} must be {'>' if low_open else '>='} {low:g}, got {value:g}")
+    if high is not None and value > high:
+        raise ValueError(f"{option_name(name)} must be <= {high:g}, got {value:g}")
+
+
+#: The smallest box anything in napari-flex3d works at (the training box floor; smaller maps
+#: hold too few Fourier shells for a band ramp or an FSC).
+MIN_BOX = 16
+
+
+def check_box(name: str, box, *, optional=True, low: int = MIN_BOX):
+    """A box in voxels: an even integer >= ``low`` (None passes when ``optional``)."""
+    check_number(name, box, low=low, integer=True, optional=optional)
+    if box is not None and int(box) % 2:
+        raise ValueError(f"{option_name(name)} must be even (Fourier cropping keeps the centre voxel), got {box}")
+
+
 class _Settings:
-    """``config.to_dict()`` and ``Config.from_dict(d)`` as methods too (same as the module functions)."""
+    """``config.to_dict()`` and ``Config.from_dict(d)`` as methods too (same as the module functions).
+
+    ``__post_init__`` runs ``validate()``, so a settings object out of range cannot be built:
+    the CLI, the widgets' forms and ``from_dict`` all meet the same messages.
+    """
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:  # pragma: no cover - each class overrides it
+        pass
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -167,6 +216,34 @@ class TrainConfig(_Settings):
         choices=("", "A", "B"),
     )
 
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option (``--batch must be >= 1, got 0``) for a value out of range."""
+        ints_at_least = {"latent_dim": 1, "hidden": 1, "layers": 1, "epochs": 1, "batch": 1, "warmup_epochs": 0,
+                         "flow_batches": 1, "structure_batches": 1, "latent_steps": 0, "latent_grid": 2, "seed": 0,
+                         "preview_every": 0}
+        for name, low in ints_at_least.items():
+            check_number(name, getattr(self, name), low=low, integer=True)
+        for name in ("threads", "max_particles"):
+            check_number(name, getattr(self, name), low=1, integer=True, optional=True)
+        for name in ("rigidity_lambda", "flow_init_a", "mask_dilate_a", "latent_noise", "latent_prior"):
+            check_number(name, getattr(self, name), low=0)
+        for name in ("lr_flow", "lr_canonical", "lr_latent", "latent_range"):
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        # lr_final, val_fraction, box and latent_box are checked where the run starts (training.schedule, training.setup),
+        # against the particles' box that a settings object does not know.
+        for name in ("band_start", "band_end", "latent_init_band"):
+            check_number(name, getattr(self, name), low=0, high=1, low_open=True)
+        check_number("rigidity_floor", self.rigidity_floor, low=0, high=1)
+        check_number("mask_threshold", self.mask_threshold, optional=True)
+        check_number("mesh_cell_size_a", self.mesh_cell_size_a, low=0, low_open=True, optional=True)
+        if self.band_start > self.band_end:
+            raise ValueError(f"--band-start {self.band_start:g} must be <= --band-end {self.band_end:g}")
+        check_number("band_ramp_epochs", self.band_ramp_epochs, low=0, optional=True)
+        if self.band_ramp_epochs is not None and self.band_ramp_epochs > self.epochs:
+            raise ValueError(f"--band-ramp-epochs {self.band_ramp_epochs:g} must be <= --epochs {self.epochs}")
+        _check_choices(self)
+
+
 
 @dataclass(frozen=True)
 class GenerateConfig(_Settings):
@@ -179,6 +256,19 @@ class GenerateConfig(_Settings):
     frames: int = _f(41, "frames in a series (odd: the middle frame is the mean)")
     sigma_range: float = _f(1.5, "a series runs from -range to +range standard deviations of the learned latents")
     box: int | None = _f(None, "output box (None: the training box)")
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the option for a value out of range (``--z`` must be finite)."""
+        if self.z is not None:
+            if len(self.z) == 0:
+                raise ValueError("--z needs at least one number (a latent point, comma separated)")
+            for v in self.z:
+                if not math.isfinite(v):
+                    raise ValueError(f"--z must be finite numbers, got {','.join(f'{x:g}' for x in self.z)}")
+        check_number("axis", self.axis, low=0, integer=True, optional=True)
+        check_number("frames", self.frames, low=2, integer=True)
+        check_number("sigma_range", self.sigma_range, low=0, low_open=True)
+        check_box("box", self.box, low=8)  # an output box only: smaller than training's floor is fine
 
 
 # --------------------------------------------------------------------------- JSON round trip
@@ -213,6 +303,8 @@ def _coerce(cls, name: str, value, hint):
             continue
         base = typing.get_origin(t) or t
         if base is tuple and isinstance(value, (list, tuple)):
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+                raise ValueError(f"{cls.__name__}.{name}: {value!r} is not a list of numbers")
             return tuple(float(v) for v in value)
         if base is bool and isinstance(value, bool):
             return value
@@ -227,15 +319,15 @@ def _coerce(cls, name: str, value, hint):
 
 def from_dict(cls, data: dict):
     """Build ``cls`` from :func:`to_dict`'s output; unknown keys and wrong types raise ``ValueError``."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{cls.__name__} settings must be a mapping, got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
         raise ValueError(f"unknown {cls.__name__} setting(s): {', '.join(unknown)}")
     hints = typing.get_type_hints(cls)
     kwargs = {k: _coerce(cls, k, v, hints[k]) for k, v in data.items()}
-    config = cls(**kwargs)
-    _check_choices(config)
-    return config
+    return cls(**kwargs)  # validated by __post_init__
 
 
 def _check_choices(config) -> None:
@@ -278,6 +370,9 @@ def read_config_json(path, cls=None):
         kind, settings = doc["kind"], doc["settings"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a napari-flex3d config.json ({exc})") from exc
+    if not isinstance(kind, str) or not isinstance(settings, dict):
+        raise ValueError(f"{path}: not a napari-flex3d config.json (kind {kind!r}, settings of type "
+                         f"{type(settings).__name__})")
     classes = {c.__name__: c for c in (TrainConfig, GenerateConfig)}
     if cls is None:
         if kind not in classes:
@@ -285,7 +380,10 @@ def read_config_json(path, cls=None):
         cls = classes[kind]
     elif kind != cls.__name__:
         raise ValueError(f"{path}: holds a {kind}, not a {cls.__name__}")
-    return from_dict(cls, settings)
+    try:
+        return from_dict(cls, settings)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- command line
@@ -343,6 +441,4 @@ def from_arguments(cls, args: argparse.Namespace, **overrides):
     names = {f.name for f in dataclasses.fields(cls)}
     values = {k: v for k, v in vars(args).items() if k in names}
     values.update(overrides)
-    config = cls(**values)
-    _check_choices(config)
-    return config
+    return cls(**values)  # validated by __post_init__

@@ -50,13 +50,10 @@ def particles_layer_data(ps, name: str, count: int = MONTAGE_COUNT) -> tuple:
 
 
 def read_particle_file(path, passthrough=None, root=None):
-    """``io.particles.read_particles``; with no ``root`` given and image paths that do not
-    resolve from the working folder, the particle file's own folder is tried as the root."""
+    """``io.particles.read_particles``: image paths resolve as in the CLI (``io.image_source``)."""
     from ..io.particles import read_particles
 
-    ps = read_particles(path, passthrough=passthrough, root=root)
-    if root or len(ps) == 0:
-        return ps
+    return read_particles(path, passthrough=passthrough, root=root)
     try:
         ps.images(np.array([0]))
     except (ValueError, FileNotFoundError, OSError):

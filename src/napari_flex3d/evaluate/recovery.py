@@ -130,8 +130,8 @@ def state_fsc_report(run_dir, sim_dir, threshold: float = 0.143, moving_domain=(
 
     run_dir, sim_dir = Path(run_dir), Path(sim_dir)
     truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
-    coords = np.load(sim_dir / "truth" / "coords.npy")
-    latents = np.load(run_dir / "latents.npy")
+    coords = np.load(sim_dir / "truth" / "coords.npy", allow_pickle=False)
+    latents = np.load(run_dir / "latents.npy", allow_pickle=False)
     n = len(latents)
 
     def at_box(path, box):  # a copy: the array may be read-only
@@ -189,7 +189,7 @@ def motion_modes(run_dir, sim_dir, n: int = 2000, n_modes: int = 4) -> dict:
     mol, truth = simulated_molecule(sim_dir)
     model, latents = load_generator(run_dir)
     n = min(int(n), len(latents))
-    coords = np.load(sim_dir / "truth" / "coords.npy")[:n]
+    coords = np.load(sim_dir / "truth" / "coords.npy", allow_pickle=False)[:n]
     mesh = load_mesh(run_dir / "mesh.npz")
     d_true, _, _ = true_vertex_displacements(mesh, mol, coords, truth["motion"])
     with torch.no_grad():

@@ -32,6 +32,9 @@ def load_generator(run_dir, device="cpu"):
     band = band_limit(int(state["epoch"]), config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
     model.max_freq_px = band * model.box / 2
     model.eval()
+    from ..io.values import require_finite
+
+    require_finite(state["latents"].numpy(), f"{run_dir}: the checkpoint's latents")  # NaN: the run diverged
     return model, state["latents"].to(torch.float32)
 
 

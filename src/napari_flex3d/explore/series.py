@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = [
-    "write_volume_series", "write_chimerax_series_script", "write_series_movie", "series_level", "projection_images",
+    "write_volume_series", "write_chimerax_series_script", "cxc_quoted", "write_series_movie", "series_level", "projection_images",
     "to_uint8",
 ]
 
@@ -30,9 +30,25 @@ def series_level(volumes: np.ndarray) -> float:
     return level
 
 
+def cxc_quoted(name: str) -> str:
+    """``name`` as one argument of a ChimeraX command, quoted unless plain (a name with spaces stays one).
+
+    ChimeraX has no escape inside a quoted word, so a name holding a double quote, a
+    semicolon (which separates commands), a newline or another control character could end
+    the word and run the rest as commands: such names are refused (``ValueError``), not written.
+    """
+    bad = sorted({c for c in name if c in '";' or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        raise ValueError(f"{name!r}: a file name with {' '.join(repr(c) for c in bad)} cannot be written into a "
+                         "ChimeraX script safely; rename it")
+    plain = all(c.isalnum() or c in "_-.*/+" for c in name)
+    return name if plain and name else f'"{name}"'
+
+
 def write_chimerax_series_script(path, frame_glob: str, level: float, frames: int) -> Path:
     """A ``.cxc`` that opens ``frame_glob`` as a volume series and plays it back and forth."""
     path = Path(path)
+    frame_glob = cxc_quoted(frame_glob)
     text = "\n".join(
         [
             f"# napari-flex3d volume series: {frames} frames. Open this file in ChimeraX (open series.cxc).",
@@ -57,6 +73,7 @@ def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str =
     volumes = np.asarray(volumes, dtype=np.float32)
     if volumes.ndim != 4:
         raise ValueError(f"a volume series must be (frames, n, n, n), got shape {volumes.shape}")
+    cxc_quoted(prefix)  # refused before any frame is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     width = max(3, len(str(len(volumes) - 1)))

@@ -7,7 +7,9 @@ memory maps (each holds a file descriptor, so the cache is bounded), and
 Stack paths are resolved once per distinct stack (:func:`resolve_image_path`), trying in
 order: ``root/path``, ``root/<path without its first 1, 2, ... components>`` (a moved
 project), then the metadata file's folder and up to three of its parents (RELION
-project-relative paths, cryoSPARC ``J12/...`` paths next to ``J24/particles.cs``). A
+project-relative paths, cryoSPARC ``J12/...`` paths next to ``J24/particles.cs``), and with
+no root, last, the metadata file's folder as the root of a moved project. This one resolver
+serves every entry point (CLI, API, the napari reader), so a file opens the same way in each. A
 missing stack is not an error at read time; :func:`read_images` raises ``ValueError``
 naming it. :func:`output_stack_names` is the inverse, for writers.
 
@@ -77,7 +79,9 @@ def read_images(
 
     ``boxes (b,)``: the box the metadata promise for each image (-1: unknown); ``rows (b,)``
     and ``describe_row(row) -> str`` name the particle in errors. Raises ValueError naming a
-    missing stack, an index past the end of a stack, or stacks of different image sizes.
+    missing stack, an index past the end of a stack, stacks of different image sizes, or an
+    image with NaN or infinite pixels (refused, not dropped: the default is that no
+    non-finite pixel ever reaches a kernel, and the message names the first such image).
     Returns None when ``b == 0``.
     """
     out = None
@@ -110,7 +114,14 @@ def read_images(
             raise ValueError(
                 f"{path}: images are {stack.shape[1:]} but other stacks hold {out.shape[1:]}; select one box size"
             )
-        out[mask] = stack[ii]
+        block = np.asarray(stack[ii], dtype=np.float32)  # (m, h, w)
+        if not np.isfinite(block).all():  # NaN/Inf would reach the splat as an index of -2^63
+            k = int(np.argmax(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
+            raise ValueError(
+                f"{path}: image {int(ii[k]) + 1} (1-based) holds NaN or infinite pixels (particle {int(at[k])}"
+                f"{describe_row(at[k])}); remove such particles from the input (for example in RELION or cryoSPARC)"
+            )
+        out[mask] = block
     return out
 
 
@@ -135,6 +146,8 @@ def resolve_image_path(name: str, base_dir: Path, root: Path | None = None) -> t
             if d.parent == d:
                 break
             d = d.parent
+    if root is None:  # last: the metadata file's folder as the root of a moved project
+        candidates += [Path(base_dir) / Path(*parts[k:]) for k in range(1, len(parts))]
     for c in candidates:
         if c.is_file():
             return str(c), True

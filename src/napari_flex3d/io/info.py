@@ -24,6 +24,8 @@ def describe(path: Path, passthrough=None, root=None) -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a file (give a .star, .cs or MRC file inside it)")
     suffix = path.suffix.lower()
     if suffix in (".star", ".cs"):
         with warnings.catch_warnings(record=True) as caught:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .values import require_finite
+
 __all__ = [
     "MODES",
     "MrcHeader",
@@ -187,6 +189,8 @@ def _is_gz(path: Path) -> bool:
 def read_header(path) -> MrcHeader:
     """Parse the header of an MRC file (``.gz`` allowed); checks the file holds all its data."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not an MRC file")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such MRC file")
     if _is_gz(path):
@@ -220,18 +224,20 @@ def read_map(path, apix: float | None = None) -> MapData:
 
     Axes are re-ordered by the header's mapc/mapr/maps so the result is always
     ``(z, y, x)``. ``apix`` overrides the header's voxel size (use it when the header
-    cell is 0, in which case ``MapData.apix`` is ``None`` unless given here).
+    cell is 0, in which case ``MapData.apix`` is ``None`` unless given here). A map with
+    NaN or infinite voxels is refused (``ValueError`` naming the file and the count).
     """
     path = Path(path)
     header = read_header(path)
     arr = np.asarray(_file_order_array(path, header), dtype=np.float32)  # (sections, rows, cols)
+    require_finite(arr, f"{path}: MRC data")  # a NaN voxel would poison every FSC and threshold downstream
     # file axis 0 holds spatial axis maps, axis 1 mapr, axis 2 mapc; we want (Z, Y, X) = (3, 2, 1)
     mapc, mapr, maps = header.axis_order
     file_axis = {maps: 0, mapr: 1, mapc: 2}
     arr = np.ascontiguousarray(arr.transpose(file_axis[3], file_axis[2], file_axis[1]))  # (z, y, x)
     vx = header.voxel_size_xyz
     if apix is None:
-        apix = vx[0] if vx[0] > 0 else None
+        apix = vx[0] if np.isfinite(vx[0]) and vx[0] > 0 else None
     return MapData(
         data=arr,
         apix=None if apix is None else float(apix),

@@ -160,6 +160,22 @@ class ParticleSet:
         """``{stack path: exists}`` for every distinct stack."""
         return {str(p): os.path.isfile(p) for p in pd.unique(self.image_paths)}
 
+    def require_images(self, show: int = 3) -> "ParticleSet":
+        """``self`` if every image stack exists; else ``ValueError`` with the count and the first ``show`` paths.
+
+        Called before a long job starts, so that a moved or half-copied project fails in
+        seconds rather than at the first minibatch that needs a missing stack.
+        """
+        stacks = self.image_stacks()
+        missing = [p for p, ok in stacks.items() if not ok]
+        if missing:
+            more = f", ... ({len(missing) - show} more)" if len(missing) > show else ""
+            raise ValueError(
+                f"{self.source}: {len(missing)} of {len(stacks)} image stack(s) not found: "
+                f"{', '.join(missing[:show])}{more}; pass --root FOLDER (root=) if the data moved"
+            )
+        return self
+
     def input_stack_names(self) -> np.ndarray | None:
         """``(n,)`` stack names as the input file wrote them (before resolution), or None
         for a set built in memory."""

@@ -48,6 +48,8 @@ def read_particles(path, passthrough=None, root=None) -> ParticleSet:
     suffix = path.suffix.lower()
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, not a particle file (give the .star or .cs inside it)")
     root = None if root is None else Path(root)
     if suffix == ".star":
         if passthrough is not None:

@@ -157,6 +157,9 @@ def solvent_mask(
     if dilate_a < 0 or soft_pad_a < 0:
         raise ValueError(f"dilate_a and soft_pad_a must be >= 0, got {dilate_a}, {soft_pad_a}")
     low = lowpass_map(vol, apix, lowpass_a)
+    if threshold is None and volume_fraction is None and not float(low.max()) > float(low.min()):
+        raise ValueError(f"the map is constant ({float(low.min()):.4g} everywhere): no automatic mask threshold; "
+                         "check the map, or give a threshold")
     if threshold is not None:
         thr = float(threshold)
     elif volume_fraction is not None:

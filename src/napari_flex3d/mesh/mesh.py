@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,30 +209,62 @@ def save_mesh(mesh: Mesh, path) -> Path:
     return path
 
 
-def load_mesh(path) -> Mesh:
-    """Read a mesh written by :func:`save_mesh` (``np.load(allow_pickle=False)``)."""
+def load_mesh(path, box: int | None = None, apix: float | None = None) -> Mesh:
+    """Read a mesh written by :func:`save_mesh` (``np.load(allow_pickle=False)``: a pickle is refused).
+
+    Every failure is a ``ValueError`` naming the file: not an ``.npz``, missing or malformed
+    arrays or metadata, non-finite vertices, degenerate or inverted cells (with their count).
+    With ``box`` and ``apix`` (the run's), a mesh built for a box of another size in Å
+    (``box * apix``) is refused naming both.
+    """
     path = Path(path)
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{path}: not a readable mesh .npz ({exc})") from exc
+    except FileNotFoundError:
+        raise
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, NotImplementedError) as exc:
+        # np.load raises OSError/ValueError; a damaged zip inside it the others
+        raise ValueError(f"{path}: not a readable mesh .npz ({type(exc).__name__}: {exc})") from exc
     for key in ("vertices_a", "cells", "meta_json"):
         if key not in arrays:
             raise ValueError(f"{path}: mesh file lacks '{key}'")
-    meta = json.loads(str(arrays["meta_json"]))
-    if meta.get("format") != "napari-flex3d mesh":
-        raise ValueError(f"{path}: not a napari-flex3d mesh (format={meta.get('format')!r})")
-    if int(meta.get("version", 0)) > MESH_FORMAT_VERSION:
-        raise ValueError(f"{path}: mesh format version {meta['version']} is newer than {MESH_FORMAT_VERSION}")
-    return Mesh(
-        vertices_a=arrays["vertices_a"],
-        cells=arrays["cells"],
-        box=meta["box"],
-        apix=meta["apix"],
-        rigidity_weights=arrays.get("rigidity_weights"),
-        motion_mask=arrays.get("deformation_mask"),
-        method=meta.get("method", "user"),
-        cell_size_a=meta.get("cell_size_a"),
-        info=meta.get("info", {}),
-    )
+    try:
+        meta = json.loads(str(arrays["meta_json"]))
+    except ValueError as exc:
+        raise ValueError(f"{path}: mesh metadata is not JSON ({exc})") from exc
+    if not isinstance(meta, dict) or meta.get("format") != "napari-flex3d mesh":
+        raise ValueError(f"{path}: not a napari-flex3d mesh (format={meta.get('format') if isinstance(meta, dict) else meta!r})")
+    try:
+        version, mesh_box, mesh_apix = int(meta.get("version", 0)), int(meta["box"]), float(meta["apix"])
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ValueError(f"{path}: mesh metadata lacks a valid version/box/apix ({exc!r})") from exc
+    if version > MESH_FORMAT_VERSION:
+        raise ValueError(f"{path}: mesh format version {version} is newer than {MESH_FORMAT_VERSION}")
+    if mesh_box < 1 or not np.isfinite(mesh_apix) or mesh_apix <= 0:
+        raise ValueError(f"{path}: mesh box {mesh_box} / voxel size {mesh_apix} Å is not valid")
+    numeric = {k: arrays[k] for k in ("vertices_a", "cells", "rigidity_weights", "deformation_mask") if k in arrays}
+    for key, arr in numeric.items():
+        if arr.dtype.kind not in "iuf" or (arr.dtype.kind == "f" and not np.isfinite(arr).all()):
+            raise ValueError(f"{path}: mesh array '{key}' must hold finite numbers (dtype {arr.dtype})")
+    try:
+        mesh = Mesh(
+            vertices_a=arrays["vertices_a"], cells=arrays["cells"], box=mesh_box, apix=mesh_apix,
+            rigidity_weights=arrays.get("rigidity_weights"), motion_mask=arrays.get("deformation_mask"),
+            method=str(meta.get("method", "user")), cell_size_a=meta.get("cell_size_a"), info=meta.get("info", {}),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from exc
+    if mesh.n_cells == 0:
+        raise ValueError(f"{path}: the mesh has no cells")
+    volumes = mesh.cell_volumes_a3()
+    # A cell thinner than 1e-6 of a voxel's volume is degenerate: its barycentric coordinates divide by ~0.
+    bad = volumes <= 1e-6 * mesh.apix**3
+    if bad.any():
+        raise ValueError(f"{path}: {int(bad.sum())} of {mesh.n_cells} cells are degenerate or inverted "
+                         f"(volume <= 0); rebuild the mesh (flex3d mesh)")
+    if box is not None and apix is not None and abs(mesh.box * mesh.apix - box * apix) > 0.01 * box * apix:
+        raise ValueError(f"{path}: the mesh was built for a {mesh.box}-voxel box at {mesh.apix:.4g} Å "
+                         f"({mesh.box * mesh.apix:.1f} Å), the run's is {box} voxels at {apix:.4g} Å "
+                         f"({box * apix:.1f} Å); build it from this run's map (flex3d mesh --map)")
+    return mesh

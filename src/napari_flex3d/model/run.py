@@ -120,4 +120,6 @@ def final_latents(run_dir) -> np.ndarray:
     path = Path(run_dir) / "latents.npy"
     if not path.is_file():
         raise ValueError(f"{run_dir}: no latents.npy (is this a finished training run?)")
-    return np.load(path, allow_pickle=False)
+    from ..io.values import require_finite
+
+    return require_finite(np.load(path, allow_pickle=False), str(path))

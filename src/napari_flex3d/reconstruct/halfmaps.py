@@ -33,6 +33,7 @@ import torch
 
 from ..conventions import voxel_grid_xyz_a
 from ..io.mrc import read_map, write_map
+from ..io.values import require_informative_map
 from ..io.particles import read_particles
 from ..mesh.mesh import Mesh
 from ..model.canonical import scatter_to_volume
@@ -298,6 +299,7 @@ class _Solve:
             self.passes_done += s.iterations - int(state["k"])  # stopped early: converged
         vol = scatter_to_volume(values.detach().cpu(), self.flat_index, self.box)  # V at the voxel centres
         if main:
+            require_informative_map(vol.numpy(), f"{mrc_path}: the solved {mode} half map {half}")  # stop, not report
             write_map(mrc_path, vol.numpy(), self.apix, label=f"napari-flex3d {mode} half map {half}")
             if state_path.exists():
                 state_path.unlink()
@@ -332,7 +334,7 @@ def reconstruct_run(
     learnt from one half reaches the other half map.
     """
     run = load_frozen_run(run_dir)
-    ps = read_particles(particles, passthrough=passthrough, root=root)
+    ps = read_particles(particles, passthrough=passthrough, root=root).require_images()
     flows = half_flows(run, ps, run_dir, particles, run_b)
     yield from solve_half_maps(flows.model, flows.latents, ps, out_dir, settings, model_b=flows.model_b,
                                latents_b=flows.latents_b, sources=flows.sources, **options)

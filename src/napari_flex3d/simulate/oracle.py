@@ -26,7 +26,7 @@ def simulated_molecule(sim_dir):
     truth_dir = Path(sim_dir) / "truth"
     truth = json.loads((truth_dir / "truth.json").read_text())
     mol = build_molecule(int(truth["box"]), float(truth["apix"]), n_atoms=truth["n_atoms"], seed=truth["seed"])
-    if not np.allclose(mol.xyz_a, np.load(truth_dir / "atoms.npy"), atol=1e-3):
+    if not np.allclose(mol.xyz_a, np.load(truth_dir / "atoms.npy", allow_pickle=False), atol=1e-3):
         raise ValueError(f"{truth_dir}: the rebuilt molecule differs from atoms.npy (another simulator version?)")
     return mol, truth
 
@@ -96,7 +96,7 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
         opt.zero_grad()
         (model.flow(z_grid) - target).pow(2).mean().backward()
         opt.step()
-    latents = torch.as_tensor(np.load(truth_dir / "coords.npy"), dtype=torch.float32)
+    latents = torch.as_tensor(np.load(truth_dir / "coords.npy", allow_pickle=False), dtype=torch.float32)
     return model, latents
 
 

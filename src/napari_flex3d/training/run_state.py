@@ -74,7 +74,7 @@ def read_inputs(config: TrainConfig):
         raise ValueError("TrainConfig.particles: no particle file given")
     if not config.map:
         raise ValueError("TrainConfig.map: no consensus map given")
-    ps = read_particles(config.particles, passthrough=config.passthrough, root=config.root)
+    ps = read_particles(config.particles, passthrough=config.passthrough, root=config.root).require_images()
     if not ps.has_poses:
         raise ValueError(f"{config.particles}: particles have no poses (a consensus refinement is needed)")
     half = config.half_set

@@ -54,10 +54,11 @@ def training_box(config_box: int | None, particle_box: int) -> int:
 def consensus_at_box(map_path, particle_box: int, particle_apix: float, box: int) -> np.ndarray:
     """The consensus map Fourier-cropped to the training box, ``(box, box, box)`` float32."""
     from ..io.mrc import read_map
+    from ..io.values import require_informative_map
     from ..ops.fourier import fourier_crop_3d
 
     m = read_map(map_path)
-    data = m.data
+    data = require_informative_map(m.data, str(map_path))  # a constant map has no automatic mask threshold
     if data.shape != (particle_box,) * 3:
         raise ValueError(f"{map_path}: map is {data.shape}, the particles' box is {particle_box}")
     if m.apix is not None and abs(m.apix - particle_apix) > 0.01 * particle_apix:
@@ -75,7 +76,7 @@ def build_mask_and_mesh(consensus: np.ndarray, apix: float, config: TrainConfig)
 
     mask = solvent_mask(consensus, apix, threshold=config.mask_threshold, dilate_a=config.mask_dilate_a).binary
     if config.mesh:
-        mesh = load_mesh(config.mesh)
+        mesh = load_mesh(config.mesh, box=consensus.shape[-1], apix=apix)  # refuses another box's mesh
     else:
         mesh = build_mesh(mask, apix, cell_size_a=default_cell_size_a(consensus.shape[-1], apix, config.mesh_cell_size_a))
     return mask, mesh
