@@ -39,8 +39,9 @@ def _trainable(model: torch.nn.Module, params: list):
 
 
 #: The most (candidate rows x elements per row) one stacked evaluation of latent inference
-#: holds (about 10 temporaries of this size, float32): 128 MiB on the CPU, 1 GiB on a GPU.
-_STACK_ELEMENTS = {"cpu": 1 << 25, "cuda": 1 << 28}
+#: holds (the moved points and about 12 image-sized temporaries, float32): 256 MiB on the
+#: CPU, 1 GiB on a GPU.
+_STACK_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 28}
 
 
 def data_terms(
