@@ -357,3 +357,34 @@ def test_grid_search_in_blocks_equals_one_candidate_at_a_time(k_dim, estimate, l
     torch.testing.assert_close(one_by_one, want, rtol=0, atol=1e-12)
     torch.testing.assert_close(mass_new, mass_ref, rtol=0, atol=1e-10)
     assert (got != z0).any()  # the search moved (the test can fail)
+
+
+@pytest.mark.parametrize("latent_box", [None, 16])
+def test_stacked_data_terms_equal_one_call_per_candidate(tiny_sim, tiny_config, tmp_path, monkeypatch, latent_box):
+    """The loss of latent inference at ``g`` candidates per particle in few calls (the batch tiled,
+    the map band-limited once; here in calls of 2 candidates, the last one short) equals
+    ``data_terms`` called once per candidate with the model's own band limit."""
+    from napari_flex3d.training import step
+    from napari_flex3d.training.run_state import new_run
+
+    cfg = tiny_config(tiny_sim, tmp_path / "run", latent_dim=2, latent_box=latent_box, flow_init_a=3.0)
+    run = new_run(cfg, tmp_path / "run", torch.device("cpu"))
+    batch = step.read_batch(run, np.arange(7))
+    view = run.latent_view
+    max_freq_px = 0.6 * run.box / 2
+    if view is not None:
+        view.model.copy_canonical_from(run.model)
+        batch = view.batch(batch)
+        max_freq_px = min(max_freq_px, view.max_freq_px)
+    model = run.model if view is None else view.model
+    model.max_freq_px = max_freq_px
+    with torch.no_grad():
+        values = model.canonical_values()
+        per_row = 3 * values.shape[0] + 12 * model.box**2
+        monkeypatch.setitem(step._STACK_ELEMENTS, "cpu", 2 * 7 * per_row)  # 2 candidates per call
+        z = torch.randn(5, 7, 2, generator=torch.Generator().manual_seed(0))
+        got = step.stacked_data_terms(run, batch, max_freq_px, view, values)(z)  # (5, 7)
+        want = torch.stack([step.data_terms(run, batch, c, max_freq_px, view) for c in z])
+    assert got.shape == (5, 7)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert want.std(0).max() > 1e-2  # the candidates' losses differ (the test can fail)
