@@ -61,7 +61,7 @@ def _phases_marked():
     """Wraps the loop's phases in ``record_function`` ranges (the library stays unmarked)."""
     import torch
 
-    from napari_flex3d.training import loop, metrics, step
+    from napari_flex3d.training import loop, step
 
     def marked(fn, name):
         def wrapper(*a, **k):
@@ -79,7 +79,7 @@ def _phases_marked():
     saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patches]
     for mod, name, fn in patches:
         setattr(mod, name, fn)
-    return saved, metrics
+    return saved
 
 
 def train(cfg, out: Path, profile: bool):
@@ -168,7 +168,7 @@ def main() -> None:
             epoch_s, steps, _ = train(cfg, Path(tmp) / "timed", profile=False)
             n_train = round(args.particles * (1 - cfg.val_fraction))
             rate = n_train * args.epochs / epoch_s
-        saved, _ = _phases_marked()
+        saved = _phases_marked()
         try:
             cfg = config(data, Path(tmp) / "profiled", args)
             _, steps, prof = train(cfg, Path(tmp) / "profiled", profile=True)
