@@ -12,9 +12,10 @@ Prints particles/s of
   iteration of ``flex3d reconstruct`` takes per particle (flow frozen at the particles'
   latents: convect-project, CTF, whitened residual, backward to the map), in chunks;
 
-beside each, the peak GPU memory (``torch.cuda.max_memory_allocated``) and the bound that
-the GPU's memory bandwidth puts on it. The bound counts the bytes the fused
-convect-project must move at the least: per particle and per model evaluation each
+beside each, aten operator calls per step (and kernel launches on CUDA), the peak GPU memory
+(``torch.cuda.max_memory_allocated``) and the bound that the GPU's memory bandwidth puts on
+it. The bound counts the bytes the fused convect-project must move at the least: per
+particle and per model evaluation each
 masked voxel's position and value are read (16 B; the moved positions are written and
 read once more, 24 B) and its kernel taps read-modify-write the image (8 B per tap of
 the 2D splat: 16 taps cubic, 4 linear), forward; the backward moves the same again plus the value and
@@ -198,6 +199,7 @@ def bench_training(box: int, batch: int, steps: int, device, quick: bool, latent
     dt = time.perf_counter() - t0
     rate = steps * batch / dt
     syncs = count_host_syncs(lambda: _step(run, np.arange(batch), FLOW, 0.5, batch=batches[0]), device)
+    aten, launches = count_ops(lambda ph: _step(run, np.arange(batch), ph, 0.5, batch=batches[0]), (FLOW, STRUCTURE), device)
     if profile:
         profile_steps(lambda ph: _step(run, np.arange(batch), ph, 0.5, batch=batches[0]), (FLOW, STRUCTURE), device)
     k, g, sweeps = config.latent_dim, config.latent_grid, config.latent_steps
@@ -210,8 +212,27 @@ def bench_training(box: int, batch: int, steps: int, device, quick: bool, latent
         "box": box, "latent_box": latent_box or box, "n_voxels_inference": n_vox_inference,
         "batch": batch, "steps": steps, "particles_per_s": rate, "peak_gb": _peak_gb(device),
         "n_voxels": n_vox, "evaluations_per_particle": evals + 1, "bytes_per_particle": per_particle,
-        "apix": apix, "host_syncs_per_step": syncs,
+        "apix": apix, "host_syncs_per_step": syncs, "aten_ops_per_step": aten, "kernel_launches_per_step": launches,
     }
+
+
+def count_ops(step, phases, device) -> tuple[float, float | None]:
+    """aten operator calls (every call the profiler records, nested ones included) and CUDA kernel
+    launches (``cudaLaunchKernel``; ``None`` on the CPU) per step, over one step of each phase
+    (benchmarks/ops_per_step.py counts a whole run's)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        for phase in phases:
+            step(phase)
+        _sync(device)
+    names = [e.name for e in prof.events()]
+    aten = sum(n.startswith("aten::") for n in names) / len(phases)
+    launches = sum(n.startswith(("cudaLaunchKernel", "cuLaunchKernel")) for n in names) / len(phases)
+    return aten, (launches if device.type == "cuda" else None)
 
 
 def profile_steps(step, phases, device, rows: int = 22) -> None:
@@ -339,7 +360,9 @@ def main(argv=None) -> int:
         print(f"train box {box} (inference at {r['latent_box']}): {r['particles_per_s']:,.1f} particles/s (bandwidth bound {r['bound_particles_per_s']:,.0f}, "
               f"{r['particles_per_s'] / r['bound_particles_per_s']:.1%}), peak {r['peak_gb']:.2f} GB, "
               f"{r['n_voxels']:,} voxels, {r['evaluations_per_particle']} evaluations/particle, "
-              f"host syncs per step {r['host_syncs_per_step']}", flush=True)
+              f"host syncs per step {r['host_syncs_per_step']}, aten ops per step {r['aten_ops_per_step']:,.0f}"
+              + ("" if r["kernel_launches_per_step"] is None else f", kernel launches per step {r['kernel_launches_per_step']:,.0f}"),
+              flush=True)
     if a.no_reconstruction:
         print(json.dumps(out))
         return 0

@@ -272,3 +272,119 @@ def test_learned_prior_keeps_the_gaussians_mean_and_variance(k_dim, n_grid):
     if n_grid > 3:
         flat = torch.softmax(prior.updated(edges * 100 + 1).log_density.double(), 0)
         assert flat[edges.bool()].sum() > start[edges.bool()].sum()
+
+
+def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, estimate="map", grid_mass=None):
+    """The grid search one candidate at a time (the code before candidates were evaluated in
+    blocks): the oracle that the block evaluation must reproduce."""
+    import math
+
+    def objective(c):
+        return loss_fn(c) + (0.5 * (c**2).sum(-1) if prior is None else prior.energy(c))
+
+    b, k_dim = z0.shape
+    z, best = z0.clone(), objective(z0)
+    log_mass, moment = torch.full((b,), -math.inf), torch.zeros_like(z0)
+    grid_best, grid_objs = torch.full((b,), math.inf), []
+
+    def accumulate(cand, obj):
+        nonlocal log_mass, moment
+        new = torch.logaddexp(log_mass, -obj)
+        moment = moment * torch.exp(log_mass - new)[:, None] + torch.exp(-obj - new)[:, None] * cand
+        log_mass = new
+
+    def try_(cand, joint=False):
+        nonlocal z, best, grid_best
+        obj = objective(cand)
+        if joint:
+            accumulate(cand, obj)
+            grid_best = torch.minimum(grid_best, obj)
+            grid_objs.append(obj)
+        better = obj < best
+        z, best = torch.where(better[:, None], cand, z), torch.where(better, obj, best)
+
+    half = z_range
+    joint = n_grid**k_dim <= 100
+    for sweep in range(sweeps):
+        offsets = torch.linspace(-half, half, n_grid)
+        if sweep == 0 and joint:
+            for point in torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim):
+                try_(point.expand(b, k_dim).clone(), joint=True)
+        else:
+            for k in range(k_dim):
+                centre = torch.zeros(b) if sweep == 0 else z[:, k].clone()
+                for off in offsets:
+                    cand = z.clone()
+                    cand[:, k] = centre + off
+                    try_(cand)
+        half = 2.0 * half / (n_grid - 1)
+    if grid_mass is not None:
+        grid_mass += torch.softmax(-torch.stack(grid_objs, 1), 1).sum(0)
+    if estimate == "mean" and joint:
+        excess = -best + torch.log1p(-torch.exp((best - grid_best).clamp(max=0.0)).clamp(max=1.0 - 1e-7))
+        accumulate(z, -excess)
+        return moment
+    return z
+
+
+@pytest.mark.parametrize("k_dim", [1, 2, 3])
+@pytest.mark.parametrize("estimate", ["map", "mean"])
+@pytest.mark.parametrize("learned", [False, True])
+def test_grid_search_in_blocks_equals_one_candidate_at_a_time(k_dim, estimate, learned):
+    """Candidates evaluated in blocks (``stacked``: the joint grid with ``z0`` in one call, each
+    axis's values in one) give the latents, posterior means and grid masses of trying them one
+    after the other; K=3 has no joint sweep (9**3 > 100) and runs coordinate descent only."""
+    gen = torch.Generator().manual_seed(k_dim)
+    b = 40
+    target = torch.randn(b, k_dim, generator=gen, dtype=torch.float64)
+    mix = torch.randn(k_dim, k_dim, generator=gen, dtype=torch.float64)
+
+    def loss(z):  # (..., K) -> (...): coupled axes, two valleys per particle
+        d = (z - target) @ mix
+        return -torch.logaddexp(-3.0 * (d**2).sum(-1), -2.0 * ((z + target) ** 2).sum(-1) - 0.5)
+
+    z0 = 0.3 * torch.randn(b, k_dim, generator=gen, dtype=torch.float64)
+    prior = None
+    if learned and k_dim < 3:
+        prior = GridPrior.gaussian(k_dim, 9, 2.5).updated(torch.rand(9**k_dim, generator=gen, dtype=torch.float64))
+    mass_new = torch.zeros(9**k_dim, dtype=torch.float64)
+    mass_ref = torch.zeros(9**k_dim, dtype=torch.float64)
+    kwargs = dict(sweeps=3, n_grid=9, z_range=2.5, estimate=estimate)
+    got = infer_latents_grid(loss, z0, prior=prior, grid_mass=mass_new, stacked=True, **kwargs)
+    one_by_one = infer_latents_grid(loss, z0, prior=prior, **kwargs)  # the same blocks, one loss call per candidate
+    want = _reference_grid(loss, z0, prior=prior, grid_mass=mass_ref if k_dim < 3 else None, **kwargs)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(one_by_one, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(mass_new, mass_ref, rtol=0, atol=1e-10)
+    assert (got != z0).any()  # the search moved (the test can fail)
+
+
+@pytest.mark.parametrize("latent_box", [None, 16])
+def test_stacked_data_terms_equal_one_call_per_candidate(tiny_sim, tiny_config, tmp_path, monkeypatch, latent_box):
+    """The loss of latent inference at ``g`` candidates per particle in few calls (the batch tiled,
+    the map band-limited once; here in calls of 2 candidates, the last one short) equals
+    ``data_terms`` called once per candidate with the model's own band limit."""
+    from napari_flex3d.training import step
+    from napari_flex3d.training.run_state import new_run
+
+    cfg = tiny_config(tiny_sim, tmp_path / "run", latent_dim=2, latent_box=latent_box, flow_init_a=3.0)
+    run = new_run(cfg, tmp_path / "run", torch.device("cpu"))
+    batch = step.read_batch(run, np.arange(7))
+    view = run.latent_view
+    max_freq_px = 0.6 * run.box / 2
+    if view is not None:
+        view.model.copy_canonical_from(run.model)
+        batch = view.batch(batch)
+        max_freq_px = min(max_freq_px, view.max_freq_px)
+    model = run.model if view is None else view.model
+    model.max_freq_px = max_freq_px
+    with torch.no_grad():
+        values = model.canonical_values()
+        per_row = 3 * values.shape[0] + 12 * model.box**2
+        monkeypatch.setitem(step._STACK_ELEMENTS, "cpu", 2 * 7 * per_row)  # 2 candidates per call
+        z = torch.randn(5, 7, 2, generator=torch.Generator().manual_seed(0))
+        got = step.stacked_data_terms(run, batch, max_freq_px, view, values)(z)  # (5, 7)
+        want = torch.stack([step.data_terms(run, batch, c, max_freq_px, view) for c in z])
+    assert got.shape == (5, 7)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+    assert want.std(0).max() > 1e-2  # the candidates' losses differ (the test can fail)

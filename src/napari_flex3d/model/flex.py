@@ -224,16 +224,18 @@ class FlexModel(nn.Module):
         shifts_a: torch.Tensor | None = None,
         ctf: torch.Tensor | None = None,
         kernel: str | None = None,
+        values: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Model images ``(b, N, N)``: convect + project ``V`` (one splat), then the CTF.
 
         ``z (b, K)`` latents or ``None`` (rigid); ``rotations (b, 3, 3)`` RELION ``A``;
         ``shifts_a (b, 2)`` (RELION origin, Å; ``None`` = 0); ``ctf (b, N, N//2+1)`` rfft
-        layout or ``None``.
+        layout or ``None``; ``values (n_vox,)`` the map to project, if not
+        :meth:`canonical_values` (computed once for many calls with the map frozen).
         """
         from ..ops.splat import convect_project
 
-        values = self.canonical_values()
+        values = self.canonical_values() if values is None else values
         rotations = torch.as_tensor(rotations).to(values)
         b = rotations.shape[0]
         if shifts_a is None:

@@ -248,23 +248,23 @@ class GridPrior:
         return (self.k_dim, self.n_grid) == (k_dim, n_grid) and math.isclose(self.z_range, z_range)
 
     def energy(self, z: torch.Tensor) -> torch.Tensor:
-        """``-log p(z)`` up to a constant, ``(b, K) -> (b,)``."""
+        """``-log p(z)`` up to a constant, ``(..., K) -> (...)``."""
         g, r = self.n_grid, self.z_range
         h = 2.0 * r / (g - 1)
         inside = z.clamp(-r, r)
-        t = (inside + r) / h  # (b, K) grid coordinates
+        t = (inside + r) / h  # (..., K) grid coordinates
         i0 = t.floor().clamp(0, g - 2)
         frac = t - i0
         i0 = i0.long()
         log_d = self.log_density.to(z)
-        out = torch.zeros_like(z[:, 0])
+        out = torch.zeros_like(z[..., 0])
         for corner in range(2**self.k_dim):
-            index = torch.zeros_like(i0[:, 0])
-            weight = torch.ones_like(z[:, 0])
+            index = torch.zeros_like(i0[..., 0])
+            weight = torch.ones_like(z[..., 0])
             for k in range(self.k_dim):
                 bit = (corner >> (self.k_dim - 1 - k)) & 1
-                index = index * g + i0[:, k] + bit
-                weight = weight * (frac[:, k] if bit else 1.0 - frac[:, k])
+                index = index * g + i0[..., k] + bit
+                weight = weight * (frac[..., k] if bit else 1.0 - frac[..., k])
             out = out + weight * log_d[index]
         tail = 0.5 * self.gaussian_weight * ((z**2).sum(-1) - (inside**2).sum(-1))
         return tail - out
@@ -337,6 +337,7 @@ def infer_latents_grid(
     estimate: str = "map",
     prior: GridPrior | None = None,
     grid_mass: torch.Tensor | None = None,
+    stacked: bool = False,
 ) -> torch.Tensor:
     """Grid search over ``z``: a joint grid over all axes first when small enough, then
     coordinate descent, one axis at a time, on grids that narrow every sweep.
@@ -378,6 +379,10 @@ def infer_latents_grid(
         grid_mass: ``(n_grid**K,)``, if given: each particle's posterior weights on the joint
             grid's points (normalised per particle) are added to it, for
             :meth:`GridPrior.updated` (nothing is added when no joint sweep runs).
+        stacked: ``loss_fn`` also takes ``(g, b, K)``, ``g`` candidates per particle, and
+            returns ``(g, b)``: a sweep's candidates (the joint grid, with ``z0``, or one axis's
+            values) are then evaluated in one call instead of one call each (a GPU's kernel
+            launches, a CPU's operator overhead), with the same result.
     Returns:
         ``(b, K)`` refined latents (``"map"``: never worse than ``z0`` by the objective).
     """
@@ -390,22 +395,21 @@ def infer_latents_grid(
             f"inference uses {n_grid}**{k_dim} over +-{z_range}"
         )
 
-    def objective(cand: torch.Tensor) -> torch.Tensor:  # (b, K) -> (b,): data loss + prior energy
-        return loss_fn(cand) + (0.5 * prior_weight * (cand**2).sum(-1) if prior is None else prior.energy(cand))
+    def objective(cand: torch.Tensor) -> torch.Tensor:  # (g, b, K) -> (g, b): data loss + prior energy
+        data = loss_fn(cand) if stacked else torch.stack([loss_fn(c) for c in cand])
+        return data + (0.5 * prior_weight * (cand**2).sum(-1) if prior is None else prior.energy(cand))
 
-    search = _GridSearch(objective, z0.clone(), keep_grid=grid_mass is not None)
+    joint = sweeps > 0 and n_grid**k_dim <= max_joint
+    grid = torch.linspace(-z_range, z_range, n_grid, device=z0.device, dtype=z0.dtype)  # (g,) the first sweep's
+    search = _GridSearch(objective, z0.clone(), _joint_grid(k_dim, grid) if joint else None, grid_mass is not None)
     half_width = float(z_range)
-    joint = False
     for sweep in range(sweeps):
-        offsets = torch.linspace(-half_width, half_width, n_grid, device=z0.device, dtype=z0.dtype)  # (g,)
-        if sweep == 0 and n_grid**k_dim <= max_joint:
-            joint = True
-            search.joint_sweep(offsets)
-        else:
+        if sweep > 0 or not joint:
+            offsets = torch.linspace(-half_width, half_width, n_grid, device=z0.device, dtype=z0.dtype)  # (g,)
             search.axis_sweep(offsets, from_origin=sweep == 0)
         half_width = 2.0 * half_width / max(n_grid - 1, 1)  # one previous grid spacing
-    if grid_mass is not None and search.grid_objs:
-        grid_mass += torch.softmax(-torch.stack(search.grid_objs, 1), 1).sum(0).to(grid_mass)  # (g^K,)
+    if grid_mass is not None and search.grid_objs is not None:
+        grid_mass += torch.softmax(-search.grid_objs.T, 1).sum(0).to(grid_mass)  # (g^K,)
     if estimate == "mean" and joint:
         return search.posterior_mean()
     return search.z
@@ -413,59 +417,67 @@ def infer_latents_grid(
 
 class _GridSearch:
     """The state of :func:`infer_latents_grid` for a minibatch: each particle's best latents and
-    objective so far, and the posterior quadrature over the joint grid's points (a running
-    log-sum-exp, so that no particle's weights under- or overflow)."""
+    objective so far, and the posterior quadrature over the joint grid's points (a log-sum-exp,
+    so that no particle's weights under- or overflow).
 
-    def __init__(self, objective: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, keep_grid: bool):
-        self.objective = objective
+    Candidates come in blocks ``(g, b, K)`` evaluated at once; a block's outcome is that of
+    trying its candidates one after the other (a candidate replaces the best only if strictly
+    lower, so among equal objectives the first wins, as ``min`` picks it).
+    """
+
+    def __init__(self, objective: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, joint_points, keep_grid: bool):
+        """``joint_points (G, K)`` (or ``None``): the joint sweep's grid, evaluated with ``z`` in one block."""
+        self.objective = objective  # (g, b, K) -> (g, b)
+        b, k_dim = z.shape
         self.z = z  # (b, K)
-        self.best = objective(z)  # (b,)
-        self.log_mass = torch.full_like(self.best, -math.inf)  # (b,) log sum exp(-obj)
+        self.log_mass = z.new_full((b,), -math.inf)  # (b,) log sum exp(-obj)
         self.moment = torch.zeros_like(z)  # (b, K) sum exp(-obj - log_mass) * z
-        self.grid_best = torch.full_like(self.best, math.inf)  # (b,) the joint grid's lowest objective
-        self.grid_objs: list[torch.Tensor] = []  # (b,) per joint grid point, for grid_mass
-        self.keep_grid = keep_grid
+        self.grid_best = z.new_full((b,), math.inf)  # (b,) the joint grid's lowest objective
+        self.grid_objs = None  # (G, b) the joint grid's objectives, for grid_mass
+        if joint_points is None:
+            self.best = objective(z[None])[0]  # (b,)
+            return
+        cand = torch.cat([z[None], joint_points[:, None, :].expand(-1, b, k_dim)])  # (1 + G, b, K)
+        obj = objective(cand)  # (1 + G, b)
+        self.best = obj[0]
+        cand, obj = cand[1:], obj[1:]
+        self.accumulate(cand, obj)
+        self.grid_best = obj.min(0).values
+        if keep_grid:
+            self.grid_objs = obj
+        self.keep(cand, obj)
 
     def accumulate(self, cand: torch.Tensor, obj: torch.Tensor) -> None:
-        """Adds the point ``cand (b, K)`` with objective ``obj (b,)`` to the posterior quadrature."""
-        new_mass = torch.logaddexp(self.log_mass, -obj)  # (b,)
-        keep = torch.exp(self.log_mass - new_mass)  # (b,) 0 at the first point
-        self.moment = self.moment * keep[:, None] + torch.exp(-obj - new_mass)[:, None] * cand
+        """Adds the points ``cand (g, b, K)`` with objectives ``obj (g, b)`` to the posterior quadrature."""
+        new_mass = torch.logaddexp(self.log_mass, torch.logsumexp(-obj, 0))  # (b,)
+        keep = torch.exp(self.log_mass - new_mass)  # (b,) 0 at the first block
+        weights = torch.exp(-obj - new_mass)  # (g, b)
+        self.moment = self.moment * keep[:, None] + (weights[..., None] * cand).sum(0)
         self.log_mass = new_mass
 
-    def try_candidates(self, cand: torch.Tensor, joint: bool = False) -> None:
-        """Keeps ``cand (b, K)`` for the particles it improves; a joint grid point also joins the quadrature."""
-        obj = self.objective(cand)  # (b,)
-        if joint:
-            self.accumulate(cand, obj)
-            self.grid_best = torch.minimum(self.grid_best, obj)
-            if self.keep_grid:
-                self.grid_objs.append(obj)
-        better = obj < self.best  # torch.where, not z[better] = ...: no host sync on a GPU
-        self.z = torch.where(better[:, None], cand, self.z)
-        self.best = torch.where(better, obj, self.best)
-
-    def joint_sweep(self, offsets: torch.Tensor) -> None:
-        """Every point of the grid ``offsets (g,)`` on every axis, ``g**K`` in all, the same for all particles."""
-        b, k_dim = self.z.shape
-        for point in _joint_grid(k_dim, offsets):  # (K,) each
-            self.try_candidates(point.expand(b, k_dim).clone(), joint=True)
+    def keep(self, cand: torch.Tensor, obj: torch.Tensor) -> None:
+        """Keeps the best of ``cand (g, b, K)`` for the particles it improves (``torch.where``: no host sync)."""
+        low, first = torch.nan_to_num(obj, nan=math.inf).min(0)  # (b,): the first of equal minima
+        better = low < self.best
+        picked = cand.gather(0, first[None, :, None].expand(1, -1, cand.shape[-1]))[0]  # (b, K)
+        self.z = torch.where(better[:, None], picked, self.z)
+        self.best = torch.where(better, low, self.best)
 
     def axis_sweep(self, offsets: torch.Tensor, from_origin: bool) -> None:
-        """Coordinate descent: ``offsets (g,)`` about 0 (``from_origin``) or about the current best, one axis at a time."""
+        """Coordinate descent: ``offsets (g,)`` about 0 (``from_origin``) or about the current best, one
+        axis at a time; an axis's candidates differ from the best only on that axis, so they are one block."""
         for k in range(self.z.shape[1]):
-            centre = torch.zeros_like(self.z[:, k]) if from_origin else self.z[:, k].clone()  # (b,)
-            for off in offsets:
-                cand = self.z.clone()
-                cand[:, k] = centre + off
-                self.try_candidates(cand)
+            centre = torch.zeros_like(self.z[:, k]) if from_origin else self.z[:, k]  # (b,)
+            cand = self.z[None].repeat(len(offsets), 1, 1)  # (g, b, K)
+            cand[:, :, k] = centre[None, :] + offsets[:, None]
+            self.keep(cand, self.objective(cand))
 
     def posterior_mean(self) -> torch.Tensor:
         """``(b, K)``: the joint grid's quadrature plus the refined minimum, weighted by the mass the grid missed."""
         # the refined minimum adds exp(-best) - exp(-grid_best): nothing when the grid already
         # sat at the minimum, nearly all when the posterior is narrow
         excess = -self.best + torch.log1p(-torch.exp((self.best - self.grid_best).clamp(max=0.0)).clamp(max=1.0 - 1e-7))
-        self.accumulate(self.z, -excess)
+        self.accumulate(self.z[None], -excess[None])
         return self.moment
 
 
