@@ -33,15 +33,19 @@ def format_info(summary: dict) -> str:
 
 
 def simulate(out_dir, *, n_particles=5000, box=64, apix=3.0, snr=0.1, motion="hinge", seed=0, progress=False,
-             device="cpu"):
+             device="cpu", closure_deg=40.0, second_domain_fraction=0.3, occupancy="bimodal", pdb=None, domain=None,
+             second_domain=None, hinge=None):
     """Write a synthetic flexible dataset (see :mod:`napari_flex3d.simulate`); ``device`` (auto, cpu,
-    cuda[:i]) reconstructs the consensus half maps."""
+    cuda[:i]) reconstructs the consensus half maps. The closure motion's options (``closure_deg``
+    ... ``hinge``, see :class:`~napari_flex3d.simulate.closure.ClosureSpec`) apply to ``motion="closure"``."""
+    from .simulate.closure import ClosureSpec
     from .simulate.dataset import simulate_dataset
     from .training.setup import resolve_device
 
+    closure = ClosureSpec(closure_deg, second_domain_fraction, occupancy, pdb, domain, second_domain, hinge)
     return simulate_dataset(
         Path(out_dir), n_particles=n_particles, box=box, apix=apix, snr=snr, motion=motion, seed=seed, progress=progress,
-        device=resolve_device(device),
+        device=resolve_device(device), closure=closure if motion == "closure" else None,
     )
 
 

@@ -20,11 +20,22 @@ __all__ = ["simulated_molecule", "true_vertex_displacements", "true_motion_model
 
 def simulated_molecule(sim_dir):
     """``(molecule, truth)``: the simulator's molecule rebuilt from ``truth/truth.json`` (and that
-    file's contents), checked against the rest coordinates in ``truth/atoms.npy``."""
+    file's contents), checked against the rest coordinates in ``truth/atoms.npy``; for the
+    closure motion a :class:`~.closure.ClosureMolecule` read from ``truth/`` (atoms, domains, weights)."""
     from .molecule import build_molecule
 
     truth_dir = Path(sim_dir) / "truth"
     truth = json.loads((truth_dir / "truth.json").read_text())
+    if truth["motion"] == "closure":  # a user's model cannot be rebuilt: its atoms and weights are in truth/
+        from .closure import ClosureMolecule
+
+        c = truth["closure"]
+        mol = ClosureMolecule(
+            np.load(truth_dir / "atoms.npy").astype(np.float64), np.load(truth_dir / "atom_domains.npy"),
+            np.load(truth_dir / "atom_motion_weight.npy"), np.asarray(c["axis_point_a"]),
+            np.asarray(c["axis_direction"]), float(c["closure_deg"]), float(truth["atom_sigma_a"]),
+        )
+        return mol, truth
     mol = build_molecule(int(truth["box"]), float(truth["apix"]), n_atoms=truth["n_atoms"], seed=truth["seed"])
     if not np.allclose(mol.xyz_a, np.load(truth_dir / "atoms.npy"), atol=1e-3):
         raise ValueError(f"{truth_dir}: the rebuilt molecule differs from atoms.npy (another simulator version?)")
