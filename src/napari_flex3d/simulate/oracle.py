@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["simulated_molecule", "true_vertex_displacements", "true_motion_model", "domain_mask"]
+__all__ = ["simulated_molecule", "true_vertex_displacements", "true_motion_model", "true_motion_model_and_mesh",
+           "domain_mask"]
 
 
 def simulated_molecule(sim_dir):
@@ -77,6 +78,19 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
     """``(model, latents)``: a ``FlexModel`` at ``box`` (default: the simulation's) with the true
     rest map as ``V`` and a flow generator fitted to the true motion, and the true motion
     coordinates ``(n, k)`` as latents (in the STAR's row order)."""
+    model, _, latents = true_motion_model_and_mesh(sim_dir, box, cells_across, fit_steps, seed)
+    return model, latents
+
+
+def true_motion_model_and_mesh(sim_dir, box: int | None = None, cells_across: float = 12, fit_steps: int = 300,
+                               seed: int = 0):
+    """:func:`true_motion_model` and the mesh it is built on: ``(model, mesh, latents)``.
+
+    The flow generator is fitted, with the latent fixed to the true coordinate, to the
+    per-vertex displacements of :func:`true_vertex_displacements` at 41 states along each
+    coordinate (11 x 11 for two): the true deformation put into the model as far as the
+    mesh's linear interpolation carries it (for the closure motion, the arcs included).
+    """
     from ..io.mrc import read_map
     from ..mesh import build_mesh, solvent_mask
     from ..model.flex import FlexModel
@@ -108,7 +122,7 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
         (model.flow(z_grid) - target).pow(2).mean().backward()
         opt.step()
     latents = torch.as_tensor(np.load(truth_dir / "coords.npy"), dtype=torch.float32)
-    return model, latents
+    return model, mesh, latents
 
 
 def domain_mask(sim_dir, domain, box: int | None = None, dilate_a: float = 6.0, soft_a: float = 15.0) -> np.ndarray:
