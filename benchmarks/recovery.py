@@ -193,11 +193,12 @@ def _closure_report(run_dir: Path, sim_dir: Path, args, run_config: dict, truth:
     if args.oracle:
         t0 = time.perf_counter()
         rows["oracle"] = oracle_closure_figures(sim_dir, box=run_config["training_box"],
-                                                n=len(np.load(run_dir / "latents.npy")))
+                                                n=len(np.load(run_dir / "latents.npy")),
+                                                latents_file=Path(args.out) / "oracle_latents.npy")
         print(f"oracle: {time.perf_counter() - t0:.0f} s")
     print("Closure figures (evaluate/closure.py): |Spearman|; moving-domain correlation open / middle / closed; "
           "excursion (projected, RMS ratio); span (matched true coordinates at the latent's 3rd/97th percentiles | "
-          "those particles' own); curvature mode trained / true")
+          "those particles' own); curvature (the truth's second mode carried, relative modes trained / true)")
 
     def cells(f):
         return [f"{f['spearman']:.3f}", " / ".join(f"{c:.3f}" for c in f["moving_corr"]),
