@@ -16,9 +16,11 @@ domain being the linker and arm):
   true maps at 41 states along the path; the true coordinates they match best (``span_match``)
   against those particles' own (``span_true``), as the ratio of the two spans;
 - ``modes`` / ``curvature``: the motion modes (:func:`~.recovery.displacement_modes`) of the
-  flow at the first 2,000 particles' latents and of the truth on the same mesh; the curvature
-  is how much of the truth's first mode beyond the K linear ones (K = 1: the second, a
-  rotation's ``1 - cos`` term; K = 2: the third) the flow carries, projected on that mode.
+  flow at the first 2,000 particles' latents and of the truth on the same mesh; the curvature:
+  along 41 even steps from the open end's latent to the closed end's (the truth: from -1 to
+  +1), how much of the truth's second displacement mode (the arc's ``1 - cos`` term) the flow
+  carries, projected on it (a flow that stops short of the ends carries less: the term grows
+  with the square of the angle).
 
 :func:`oracle_latents` infers each particle's latent for a model with the project's own grid
 inference (:func:`~napari_flex3d.training.latents.infer_latents_grid`), the model frozen; with
@@ -129,18 +131,27 @@ def closure_figures(model, latents, sim_dir, n_path: int = 41, percentiles=(3.0,
     d_model = model.displacements(torch.as_tensor(latents[:m], dtype=torch.float32).to(model.vertices_a)).cpu().numpy()
     modes = {"trained": displacement_modes(d_model), "true": displacement_modes(d_true)}
     out["modes"] = {key: [float(v) for v in val] for key, val in modes.items()}
-    out["curvature"] = _mode_fraction(d_model, d_true, min(k_dim, m - 1))
+    # the arc, independent of where the particles sit: 41 even steps from end to end, the model's
+    # from the open end's latent to the closed end's, the truth's in its own coordinate
+    steps = np.linspace(0.0, 1.0, 41)[:, None]
+    z_path = z_states[0] + steps * (z_states[2] - z_states[0])  # (41, K)
+    d_path = model.displacements(torch.as_tensor(z_path, dtype=torch.float32).to(model.vertices_a)).cpu().numpy()
+    c_path = np.zeros((41, coords.shape[1]))
+    c_path[:, 0] = -1.0 + 2.0 * steps[:, 0]
+    d_true_path, _, _ = true_vertex_displacements(_model_mesh(model), mol, c_path, motion)
+    out["curvature"] = _mode_fraction(d_path, d_true_path, 1)
     return out
 
 
 def _mode_fraction(d_model: np.ndarray, d_true: np.ndarray, j: int) -> float:
     """How much of the truth's ``j``-th displacement mode ``(m, v, 3)`` the model's displacements
-    at the same particles carry: the norm of their projection on it over its singular value.
+    at the same ``m`` steps carry: the norm of their projection on it over its singular value.
 
-    Projected, not a ratio of the two sets of relative singular values: a flow that saturates
-    between two crowded ends has a second mode of its own that is not the arc's curvature
-    (measured: relative second modes 0.21 trained against 0.04 true on a closure whose flow
-    reached a third of the excursion)."""
+    Projected on the truth's field, and along an evenly stepped path, not a ratio of relative
+    singular values at the particles' latents: a flow between two crowded ends has second
+    modes of its own that are not the arc's, and the particles' spread changes those values
+    (measured at the particles: relative second modes 0.21 trained against 0.04 true on a
+    closure whose flow reached a third of the excursion)."""
     t = d_true.reshape(len(d_true), -1)
     t = t - t.mean(0)
     _, s, vt = np.linalg.svd(t, full_matrices=False)
