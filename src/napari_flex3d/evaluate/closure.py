@@ -74,8 +74,8 @@ def closure_figures(model, latents, sim_dir, n_path: int = 41, percentiles=(3.0,
     """The figures of the module docstring for ``model`` (a ``FlexModel``) with latents ``(n, K)``
     in the STAR's row order (the first ``n`` particles of the simulation)."""
     from ..mesh import barycentric_matrix
+    from ..simulate.molecule import deform
     from ..simulate.oracle import domain_mask, simulated_molecule, true_vertex_displacements
-
     from ..training.agreement import canonical_correlations
 
     sim_dir = Path(sim_dir)
@@ -103,8 +103,6 @@ def closure_figures(model, latents, sim_dir, n_path: int = 41, percentiles=(3.0,
     b = barycentric_matrix(_model_mesh(model), mol.xyz_a[moving], dtype=torch.float64).to_dense().numpy()  # (a, v)
     d = model.displacements(torch.as_tensor(z_states[[0, 2]], dtype=torch.float32).to(model.vertices_a))
     pred = b @ (d[1] - d[0]).double().cpu().numpy()  # (a, 3) Å
-    from ..simulate.molecule import deform
-
     moved = deform(mol, ends[[0, 2]], motion)[:, moving]
     true = moved[1] - moved[0]
     out["excursion"] = float((pred * true).sum() / (true * true).sum())
