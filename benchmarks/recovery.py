@@ -2,6 +2,8 @@
 
     python benchmarks/recovery.py --out /tmp/bench                      # the full benchmark
     python benchmarks/recovery.py --out /tmp/bench --n-particles 4000 --epochs 4 --box 48   # reduced
+    python benchmarks/recovery.py --out /tmp/closure --motion closure --occupancy bimodal --oracle \
+        --n-particles 2000 --box 32 --epochs 6 --threads 1                                  # a domain closure
 
 Simulates ``flex3d simulate --motion both`` (default: box 64, 20,000 particles, SNR 0.05,
 K=2) unless ``--sim`` names an existing simulation, trains, and prints:
@@ -17,7 +19,14 @@ K=2) unless ``--sim`` names an existing simulation, trains, and prints:
   the truth and the masked FSC 0.143, for both and for the noise-free average of the
   states (the control: pure motion blur, which the masked FSC does not see, so the
   correlation decides "better in the moving domain");
-- wall and CPU time per epoch and peak memory.
+- wall and CPU time per epoch and peak memory;
+- with ``--motion closure`` (or ``--oracle``): whether the ends are reached
+  (:mod:`napari_flex3d.evaluate.closure`): |Spearman|, the moving domain's correlation with
+  the truth at the open end / middle / closed end, the learned excursion as a fraction of
+  the true one, the span of true states the maps at the latent's 3rd / 97th percentiles
+  match, and the curvature mode as a fraction of the truth's; with ``--oracle`` the same
+  for the oracle (the true map and motion in the model, latents inferred by the project's
+  grid inference), and a ``benchmarks/RESULTS.md`` row of both.
 """
 
 from __future__ import annotations
@@ -37,7 +46,13 @@ def main(argv=None) -> int:
     p.add_argument("--n-particles", type=int, default=20000)
     p.add_argument("--box", type=int, default=64)
     p.add_argument("--snr", type=float, default=0.05)
-    p.add_argument("--motion", default="both", choices=["hinge", "twist", "both"])
+    p.add_argument("--motion", default="both", choices=["hinge", "twist", "both", "closure"])
+    p.add_argument("--occupancy", default="bimodal", choices=["bimodal", "uniform"], help="closure: the occupancy")
+    p.add_argument("--closure-deg", type=float, default=40.0, help="closure: angle between the end states")
+    p.add_argument("--oracle", action="store_true",
+                   help="also score the oracle (true map and motion, latents inferred) with the closure figures")
+    p.add_argument("--latent-dim", type=int, default=None, help="K (default: the motion's number of coordinates)")
+    p.add_argument("--rigidity-lambda", type=float, default=None, help="weight of the local rigidity prior")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--max-particles", type=int, default=None, help="train on the first N particles only (reduced runs)")
     p.add_argument("--warmup-epochs", type=int, default=None)
@@ -90,18 +105,21 @@ def main(argv=None) -> int:
 
         sim_dir = out / "sim"
         t0 = time.perf_counter()
+        from napari_flex3d.simulate.closure import ClosureSpec
+
+        closure = ClosureSpec(closure_deg=args.closure_deg, occupancy=args.occupancy) if args.motion == "closure" else None
         simulate_dataset(sim_dir, n_particles=args.n_particles, box=args.box, apix=192.0 / args.box, snr=args.snr,
-                         motion=args.motion, seed=0, progress=True, device=resolve_device(args.device))
+                         motion=args.motion, seed=0, progress=True, device=resolve_device(args.device), closure=closure)
         t_sim = time.perf_counter() - t0
     truth = json.loads((sim_dir / "truth" / "truth.json").read_text())
-    k = len(truth["coordinate_names"])
+    k = args.latent_dim or len(truth["coordinate_names"])
     run_dir = out / "run"
     settings = dict(particles=str(sim_dir / "particles.star"), map=str(sim_dir / "consensus.mrc"), out=str(run_dir),
                     latent_dim=k, epochs=args.epochs, batch=args.batch, box=args.train_box, latent_box=args.latent_box,
                     kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
                     max_particles=args.max_particles)
     for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
-                 "rigidity_floor", "latent_estimate", "latent_grid", "latent_prior_shape", "seed"):  # the training's own defaults unless given here
+                 "rigidity_floor", "latent_estimate", "latent_grid", "latent_prior_shape", "seed", "rigidity_lambda"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = TrainConfig(**settings)
@@ -151,6 +169,8 @@ def main(argv=None) -> int:
     avg = [r["average_moving_a"] for r in rows]
     print(f"  moving-domain masked FSC 0.143 at least as fine as the consensus's at {fsc_finer} of {len(rows)}; the "
           f"control (pure motion blur) reaches {min(avg):.2f}-{max(avg):.2f} Å there: that FSC does not see blur")
+    if truth["motion"] == "closure" or args.oracle:
+        _closure_report(run_dir, sim_dir, args, run_config, truth)
     history = json.loads((run_dir / "history.json").read_text())  # every epoch, also those of earlier sessions
     wall = [h["seconds"] for h in history]
     cpu = [h["cpu_seconds"] for h in history]
@@ -161,6 +181,46 @@ def main(argv=None) -> int:
           + f"simulation {t_sim:.0f} s; "
           f"peak memory {peak:.0f} MB per process; benchmark {time.perf_counter() - t_bench:.0f} s")
     return 0
+
+
+def _closure_report(run_dir: Path, sim_dir: Path, args, run_config: dict, truth: dict) -> None:
+    """The closure figures of the run (and of the oracle), printed and as a RESULTS.md row."""
+    import subprocess
+
+    from napari_flex3d.evaluate.closure import oracle_closure_figures, run_closure_figures
+
+    rows = {"trained": run_closure_figures(run_dir, sim_dir)}
+    if args.oracle:
+        t0 = time.perf_counter()
+        rows["oracle"] = oracle_closure_figures(sim_dir, box=run_config["training_box"],
+                                                n=len(np.load(run_dir / "latents.npy")),
+                                                latents_file=Path(args.out) / "oracle_latents.npy")
+        print(f"oracle: {time.perf_counter() - t0:.0f} s")
+    print("Closure figures (evaluate/closure.py): |Spearman|; moving-domain correlation open / middle / closed; "
+          "excursion (projected, RMS ratio); span (matched true coordinates at the latent's 3rd/97th percentiles | "
+          "those particles' own); curvature (the truth's second mode carried, relative modes trained / true)")
+
+    def cells(f):
+        return [f"{f['spearman']:.3f}", " / ".join(f"{c:.3f}" for c in f["moving_corr"]),
+                f"{f['excursion']:.2f} ({f['excursion_rms']:.2f})",
+                f"{f['span']:.2f} ({f['span_match'][0]:+.2f}..{f['span_match'][1]:+.2f} for "
+                f"{f['span_true'][0]:+.2f}..{f['span_true'][1]:+.2f})",
+                f"{f['curvature']:.2f} ({f['modes']['trained'][min(len(f['modes']['trained']) - 1, 1)]:.3f} / "
+                f"{f['modes']['true'][min(len(f['modes']['true']) - 1, 1)]:.3f})"]
+
+    for name, f in rows.items():
+        print(f"  {name:8s} " + " | ".join(cells(f)))
+    history = json.loads((run_dir / "history.json").read_text())
+    val = history[-1].get("val_loss") if history else None
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    s = run_config["settings"]
+    print("RESULTS.md row (## closure):")
+    print(f"| {time.strftime('%Y-%m-%d')} | {commit} | CPU2 | {truth['n_particles']} particles, box {truth['box']}, SNR "
+          f"{truth['snr']}, {truth['closure']['occupancy'] if 'closure' in truth else truth['motion']}, K="
+          f"{s['latent_dim']}, {s['epochs']} epochs, rigidity {s.get('rigidity_lambda')} | "
+          + " | ".join(f"{a} [{b}]" for a, b in zip(cells(rows["trained"]), cells(rows["oracle"]) if "oracle" in rows
+                                                       else [""] * 5))
+          + f" | {val if val is None else round(val, 2)} |")
 
 
 def _train_torchrun(config, run_dir: Path, procs: int, resume: bool, log_path: Path) -> None:

@@ -33,23 +33,27 @@ def format_info(summary: dict) -> str:
 
 
 def simulate(out_dir, *, n_particles=5000, box=64, apix=3.0, snr=0.1, motion="hinge", seed=0, progress=False,
-             device="cpu", force=False):
+             device="cpu", force=False, closure_deg=40.0, second_domain_fraction=0.3, occupancy="bimodal", pdb=None,
+             domain=None, second_domain=None, hinge=None):
     """Write a synthetic flexible dataset (see :mod:`napari_flex3d.simulate`); ``device`` (auto, cpu,
     cuda[:i]) reconstructs the consensus half maps. An existing dataset in ``out_dir`` is kept
-    unless ``force``."""
+    unless ``force``. The closure motion's options (``closure_deg`` ... ``hinge``, see
+    :class:`~napari_flex3d.simulate.closure.ClosureSpec`) apply to ``motion="closure"``."""
     from .io.lock import folder_lock
+    from .simulate.closure import ClosureSpec
     from .simulate.dataset import simulate_dataset, validate_args
     from .training.setup import resolve_device
 
     validate_args(n_particles, box, apix, snr, motion)  # before an existing dataset is looked for
     check_number("seed", seed, low=0, integer=True)
+    closure = ClosureSpec(closure_deg, second_domain_fraction, occupancy, pdb, domain, second_domain, hinge)
     existing = Path(out_dir) / "particles.star"
     if existing.exists() and not force:
         raise ValueError(f"{out_dir}: already holds a dataset ({existing}); pass --force to overwrite it")
     with folder_lock(out_dir, "flex3d simulate"):
         return simulate_dataset(
             Path(out_dir), n_particles=n_particles, box=box, apix=apix, snr=snr, motion=motion, seed=seed,
-            progress=progress, device=resolve_device(device),
+            progress=progress, device=resolve_device(device), closure=closure if motion == "closure" else None,
         )
 
 

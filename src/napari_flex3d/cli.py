@@ -43,6 +43,13 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         device=args.device,
         force=args.force,
+        closure_deg=args.closure_deg,
+        second_domain_fraction=args.second_domain_fraction,
+        occupancy=args.occupancy,
+        pdb=args.pdb,
+        domain=args.domain,
+        second_domain=args.second_domain,
+        hinge=args.hinge,
     )
     print(result.summary())
     return 0
@@ -186,7 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--box", type=int, default=64)
     p.add_argument("--apix", type=float, default=3.0)
     p.add_argument("--snr", type=float, default=0.1)
-    p.add_argument("--motion", choices=["hinge", "twist", "both", "none"], default="hinge")
+    p.add_argument("--motion", choices=["hinge", "twist", "both", "none", "closure"], default="hinge",
+                   help="closure: rigid domains turning about a hinge axis (the options below; docs/training.md)")
+    p.add_argument("--closure-deg", type=float, default=40.0, help="closure: angle between the two end states")
+    p.add_argument("--second-domain-fraction", type=float, default=0.3,
+                   help="closure: the second domain turns by this fraction of the angle")
+    p.add_argument("--occupancy", choices=["bimodal", "uniform"], default="bimodal",
+                   help="closure: bimodal (45%% of the particles near each end, 10%% between) or uniform")
+    p.add_argument("--pdb", default=None, help="closure: build the molecule from this PDB/mmCIF (heavy atoms, first model)")
+    p.add_argument("--domain", default=None, help="closure with --pdb: the moving domain, CHAIN:FIRST-LAST[,...] e.g. A:1-120")
+    p.add_argument("--second-domain", default=None, help="closure with --pdb: the second domain, same syntax")
+    p.add_argument("--hinge", default=None,
+                   help="closure with --pdb: two residues CHAIN:RES,CHAIN:RES; the axis runs through their CA atoms")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu",
                    help="where the consensus half maps are reconstructed: cpu (default), auto or cuda[:i]")

@@ -11,8 +11,11 @@ Layout of ``out_dir``::
         truth.json          motion type, amplitudes, seed, SNR, atom count, states, FSC figures
         coords.npy          (n, k) float32 true motion coordinates, STAR row order
         atoms.npy           (n_atoms, 3) float32 rest coordinates (xyz Å, origin at voxel box//2)
-        atom_domains.npy    (n_atoms,) int8: 0 body, 1 linker, 2 arm
+        atom_domains.npy    (n_atoms,) int8: 0 body, 1 linker, 2 arm (closure: 0 static, 1 linker,
+                            2 the moving domain, 3 the second domain)
+        atom_motion_weight.npy  (closure only) (n_atoms,) fraction of the closure angle each atom turns by
         state_000.mrc ...   true density at the states listed in truth.json
+        states_displacement_a.npy  (n_states, n_atoms, 3) float32 each atom's displacement (Å) at those states
         average.mrc         true density averaged over the particles' state distribution
 
 Nothing in ``particles.star`` tells the truth: the ground truth lives only in ``truth/``.
@@ -40,6 +43,7 @@ from ..io.particle_set import ParticleSet
 from ..io.star_particles import write_star
 from ..ops.ctf import ctf_2d
 from ..ops.fsc import fsc, fsc_resolution
+from .closure import ClosureSpec, build_closure_molecule, closure_molecule_from_structure, sample_closure_coords
 from .molecule import Molecule, build_molecule, deform, motion_dim, sample_motion_coords
 from .render import project_atoms, render_volume
 
@@ -75,13 +79,14 @@ class SimulationResult:
     consensus_fsc_resolution_a: float
     half_map_fsc_resolution_a: float
     timings_s: dict = field(default_factory=dict)
+    molecule: str = "body, linker, arm"
 
     def summary(self) -> str:
         t = self.timings_s
         lines = [
             f"flex3d simulate: {self.n_particles} particles, box {self.box}, {self.apix:g} Å/px, "
             f"motion {self.motion}, SNR {self.snr:g} (achieved {self.snr_achieved:.3g}), seed {self.seed}",
-            f"  molecule:   {self.n_atoms} Gaussian atoms (body, linker, arm)",
+            f"  molecule:   {self.n_atoms} Gaussian atoms ({self.molecule})",
             f"  particles:  {self.particles_mrcs}",
             f"  STAR:       {self.particles_star} (RELION 3.1, half sets in rlnRandomSubset)",
             f"  consensus:  {self.consensus} (+ {self.half_maps[0].name}, {self.half_maps[1].name})",
@@ -123,10 +128,13 @@ class _Particles:
     half_set: np.ndarray  # (n,) int8 0 (A) / 1 (B), the in-memory code of io.half_sets
 
 
-def _draw_particles(n: int, motion: str, seed: int) -> _Particles:
+def _draw_particles(n: int, motion: str, seed: int, occupancy: str = "bimodal") -> _Particles:
     from scipy.spatial.transform import Rotation
 
-    coords = sample_motion_coords(_rng(seed, 2), n, motion)
+    if motion == "closure":
+        coords = sample_closure_coords(_rng(seed, 2), n, occupancy)
+    else:
+        coords = sample_motion_coords(_rng(seed, 2), n, motion)
     rng = _rng(seed, 3)
     a = Rotation.random(n, random_state=rng).as_matrix()  # uniform on SO(3)
     euler = matrix_to_euler(a)  # (n, 3)
@@ -205,9 +213,12 @@ def _reconstruct_half_maps(star_path: Path, progress: bool = False, device=None)
 
 def _states(motion: str) -> np.ndarray:
     """The chosen states: ``STATES_PER_COORD`` along each coordinate, the others at 0
-    (for ``none`` only the rest state, ``(1, 1)`` zeros)."""
+    (for ``none`` only the rest state, ``(1, 1)`` zeros; for ``closure`` nine, every eighth
+    of the way from one end to the other, so the ends, the middle and the quarters are maps)."""
     if motion == "none":
         return np.zeros((1, 1))
+    if motion == "closure":
+        return np.linspace(-1.0, 1.0, 9)[:, None]
     line = np.linspace(-1.0, 1.0, STATES_PER_COORD)
     k = motion_dim(motion)
     out = []
@@ -233,13 +244,16 @@ def _average_volume(mol: Molecule, coords: np.ndarray, motion: str, box: int, ap
     occupied = np.argwhere(hist > 0)  # (m, k) bin indices
     states = centres[occupied]  # (m, k)
     weights = hist[tuple(occupied.T)] / coords.shape[0]  # (m,)
-    moving = (mol.hinge_weight > 0) | (mol.twist_weight > 0)  # weights depend on x only
     if motion == "none":
         return render_volume(torch.as_tensor(mol.xyz_a, dtype=torch.float32), box, apix, mol.sigma_a)
-    if motion == "hinge":
+    if motion == "closure":
+        moving = mol.moving_atoms
+    elif motion == "hinge":
         moving = mol.hinge_weight > 0
     elif motion == "twist":
         moving = mol.twist_weight > 0
+    else:
+        moving = (mol.hinge_weight > 0) | (mol.twist_weight > 0)  # weights depend on x only
     static = torch.as_tensor(mol.xyz_a[~moving], dtype=torch.float32)
     vol = render_volume(static, box, apix, mol.sigma_a)
     moved = deform(mol, states, motion)[:, moving]  # (m, a_moving, 3)
@@ -262,6 +276,7 @@ class _Setup:
     motion: str
     seed: int
     progress: bool
+    closure: ClosureSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -284,6 +299,7 @@ def simulate_dataset(
     progress: bool = False,
     n_atoms: int = 3000,
     device=None,
+    closure: ClosureSpec | None = None,
 ) -> SimulationResult:
     """Simulate a flexible molecule's particles and write them with a consensus map and truth.
 
@@ -294,10 +310,14 @@ def simulate_dataset(
     box : image size in pixels (even, >= 16).
     apix : pixel size in Å.
     snr : var(signal) / var(noise) over all images (signal = CTF-modulated projections).
-    motion : "hinge" (1 coordinate), "twist" (1), "both" (2 independent coordinates) or "none"
-        (1 coordinate, always 0: every particle at the rest state; the control).
+    motion : "hinge" (1 coordinate), "twist" (1), "both" (2 independent coordinates), "none"
+        (1 coordinate, always 0: every particle at the rest state; the control) or "closure"
+        (1 coordinate: rigid domains turning about a hinge axis, :mod:`.closure`).
     seed : everything is a deterministic function of the arguments.
     progress : show tqdm bars.
+    closure : with ``motion="closure"``: the angle, the second domain's fraction, the occupancy
+        and optionally a user's PDB/mmCIF with its domains and hinge (default ``ClosureSpec()``:
+        the built-in molecule, 40 deg, 0.3, bimodal). Ignored for the other motions.
     device : where the consensus half maps are reconstructed (default the CPU; a GPU is much
         faster at large boxes: 3.3 s on an H100 against 461 s on 2 CPU cores for 20,000
         particles at box 128).
@@ -307,14 +327,17 @@ def simulate_dataset(
     :class:`SimulationResult` (paths, figures, ``summary()``).
     """
     validate_args(n_particles, box, apix, snr, motion)
-    setup = _Setup(int(n_particles), int(box), apix, snr, motion, seed, progress)
+    if motion == "closure":
+        closure = closure or ClosureSpec()
+        closure.validate()
+    setup = _Setup(int(n_particles), int(box), apix, snr, motion, seed, progress, closure if motion == "closure" else None)
     out_dir = Path(out_dir)
     truth_dir = _prepare_out_dir(out_dir)
     timings: dict[str, float] = {}
     t0, cpu0 = time.perf_counter(), time.process_time()
 
-    mol = build_molecule(setup.box, apix, n_atoms=n_atoms, seed=seed)
-    parts = _draw_particles(setup.n, motion, seed)
+    mol = _molecule(setup, n_atoms)
+    parts = _draw_particles(setup.n, motion, seed, closure.occupancy if setup.closure else "bimodal")
     stack_path = out_dir / "particles.mrcs"
     stats = _write_stack(stack_path, mol, parts, setup, timings, t0)
 
@@ -339,7 +362,28 @@ def simulate_dataset(
         snr_achieved=truth["snr_achieved"], seed=int(seed), n_atoms=mol.n_atoms,
         consensus_fsc_resolution_a=truth["consensus_vs_average_resolution_a"],
         half_map_fsc_resolution_a=truth["half_map_resolution_a"], timings_s=timings,
+        molecule=_describe(setup),
     )
+
+
+def _molecule(setup: _Setup, n_atoms: int):
+    """The built-in molecule, its closure variant, or the user's model (``closure.pdb``)."""
+    spec = setup.closure
+    if spec is None:
+        return build_molecule(setup.box, setup.apix, n_atoms=n_atoms, seed=setup.seed)
+    if spec.pdb is None:
+        return build_closure_molecule(setup.box, setup.apix, spec, n_atoms=n_atoms, seed=setup.seed)
+    return closure_molecule_from_structure(spec, setup.box, setup.apix)
+
+
+def _describe(setup: _Setup) -> str:
+    spec = setup.closure
+    if spec is None:
+        return "body, linker, arm"
+    where = "body, linker, arm, lid" if spec.pdb is None else f"{spec.pdb}: domain {spec.domain}" + (
+        f", second domain {spec.second_domain}" if spec.second_domain else "")
+    return (f"{where}; closing {spec.closure_deg:g} deg, second domain x{spec.second_domain_fraction:g}, "
+            f"{spec.occupancy} occupancy")
 
 
 def _prepare_out_dir(out_dir: Path) -> Path:
@@ -422,6 +466,9 @@ def _write_truth(
     states = _states(motion)
     state_files = []
     moved = deform(mol, states, motion)  # (s, a, 3)
+    np.save(truth_dir / "states_displacement_a.npy", (moved - mol.xyz_a).astype(np.float32))
+    if setup.closure is not None:
+        np.save(truth_dir / "atom_motion_weight.npy", mol.weight)
     for i, xyz in enumerate(_progress(moved, "truth volumes", setup.progress)):
         vol = render_volume(torch.as_tensor(xyz, dtype=torch.float32), box, apix, mol.sigma_a)
         name = f"state_{i:03d}.mrc"
@@ -434,14 +481,10 @@ def _write_truth(
     truth = {
         "motion": motion,
         "coordinate_names": {
-            "hinge": ["hinge"], "twist": ["twist"], "both": ["hinge", "twist"], "none": ["none"]
+            "hinge": ["hinge"], "twist": ["twist"], "both": ["hinge", "twist"], "none": ["none"],
+            "closure": ["closure"],
         }[motion],
-        "hinge_deg_at_plus_1": mol.hinge_deg if motion in ("hinge", "both") else 0.0,
-        "twist_deg_at_plus_1": mol.twist_deg if motion in ("twist", "both") else 0.0,
-        "hinge_axis": "z through hinge_pivot_a; the body (domain 0) stays put",
-        "twist_axis": "x through twist_centre_a; the arm rolls rigidly, the linker twists",
-        "hinge_pivot_a": mol.hinge_pivot_a.tolist(),
-        "twist_centre_a": mol.twist_centre_a.tolist(),
+        **_motion_truth(mol, setup),
         "seed": int(setup.seed),
         "n_particles": setup.n,
         "box": box,
@@ -453,6 +496,7 @@ def _write_truth(
         "n_atoms": mol.n_atoms,
         "atom_sigma_a": mol.sigma_a,
         "states": [{"file": f, "coords": c.tolist()} for f, c in zip(state_files, states)],
+        "states_displacement": "states_displacement_a.npy: (n_states, n_atoms, 3) Å, in the order of states",
         "average": "average.mrc",
         "average_method": "the rest state (motion none)" if motion == "none" else
                           "static atoms once + moving atoms at each occupied histogram bin of coords.npy "
@@ -466,6 +510,30 @@ def _write_truth(
     }
     (truth_dir / "truth.json").write_text(json.dumps(truth, indent=2))
     return truth
+
+
+def _motion_truth(mol, setup: _Setup) -> dict:
+    """The motion's parameters for ``truth.json``."""
+    motion, spec = setup.motion, setup.closure
+    if spec is not None:
+        return {
+            "closure": {
+                "closure_deg": mol.closure_deg, "second_domain_fraction": spec.second_domain_fraction,
+                "occupancy": spec.occupancy, "axis_point_a": mol.axis_point_a.tolist(),
+                "axis_direction": mol.axis_direction.tolist(), "pdb": spec.pdb, "domain": spec.domain,
+                "second_domain": spec.second_domain, "hinge": spec.hinge,
+                "meaning": "every atom turns about the axis by atom_motion_weight * c * closure_deg / 2; "
+                           "c = -1 open, +1 closed",
+            },
+        }
+    return {
+        "hinge_deg_at_plus_1": mol.hinge_deg if motion in ("hinge", "both") else 0.0,
+        "twist_deg_at_plus_1": mol.twist_deg if motion in ("twist", "both") else 0.0,
+        "hinge_axis": "z through hinge_pivot_a; the body (domain 0) stays put",
+        "twist_axis": "x through twist_centre_a; the arm rolls rigidly, the linker twists",
+        "hinge_pivot_a": mol.hinge_pivot_a.tolist(),
+        "twist_centre_a": mol.twist_centre_a.tolist(),
+    }
 
 
 def make_sample(n_particles: int = 400, box: int = 48, seed: int = 0, out_dir=None, motion: str = "hinge",

@@ -33,6 +33,8 @@ with ``c`` uniform on [-1, 1] (sd 0.58), changes the density by 24 % per sd, the
 size. The hinge is unchanged.
 
 ``both`` applies the twist (coordinate 1) and then the hinge (coordinate 0).
+``closure`` (:mod:`.closure`) turns rigid domains about a hinge axis; its molecule is a
+:class:`~.closure.ClosureMolecule`, which moves itself (``deform`` hands it ``coords``).
 ``none`` is the control: one coordinate that is always 0, every particle at the rest state
 (flex and rigid reconstructions must then agree).
 
@@ -49,7 +51,7 @@ import numpy as np
 
 __all__ = ["MOTIONS", "Molecule", "build_molecule", "deform", "sample_motion_coords", "motion_dim"]
 
-MOTIONS = ("hinge", "twist", "both", "none")
+MOTIONS = ("hinge", "twist", "both", "none", "closure")  # closure: see :mod:`.closure`
 
 # Geometry in fractions of the box length L = box * apix (x is the long axis).
 _BODY_CENTRE = np.array([-0.11, 0.0, 0.0])
@@ -172,7 +174,7 @@ def build_molecule(
 
 
 def motion_dim(motion: str) -> int:
-    """Number of motion coordinates of a motion type (1 for hinge/twist/none, 2 for both)."""
+    """Number of motion coordinates of a motion type (1 for hinge/twist/none/closure, 2 for both)."""
     if motion not in MOTIONS:
         raise ValueError(f"motion must be one of {MOTIONS}, got {motion!r}")
     return 2 if motion == "both" else 1
@@ -201,6 +203,8 @@ def deform(mol: Molecule, coords: np.ndarray, motion: str) -> np.ndarray:
     -------
     (b, n_atoms, 3) float64 xyz Å.
     """
+    if motion == "closure":
+        return mol.deform(coords)  # a ClosureMolecule
     coords = np.asarray(coords, dtype=np.float64)
     k = motion_dim(motion)
     if coords.ndim != 2 or coords.shape[1] != k:
@@ -229,6 +233,8 @@ def sample_motion_coords(rng: np.random.Generator, n: int, motion: str) -> np.nd
     k = motion_dim(motion)
     if motion == "none":
         return np.zeros((n, k))
+    if motion == "closure":
+        raise ValueError("closure coordinates depend on the occupancy: use closure.sample_closure_coords")
 
     def hinge(m: int) -> np.ndarray:
         pick = rng.random(m) < 0.65

@@ -15,16 +15,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["simulated_molecule", "true_vertex_displacements", "true_motion_model", "domain_mask"]
+__all__ = ["simulated_molecule", "true_vertex_displacements", "true_motion_model", "true_motion_model_and_mesh",
+           "domain_mask"]
 
 
 def simulated_molecule(sim_dir):
     """``(molecule, truth)``: the simulator's molecule rebuilt from ``truth/truth.json`` (and that
-    file's contents), checked against the rest coordinates in ``truth/atoms.npy``."""
+    file's contents), checked against the rest coordinates in ``truth/atoms.npy``; for the
+    closure motion a :class:`~.closure.ClosureMolecule` read from ``truth/`` (atoms, domains, weights)."""
     from .molecule import build_molecule
 
     truth_dir = Path(sim_dir) / "truth"
     truth = json.loads((truth_dir / "truth.json").read_text())
+    if truth["motion"] == "closure":  # a user's model cannot be rebuilt: its atoms and weights are in truth/
+        from .closure import ClosureMolecule
+
+        c = truth["closure"]
+        mol = ClosureMolecule(
+            np.load(truth_dir / "atoms.npy", allow_pickle=False).astype(np.float64), np.load(truth_dir / "atom_domains.npy", allow_pickle=False),
+            np.load(truth_dir / "atom_motion_weight.npy", allow_pickle=False), np.asarray(c["axis_point_a"]),
+            np.asarray(c["axis_direction"]), float(c["closure_deg"]), float(truth["atom_sigma_a"]),
+        )
+        return mol, truth
     mol = build_molecule(int(truth["box"]), float(truth["apix"]), n_atoms=truth["n_atoms"], seed=truth["seed"])
     if not np.allclose(mol.xyz_a, np.load(truth_dir / "atoms.npy", allow_pickle=False), atol=1e-3):
         raise ValueError(f"{truth_dir}: the rebuilt molecule differs from atoms.npy (another simulator version?)")
@@ -66,6 +78,19 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
     """``(model, latents)``: a ``FlexModel`` at ``box`` (default: the simulation's) with the true
     rest map as ``V`` and a flow generator fitted to the true motion, and the true motion
     coordinates ``(n, k)`` as latents (in the STAR's row order)."""
+    model, _, latents = true_motion_model_and_mesh(sim_dir, box, cells_across, fit_steps, seed)
+    return model, latents
+
+
+def true_motion_model_and_mesh(sim_dir, box: int | None = None, cells_across: float = 12, fit_steps: int = 300,
+                               seed: int = 0):
+    """:func:`true_motion_model` and the mesh it is built on: ``(model, mesh, latents)``.
+
+    The flow generator is fitted, with the latent fixed to the true coordinate, to the
+    per-vertex displacements of :func:`true_vertex_displacements` at 41 states along each
+    coordinate (11 x 11 for two): the true deformation put into the model as far as the
+    mesh's linear interpolation carries it (for the closure motion, the arcs included).
+    """
     from ..io.mrc import read_map
     from ..mesh import build_mesh, solvent_mask
     from ..model.flex import FlexModel
@@ -97,7 +122,7 @@ def true_motion_model(sim_dir, box: int | None = None, cells_across: float = 12,
         (model.flow(z_grid) - target).pow(2).mean().backward()
         opt.step()
     latents = torch.as_tensor(np.load(truth_dir / "coords.npy", allow_pickle=False), dtype=torch.float32)
-    return model, latents
+    return model, mesh, latents
 
 
 def domain_mask(sim_dir, domain, box: int | None = None, dilate_a: float = 6.0, soft_a: float = 15.0) -> np.ndarray:
