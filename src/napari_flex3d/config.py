@@ -29,7 +29,7 @@ __all__ = [
     "to_dict",
     "from_dict",
     "provenance",
-    "write_config_json",
+    "config_document",
     "read_config_json",
     "add_arguments",
     "from_arguments",
@@ -264,14 +264,16 @@ def provenance(cli_argv: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def write_config_json(path, config, cli_argv: list[str] | None = None, **extra) -> None:
-    """Write ``{"kind": ..., "settings": ..., "provenance": ..., **extra}`` as JSON."""
-    doc = {"kind": type(config).__name__, "settings": to_dict(config), "provenance": provenance(cli_argv), **extra}
-    Path(path).write_text(json.dumps(doc, indent=2, default=str))
+def config_document(config, cli_argv: list[str] | None = None, **extra) -> dict[str, Any]:
+    """``{"kind": ..., "settings": ..., "provenance": ..., **extra}``: what a ``config.json`` holds.
+
+    Written by ``io.atomic.write_config_json`` (this layer writes no files).
+    """
+    return {"kind": type(config).__name__, "settings": to_dict(config), "provenance": provenance(cli_argv), **extra}
 
 
 def read_config_json(path, cls=None):
-    """Read a ``config.json`` written by :func:`write_config_json` back into its dataclass."""
+    """Read a ``config.json`` (``io.atomic.write_config_json``) back into its dataclass."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_path, write_text
+
 __all__ = [
     "write_volume_series", "write_chimerax_series_script", "write_series_movie", "series_level", "projection_images",
     "to_uint8",
@@ -43,8 +45,7 @@ def write_chimerax_series_script(path, frame_glob: str, level: float, frames: in
             "",
         ]
     )
-    path.write_text(text)
-    return path
+    return write_text(path, text)
 
 
 def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str = "frame", labels=None) -> tuple[list[Path], Path]:
@@ -107,7 +108,7 @@ def write_series_movie(volumes: np.ndarray, path, fps: int = 10, view: str = "pr
     images = np.pad(images, ((0, 0), (0, pad), (0, pad)))
     frames = np.concatenate([images, images[-2:0:-1]])
     path = Path(path)
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=16, quality=7) as writer:
+    with atomic_path(path) as tmp, imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=16, quality=7) as writer:
         for frame in frames:
             writer.append_data(np.repeat(frame[:, :, None], 3, axis=2))
     return path

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..conventions import voxel_grid_xyz_a
+from ..io.atomic import torch_save
 from ..io.mrc import read_map, write_map
 from ..io.particles import read_particles
 from ..mesh.mesh import Mesh
@@ -41,7 +42,7 @@ from ..model.flow import interpolate_vertex_flow
 from ..model.loss import estimate_noise_spectra
 from .halfsets import check_latent_rows, half_flows, half_run_rows, load_frozen_run, split_halves
 from .report import validate_half_maps, write_fsc_files, write_sharpened_maps
-from .solver import HalfMapProblem, atomic_torch_save, lbfgs_quadratic, pack_state, unpack_state
+from .solver import HalfMapProblem, lbfgs_quadratic, pack_state, unpack_state
 from .validation import soften_mask
 
 __all__ = [
@@ -287,7 +288,7 @@ class _Solve:
         for k, f, state in lbfgs_quadratic(problem, s.iterations, state=state, ridge=s.ridge):
             self.passes_done += 1
             if main:
-                atomic_torch_save(pack_state(state), state_path)
+                torch_save(state_path, pack_state(state))
             eta = self.eta_s()
             values = state["values"]
             yield ReconstructProgress(mode, half, k, s.iterations, f, time.time() - self.t_start, eta)

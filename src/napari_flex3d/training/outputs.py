@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..config import provenance, to_dict
-from ..io.checkpoint import atomic_write_bytes, save_checkpoint
+from ..io.atomic import save_npy, write_json
+from ..io.checkpoint import save_checkpoint
 from ..model.run import checkpoint_path
 from .run_state import RunState
 
@@ -71,13 +72,13 @@ def write_config(run: RunState, cli_argv, resumed: bool) -> None:
         doc["resumed"] = old.get("resumed", []) + [{**provenance(cli_argv), "from_epoch": run.epoch}]
     doc["training_box"] = run.box
     doc["training_apix"] = run.apix
-    path.write_text(json.dumps(doc, indent=2, default=str))
+    write_json(path, doc, default=str)
 
 
 def write_progress(run: RunState) -> None:
     """Files refreshed every epoch: ``latents.npy`` and ``history.json`` (each written atomically)."""
-    atomic_write_bytes(run.out_dir / "latents.npy", lambda fh: np.save(fh, run.latents.cpu().numpy().astype(np.float32)))
-    atomic_write_bytes(run.out_dir / "history.json", lambda fh: fh.write(json.dumps(run.history, indent=1).encode()))
+    save_npy(run.out_dir / "latents.npy", run.latents.cpu().numpy().astype(np.float32))
+    write_json(run.out_dir / "history.json", run.history, indent=1)
 
 
 def write_final_outputs(run: RunState) -> None:
