@@ -7,7 +7,7 @@ rename never crosses file systems), which is flushed and ``fsync``-ed, then
 survives a power cut. A process killed at any moment leaves the previous file or the new
 one, never half a file; the temporary is named ``.NAME.tmpPID.SUFFIX`` (hidden, ending in the
 suffix that libraries such as ``imageio`` choose their format by) and is
-removed when a write fails.
+removed when a write fails (or, left by a killed process, by the next write of that file).
 
 A write that fails for want of space (``ENOSPC``, ``EFBIG``: a full disk, a quota, a file
 size limit) raises :class:`DiskFullError` naming the file, the free space and what to do;
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -30,7 +31,7 @@ from pathlib import Path
 
 __all__ = [
     "DiskFullError", "atomic_path", "atomic_write", "write_bytes", "write_text", "write_json", "save_npy", "save_npz",
-    "torch_save", "check_output_space", "free_bytes", "format_bytes", "write_config_json",
+    "torch_save", "open_log", "check_output_space", "free_bytes", "format_bytes", "write_config_json",
 ]
 
 #: errno values that mean "no room for these bytes" (a full disk, a quota, RLIMIT_FSIZE).
@@ -81,18 +82,46 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _out_of_space(exc: OSError) -> bool:
+    """``ENOSPC``/``EFBIG``, or NumPy's ``tofile`` short write (an ``OSError`` without errno:
+    "N requested and M written"), which only a full disk or a size limit causes."""
+    return exc.errno in _NO_SPACE or (exc.errno is None and "requested and" in str(exc))
+
+
 def _disk_full(exc: OSError, path: Path) -> DiskFullError:
     try:
         free = format_bytes(free_bytes(path.parent))
     except OSError:  # pragma: no cover
         free = "unknown"
-    reason = "file size limit reached" if exc.errno == errno.EFBIG else "no space left on the device"
+    reason = {errno.EFBIG: "file size limit reached", None: "short write (disk full or file size limit)"}.get(
+        exc.errno, "no space left on the device"
+    )
     return DiskFullError(
-        exc.errno,
+        exc.errno or errno.ENOSPC,
         f"{reason} while writing {path} ({free} free in {path.parent}); the previous {path.name} is intact. "
         "Free some space and run again (training and reconstruction: add --resume)",
         str(path),
     )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of ``path`` left by writers that were killed before their rename (whole
+    but unused files, as big as ``path``): removed once their process is gone."""
+    for old in path.parent.glob(f".{glob.escape(path.name)}.tmp*"):
+        pid = old.name[len(path.name) + 5 :].split(".")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                old.unlink()
 
 
 @contextlib.contextmanager
@@ -105,6 +134,7 @@ def atomic_path(path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
         yield tmp
@@ -117,7 +147,7 @@ def atomic_path(path) -> Iterator[Path]:
             before_replace(tmp, path)
         os.replace(tmp, path)
     except OSError as exc:
-        if exc.errno in _NO_SPACE and not isinstance(exc, DiskFullError):
+        if _out_of_space(exc) and not isinstance(exc, DiskFullError):
             raise _disk_full(exc, path) from exc
         raise
     finally:
@@ -177,6 +207,17 @@ def write_config_json(path, config, cli_argv: list[str] | None = None, **extra) 
     from ..config import config_document
 
     return write_json(path, config_document(config, cli_argv, **extra), default=str)
+
+
+def open_log(path):
+    """A text log opened for appending, line-buffered: the one file written in place.
+
+    A log only grows, so a kill can tear at most its last line, never what came before;
+    rewriting it whole for every line would cost as much as the run's output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "a", buffering=1, encoding="utf-8")
 
 
 def check_output_space(folder, needed_bytes: float, what: str) -> None:

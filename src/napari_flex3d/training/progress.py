@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from pathlib import Path
-
+from ..io.atomic import open_log
 from . import events as ev
 
 __all__ = ["format_event", "consume_events"]
@@ -62,7 +61,7 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
     """
     from tqdm.auto import tqdm
 
-    log = open(Path(log_path), "a", buffering=1) if log_path is not None else None
+    log = open_log(log_path) if log_path is not None else None
     bar = None
     summaries: list[ev.EpochSummary] = []
     try:
