@@ -158,6 +158,11 @@ class TrainConfig(_Settings):
     seed: int = _f(0, "random seed (runs are deterministic on the CPU given the seed)")
     threads: int | None = _f(None, "CPU threads for torch (None: torch's default)")
     preview_every: int = _f(1, "epochs between preview volumes at -1/+1 sigma along each latent axis (0: never)")
+    checkpoint_minutes: float = _f(
+        10.0,
+        "minutes between checkpoints written in the middle of an epoch, besides the one at each epoch's end "
+        "(a killed run resumes from the last with --resume, losing at most this much; 0: at epoch ends only)",
+    )
     max_particles: int | None = _f(None, "use only the first N particles (for quick trials)")
     half_set: str = _f(
         "",

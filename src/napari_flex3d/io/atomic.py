@@ -44,7 +44,12 @@ before_replace: Callable[[Path, Path], None] | None = None
 
 
 class DiskFullError(OSError):
-    """No space left for a file (``ENOSPC``/``EFBIG``); its previous version is intact."""
+    """No space left for a file (``ENOSPC``/``EFBIG``); its previous version is intact.
+
+    Its text is the message alone (it names the file and folder itself)."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 def format_bytes(n: float) -> str:

@@ -111,6 +111,7 @@ class PreviewVolumes(Event):
 class CheckpointWritten(Event):
     epoch: int  # epochs finished
     path: str
+    step: int = 0  # steps of the next epoch done (0: written at an epoch's end)
 
 
 @dataclass(frozen=True)

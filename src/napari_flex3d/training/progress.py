@@ -43,6 +43,8 @@ def format_event(event: ev.Event) -> str | None:
     if isinstance(event, ev.FSCCurve):
         return f"epoch {event.epoch + 1}: {event.kind} FSC 0.143 at {event.resolution_a:.2f} Å"
     if isinstance(event, ev.CheckpointWritten):
+        if event.step:
+            return f"checkpoint in epoch {event.epoch + 1} after step {event.step}: {event.path}"
         return f"checkpoint after epoch {event.epoch}: {event.path}"
     if isinstance(event, ev.RunFinished):
         return f"finished {event.epochs} epochs in {event.seconds:.0f} s: {event.run_dir}"
