@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..io.atomic import atomic_path, write_text
+from ..io.atomic import atomic_path, check_output_space, write_text
 
 __all__ = [
     "write_volume_series", "write_chimerax_series_script", "write_series_movie", "series_level", "projection_images",
@@ -51,7 +51,8 @@ def write_chimerax_series_script(path, frame_glob: str, level: float, frames: in
 def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str = "frame", labels=None) -> tuple[list[Path], Path]:
     """Write ``volumes (f, n, n, n)`` as ``prefix_000.mrc``... and ``series.cxc`` in ``out_dir``.
 
-    Returns ``(frame paths, script path)``.
+    Refuses (``DiskFullError``, before the first frame) a series that cannot fit; each frame is
+    written whole (``io.atomic``). Returns ``(frame paths, script path)``.
     """
     from ..io.mrc import write_map
 
@@ -59,7 +60,8 @@ def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str =
     if volumes.ndim != 4:
         raise ValueError(f"a volume series must be (frames, n, n, n), got shape {volumes.shape}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    f, n = volumes.shape[0], volumes.shape[1]
+    check_output_space(out_dir, f * (volumes[0].nbytes + 1024), f"{f} frames of {n}^3")  # + an MRC header each
     width = max(3, len(str(len(volumes) - 1)))
     paths = []
     for i, vol in enumerate(volumes):

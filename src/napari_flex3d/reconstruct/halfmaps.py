@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..conventions import voxel_grid_xyz_a
-from ..io.atomic import torch_save
+from ..io.atomic import check_output_space, torch_save
 from ..io.mrc import read_map, write_map
 from ..io.particles import read_particles
 from ..mesh.mesh import Mesh
@@ -200,6 +200,13 @@ def _user_masks(masks, box: int, apix: float, edge_a: float) -> dict[str, torch.
             name, data = Path(m).stem, _load_mask_file(m, box, apix)
         user_masks[name] = torch.as_tensor(soften_mask(data, apix, edge_a))
     return user_masks
+
+
+def _output_bytes(n_half_maps: int, n_modes: int, box: int, n_values: int, history: int = 8) -> int:
+    """Bytes a reconstruction writes at its peak: float32 half and sharpened maps, and one
+    solver state (values, gradient and ``history`` pairs of L-BFGS vectors) twice, the old
+    one and the new being written."""
+    return 4 * box**3 * (n_half_maps + n_modes) + 2 * 4 * n_values * (2 + 2 * history)
 
 
 def _noise_spectra(ps, box: int, n_probe: int, seed: int) -> torch.Tensor:
@@ -389,6 +396,9 @@ def solve_half_maps(
     flow_fns["B"] = _flex_flow_fn(model_b, latents_b, points, dev) if independent else flow_fns["A"]
     kernels = {"A": model.kernel, "B": model_b.kernel if independent else model.kernel}
     jobs = [(m, h, idx) for m in modes for h, idx in (("A", half_a), ("B", half_b))]
+    if ctx.is_main:  # refuse before the first pass a run whose maps and states cannot fit
+        check_output_space(out, _output_bytes(len(jobs), len(modes), box_h, flat_index.numel()),
+                           "the half maps, sharpened maps and solver states")
     solve = _Solve(s, ps, out, box_h, apix_h, flat_index, points, noise, dev, ctx, t_start,
                    total_passes=len(jobs) * (s.iterations + 1))
     maps: dict[tuple[str, str], torch.Tensor] = {}
