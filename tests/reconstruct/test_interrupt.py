@@ -23,13 +23,15 @@ from napari_flex3d.io.particles import read_particles
 from napari_flex3d.reconstruct.halfmaps import ReconstructFinished, solve_half_maps
 
 OPTIONS = dict(iterations=3, chunk=32, rigid=False)
+#: The model of the simulation's true motion; FIT_STEPS = 0 with the weights the test fitted (the child's).
 _MODEL = """
 import torch
 from napari_flex3d.io.particles import read_particles
 from napari_flex3d.simulate.oracle import true_motion_model
 torch.set_num_threads(1)
-torch.manual_seed(0)
-model, latents = true_motion_model(SIM, box=16, fit_steps=30)
+model, latents = true_motion_model(SIM, box=16, fit_steps=FIT_STEPS)
+if not FIT_STEPS:
+    model.load_state_dict(torch.load(SIM + "/flow.pt", weights_only=True))
 ps = read_particles(SIM + "/particles.star")
 """
 
@@ -42,9 +44,10 @@ def setup(tmp_path_factory):
     simulate_dataset(root / "sim", n_particles=80, box=20, apix=9.6, snr=1.0, motion="hinge", seed=2)
     threads = torch.get_num_threads()
     try:
-        scope = {"SIM": str(root / "sim")}
+        scope = {"SIM": str(root / "sim"), "FIT_STEPS": 30}
         exec(_MODEL, scope)
         model, latents, ps = scope["model"], scope["latents"], scope["ps"]
+        torch.save(model.state_dict(), root / "sim" / "flow.pt")  # the child's model, without fitting it again
         events = list(solve_half_maps(model, latents, ps, root / "full", **OPTIONS))
     finally:
         torch.set_num_threads(threads)
@@ -64,7 +67,7 @@ _CHILD = textwrap.dedent(
     """
     import sys
     from napari_flex3d.reconstruct.halfmaps import ReconstructProgress, solve_half_maps
-    SIM, OUT = sys.argv[1], sys.argv[2]
+    SIM, OUT, FIT_STEPS = sys.argv[1], sys.argv[2], 0
     """
 ) + _MODEL + textwrap.dedent(
     """
