@@ -214,3 +214,9 @@ def test_space_check_refuses_an_unwritable_folder(tmp_path):
             check_output_space(locked, 10, "maps")
     finally:
         locked.chmod(0o700)
+
+
+def test_space_check_refuses_a_folder_under_a_file(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(NotADirectoryError, match=r"output folder .*afile/run is not writable: Not a directory"):
+        check_output_space(tmp_path / "afile" / "run", 10, "maps")

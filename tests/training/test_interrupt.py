@@ -148,8 +148,11 @@ def test_sigkill_mid_epoch_loses_only_the_steps_since_the_last_checkpoint(refere
     _no_torn_files(out)
     state = load_checkpoint(checkpoint_path(out))
     assert (state["epoch"], state["epoch_step"]) in ((0, 1), (0, 2))  # mid-epoch 0 (the kill races the next write)
-    list(train_run(None, out, resume=True))
+    from napari_flex3d.cli import main
+
+    assert main(["train", "--resume", str(out), "--checkpoint-minutes", "5", "--quiet"]) == 0  # as a user types it
     _assert_same_result(reference, out)
+    assert json.loads(load_checkpoint(checkpoint_path(out))["config_json"])["checkpoint_minutes"] == 5.0
 
 
 def test_sigkill_inside_a_checkpoint_write_leaves_the_previous_one(reference, tiny_sim, tiny_config, tmp_path):
