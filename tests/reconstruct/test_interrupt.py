@@ -104,6 +104,29 @@ def test_sigkill_mid_reconstruction_leaves_readable_files_and_resumes(setup):
     _no_torn_files(out)
 
 
+def test_a_disk_filling_at_a_map_write_stops_cleanly_and_resume_finishes(setup, monkeypatch):
+    import errno
+
+    root, model, latents, ps = setup
+    out = root / "full_disk"
+
+    def full_at_map_b(tmp, path):
+        if path.name == "flex_half_B.mrc":
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(atomic, "before_replace", full_at_map_b)
+    with pytest.raises(DiskFullError, match=r"no space left on the device while writing .*flex_half_B\.mrc .*is intact"):
+        list(solve_half_maps(model, latents, ps, out, **OPTIONS))
+    monkeypatch.setattr(atomic, "before_replace", None)
+    _no_torn_files(out)
+    assert not (out / "flex_half_B.mrc").exists() and torch.load(out / "state" / "flex_B.pt", weights_only=True)["k"] == 3
+    events = list(solve_half_maps(model, latents, ps, out, resume=True, **OPTIONS))  # space freed
+    assert isinstance(events[-1], ReconstructFinished)
+    for name in ("flex_half_A.mrc", "flex_half_B.mrc"):
+        a, b = (np.asarray(read_map(d / name).data) for d in (root / "full", out))
+        np.testing.assert_allclose(b, a, rtol=0, atol=1e-4 * float(np.abs(a).max()), err_msg=name)
+
+
 def test_a_reconstruction_that_cannot_fit_is_refused_before_its_first_pass(setup, monkeypatch):
     root, model, latents, ps = setup
     monkeypatch.setattr(atomic, "free_bytes", lambda folder: 10_000)
