@@ -24,6 +24,7 @@ from napari_flex3d.io.checkpoint import load_checkpoint
 from napari_flex3d.model.run import checkpoint_path
 from napari_flex3d.training import events as ev
 from napari_flex3d.training.loop import train_run
+from napari_flex3d.training.progress import format_event
 
 #: Two epochs of three steps (108 training particles, batch 40); the second infers with the learned prior.
 SMALL = dict(epochs=2, preview_every=0)
@@ -87,6 +88,8 @@ def test_a_stop_after_a_mid_epoch_checkpoint_resumes_bit_identically(reference, 
     assert (state["epoch"], state["epoch_step"], len(state["epoch_losses"])) == (1, 1, 1)
     assert state["epoch_order"].shape == (108,) and "latent_mass" in state  # the learned prior's sums so far
     events = list(train_run(None, tmp_path, resume=True))
+    assert (events[0].start_epoch, events[0].start_step) == (1, 1)
+    assert "resuming in epoch 2 after step 1" in format_event(events[0])
     steps = [(e.epoch, e.step) for e in events if isinstance(e, ev.StepLoss)]
     assert steps == [(1, 1), (1, 2)]  # the stopped epoch goes on where its checkpoint left it
     _assert_same_result(reference, tmp_path)

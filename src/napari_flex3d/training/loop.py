@@ -137,7 +137,7 @@ def _run_started(run: RunState) -> ev.RunStarted:
     return ev.RunStarted(
         run_dir=str(run.out_dir), n_particles=len(run.ps), n_train=len(run.train_idx), n_val=len(run.val_idx),
         box=run.box, apix=run.apix, device=str(run.device), epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
-        start_epoch=run.epoch, n_vertices=int(run.model.vertices_a.shape[0]),
+        start_epoch=run.epoch, start_step=run.epoch_step, n_vertices=int(run.model.vertices_a.shape[0]),
         latent_prior="gaussian" if run.latent_prior is None else f"learned ({cfg.latent_grid}^{cfg.latent_dim} grid)",
     )
 

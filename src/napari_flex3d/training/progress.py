@@ -19,6 +19,8 @@ def format_event(event: ev.Event) -> str | None:
     """One log line for an event (``None`` for events that only feed plots)."""
     if isinstance(event, ev.RunStarted):
         resumed = f", resuming after epoch {event.start_epoch}" if event.start_epoch else ""
+        if event.start_step:
+            resumed = f", resuming in epoch {event.start_epoch + 1} after step {event.start_step}"
         return (
             f"run {event.run_dir}: {event.n_particles} particles ({event.n_train} train, {event.n_val} validation), "
             f"box {event.box} at {event.apix:.3g} Å/px, {event.n_vertices} mesh vertices, device {event.device}, "
@@ -74,7 +76,7 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
             if isinstance(event, ev.RunStarted):
                 if progress:
                     total = event.epochs * event.steps_per_epoch
-                    bar = tqdm(total=total, initial=event.start_epoch * event.steps_per_epoch, unit="batch", desc="train")
+                    bar = tqdm(total=total, initial=event.start_epoch * event.steps_per_epoch + event.start_step, unit="batch", desc="train")
                 print(line, flush=True)
             elif isinstance(event, ev.StepLoss):
                 if bar is not None:
