@@ -110,7 +110,10 @@ def write_series_movie(volumes: np.ndarray, path, fps: int = 10, view: str = "pr
     images = np.pad(images, ((0, 0), (0, pad), (0, pad)))
     frames = np.concatenate([images, images[-2:0:-1]])
     path = Path(path)
-    with atomic_path(path) as tmp, imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=16, quality=7) as writer:
+    with (
+        atomic_path(path) as tmp,  # the mp4 appears whole or not at all
+        imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=16, quality=7) as writer,
+    ):
         for frame in frames:
             writer.append_data(np.repeat(frame[:, :, None], 3, axis=2))
     return path

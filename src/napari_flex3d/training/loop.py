@@ -8,9 +8,9 @@ takes one Adam step of the flow generator or of the canonical map as the schedul
 After every epoch it measures the validation loss, writes a checkpoint atomically, and
 yields the epoch's news; within an epoch it writes one every ``checkpoint_minutes`` too,
 holding the epoch's particle order and position, so a killed run loses at most that
-interval and resumes bit-identically. The caller may stop iterating at any yield (``close()``, or
-napari's worker ``quit()``): the last checkpoint stays intact and ``resume=True``
-continues from it, ending with the same parameters as an uninterrupted run on the CPU.
+interval. The caller may stop iterating at any yield (``close()``, or napari's worker
+``quit()``): the last checkpoint stays intact and ``resume=True`` continues from it,
+mid-epoch included, ending with the same parameters as an uninterrupted run on the CPU.
 
 The loop's parts: :mod:`.run_state` (a new or restored run), :mod:`.step` (one minibatch),
 :mod:`.latent_state` (inference view, learned prior), :mod:`.metrics` (validation loss,
@@ -50,7 +50,8 @@ from .distributed import DistContext
 from .latent_state import update_latent_prior
 from .metrics import model_fsc, peak_memory_mb, validation_loss
 from .outputs import (
-    checkpoint_due, estimate_output_bytes, preview_due, preview_volumes, write_checkpoint, write_config, write_epoch_files, write_final_outputs,
+    checkpoint_due, estimate_output_bytes, preview_due, preview_volumes, write_checkpoint, write_config,
+    write_epoch_files, write_final_outputs,
 )
 from .run_state import RunState, new_run, restored_run
 from .schedule import band_limit, lr_factor, phase_of_step

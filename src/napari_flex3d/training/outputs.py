@@ -25,7 +25,8 @@ from ..model.run import checkpoint_path
 from .run_state import RunState
 
 __all__ = [
-    "checkpoint_state", "checkpoint_due", "write_checkpoint", "write_epoch_files", "estimate_output_bytes", "write_progress", "write_final_outputs", "write_config", "preview_due", "preview_volumes",
+    "checkpoint_state", "checkpoint_due", "write_checkpoint", "write_epoch_files", "estimate_output_bytes",
+    "write_progress", "write_final_outputs", "write_config", "preview_due", "preview_volumes",
 ]
 
 

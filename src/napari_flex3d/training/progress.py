@@ -76,7 +76,8 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
             if isinstance(event, ev.RunStarted):
                 if progress:
                     total = event.epochs * event.steps_per_epoch
-                    bar = tqdm(total=total, initial=event.start_epoch * event.steps_per_epoch + event.start_step, unit="batch", desc="train")
+                    done = event.start_epoch * event.steps_per_epoch + event.start_step
+                    bar = tqdm(total=total, initial=done, unit="batch", desc="train")
                 print(line, flush=True)
             elif isinstance(event, ev.StepLoss):
                 if bar is not None:
