@@ -99,7 +99,7 @@ def _explicit(args: argparse.Namespace) -> dict:
     from .config import TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    keep = ("epochs", "device", "threads", "preview_every")
+    keep = ("epochs", "device", "threads", "preview_every", "checkpoint_minutes")
     return {k: getattr(args, k) for k in keep if getattr(args, k) != defaults[k]}
 
 

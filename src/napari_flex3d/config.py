@@ -30,7 +30,7 @@ __all__ = [
     "to_dict",
     "from_dict",
     "provenance",
-    "write_config_json",
+    "config_document",
     "read_config_json",
     "add_arguments",
     "from_arguments",
@@ -207,6 +207,11 @@ class TrainConfig(_Settings):
     seed: int = _f(0, "random seed (runs are deterministic on the CPU given the seed)")
     threads: int | None = _f(None, "CPU threads for torch (None: torch's default)")
     preview_every: int = _f(1, "epochs between preview volumes at -1/+1 sigma along each latent axis (0: never)")
+    checkpoint_minutes: float = _f(
+        10.0,
+        "minutes between checkpoints written in the middle of an epoch, besides the one at each epoch's end "
+        "(a killed run resumes from the last with --resume, losing at most this much; 0: at epoch ends only)",
+    )
     max_particles: int | None = _f(None, "use only the first N particles (for quick trials)")
     half_set: str = _f(
         "",
@@ -356,14 +361,16 @@ def provenance(cli_argv: list[str] | None = None) -> dict[str, Any]:
     }
 
 
-def write_config_json(path, config, cli_argv: list[str] | None = None, **extra) -> None:
-    """Write ``{"kind": ..., "settings": ..., "provenance": ..., **extra}`` as JSON."""
-    doc = {"kind": type(config).__name__, "settings": to_dict(config), "provenance": provenance(cli_argv), **extra}
-    Path(path).write_text(json.dumps(doc, indent=2, default=str))
+def config_document(config, cli_argv: list[str] | None = None, **extra) -> dict[str, Any]:
+    """``{"kind": ..., "settings": ..., "provenance": ..., **extra}``: what a ``config.json`` holds.
+
+    Written by ``io.atomic.write_config_json`` (this layer writes no files).
+    """
+    return {"kind": type(config).__name__, "settings": to_dict(config), "provenance": provenance(cli_argv), **extra}
 
 
 def read_config_json(path, cls=None):
-    """Read a ``config.json`` written by :func:`write_config_json` back into its dataclass."""
+    """Read a ``config.json`` (``io.atomic.write_config_json``) back into its dataclass."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())

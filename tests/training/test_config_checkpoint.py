@@ -19,8 +19,8 @@ from napari_flex3d.config import (
     from_dict,
     read_config_json,
     to_dict,
-    write_config_json,
 )
+from napari_flex3d.io.atomic import write_config_json
 from napari_flex3d.io.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_flex3d.config import write_config_json
+from napari_flex3d.io.atomic import write_config_json
 from napari_flex3d.io.checkpoint import load_checkpoint
 from napari_flex3d.training import distributed
 from napari_flex3d.training import events as ev

@@ -231,7 +231,7 @@ _CHILD = textwrap.dedent(
 
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(full_run, tiny_sim, tiny_config, tmp_path):
-    from napari_flex3d.config import write_config_json
+    from napari_flex3d.io.atomic import write_config_json
 
     reference, _ = full_run
     out = tmp_path / "killed"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_path, check_output_space, write_text
+
 __all__ = [
     "write_volume_series", "write_chimerax_series_script", "cxc_quoted", "write_series_movie", "series_level", "projection_images",
     "to_uint8",
@@ -59,14 +61,14 @@ def write_chimerax_series_script(path, frame_glob: str, level: float, frames: in
             "",
         ]
     )
-    path.write_text(text)
-    return path
+    return write_text(path, text)
 
 
 def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str = "frame", labels=None) -> tuple[list[Path], Path]:
     """Write ``volumes (f, n, n, n)`` as ``prefix_000.mrc``... and ``series.cxc`` in ``out_dir``.
 
-    Returns ``(frame paths, script path)``.
+    Refuses (``DiskFullError``, before the first frame) a series that cannot fit; each frame is
+    written whole (``io.atomic``). Returns ``(frame paths, script path)``.
     """
     from ..io.mrc import write_map
 
@@ -75,7 +77,8 @@ def write_volume_series(volumes: np.ndarray, apix: float, out_dir, prefix: str =
         raise ValueError(f"a volume series must be (frames, n, n, n), got shape {volumes.shape}")
     cxc_quoted(prefix)  # refused before any frame is written
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    f, n = volumes.shape[0], volumes.shape[1]
+    check_output_space(out_dir, f * (volumes[0].nbytes + 1024), f"{f} frames of {n}^3")  # + an MRC header each
     width = max(3, len(str(len(volumes) - 1)))
     paths = []
     for i, vol in enumerate(volumes):
@@ -124,7 +127,10 @@ def write_series_movie(volumes: np.ndarray, path, fps: int = 10, view: str = "pr
     images = np.pad(images, ((0, 0), (0, pad), (0, pad)))
     frames = np.concatenate([images, images[-2:0:-1]])
     path = Path(path)
-    with imageio.get_writer(path, fps=fps, codec="libx264", macro_block_size=16, quality=7) as writer:
+    with (
+        atomic_path(path) as tmp,  # the mp4 appears whole or not at all
+        imageio.get_writer(tmp, fps=fps, codec="libx264", macro_block_size=16, quality=7) as writer,
+    ):
         for frame in frames:
             writer.append_data(np.repeat(frame[:, :, None], 3, axis=2))
     return path

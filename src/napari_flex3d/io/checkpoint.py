@@ -3,61 +3,31 @@
 A checkpoint is a ``dict`` of tensors, numbers, strings, lists and dicts saved with
 ``torch.save`` and read with ``torch.load(weights_only=True)``, which refuses anything
 but these plain types. Configs and NumPy generator states travel as JSON strings,
-torch generator states as ``uint8`` tensors. The file is written to a temporary name in
-the same folder, flushed to disk, then renamed over the old one: a process killed at any
-moment leaves either the previous checkpoint or the new one, never half a file.
+torch generator states as ``uint8`` tensors. The file is written by :mod:`.atomic` (a
+temporary in the same folder, fsync, rename): a process killed at any moment leaves either
+the previous checkpoint or the new one, never half a file.
 
 Imports torch.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+from .atomic import torch_save
+
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "save_checkpoint", "load_checkpoint"]
 
 CHECKPOINT_FORMAT = "napari-flex3d-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover (Windows)
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path, write) -> Path:
-    """Call ``write(file_object)`` on a temporary file beside ``path``, fsync it, rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    _fsync_dir(path.parent)
-    return path
-
-
 def save_checkpoint(path, state: dict) -> Path:
     """Save ``state`` (plain types and CPU tensors) atomically with the format tag and version added."""
     payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **state}
-    return atomic_write_bytes(path, lambda fh: torch.save(payload, fh))
+    return torch_save(path, payload)
 
 
 def load_checkpoint(path) -> dict:

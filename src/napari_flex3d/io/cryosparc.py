@@ -10,12 +10,12 @@ mean for particles is in ``io.cs_particles`` and ``io.optics``. Imports NumPy an
 
 from __future__ import annotations
 
-import io
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from .atomic import save_npy
 
 __all__ = ["load_cs", "merge_passthrough", "records_to_frame", "save_cs", "merge_fields", "numeric_field"]
 
@@ -120,9 +120,4 @@ def records_to_frame(records: np.ndarray) -> pd.DataFrame:
 
 def save_cs(path, records: np.ndarray) -> None:
     """Write records as a ``.cs`` (``.npy`` format, no pickles), atomically, keeping the name."""
-    path = Path(path)
-    buf = io.BytesIO()
-    np.save(buf, records, allow_pickle=False)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    save_npy(path, records)

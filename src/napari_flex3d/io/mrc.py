@@ -253,7 +253,7 @@ def read_map(path, apix: float | None = None) -> MapData:
 
 
 def write_map(path, data, apix: float, label: str | None = None, origin_xyz_a=None) -> None:
-    """Write a float32 map ``(z, y, x)`` (or a stack ``(n, h, w)`` if ``path`` ends in ``.mrcs``)."""
+    """Write a float32 map ``(z, y, x)`` (or a stack ``(n, h, w)`` if ``path`` ends in ``.mrcs``), atomically."""
     import mrcfile
 
     data = np.asarray(data, dtype=np.float32)
@@ -263,8 +263,10 @@ def write_map(path, data, apix: float, label: str | None = None, origin_xyz_a=No
         raise ValueError(f"{path}: refusing to write a map with NaN or infinite values")
     if not (apix is not None and np.isfinite(apix) and apix > 0):
         raise ValueError(f"{path}: invalid voxel size {apix!r}")
+    from .atomic import atomic_path
+
     path = Path(path)
-    with mrcfile.new(path, overwrite=True, compression="gzip" if _is_gz(path) else None) as mrc:
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True, compression="gzip" if _is_gz(path) else None) as mrc:
         mrc.set_data(data)
         if str(path).lower().endswith(".mrcs") and data.ndim == 3:
             mrc.set_image_stack()

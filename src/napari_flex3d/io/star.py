@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .atomic import write_text
+
 __all__ = ["read_star", "write_star_blocks", "numeric_column"]
 
 
@@ -116,6 +118,4 @@ def write_star_blocks(path, blocks: dict[str, pd.DataFrame]) -> None:
             row_format = " ".join(specs)
             parts += [row_format % row for row in zip(*columns)]
         parts.append("")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("\n".join(parts) + "\n")
-    tmp.replace(path)
+    write_text(path, "\n".join(parts) + "\n")

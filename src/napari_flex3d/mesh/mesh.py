@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import save_npz
+
 __all__ = [
     "Mesh",
     "orient_cells",
@@ -202,11 +204,7 @@ def save_mesh(mesh: Mesh, path) -> Path:
         arrays["rigidity_weights"] = mesh.rigidity_weights
     if mesh.motion_mask is not None:
         arrays["deformation_mask"] = mesh.motion_mask  # the file's key since format 1: older readers keep reading it
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-    return path
+    return save_npz(path, **arrays)
 
 
 def load_mesh(path, box: int | None = None, apix: float | None = None) -> Mesh:

@@ -86,7 +86,7 @@ def config_and_model(state: dict, path, config: TrainConfig | None = None):
     """The checkpoint's settings and its model (CPU).
 
     ``config`` (a resumed run's) may change only how long and where the run goes: epochs,
-    device, threads and preview interval; everything else comes from the checkpoint.
+    device, threads, preview and checkpoint intervals; everything else comes from the checkpoint.
     """
     try:
         settings = json.loads(state["config_json"])
@@ -95,7 +95,7 @@ def config_and_model(state: dict, path, config: TrainConfig | None = None):
         if config is not None:
             saved = dataclasses.replace(
                 saved, epochs=config.epochs, device=config.device, threads=config.threads,
-                preview_every=config.preview_every,
+                preview_every=config.preview_every, checkpoint_minutes=config.checkpoint_minutes,
             )
         model = model_from_state(state["model"], int(state["box"]), float(state["apix"]), saved)
     except (KeyError, TypeError, json.JSONDecodeError) as exc:

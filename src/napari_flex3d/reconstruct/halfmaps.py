@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from ..conventions import voxel_grid_xyz_a
+from ..io.atomic import check_output_space, torch_save
 from ..io.mrc import read_map, write_map
 from ..io.values import require_informative_map
 from ..io.particles import read_particles
@@ -42,7 +43,7 @@ from ..model.flow import interpolate_vertex_flow
 from ..model.loss import estimate_noise_spectra
 from .halfsets import check_latent_rows, half_flows, half_run_rows, load_frozen_run, split_halves
 from .report import validate_half_maps, write_fsc_files, write_sharpened_maps
-from .solver import HalfMapProblem, atomic_torch_save, lbfgs_quadratic, pack_state, unpack_state
+from .solver import HalfMapProblem, lbfgs_quadratic, pack_state, unpack_state
 from .validation import soften_mask
 
 __all__ = [
@@ -202,6 +203,13 @@ def _user_masks(masks, box: int, apix: float, edge_a: float) -> dict[str, torch.
     return user_masks
 
 
+def _output_bytes(n_half_maps: int, n_modes: int, box: int, n_values: int, history: int = 8) -> int:
+    """Bytes a reconstruction writes at its peak: float32 half and sharpened maps, and one
+    solver state (values, gradient and ``history`` pairs of L-BFGS vectors) twice, the old
+    one and the new being written."""
+    return 4 * box**3 * (n_half_maps + n_modes) + 2 * 4 * n_values * (2 + 2 * history)
+
+
 def _noise_spectra(ps, box: int, n_probe: int, seed: int) -> torch.Tensor:
     """The whitening: one radial noise spectrum per optics group ``(n_groups, n_shells)`` at ``box``,
     from ``n_probe`` particles drawn with ``seed``."""
@@ -288,7 +296,7 @@ class _Solve:
         for k, f, state in lbfgs_quadratic(problem, s.iterations, state=state, ridge=s.ridge):
             self.passes_done += 1
             if main:
-                atomic_torch_save(pack_state(state), state_path)
+                torch_save(state_path, pack_state(state))
             eta = self.eta_s()
             values = state["values"]
             yield ReconstructProgress(mode, half, k, s.iterations, f, time.time() - self.t_start, eta)
@@ -390,6 +398,9 @@ def solve_half_maps(
     flow_fns["B"] = _flex_flow_fn(model_b, latents_b, points, dev) if independent else flow_fns["A"]
     kernels = {"A": model.kernel, "B": model_b.kernel if independent else model.kernel}
     jobs = [(m, h, idx) for m in modes for h, idx in (("A", half_a), ("B", half_b))]
+    if ctx.is_main:  # refuse before the first pass a run whose maps and states cannot fit
+        check_output_space(out, _output_bytes(len(jobs), len(modes), box_h, flat_index.numel()),
+                           "the half maps, sharpened maps and solver states")
     solve = _Solve(s, ps, out, box_h, apix_h, flat_index, points, noise, dev, ctx, t_start,
                    total_passes=len(jobs) * (s.iterations + 1))
     maps: dict[tuple[str, str], torch.Tensor] = {}

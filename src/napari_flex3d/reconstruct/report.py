@@ -7,13 +7,13 @@ A room of ``reconstruct``; it may import ``io``, ``ops`` and :mod:`.validation`.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from ..io.atomic import atomic_path, write_json, write_text
 from ..io.mrc import write_map
 from ..ops.fsc import fsc_resolution, shell_frequencies_inv_a
 from .validation import informative_range, masked_fsc, sharpen
@@ -118,15 +118,12 @@ def write_sharpened_maps(out: Path, validation: MapValidation, apix: float) -> N
 def write_fsc_files(out: Path, validation: MapValidation, report: dict, box: int, apix: float, t_start: float) -> None:
     """``fsc.csv``, ``fsc.png`` (if matplotlib is there) and ``report.json`` (with the time since ``t_start``)."""
     freqs = validation.freqs_inv_a
-    with open(out / "fsc.csv", "w") as fh:
-        names = list(validation.columns)
-        fh.write(",".join(names) + "\n")
-        for i in range(freqs.size):
-            fh.write(",".join(f"{validation.columns[n][i]:.6g}" for n in names) + "\n")
+    names = list(validation.columns)
+    rows = [",".join(names)] + [",".join(f"{validation.columns[n][i]:.6g}" for n in names) for i in range(freqs.size)]
+    write_text(out / "fsc.csv", "\n".join(rows) + "\n")
     report["fsc_png"] = _write_fsc_png(out / "fsc.png", freqs, validation.curves, f"half-map FSC, box {box} at {apix:.3g} Å")
     report["time_s"] = time.time() - t_start
-    with open(out / "report.json", "w") as fh:
-        json.dump(report, fh, indent=2, default=float)
+    write_json(out / "report.json", report, default=float)
 
 
 def _write_fsc_png(path: Path, freqs: np.ndarray, curves: dict[str, np.ndarray], title: str) -> bool:
@@ -158,6 +155,7 @@ def _write_fsc_png(path: Path, freqs: np.ndarray, curves: dict[str, np.ndarray],
     top.set_xlabel("resolution (Å)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     plt.close(fig)
     return True

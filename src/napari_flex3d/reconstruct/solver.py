@@ -25,7 +25,7 @@ from ..model.loss import data_loss
 from ..ops.fourier import crop_rfft_2d
 from ..ops.splat import convect_project
 
-__all__ = ["HalfMapProblem", "lbfgs_quadratic", "pack_state", "unpack_state", "atomic_torch_save"]
+__all__ = ["HalfMapProblem", "lbfgs_quadratic", "pack_state", "unpack_state"]
 
 
 class HalfMapProblem:
@@ -205,13 +205,6 @@ def lbfgs_quadratic(
         k += 1
         state = {"values": values, "grad": grad, "f": f, "k": k, "s": s_hist, "y": y_hist}
         yield k, f, state
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """``torch.save`` through a temporary file: a run killed mid-write leaves the old file whole."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
 
 
 def pack_state(state: dict) -> dict:

@@ -26,7 +26,6 @@ Part of ``simulate`` (a feature room): imports ``conventions``, the core rooms `
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 
 from ..conventions import euler_to_matrix, matrix_to_euler
+from ..io.atomic import atomic_path, save_npy, write_json
 from ..io.mrc import write_map
 from ..io.optics import OpticsGroup
 from ..io.particle_set import ParticleSet
@@ -399,7 +399,7 @@ def _write_stack(stack_path: Path, mol: Molecule, parts: _Particles, setup: _Set
     """Noise-free images straight into the memory-mapped stack, then white Gaussian noise at
     the requested SNR (measured over all pixels); records the ``project`` and ``noise`` timings."""
     n, box = setup.n, setup.box
-    with mrcfile.new_mmap(stack_path, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
+    with atomic_path(stack_path) as tmp, mrcfile.new_mmap(tmp, shape=(n, box, box), mrc_mode=2, overwrite=True) as m:
         m.voxel_size = setup.apix
         m.set_image_stack()
         var_signal = _project_into(m.data, mol, parts, setup)
@@ -460,9 +460,9 @@ def _write_truth(
 ) -> dict:
     """The ground truth: coordinates, atoms, state and average maps, FSC figures and ``truth.json`` (returned)."""
     box, apix, motion = setup.box, setup.apix, setup.motion
-    np.save(truth_dir / "coords.npy", parts.coords.astype(np.float32))
-    np.save(truth_dir / "atoms.npy", mol.xyz_a.astype(np.float32))
-    np.save(truth_dir / "atom_domains.npy", mol.domain)
+    save_npy(truth_dir / "coords.npy", parts.coords.astype(np.float32))
+    save_npy(truth_dir / "atoms.npy", mol.xyz_a.astype(np.float32))
+    save_npy(truth_dir / "atom_domains.npy", mol.domain)
     states = _states(motion)
     state_files = []
     moved = deform(mol, states, motion)  # (s, a, 3)
@@ -508,7 +508,7 @@ def _write_truth(
         "ctf": {"voltage_kv": VOLTAGE_KV, "cs_mm": CS_MM, "amplitude_contrast": AMPLITUDE_CONTRAST,
                 "defocus_range_a": list(DEFOCUS_RANGE_A)},
     }
-    (truth_dir / "truth.json").write_text(json.dumps(truth, indent=2))
+    write_json(truth_dir / "truth.json", truth)
     return truth
 
 

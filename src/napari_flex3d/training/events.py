@@ -44,6 +44,7 @@ class RunStarted(Event):
     start_epoch: int  # 0 for a new run, the number of finished epochs when resuming
     n_vertices: int
     latent_prior: str = "gaussian"  # "learned (9^2 grid)" or "gaussian": what latent inference uses
+    start_step: int = 0  # steps of epoch start_epoch already done (resuming from a mid-epoch checkpoint)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class PreviewVolumes(Event):
 class CheckpointWritten(Event):
     epoch: int  # epochs finished
     path: str
+    step: int = 0  # steps of the next epoch done (0: written at an epoch's end)
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,11 @@ latents with the model frozen (auto-decoder; :mod:`.latents`), injects latent no
 takes one Adam step of the flow generator or of the canonical map as the schedule says
 (:mod:`.schedule`), with the map and the data term band-limited by frequency marching.
 After every epoch it measures the validation loss, writes a checkpoint atomically, and
-yields the epoch's news. The caller may stop iterating at any yield (``close()``, or
-napari's worker ``quit()``): the last checkpoint stays intact and ``resume=True``
-continues from it, ending with the same parameters as an uninterrupted run on the CPU.
+yields the epoch's news; within an epoch it writes one every ``checkpoint_minutes`` too,
+holding the epoch's particle order and position, so a killed run loses at most that
+interval. The caller may stop iterating at any yield (``close()``, or napari's worker
+``quit()``): the last checkpoint stays intact and ``resume=True`` continues from it,
+mid-epoch included, ending with the same parameters as an uninterrupted run on the CPU.
 
 The loop's parts: :mod:`.run_state` (a new or restored run), :mod:`.step` (one minibatch),
 :mod:`.latent_state` (inference view, learned prior), :mod:`.metrics` (validation loss,
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 
 from ..config import TrainConfig
+from ..io.atomic import check_output_space
 from ..io.prefetch import Prefetcher
 from ..model.loss import band_coefficients
 from ..model.run import CHECKPOINT_NAME, checkpoint_path
@@ -46,7 +49,10 @@ from .agreement import latent_agreement
 from .distributed import DistContext
 from .latent_state import update_latent_prior
 from .metrics import model_fsc, peak_memory_mb, validation_loss
-from .outputs import preview_due, preview_volumes, write_config, write_epoch_files, write_final_outputs
+from .outputs import (
+    checkpoint_due, estimate_output_bytes, preview_due, preview_volumes, write_checkpoint, write_config,
+    write_epoch_files, write_final_outputs,
+)
 from .run_state import RunState, new_run, restored_run
 from .schedule import band_limit, lr_factor, phase_of_step
 from .step import local_rows, read_batch, set_learning_rates, train_step
@@ -68,6 +74,8 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     t_start = time.perf_counter()
     ctx = distributed.context_from_env()  # torchrun's RANK/WORLD_SIZE; inactive in one process
     run = _open_run(config, out_dir, resume, ctx)
+    if ctx.is_main:  # refuse a run whose outputs cannot fit before its first epoch
+        check_output_space(out_dir, estimate_output_bytes(run), "a training run's checkpoints and outputs")
     own_group = _join_ranks(run, ctx, resume)
     if resume and run.config.threads:
         torch.set_num_threads(run.config.threads)
@@ -130,7 +138,7 @@ def _run_started(run: RunState) -> ev.RunStarted:
     return ev.RunStarted(
         run_dir=str(run.out_dir), n_particles=len(run.ps), n_train=len(run.train_idx), n_val=len(run.val_idx),
         box=run.box, apix=run.apix, device=str(run.device), epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
-        start_epoch=run.epoch, n_vertices=int(run.model.vertices_a.shape[0]),
+        start_epoch=run.epoch, start_step=run.epoch_step, n_vertices=int(run.model.vertices_a.shape[0]),
         latent_prior="gaussian" if run.latent_prior is None else f"learned ({cfg.latent_grid}^{cfg.latent_dim} grid)",
     )
 
@@ -144,10 +152,15 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     """One epoch: its steps, then validation, the learned prior's update, the checkpoint and the epoch's news."""
     cfg, ctx = run.config, run.dist
     epoch, t0, c0 = run.epoch, time.perf_counter(), time.process_time()
-    latents_before = run.latents.cpu().numpy().copy()  # once per epoch, for the latent agreement
-    order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
+    if run.epoch_order is None:  # a new epoch (else one a mid-epoch checkpoint resumed)
+        run.latents_before = run.latents.cpu().numpy().copy()  # once per epoch, for the latent agreement
+        run.epoch_order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
+        run.epoch_step, run.epoch_losses, run.epoch_residuals = 0, [], []
+    order, latents_before = run.epoch_order, run.latents_before
     step_idx = [run.train_idx[np.sort(order[s * cfg.batch : (s + 1) * cfg.batch])] for s in range(run.steps_per_epoch)]
-    losses, residuals = yield from _steps(run, epoch, step_idx)
+    yield from _steps(run, epoch, step_idx)
+    losses, residuals = run.epoch_losses, run.epoch_residuals
+    run.epoch_order, run.latents_before = None, None  # the epoch's steps are done: its checkpoint is an epoch end
     band = _band(cfg, epoch + 1)
     val_loss = validation_loss(run, band)
     update_latent_prior(run, epoch)
@@ -180,11 +193,12 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     yield ev.CheckpointWritten(epoch=run.epoch, path=str(path))
 
 
-def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss]:
-    """The epoch's minibatches ``step_idx``, read ahead by a prefetcher; yields each step's
-    losses and returns ``(losses, residuals)``, the per-step figures for the epoch summary."""
+def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss | ev.CheckpointWritten]:
+    """The epoch's minibatches ``step_idx`` from ``run.epoch_step`` on, read ahead by a
+    prefetcher; yields each step's losses (kept in ``run.epoch_losses``/``epoch_residuals``
+    for the epoch summary) and, every ``checkpoint_minutes``, a mid-epoch checkpoint."""
     cfg, spe = run.config, run.steps_per_epoch
-    losses, residuals = [], []
+    losses, residuals = run.epoch_losses, run.epoch_residuals
 
     def read_ahead(idx):  # this rank's images of the next minibatch, read while the current one computes
         local = local_rows(run, idx)
@@ -202,8 +216,9 @@ def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss]:
         )
 
     pending = None  # the previous step, announced once the next one is queued: the device never idles for it
-    with Prefetcher(read_ahead, step_idx) as batches:
-        for step, (idx, batch) in enumerate(zip(step_idx, batches)):
+    first = run.epoch_step
+    with Prefetcher(read_ahead, step_idx[first:]) as batches:
+        for step, (idx, batch) in enumerate(zip(step_idx[first:], batches), start=first):
             band = _band(cfg, epoch + step / spe)
             phase = phase_of_step(
                 epoch, run.global_step - cfg.warmup_epochs * spe, cfg.warmup_epochs, cfg.flow_batches,
@@ -213,9 +228,14 @@ def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss]:
             set_learning_rates(run, lr_factor(epoch + (step + 1) / spe, cfg.epochs, cfg.lr_final, cfg.band_ramp_epochs))
             values = train_step(run, idx, phase, band, batch=batch)
             run.global_step += 1
+            run.epoch_step = step + 1
             if pending is not None:
                 yield step_news(pending)
             pending = (step, run.global_step, phase, band, values)
+            if step + 1 < spe and checkpoint_due(run):  # the epoch's end writes its own
+                yield step_news(pending)  # its loss belongs in the checkpoint
+                pending = None
+                path = write_checkpoint(run)
+                yield ev.CheckpointWritten(epoch=run.epoch, path=str(path), step=run.epoch_step)
     if pending is not None:
         yield step_news(pending)
-    return losses, residuals

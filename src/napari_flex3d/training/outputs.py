@@ -1,7 +1,8 @@
 """What a run writes to its folder, and when: checkpoints, progress files, previews, final outputs.
 
 Every epoch: ``checkpoints/last.pt`` (:func:`checkpoint_state`, written atomically by the
-loop), ``latents.npy`` and ``history.json``; at the start ``config.json``; at the end
+loop), ``latents.npy`` and ``history.json``; within an epoch, ``last.pt`` again every
+``checkpoint_minutes`` (:func:`checkpoint_due`); at the start ``config.json``; at the end
 ``canonical.mrc``, ``particles.star`` (+ ``particles.cs`` for a cryoSPARC input). Preview
 volumes are made every ``preview_every`` epochs and at the last. Imports config and
 core (io, model).
@@ -10,18 +11,22 @@ core (io, model).
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import provenance, to_dict
-from ..io.checkpoint import atomic_write_bytes, save_checkpoint
+from ..io.atomic import save_npy, write_json
+from ..io.checkpoint import save_checkpoint
 from ..model.run import checkpoint_path
 from .run_state import RunState
 
 __all__ = [
-    "checkpoint_state", "write_epoch_files", "write_progress", "write_final_outputs", "write_config", "preview_due", "preview_volumes",
+    "checkpoint_state", "checkpoint_due", "write_checkpoint", "write_epoch_files", "estimate_output_bytes",
+    "write_progress", "write_final_outputs", "write_config", "preview_due", "preview_volumes",
 ]
 
 
@@ -46,15 +51,57 @@ def checkpoint_state(run: RunState) -> dict:
         "rng_torch": run.generator.get_state(),
         "history_json": json.dumps(run.history),
         **({} if run.latent_prior is None else {"latent_prior": run.latent_prior.log_density.detach().cpu()}),
+        **({} if run.latent_mass is None else {"latent_mass": run.latent_mass.detach().cpu()}),
+        **({} if run.epoch_order is None else _epoch_in_progress(run)),
     }
+
+
+def _epoch_in_progress(run: RunState) -> dict:
+    """What continues an epoch bit-identically: its particle order, steps done, their losses
+    (float64 holds the float32 figures exactly) and the latents it started from."""
+    return {
+        "epoch_order": torch.as_tensor(run.epoch_order),
+        "epoch_step": run.epoch_step,
+        "epoch_losses": torch.tensor(run.epoch_losses, dtype=torch.float64),
+        "epoch_residuals": torch.tensor(run.epoch_residuals, dtype=torch.float64),
+        "latents_before": torch.as_tensor(run.latents_before),
+    }
+
+
+def checkpoint_due(run: RunState) -> bool:
+    """Whether ``config.checkpoint_minutes`` have passed since the last checkpoint (one process
+    only: ranks under torchrun would disagree on the time, so they checkpoint at epoch ends)."""
+    minutes = run.config.checkpoint_minutes
+    return bool(minutes) and not run.dist.active and time.monotonic() - run.checkpoint_clock >= 60.0 * minutes
+
+
+def write_checkpoint(run: RunState) -> Path:
+    """``checkpoints/last.pt`` now (atomically: a kill leaves the previous one); restarts the interval."""
+    path = save_checkpoint(checkpoint_path(run.out_dir), checkpoint_state(run))
+    run.checkpoint_clock = time.monotonic()
+    return path
 
 
 def write_epoch_files(run: RunState) -> Path:
     """End of an epoch (rank 0 only): the checkpoint, written atomically so that a kill leaves
     the previous one, then ``latents.npy`` and ``history.json``. Returns the checkpoint's path."""
-    path = save_checkpoint(checkpoint_path(run.out_dir), checkpoint_state(run))
+    path = write_checkpoint(run)
     write_progress(run)
     return path
+
+
+def estimate_output_bytes(run: RunState) -> int:
+    """Bytes the run's folder needs at its peak: the checkpoint twice (the old one and the new
+    being written), ``latents.npy``, ``canonical.mrc`` and the particle file with its new columns."""
+    def nbytes(t) -> int:
+        return t.numel() * t.element_size()
+
+    model = sum(nbytes(v) for v in run.model.state_dict().values())
+    latents = nbytes(run.latents)
+    checkpoint = 3 * model + 2 * latents + nbytes(run.spectra) + 16 * len(run.train_idx) + 8 * len(run.val_idx)
+    particle_file = os.path.getsize(run.config.particles) if os.path.isfile(run.config.particles) else 0
+    star = particle_file + 16 * latents  # the input's rows again, each latent as text
+    return 2 * checkpoint + latents + 4 * run.box**3 + star + (particle_file + latents if run.ps.fmt == "cryosparc" else 0)
 
 
 def write_config(run: RunState, cli_argv, resumed: bool) -> None:
@@ -71,13 +118,13 @@ def write_config(run: RunState, cli_argv, resumed: bool) -> None:
         doc["resumed"] = old.get("resumed", []) + [{**provenance(cli_argv), "from_epoch": run.epoch}]
     doc["training_box"] = run.box
     doc["training_apix"] = run.apix
-    path.write_text(json.dumps(doc, indent=2, default=str))
+    write_json(path, doc, default=str)
 
 
 def write_progress(run: RunState) -> None:
     """Files refreshed every epoch: ``latents.npy`` and ``history.json`` (each written atomically)."""
-    atomic_write_bytes(run.out_dir / "latents.npy", lambda fh: np.save(fh, run.latents.cpu().numpy().astype(np.float32)))
-    atomic_write_bytes(run.out_dir / "history.json", lambda fh: fh.write(json.dumps(run.history, indent=1).encode()))
+    save_npy(run.out_dir / "latents.npy", run.latents.cpu().numpy().astype(np.float32))
+    write_json(run.out_dir / "history.json", run.history, indent=1)
 
 
 def write_final_outputs(run: RunState) -> None:

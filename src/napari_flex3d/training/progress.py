@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from pathlib import Path
-
+from ..io.atomic import open_log
 from . import events as ev
 
 __all__ = ["format_event", "consume_events"]
@@ -20,6 +19,8 @@ def format_event(event: ev.Event) -> str | None:
     """One log line for an event (``None`` for events that only feed plots)."""
     if isinstance(event, ev.RunStarted):
         resumed = f", resuming after epoch {event.start_epoch}" if event.start_epoch else ""
+        if event.start_step:
+            resumed = f", resuming in epoch {event.start_epoch + 1} after step {event.start_step}"
         return (
             f"run {event.run_dir}: {event.n_particles} particles ({event.n_train} train, {event.n_val} validation), "
             f"box {event.box} at {event.apix:.3g} Å/px, {event.n_vertices} mesh vertices, device {event.device}, "
@@ -44,6 +45,8 @@ def format_event(event: ev.Event) -> str | None:
     if isinstance(event, ev.FSCCurve):
         return f"epoch {event.epoch + 1}: {event.kind} FSC 0.143 at {event.resolution_a:.2f} Å"
     if isinstance(event, ev.CheckpointWritten):
+        if event.step:
+            return f"checkpoint in epoch {event.epoch + 1} after step {event.step}: {event.path}"
         return f"checkpoint after epoch {event.epoch}: {event.path}"
     if isinstance(event, ev.RunFinished):
         return f"finished {event.epochs} epochs in {event.seconds:.0f} s: {event.run_dir}"
@@ -62,7 +65,7 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
     """
     from tqdm.auto import tqdm
 
-    log = open(Path(log_path), "a", buffering=1) if log_path is not None else None
+    log = open_log(log_path) if log_path is not None else None
     bar = None
     summaries: list[ev.EpochSummary] = []
     try:
@@ -73,7 +76,8 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
             if isinstance(event, ev.RunStarted):
                 if progress:
                     total = event.epochs * event.steps_per_epoch
-                    bar = tqdm(total=total, initial=event.start_epoch * event.steps_per_epoch, unit="batch", desc="train")
+                    done = event.start_epoch * event.steps_per_epoch + event.start_step
+                    bar = tqdm(total=total, initial=done, unit="batch", desc="train")
                 print(line, flush=True)
             elif isinstance(event, ev.StepLoss):
                 if bar is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,6 +52,13 @@ class RunState:
     latent_view: LatentView | None = None  # the model at config.latent_box for inference (None: the model itself)
     latent_prior: GridPrior | None = None  # the empirical prior (config.latent_prior_shape), None: the Gaussian
     latent_mass: torch.Tensor | None = None  # (grid**K,) this epoch's posterior weights on the grid, for the prior
+    # the epoch in progress (a mid-epoch checkpoint holds them, so a resumed run continues the same epoch)
+    epoch_order: np.ndarray | None = None  # (n_train,) the epoch's shuffle of train_idx positions; None between epochs
+    epoch_step: int = 0  # its steps done
+    epoch_losses: list = field(default_factory=list)  # its steps' losses so far
+    epoch_residuals: list = field(default_factory=list)
+    latents_before: np.ndarray | None = None  # (n_particles, K) the latents at its start (latent agreement)
+    checkpoint_clock: float = field(default_factory=time.monotonic)  # when the last checkpoint was written
 
     @property
     def box(self) -> int:
@@ -173,7 +181,8 @@ def _optimizer_to(opt: torch.optim.Optimizer, device) -> None:
 
 def restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
     """The run in ``out_dir`` as its last checkpoint left it (model, latents, optimisers, RNG,
-    schedule position, learned prior); ``config`` may change only what
+    schedule position, learned prior and, from a mid-epoch checkpoint, the epoch's particle
+    order, steps done and losses so far); ``config`` may change only what
     :func:`~napari_flex3d.model.run.config_and_model` lets a resumption change."""
     from ..io.checkpoint import load_checkpoint
     from .setup import consensus_at_box, resolve_device
@@ -209,7 +218,14 @@ def restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
         history=json.loads(state["history_json"]),
         latent_view=latent_view(config, model, ps, device),
         latent_prior=empirical_prior(config, device, state.get("latent_prior")),
+        latent_mass=state["latent_mass"].to(device) if "latent_mass" in state else None,
     )
+    if "epoch_order" in state:  # written in the middle of an epoch
+        run.epoch_order = state["epoch_order"].numpy()
+        run.epoch_step = int(state["epoch_step"])
+        run.epoch_losses = state["epoch_losses"].tolist()
+        run.epoch_residuals = state["epoch_residuals"].tolist()
+        run.latents_before = state["latents_before"].numpy()
     run.opt_flow.load_state_dict(state["opt_flow"])
     run.opt_canonical.load_state_dict(state["opt_canonical"])  # carries the scaled learning rate
     _optimizer_to(run.opt_flow, device)
