@@ -86,11 +86,13 @@ class ExplorerExports:
     def _write_movie(self, path: Path, frames: list[np.ndarray], fps: int) -> None:
         import imageio.v2 as imageio
 
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.suffix.lower() == ".gif":
-            imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
-        else:
-            imageio.mimsave(path, frames, fps=fps, codec="libx264", quality=7, macro_block_size=1)
+        from ..io.atomic import atomic_path
+
+        with atomic_path(path) as tmp:  # a stopped export leaves the previous movie, never half of one
+            if path.suffix.lower() == ".gif":
+                imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
+            else:
+                imageio.mimsave(tmp, frames, fps=fps, codec="libx264", quality=7, macro_block_size=1)
         self.frames_written = len(frames)
         self.status_label.setText(f"wrote {path} ({len(frames)} frames)")
         show_info(f"napari-flex3d: wrote {path}")

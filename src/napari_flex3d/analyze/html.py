@@ -14,6 +14,8 @@ import base64
 import html
 from pathlib import Path
 
+from ..io.atomic import write_text
+
 __all__ = ["render_page", "write_page"]
 
 _STYLE = """body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em;color:#222}
@@ -66,5 +68,4 @@ def render_page(title: str, blocks: list) -> str:
 def write_page(path, title: str, blocks: list) -> Path:
     """Write :func:`render_page` to ``path`` (UTF-8)."""
     path = Path(path)
-    path.write_text(render_page(title, blocks), encoding="utf-8")
-    return path
+    return write_text(path, render_page(title, blocks))

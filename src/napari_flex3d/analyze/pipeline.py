@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..io.atomic import write_json, write_text
 from . import plots
 from .compare import compare_latents, match_by_name, particle_names, read_external
 from .covariates import ARTEFACT_SPEARMAN, latent_columns, particle_table, pose_artefacts
@@ -114,9 +115,9 @@ def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compa
     say("displacement and strain")
     with clock("motion"):
         blocks += _motion(volumes, z, out, labels, sigma_range, summary)
-    table.to_csv(out / "particles.csv", index_label="row")
+    write_text(out / "particles.csv", table.to_csv(index_label="row"))
     summary["timings_s"], summary["cpu_s"] = clock.totals()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_json(out / "summary.json", summary, indent=2, default=str)
     write_page(out / "report.html", "napari-flex3d analysis", blocks)
     say(f"wrote {out / 'report.html'}")
     return summary
@@ -151,8 +152,8 @@ def _config(run_dir: Path):
 def _artefacts(table, out, threshold, summary) -> list:
     flags = pose_artefacts(table, threshold)
     matrix = flags.attrs["matrix"]
-    flags.to_csv(out / "artefacts.csv", index=False)
-    matrix.to_csv(out / "artefacts_matrix.csv")
+    write_text(out / "artefacts.csv", flags.to_csv(index=False))
+    write_text(out / "artefacts_matrix.csv", matrix.to_csv())
     png = plots.matrix_figure(matrix.to_numpy(), list(matrix.index), list(matrix.columns), out / "artefacts.png",
                               "Spearman: latent axes x nuisances", threshold)
     xy = projections(table[latent_columns(len(matrix))].to_numpy())[0]
@@ -210,7 +211,7 @@ def _landscape(z, table, ps, volumes, out, clusters, summary) -> list:
         rows.append({"cluster": c, "particles": int(len(members)),
                      **{f"z{i + 1}": float(v) for i, v in enumerate(centre)}, "map": f"clusters/{maps[c].name}"})
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "clusters.csv", index=False)
+    write_text(out / "clusters.csv", frame.to_csv(index=False))
     summary["clusters"] = {"method": result.method, "n": len(result.centres), "counts": result.counts.tolist(),
                            "bic": [None if np.isnan(b) else float(b) for b in result.bic]}
     text = (f"{len(result.centres)} clusters ({'Gaussian mixture, size chosen by the BIC' if result.method == 'gmm' else 'k-means'}"
@@ -265,7 +266,7 @@ def _compare(z, ps, sources, particle_file, out, summary) -> list:
         stem = "compare_" + "".join(ch if ch.isalnum() else "_" for ch in Path(ext.label).stem)
         ours_cols = latent_columns(z.shape[1])
         frame = pd.DataFrame(result["spearman"], index=ours_cols, columns=ext.columns)
-        frame.to_csv(out / f"{stem}.csv")
+        write_text(out / f"{stem}.csv", frame.to_csv())
         mat = plots.matrix_figure(result["spearman"], ours_cols, ext.columns, out / f"{stem}.png",
                                   f"Spearman: ours x {ext.label}")
         xl, yl, xy = projections(z)[0]
@@ -294,7 +295,7 @@ def _motion(volumes, z, out, labels, sigma_range, summary) -> list:
         rows.append({"axis": f"z{k + 1}", "mean_displacement_a": float(d.mean()), "p95_displacement_a": float(np.percentile(d, 95)),
                      "max_displacement_a": float(d.max()), "mean_strain": float(s.mean()), "max_strain": float(s.max())})
     frame = pd.DataFrame(rows)
-    frame.to_csv(out / "motion.csv", index=False)
+    write_text(out / "motion.csv", frame.to_csv(index=False))
     summary["motion"] = rows
     disp = plots.profile_figure(motion["vertex_displacement_a"], out / "displacement.png", "displacement (Å)")
     strain = plots.profile_figure(motion["cell_strain"], out / "strain.png", "strain (0 = rigid)")
@@ -306,6 +307,6 @@ def _motion(volumes, z, out, labels, sigma_range, summary) -> list:
         lab = read_map(labels)
         regions = region_table(motion["voxel_displacement_a"], model.canonical.points_xyz_a.cpu().numpy(),
                                np.asarray(lab.data), lab.require_apix())
-        regions.to_csv(out / "regions.csv", index=False)
+        write_text(out / "regions.csv", regions.to_csv(index=False))
         blocks += [("h3", "Displacement per painted region"), ("table", regions)]
     return blocks

@@ -8,6 +8,8 @@ a million particles takes as long as one of 20,000. Imports NumPy and matplotlib
 
 from __future__ import annotations
 
+from ..io.atomic import atomic_path
+
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +40,8 @@ def _save(fig, path) -> Path:
     path = Path(path)
     # fixed margins: tight_layout measured every label's extent and took most of a figure's time
     fig.subplots_adjust(left=0.08, right=0.95, bottom=0.12, top=0.92, wspace=0.5, hspace=0.5)
-    fig.savefig(path, dpi=72)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=72, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
     return path
 

@@ -207,7 +207,9 @@ def oracle_closure_figures(sim_dir, box: int | None = None, n: int | None = None
     else:
         latents = oracle_latents(model, sim_dir, n=n)
         if path is not None:
-            np.save(path, latents)
+            from ..io.atomic import save_npy
+
+            save_npy(path, latents)
     return closure_figures(model, latents, sim_dir)
 
 

@@ -466,9 +466,9 @@ def _write_truth(
     states = _states(motion)
     state_files = []
     moved = deform(mol, states, motion)  # (s, a, 3)
-    np.save(truth_dir / "states_displacement_a.npy", (moved - mol.xyz_a).astype(np.float32))
+    save_npy(truth_dir / "states_displacement_a.npy", (moved - mol.xyz_a).astype(np.float32))
     if setup.closure is not None:
-        np.save(truth_dir / "atom_motion_weight.npy", mol.weight)
+        save_npy(truth_dir / "atom_motion_weight.npy", mol.weight)
     for i, xyz in enumerate(_progress(moved, "truth volumes", setup.progress)):
         vol = render_volume(torch.as_tensor(xyz, dtype=torch.float32), box, apix, mol.sigma_a)
         name = f"state_{i:03d}.mrc"
