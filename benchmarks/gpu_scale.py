@@ -83,7 +83,8 @@ def molecule_mesh(box: int, config):
     (read from ``MESH_DIR/mesh_<box>.npz`` where one is saved)."""
     from convect_project import APIX_AT_64, two_domain_molecule
 
-    from napari_flex3d.mesh.build import build_mesh, load_mesh
+    from napari_flex3d.mesh.build import build_mesh
+    from napari_flex3d.mesh.mesh import load_mesh
     from napari_flex3d.mesh.masks import solvent_mask
     from napari_flex3d.training.setup import default_cell_size_a
 
@@ -333,7 +334,7 @@ def main(argv=None) -> int:
     global MESH_DIR
     if a.save_meshes:
         from napari_flex3d.config import TrainConfig
-        from napari_flex3d.mesh.build import save_mesh
+        from napari_flex3d.mesh.mesh import save_mesh
 
         for box in [*a.train_boxes, a.recon_box]:
             mesh = molecule_mesh(box, TrainConfig(preview_every=0))[3]

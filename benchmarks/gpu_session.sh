@@ -11,7 +11,7 @@
 #   python benchmarks/gpu_scale.py --save-meshes .devcarry/meshes          # mesh_128/180/256.npz
 #   flex3d simulate --out SIM --n-particles 20000 --box 128 --apix 1.5 --snr 0.05 --motion both
 #   python -c "from napari_flex3d.config import TrainConfig as C; from napari_flex3d.training.setup import *;
-#     from napari_flex3d.mesh.build import save_mesh; c = consensus_at_box('SIM/consensus.mrc', 128, 1.5, 128);
+#     from napari_flex3d.mesh.mesh import save_mesh; c = consensus_at_box('SIM/consensus.mrc', 128, 1.5, 128);
 #     save_mesh(build_mask_and_mesh(c, 1.5, C())[1], '.devcarry/meshes/sim128_both.npz')"   # the mesh training builds
 #
 # Steps (each with its own time limit; a failed step stops the run early):

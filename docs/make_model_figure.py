@@ -18,8 +18,9 @@ import numpy as np  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
 
 from napari_flex3d.io.mrc import read_map  # noqa: E402
-from napari_flex3d.mesh.build import build_mesh, mesh_edges  # noqa: E402
+from napari_flex3d.mesh.build import build_mesh  # noqa: E402
 from napari_flex3d.mesh.masks import solvent_mask  # noqa: E402
+from napari_flex3d.mesh.mesh import mesh_edges  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,8 @@ from napari_flex3d.mesh import (
     surface_triangles,
     voxel_centres_xyz_a,
 )
-from napari_flex3d.mesh.build import cell_signed_volumes, max_cell_volume
+from napari_flex3d.mesh.build import max_cell_volume
+from napari_flex3d.mesh.mesh import cell_signed_volumes
 
 BOX, APIX = 64, 3.0  # the box and pixel size of the fixtures in tests/mesh/conftest.py
 

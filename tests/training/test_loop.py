@@ -59,9 +59,10 @@ def test_event_stream_and_run_folder(full_run, tiny_sim):
     from napari_flex3d.model.loss import band_coefficients
 
     for s in steps:  # the plotted residual per coefficient is the data loss over the band's coefficients
-        assert s.residual == pytest.approx(2 * s.data_loss / band_coefficients(24, s.band_limit * 12), rel=1e-9)
+        assert s.residual == pytest.approx(2 * s.data_loss / band_coefficients(24, s.band_limit_nyquist * 12), rel=1e-9)
     assert all(0.5 < s.residual < 3.0 for s in steps)  # near 1 (noise) at SNR 0.1
-    bands = [s.band_limit for s in steps]
+    bands = [s.band_limit_nyquist for s in steps]
+    assert all(s.band_limit_a == pytest.approx(2 * start.apix / s.band_limit_nyquist) for s in steps)
     assert bands == sorted(bands) and bands[0] == pytest.approx(0.25) and bands[-1] <= 0.8
     summaries = [e for e in events if isinstance(e, ev.EpochSummary)]
     assert [s.epoch for s in summaries] == [0, 1, 2] and all(np.isfinite(s.val_loss) for s in summaries)

@@ -327,7 +327,7 @@ class DataMeshWidget(QWidget):
 
     def set_mesh(self, mesh) -> None:
         """Show ``mesh`` as a wireframe surface over the map and share it."""
-        from ..mesh.build import surface_triangles
+        from ..mesh.mesh import surface_triangles
 
         self.mesh = mesh
         self.counts_label.setText(f"vertices: {mesh.n_vertices:,}  cells: {mesh.n_cells:,}")
@@ -350,7 +350,7 @@ class DataMeshWidget(QWidget):
         """Write the current mesh (with the painted masks applied) to ``path`` (.npz)."""
         if self.mesh is None:
             raise ValueError("no mesh to save: build or load one first")
-        from ..mesh.build import save_mesh
+        from ..mesh.mesh import save_mesh
 
         out = save_mesh(self.mesh_with_paint(), path)
         show_info(f"napari-flex3d: mesh saved to {out}")
@@ -358,7 +358,7 @@ class DataMeshWidget(QWidget):
 
     def load_mesh(self, path) -> None:
         """Read a mesh written by ``save_mesh`` and show it."""
-        from ..mesh.build import load_mesh
+        from ..mesh.mesh import load_mesh
 
         self.set_mesh(load_mesh(path))
 

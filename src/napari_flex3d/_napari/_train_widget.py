@@ -239,7 +239,7 @@ class TrainWidget(WorkerControls, QWidget):
         mesh = self.session.mesh
         if mesh is not None and getattr(cfg, "mesh", None) in (None, ""):
             painted = painted_mesh(self.viewer, mesh, self.session.consensus, cfg.rigidity_floor)
-            from ..mesh.build import save_mesh
+            from ..mesh.mesh import save_mesh
 
             path = save_mesh(painted, out / "mesh.npz")
             cfg = dataclasses.replace(cfg, mesh=str(path))

@@ -182,7 +182,7 @@ def motion_modes(run_dir, sim_dir, n: int = 2000, n_modes: int = 4) -> dict:
     import torch
 
     from ..explore.generate import load_generator
-    from ..mesh.build import load_mesh
+    from ..mesh.mesh import load_mesh
     from ..simulate.oracle import simulated_molecule, true_vertex_displacements
 
     run_dir, sim_dir = Path(run_dir), Path(sim_dir)

@@ -28,31 +28,13 @@ from scipy import ndimage
 
 from .barycentric import locate_points
 from .masks import voxel_centres_xyz_a
-from .mesh import (  # the data type and its file format; the names are still importable from here
-    MESH_FORMAT_VERSION,
-    Mesh,
-    cell_signed_volumes,
-    load_mesh,
-    mesh_edges,
-    orient_cells,
-    save_mesh,
-    surface_triangles,
-)
+from .mesh import Mesh, cell_signed_volumes, orient_cells
 
 __all__ = [
     "build_mesh",
     "build_grid_mesh",
     "cell_size_from_cells_across",
     "max_cell_volume",
-    # defined in .mesh
-    "Mesh",
-    "MESH_FORMAT_VERSION",
-    "cell_signed_volumes",
-    "load_mesh",
-    "mesh_edges",
-    "orient_cells",
-    "save_mesh",
-    "surface_triangles",
 ]
 
 

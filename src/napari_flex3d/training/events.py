@@ -56,7 +56,8 @@ class StepLoss(Event):
     loss: float  # data + rigidity (+ prior) per particle
     data_loss: float
     rigidity_loss: float
-    band_limit: float  # fraction of the training box's Nyquist
+    band_limit_nyquist: float  # the band limit as a fraction of the training box's Nyquist
+    band_limit_a: float  # the same as a resolution, Å: 2 x the training box's pixel size / band_limit_nyquist
     steps_per_epoch: int
     # 2 x data_loss / (Fourier coefficients in the band): the whitened residual per
     # coefficient, 1 = nothing but noise left. The loss itself grows as frequency marching
@@ -71,7 +72,8 @@ class EpochSummary(Event):
     val_loss: float  # per-particle data loss on held-out particles with inferred latents (nan if none held out)
     seconds: float  # wall clock
     cpu_seconds: float  # CPU time of this process (all threads) during the epoch
-    band_limit: float
+    band_limit_nyquist: float
+    band_limit_a: float
     latent_std: tuple[float, ...]  # (K,) spread of the training latents
     peak_memory_mb: float  # peak resident memory of the process (CPU) or the device (CUDA)
     train_residual: float = float("nan")  # mean of the steps' residual per coefficient (1 = noise)

@@ -21,7 +21,7 @@ Run folder (``out_dir``)::
 
     config.json      every setting, version, command line, time (+ each resumption)
     checkpoints/last.pt   model, latents, optimisers, RNG state, schedule position, config
-    mesh.npz         the mesh (mesh.build.save_mesh)
+    mesh.npz         the mesh (mesh.mesh.save_mesh)
     latents.npy      (n_particles, K) float32, the input's row order (every epoch)
     history.json     per-epoch losses and timings (every epoch)
     canonical.mrc    the canonical map at the training box (at the end)
@@ -176,7 +176,7 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     latents_after = run.latents.cpu().numpy().copy()
     summary = ev.EpochSummary(
         epoch=epoch, train_loss=float(np.mean(losses)), val_loss=val_loss, seconds=seconds,
-        cpu_seconds=time.process_time() - c0, band_limit=band,
+        cpu_seconds=time.process_time() - c0, band_limit_nyquist=band, band_limit_a=2.0 * run.apix / band,
         latent_std=std, peak_memory_mb=peak_memory_mb(run.device),
         train_residual=float(np.mean(residuals)) if residuals else float("nan"),
         val_residual=2.0 * val_loss / band_coefficients(run.box, band * run.box / 2),
@@ -212,7 +212,8 @@ def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss | 
         residuals.append(residual)
         return ev.StepLoss(
             epoch=epoch, step=step, global_step=global_step, phase=phase, loss=loss, data_loss=data,
-            rigidity_loss=rigid, band_limit=band, steps_per_epoch=spe, residual=residual,
+            rigidity_loss=rigid, band_limit_nyquist=band, band_limit_a=2.0 * run.apix / band, steps_per_epoch=spe,
+            residual=residual,
         )
 
     pending = None  # the previous step, announced once the next one is queued: the device never idles for it

@@ -30,7 +30,7 @@ def format_event(event: ev.Event) -> str | None:
         return (
             f"epoch {event.epoch + 1} step {event.step + 1}/{event.steps_per_epoch} {event.phase}: loss {event.loss:.4g} "
             f"(data {event.data_loss:.4g}, rigidity {event.rigidity_loss:.3g}), residual {event.residual:.4f} per "
-            f"coefficient, band {event.band_limit:.2f} Nyquist"
+            f"coefficient, band {event.band_limit_a:.1f} Å ({event.band_limit_nyquist:.2f} Nyquist)"
         )
     if isinstance(event, ev.EpochSummary):
         val = "n/a" if math.isnan(event.val_loss) else f"{event.val_loss:.4g}"

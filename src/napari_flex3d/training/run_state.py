@@ -106,7 +106,7 @@ def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_file
     """A fresh run: inputs read, settings checked before anything is built, mesh and model
     built (``mesh.npz`` written unless ``write_files`` is false: ranks other than 0), the
     train/validation split, noise spectra and first latents."""
-    from ..mesh.build import save_mesh
+    from ..mesh.mesh import save_mesh
     from .setup import build_mask_and_mesh, build_model, consensus_at_box, estimate_spectra, split_train_val, training_box
 
     ps = read_inputs(config)

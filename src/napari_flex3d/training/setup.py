@@ -71,7 +71,8 @@ def consensus_at_box(map_path, particle_box: int, particle_apix: float, box: int
 
 def build_mask_and_mesh(consensus: np.ndarray, apix: float, config: TrainConfig):
     """``(mask (N, N, N) bool, Mesh)``: the solvent mask and the mesh (loaded or built over it)."""
-    from ..mesh.build import build_mesh, load_mesh
+    from ..mesh.build import build_mesh
+    from ..mesh.mesh import load_mesh
     from ..mesh.masks import solvent_mask
 
     mask = solvent_mask(consensus, apix, threshold=config.mask_threshold, dilate_a=config.mask_dilate_a).binary
