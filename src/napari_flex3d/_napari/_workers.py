@@ -101,3 +101,28 @@ class WorkerControls:
 
     def _after_finished(self) -> None:
         """Called once the job has ended (successfully, stopped or failed)."""
+
+
+def preload(*modules: str):
+    """Import ``modules`` in a worker now, while the user fills in a form.
+
+    A first import of the training or reconstruction code loads C extensions (parts of
+    torch, scipy, VTK), whose set-up holds the GIL for up to a second: done at the start
+    of a run it would stall the window then. Errors are left for the run to report.
+    Returns the worker (``worker.is_running``), or ``None`` when all are imported already.
+    """
+    import importlib
+    import sys
+
+    missing = [m for m in modules if m not in sys.modules]
+    if not missing:
+        return None
+
+    def job():
+        for name in missing:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the run itself says what is wrong
+                pass
+
+    return create_worker(job, _start_thread=True, _ignore_errors=True)
