@@ -79,6 +79,17 @@ class Timeline:
             QTimer.singleShot(0, lambda: self.frames.append((t, time.perf_counter(), shown)))
 
         canvas.events.draw.connect(on_draw, position="first")
+        gc_start = [0.0]
+
+        def on_gc(phase, info):  # a full collection stops every thread that wants the GIL
+            if phase == "start":
+                gc_start[0] = time.perf_counter()
+            elif info.get("generation") == 2:
+                self.events.append((gc_start[0], "gc of generation 2", time.perf_counter() - gc_start[0]))
+
+        import gc
+
+        gc.callbacks.append(on_gc)
 
     def wrap(self, obj, attr: str, label: str) -> None:
         """Time each call of ``obj.attr`` (a slot) as an event named ``label``."""
@@ -116,11 +127,13 @@ def main(argv=None) -> int:
     p.add_argument("--box", type=int, default=64, help="box of the simulated dataset (and of the training)")
     p.add_argument("--particles", type=int, default=400)
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--max-particles", type=int, default=None, help="train on this many particles (a tiny run)")
     p.add_argument("--memory", action="store_true", help="RSS and layer count after each epoch, explorer in use")
     p.add_argument("--iterations", type=int, default=5, help="L-BFGS iterations of the reconstruction")
     p.add_argument("--frames", type=int, default=11, help="frames of the exported movie")
     p.add_argument("--preview-box", type=int, default=None, help="the explorer's preview box (default: the widget's)")
     p.add_argument("--clicks", type=int, default=3)
+    p.add_argument("--idle-seconds", type=float, default=20, help="a control phase with nothing running first")
     p.add_argument("--sample-dir", default=None, help="reuse a dataset written by make_sample / flex3d simulate")
     p.add_argument("--window", default="1200x800", help="window size; software OpenGL (Xvfb) paints slower when larger")
     p.add_argument("--threads", type=int, default=None, help="torch threads of the training (default: the widget's)")
@@ -188,13 +201,23 @@ def main(argv=None) -> int:
     results: dict = {}
     t_bench = time.perf_counter()
 
+    # --- control: the same viewer doing nothing; what the machine's load alone costs the GUI thread
+    if args.idle_seconds:
+        monitor.start("idle (control)")
+        _wait(app, lambda: time.perf_counter() - t_bench > args.idle_seconds, args.idle_seconds + 60)
+        _report(monitor, timeline, "idle (control)", t_bench, results)
+
     # --- 1. training with the live preview
     train = TrainWidget(viewer)
+    if getattr(train, "preloading", None) is not None:  # the training code is imported when the widget opens
+        _wait(app, lambda: not train.preloading.is_running, 300)
     run_dir = tmp / "run"
     train.set_option(out=str(run_dir), device="cpu", epochs=args.epochs, batch=64, hidden=32, layers=3,
                      latent_grid=7, latent_steps=1, val_fraction=0.1, preview_every=1)
     if args.threads:
         train.set_option(threads=args.threads)
+    if args.max_particles:
+        train.set_option(max_particles=args.max_particles)
     timeline.wrap(train, "_on_event", "*")
     if hasattr(train, "_on_previews_ready"):
         timeline.wrap(train, "_on_previews_ready", "previews ready")
@@ -232,6 +255,8 @@ def main(argv=None) -> int:
 
     # --- 2. reconstruction
     rec = ReconstructWidget(viewer)
+    if getattr(rec, "preloading", None) is not None:
+        _wait(app, lambda: not rec.preloading.is_running, 300)
     rec.run_dir = str(run_dir)
     rec.iterations = args.iterations
     timeline.wrap(rec, "_on_event", "*")

@@ -33,25 +33,17 @@ def _settle(qtbot, viewer, quiet_ms: int = 500) -> None:
         qtbot.wait(quiet_ms)
 
 
-def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer, qtbot, sample, tmp_path):
+def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer, qtbot, load_sample_into, tmp_path):
     import psutil
     from qtpy.QtCore import Qt
 
-    from napari_flex3d._napari._data_widget import DataMeshWidget
     from napari_flex3d._napari._explore_widget import LatentExplorerWidget
     from napari_flex3d._napari._stalls import StallMonitor, format_summary
     from napari_flex3d._napari._train_preview import PREVIEW_PREFIX
     from napari_flex3d._napari._train_widget import TrainWidget
 
     viewer = make_napari_viewer(show=True)
-    data = DataMeshWidget(viewer)
-    data.particles_path = str(sample.particles_star)
-    data.load_particles()
-    data.map_path = str(sample.consensus)
-    data.load_map()
-    data.cell_size_a = 24.0
-    data.build_mesh()
-    qtbot.waitUntil(lambda: data.mesh is not None and not data.busy, timeout=60_000)
+    load_sample_into(viewer)
     viewer.dims.ndisplay = 3  # the consensus map as an iso-surface: the slow frame of software OpenGL
     train = TrainWidget(viewer)
     ex = LatentExplorerWidget(viewer)

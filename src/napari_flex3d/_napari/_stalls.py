@@ -43,8 +43,13 @@ class StallMonitor:
             self._timer.start()
 
     def phase(self, name: str) -> None:
-        """Count the following ticks under ``name`` (earlier samples of ``name`` are kept)."""
+        """Count the following ticks under ``name`` (earlier samples of ``name`` are kept).
+
+        Called from the GUI thread, so whatever delayed the next tick until now (the
+        caller's own set-up) belongs to the phase before: the clock restarts here.
+        """
         self._current = name
+        self._last = time.perf_counter()
         self.lateness_ms.setdefault(name, [])
         self.when_s.setdefault(name, [])
 

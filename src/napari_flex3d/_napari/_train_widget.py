@@ -14,6 +14,7 @@ and swaps arrays into the preview layers. ``events`` keeps the arrays of the new
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import typing
 from pathlib import Path
@@ -140,6 +141,9 @@ class TrainWidget(WorkerControls, QWidget):
         box = QGroupBox("Settings")
         bl = QVBoxLayout(box)
         self.form = config_form(TrainConfig, skip=FROM_SESSION + ("device",))
+        # torch takes every core by default; in the GUI one is left for the window (and for
+        # software OpenGL), else the GUI thread waits its turn behind the training's threads
+        _set_form(self.form, "threads", max(1, (os.cpu_count() or 2) - 1))
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.form.native)
