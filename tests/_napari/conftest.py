@@ -61,3 +61,25 @@ def sample(request, tmp_path_factory):
 
 def wait_until(qtbot, condition, timeout_ms: int = 30_000) -> None:
     qtbot.waitUntil(condition, timeout=timeout_ms)
+
+
+
+@pytest.fixture
+def load_sample_into(qtbot, sample):
+    """``load_sample_into(viewer)``: a Data and mesh widget on ``viewer`` with the sample's
+    particles and map loaded and a mesh of 24 Å cells built."""
+
+    def load(viewer):
+        from napari_flex3d._napari._data_widget import DataMeshWidget
+
+        data = DataMeshWidget(viewer)
+        data.particles_path = str(sample.particles_star)
+        data.load_particles()
+        data.map_path = str(sample.consensus)
+        data.load_map()
+        data.cell_size_a = 24.0
+        data.build_mesh()
+        qtbot.waitUntil(lambda: data.mesh is not None and not data.busy, timeout=60_000)
+        return data
+
+    return load

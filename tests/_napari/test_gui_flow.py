@@ -18,11 +18,11 @@ TINY = dict(
 )
 
 
-def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sample, tmp_path, monkeypatch):
-    from napari_flex3d._napari._data_widget import DataMeshWidget
+def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sample, load_sample_into, tmp_path, monkeypatch):
     from napari_flex3d._napari._explore_widget import VOLUME_LAYER, LatentExplorerWidget
     from napari_flex3d._napari._layer_data import read_particle_file
     from napari_flex3d._napari._train_widget import PREVIEW_PREFIX, TrainWidget
+    from napari_flex3d._napari._train_preview import PREVIEW_BOX
 
     import time
 
@@ -45,14 +45,7 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
     monkeypatch.setattr(loop, "train_run", train_run_pausing_after_first_checkpoint)
 
     viewer = make_napari_viewer()
-    data = DataMeshWidget(viewer)
-    data.particles_path = str(sample.particles_star)
-    data.load_particles()
-    data.map_path = str(sample.consensus)
-    data.load_map()
-    data.cell_size_a = 24.0
-    data.build_mesh()
-    qtbot.waitUntil(lambda: data.mesh is not None and not data.busy, timeout=60_000)
+    data = load_sample_into(viewer)
 
     # --- train: stop after the first checkpoint, the widget goes idle and the checkpoint stays
     train = TrainWidget(viewer)
@@ -90,8 +83,10 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
     assert train.latent_plot.mode == "points" and train.latents.shape == (96, 2)
     agreement = [e.latent_agreement for e in train.events if type(e).__name__ == "EpochSummary"][-1]
     assert train.latent_plot.getPlotItem().titleLabel.text.endswith(f"agreement with the last epoch {agreement:.3f}")
+    qtbot.waitUntil(lambda: train.previews_idle, timeout=30_000)  # reduced to the preview box in a worker
     previews = [layer for layer in viewer.layers if layer.name.startswith(PREVIEW_PREFIX)]
-    assert len(previews) == 4  # K=2 axes x (-1, +1) sigma
+    assert len(previews) == 4  # K=2 axes x (-1, +1) sigma, replaced each epoch, never added again
+    assert all(max(layer.data.shape) <= PREVIEW_BOX for layer in previews)
 
     # --- explore: the run opens with its latents
     ex = LatentExplorerWidget(viewer)

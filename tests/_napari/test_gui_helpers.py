@@ -62,3 +62,20 @@ def test_montage_tiles_and_normalises_each_image():
     for t in tiles:
         assert abs(t.mean()) < 1e-5 and t.std() == pytest.approx(1.0, rel=1e-3)
     assert np.all(m[4:, 4:] == 0)
+
+
+def test_previews_are_block_means_at_the_preview_box_with_one_grey_scale():
+    from napari_flex3d._napari._train_preview import prepare_previews
+
+    rng = np.random.default_rng(3)
+    vols = rng.normal(size=(2, 2, 50, 50, 50)).astype(np.float32)  # (K, sigmas, n, n, n), n not a multiple
+    p = prepare_previews(4, (-1.0, 1.0), vols, 1.5, box=16)
+    assert p.volumes.shape == (2, 2, 12, 12, 12) and p.apix == 1.5 * 4  # factor ceil(50 / 16) = 4, 48 voxels kept
+    # oracle: a plain loop over one 4^3 block
+    i, j, a, b, c = 1, 0, 3, 7, 11
+    block = vols[i, j, 4 * a : 4 * a + 4, 4 * b : 4 * b + 4, 4 * c : 4 * c + 4]
+    assert p.volumes[i, j, a, b, c] == pytest.approx(float(block.mean()), rel=1e-5)
+    assert p.thumbnails.shape == (2, 2, 12, 12) and p.thumbnails.dtype == np.uint8
+    # one grey scale for the four maps: the brightest projection pixel of all reaches 255 once
+    assert p.thumbnails.max() == 255 and p.thumbnails.min() == 0
+    assert prepare_previews(0, (1.0,), vols[:, :1, :32, :32, :32], 2.0, box=32).volumes.shape == (2, 1, 32, 32, 32)

@@ -31,6 +31,7 @@ from superqt import QLabeledDoubleSlider
 
 from ..config import RIGIDITY_FLOOR
 from ._layer_data import default_iso_threshold, read_particle_file
+from ._paint_budget import paint_budget
 from ._session import session_for
 from ._workers import LatestOnly
 
@@ -91,6 +92,7 @@ class DataMeshWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
+        paint_budget(napari_viewer)  # its frames are timed from now on
         self.particles = None
         self.mask = None
         self.mesh = None

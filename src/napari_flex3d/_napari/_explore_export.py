@@ -32,12 +32,17 @@ class ExplorerExports:
     ``(f, h, w)`` uint8), ``series_written`` (``(frame paths, script)``) or ``selection``.
     """
 
-    def _series_volumes(self, zs: np.ndarray, box: int | None):
+    def _series_projections(self, zs: np.ndarray, box: int | None):
+        """Worker: ``(i, z, (h, w) float32 projection)`` per frame, the map made and projected here."""
         for i, z in enumerate(zs):
-            yield i, z, self.run.volume(z, box=box)[0]
+            yield i, z, projection_images(self.run.volume(z, box=box)[0][None])[0]
 
     def export_movie(self, path, along: str | None = None, fps: int = 10, box: int | None = None) -> None:
-        """Write an mp4 or gif of the volume along the path (or an axis) beside the latent plot."""
+        """Write an mp4 or gif of the volume along the path (or an axis) beside the latent plot.
+
+        Maps, projections, frames and the encoding run in workers; the GUI thread only
+        grabs the latent plot with its cursor at each frame (a small widget image).
+        """
         if self.run is None:
             show_error("napari-flex3d: open a trained run first")
             return
@@ -53,13 +58,13 @@ class ExplorerExports:
             # frames and the end of the worker may arrive in either order (slots can nest)
             if state["finished"] and not state["written"] and len(projections) == len(zs):
                 state["written"] = True
-                self.movie_images = to_uint8(np.stack(projections))  # one grey scale, as the CLI's movie
-                self._write_movie(path, [_compose_frame(img, plot) for img, plot in zip(self.movie_images, plots)], fps)
-                self.worker = None
+                self.status_label.setText(f"encoding {len(zs)} frames…")
+                self.worker = start_worker(_encode_movie, path, projections, plots, fps, returned=on_written,
+                                           errored=on_error)
 
         def on_frame(item):
-            _, z, vol = item
-            projections.append(projection_images(vol[None])[0])
+            _, z, projection = item
+            projections.append(projection)
             plots.append(self._plot_at(z))
             self.status_label.setText(f"frame {len(projections)}/{len(zs)}")
             maybe_write()
@@ -68,13 +73,20 @@ class ExplorerExports:
             state["finished"] = True
             maybe_write()
 
+        def on_written(images):
+            self.movie_images = images
+            self.frames_written = len(images)
+            self.status_label.setText(f"wrote {path} ({len(images)} frames)")
+            show_info(f"napari-flex3d: wrote {path}")
+            self.worker = None
+
         def on_error(exc):
             state["written"] = True  # nothing to write
             self.worker = None
 
         box = min(box or self.preview_box, self.run.box)
         self.worker = start_worker(
-            self._series_volumes, zs, box, yielded=on_frame, finished=on_done, errored=on_error
+            self._series_projections, zs, box, yielded=on_frame, finished=on_done, errored=on_error
         )
 
     def _plot_at(self, z) -> np.ndarray:
@@ -82,20 +94,6 @@ class ExplorerExports:
         x, y = self._from_latent(z)[0]
         self.plot.set_cursor(x, y)
         return _qimage_to_array(self.plot.grab().toImage())
-
-    def _write_movie(self, path: Path, frames: list[np.ndarray], fps: int) -> None:
-        import imageio.v2 as imageio
-
-        from ..io.atomic import atomic_path
-
-        with atomic_path(path) as tmp:  # a stopped export leaves the previous movie, never half of one
-            if path.suffix.lower() == ".gif":
-                imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
-            else:
-                imageio.mimsave(tmp, frames, fps=fps, codec="libx264", quality=7, macro_block_size=1)
-        self.frames_written = len(frames)
-        self.status_label.setText(f"wrote {path} ({len(frames)} frames)")
-        show_info(f"napari-flex3d: wrote {path}")
 
     def export_series(self, folder, along: str | None = None, box: int | None = None) -> None:
         """Write the volumes along the path (or an axis) as MRC files plus a ChimeraX ``.cxc``."""
@@ -161,6 +159,23 @@ def _report_errors(export, target) -> None:
         export(target)
     except ValueError as exc:
         show_error(f"napari-flex3d: {exc}")
+
+
+def _encode_movie(path: Path, projections: list, plots: list, fps: int) -> np.ndarray:
+    """Worker: the frames (projection beside the plot) encoded to ``path``; returns the
+    projections as ``(f, h, w)`` uint8 on one grey scale, as the CLI's movie."""
+    import imageio.v2 as imageio
+
+    images = to_uint8(np.stack(projections))
+    frames = [_compose_frame(img, plot) for img, plot in zip(images, plots)]
+    from ..io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:  # a stopped export leaves the previous movie, never half of one
+        if path.suffix.lower() == ".gif":
+            imageio.mimsave(tmp, frames, duration=1000 / fps, loop=0)
+        else:
+            imageio.mimsave(tmp, frames, fps=fps, codec="libx264", quality=7, macro_block_size=1)
+    return images
 
 
 def _compose_frame(image: np.ndarray, plot: np.ndarray, height: int = MOVIE_HEIGHT) -> np.ndarray:

@@ -36,6 +36,7 @@ from ..explore.paths import interpolate_path
 from ._explore_export import ExplorerExports
 from ._explore_plot import LatentPlot, hbox_row
 from ._explore_preview import VOLUME_LAYER, VolumePreview
+from ._paint_budget import paint_budget
 from ._session import session_for
 
 __all__ = ["LatentExplorerWidget", "VOLUME_LAYER"]
@@ -50,6 +51,7 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
+        paint_budget(napari_viewer)  # its frames are timed from now on
         self._init_state()
         self._init_preview()
         layout = QVBoxLayout(self)

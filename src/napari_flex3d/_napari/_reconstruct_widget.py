@@ -2,8 +2,10 @@
 
 Wired to ``napari_flex3d.reconstruct.halfmaps.reconstruct_run`` (a generator of events:
 ``ReconstructProgress``, ``HalfMapDone``, ``ReconstructFinished``), run in a thread
-worker. ``reconstruct`` (which pulls in torch) is imported when a reconstruction starts,
-not when the widget is built; ``io.mrc`` (numpy only) at the top.
+worker. ``reconstruct`` (which pulls in torch) is imported in a worker (preloaded when the
+widget opens), never in the GUI thread; ``io.mrc`` (numpy only) at the top. The finished
+maps are read in the worker too; the GUI thread only puts the arrays into layers, and
+only when the canvas can afford the repaint (``_paint_budget``), else on "Show maps".
 
 State: ``run_dir``, ``particles_path`` (default: the run's own ``particles.star``),
 ``out_dir``, ``iterations``, ``rigid``; ``reconstruct()`` / ``stop()``; ``report`` and
@@ -32,9 +34,10 @@ from qtpy.QtWidgets import (
 
 from ..io.mrc import read_map
 from ._layer_data import default_iso_threshold
+from ._paint_budget import paint_budget
 from ._plots import CurvePlot
 from ._session import session_for
-from ._workers import WorkerControls, start_worker
+from ._workers import WorkerControls, preload, start_worker
 
 
 def read_fsc_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -42,6 +45,20 @@ def read_fsc_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     table = np.genfromtxt(path, delimiter=",", names=True)
     freq = np.atleast_1d(table["frequency_1_per_a"])
     return {n[len("fsc_"):]: (freq, np.atleast_1d(table[n])) for n in table.dtype.names if n.startswith("fsc_")}
+
+
+def read_result(out: Path, report: dict) -> dict:
+    """What the widget shows of a finished reconstruction, read in the worker: ``{"report",
+    "curves", "maps": [(mode, (n, n, n) float32, apix Å, iso level)]}``."""
+    csv = out / "fsc.csv"
+    maps = []
+    for mode in report.get("maps", {}):
+        path = out / f"{mode}_map.mrc"
+        if path.is_file():
+            m = read_map(path)
+            data = np.ascontiguousarray(m.data, dtype=np.float32)
+            maps.append((mode, data, float(m.apix), default_iso_threshold(data)))
+    return {"report": report, "curves": read_fsc_csv(csv) if csv.is_file() else {}, "maps": maps}
 
 
 class ReconstructWidget(WorkerControls, QWidget):
@@ -57,6 +74,9 @@ class ReconstructWidget(WorkerControls, QWidget):
         self.curves: dict = {}
         self.error: Exception | None = None
         self._t0 = 0.0
+        self.pending_maps: list | None = None  # read maps the canvas could not afford to paint yet
+        self.budget = paint_budget(napari_viewer)
+        self.preloading = preload("napari_flex3d.reconstruct.halfmaps")
 
         layout = QVBoxLayout(self)
         form = QFormLayout()
@@ -86,8 +106,12 @@ class ReconstructWidget(WorkerControls, QWidget):
         self.run_btn.clicked.connect(self.reconstruct)
         self.stop_btn = QPushButton("Stop")
         self.stop_btn.clicked.connect(self.stop)
+        self.show_btn = QPushButton("Show maps")
+        self.show_btn.setToolTip("add the reconstructed maps as layers (kept back when a 3D repaint would take seconds)")
+        self.show_btn.clicked.connect(self.show_maps)
         hl.addWidget(self.run_btn)
         hl.addWidget(self.stop_btn)
+        hl.addWidget(self.show_btn)
         layout.addWidget(row)
         self.progress = QProgressBar()
         self.progress.setFormat("idle")
@@ -116,6 +140,7 @@ class ReconstructWidget(WorkerControls, QWidget):
     def _update_buttons(self) -> None:
         self.run_btn.setEnabled(self.state == "idle")
         self.stop_btn.setEnabled(self.state == "running")
+        self.show_btn.setEnabled(bool(self.pending_maps))
 
     def _inputs(self) -> tuple[Path, Path, Path]:
         if not self.run_dir:
@@ -135,7 +160,6 @@ class ReconstructWidget(WorkerControls, QWidget):
             return
         try:
             run, particles, out = self._inputs()
-            from ..reconstruct.halfmaps import reconstruct_run
         except Exception as exc:
             show_error(f"napari-flex3d: cannot reconstruct: {exc}")
             return
@@ -150,8 +174,13 @@ class ReconstructWidget(WorkerControls, QWidget):
         run_b = Path(self.run_b_dir) if self.run_b_dir else None
 
         def job():
-            yield from reconstruct_run(run, particles, out, passthrough=s.passthrough_path or None,
-                                       root=s.root or None, iterations=iterations, rigid=rigid, run_b=run_b)
+            from ..reconstruct.halfmaps import reconstruct_run  # in the worker: its first import takes seconds
+
+            for ev in reconstruct_run(run, particles, out, passthrough=s.passthrough_path or None,
+                                      root=s.root or None, iterations=iterations, rigid=rigid, run_b=run_b):
+                if type(ev).__name__ == "ReconstructFinished":  # maps and curves read here, not in the GUI thread
+                    ev = read_result(Path(ev.out_dir), ev.report)
+                yield ev
 
         self.worker = start_worker(job, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
 
@@ -165,26 +194,17 @@ class ReconstructWidget(WorkerControls, QWidget):
             )
         elif kind == "HalfMapDone":
             self.status_label.setText(f"{ev.mode} half {ev.half} written: {Path(ev.path).name}")
-        elif kind == "ReconstructFinished":
-            self._show_result(Path(ev.out_dir), ev.report)
+        elif kind == "dict":
+            self._show_result(ev)
 
-    def _show_result(self, out: Path, report: dict) -> None:
-        self.report = report
-        csv = out / "fsc.csv"
-        if csv.is_file():
-            self.curves = read_fsc_csv(csv)
-            for name, (freq, curve) in self.curves.items():
-                self.fsc_plot.set_curve(name, freq, curve)
-        for mode in report.get("maps", {}):
-            path = out / f"{mode}_map.mrc"
-            if path.is_file():
-                m = read_map(path)
-                name = f"{mode} map (sharpened)"
-                if name in self.viewer.layers:
-                    self.viewer.layers.remove(name)
-                self.viewer.add_image(m.data, name=name, scale=(m.apix,) * 3, rendering="iso",
-                                      iso_threshold=default_iso_threshold(m.data),
-                                      colormap="cyan" if mode == "flex" else "gray", visible=(mode == "flex"))
+    def _show_result(self, result: dict) -> None:
+        report = self.report = result["report"]
+        self.curves = result["curves"]
+        for name, (freq, curve) in self.curves.items():
+            self.fsc_plot.set_curve(name, freq, curve)
+        self.pending_maps = result["maps"]
+        if self.budget.affordable():
+            self.show_maps()
         lines = []
         for mode, entry in report.get("maps", {}).items():
             g = entry.get("global", {})
@@ -192,4 +212,22 @@ class ReconstructWidget(WorkerControls, QWidget):
         nyq = report.get("training_nyquist_a")
         if nyq:
             lines.append(f"training Nyquist {nyq:.2f} Å")
+        if self.pending_maps:
+            lines.append(f"press 'Show maps' to add them ({self.budget.describe()})")
         self.status_label.setText("; ".join(lines) + f"  ({time.perf_counter() - self._t0:.0f} s)")
+        self._update_buttons()
+
+    def show_maps(self) -> None:
+        """Put the reconstructed maps into their layers (data swapped in place when the layer exists)."""
+        for mode, data, apix, level in self.pending_maps or []:
+            name = f"{mode} map (sharpened)"
+            if name in self.viewer.layers:
+                layer = self.viewer.layers[name]
+                layer.data = data
+                layer.scale = (apix,) * 3
+                layer.iso_threshold = level
+            else:
+                self.viewer.add_image(data, name=name, scale=(apix,) * 3, rendering="iso", iso_threshold=level,
+                                      colormap="cyan" if mode == "flex" else "gray", visible=(mode == "flex"))
+        self.pending_maps = None
+        self._update_buttons()

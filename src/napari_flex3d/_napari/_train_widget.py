@@ -4,13 +4,17 @@ Training is the library's generator ``training.loop.train_run``; this widget run
 napari thread worker and draws its typed events (``training.events``) as they arrive.
 State: ``config`` (the form as a ``TrainConfig``), ``state`` ("idle" | "running" |
 "stopping"), ``last_checkpoint``, ``run_dir``, ``latents``; ``start()``, ``stop()``,
-``resume()`` are the buttons. Imports ``napari_flex3d.config`` (light) at the top and
-``training`` / ``mesh`` (torch) only when a run starts.
+``resume()`` are the buttons. Imports ``napari_flex3d.config`` (light) at the top;
+``training`` (torch) is imported in a worker, preloaded when the widget opens. The live
+preview (``_train_preview``) is prepared in a worker; the GUI thread only draws thumbnails
+and swaps arrays into the preview layers. ``events`` keeps the arrays of the newest
+``PreviewVolumes`` and ``LatentSnapshot`` only, so a long run does not grow.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 import typing
 from pathlib import Path
@@ -33,12 +37,14 @@ from qtpy.QtWidgets import (
 from ..config import TrainConfig
 from ._plots import CurvePlot, LatentScatter
 from ._data_widget import painted_mesh
+from ._paint_budget import paint_budget
 from ._session import session_for
-from ._workers import WorkerControls, start_worker
+from ._train_preview import PREVIEW_PREFIX, PreviewPanel, prepare_previews, swap_into_layers
+from ._workers import LatestOnly, WorkerControls, preload, start_worker
 
 # Fields filled from the Data and mesh widget (the session), not typed in the form.
 FROM_SESSION = ("particles", "map", "mesh", "passthrough", "root")
-PREVIEW_PREFIX = "preview"
+HEAVY_EVENTS = ("PreviewVolumes", "LatentSnapshot")  # only the newest keeps its arrays in ``events``
 
 
 def _optional_inner(hint):
@@ -125,11 +131,19 @@ class TrainWidget(WorkerControls, QWidget):
         self._steps_total = 0
         self._steps_done = 0
         self._start_epoch = 0
+        self._heavy: dict[str, int] = {}  # event name -> index in ``events`` of the newest one
+        self.pending_previews = None  # prepared previews the canvas could not afford to paint yet
+        self.budget = paint_budget(napari_viewer)
+        self._previews = LatestOnly(prepare_previews, self._on_previews_ready)
+        self.preloading = preload("napari_flex3d.training.loop")
 
         layout = QVBoxLayout(self)
         box = QGroupBox("Settings")
         bl = QVBoxLayout(box)
         self.form = config_form(TrainConfig, skip=FROM_SESSION + ("device",))
+        # torch takes every core by default; in the GUI one is left for the window (and for
+        # software OpenGL), else the GUI thread waits its turn behind the training's threads
+        _set_form(self.form, "threads", max(1, (os.cpu_count() or 2) - 1))
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setWidget(self.form.native)
@@ -172,6 +186,9 @@ class TrainWidget(WorkerControls, QWidget):
         tabs.addTab(self.loss_plot, "Loss")
         tabs.addTab(self.fsc_plot, "FSC")
         tabs.addTab(self.latent_plot, "Latents")
+        self.preview_panel = PreviewPanel()
+        self.preview_panel.update_btn.clicked.connect(self.update_preview_layers)
+        tabs.addTab(self.preview_panel, "Preview")
         tabs.setMinimumHeight(220)
         self.tabs = tabs
         layout.addWidget(tabs)
@@ -255,7 +272,6 @@ class TrainWidget(WorkerControls, QWidget):
             show_info("napari-flex3d: a run is already going")
             return
         try:
-            from ..training.loop import train_run  # looked up per start: a test swaps it for a slower one
             cfg = self.config
             if not resume:
                 cfg = self._prepare(cfg)
@@ -269,6 +285,7 @@ class TrainWidget(WorkerControls, QWidget):
             self.fsc_plot.clear_curves()
             self.last_checkpoint = None
         self.events = []
+        self._heavy = {}
         self.error = None
         self.run_dir = Path(cfg.out)
         self.session.set(run_dir=self.run_dir)
@@ -276,7 +293,10 @@ class TrainWidget(WorkerControls, QWidget):
         self._steps_done = 0
 
         def run():
-            yield from train_run(cfg, cfg.out, resume=resume)
+            # imported here, in the worker: the first import takes a second (and a test swaps it per start)
+            from ..training import loop
+
+            yield from loop.train_run(cfg, cfg.out, resume=resume)
 
         self.state = "running"
         self._update_buttons()
@@ -299,6 +319,13 @@ class TrainWidget(WorkerControls, QWidget):
 
     # ------------------------------------------------------------------ events
     def _on_event(self, ev) -> None:
+        name = type(ev).__name__
+        if name in HEAVY_EVENTS:  # a long run must not keep every epoch's maps and latents
+            if name in self._heavy:
+                old = self.events[self._heavy[name]]
+                field = "volumes" if name == "PreviewVolumes" else "latents"
+                self.events[self._heavy[name]] = dataclasses.replace(old, **{field: np.empty(0, np.float32)})
+            self._heavy[name] = len(self.events)
         self.events.append(ev)
         handler = getattr(self, f"_on_{type(ev).__name__}", None)
         if handler is not None:
@@ -343,17 +370,32 @@ class TrainWidget(WorkerControls, QWidget):
         self.session.set(latents=z)
 
     def _on_PreviewVolumes(self, ev) -> None:
-        vols = np.asarray(ev.volumes)
-        for k in range(vols.shape[0]):
-            for j, s in enumerate(ev.sigmas):
-                name = f"{PREVIEW_PREFIX} z{k} {s:+g}σ"
-                if name in self.viewer.layers:
-                    self.viewer.layers[name].data = vols[k, j]
-                else:
-                    self.viewer.add_image(
-                        vols[k, j], name=name, scale=(ev.apix,) * 3, rendering="iso", colormap="magenta" if s < 0 else "green",
-                        blending="additive", visible=(k == 0),
-                    )
+        # reduced to the preview box and made into thumbnails in a worker; only the newest waits
+        self._previews.request(ev.epoch, ev.sigmas, ev.volumes, ev.apix)
+
+    def _on_previews_ready(self, prepared) -> None:
+        self.preview_panel.show_thumbnails(prepared)
+        if self.budget.affordable():
+            swap_into_layers(self.viewer, prepared)
+            self.pending_previews = None
+        else:  # a repaint would freeze the window for seconds: the user chooses when
+            self.pending_previews = prepared
+            self.preview_panel.caption.setText(
+                self.preview_panel.caption.text() + f"; preview layers wait for the button ({self.budget.describe()})"
+            )
+        self.preview_panel.update_btn.setEnabled(self.pending_previews is not None)
+
+    def update_preview_layers(self) -> None:
+        """Swap the newest previews into the preview layers now (the button)."""
+        if self.pending_previews is not None:
+            swap_into_layers(self.viewer, self.pending_previews)
+            self.pending_previews = None
+        self.preview_panel.update_btn.setEnabled(False)
+
+    @property
+    def previews_idle(self) -> bool:
+        """No preview is being prepared or waiting to be."""
+        return self._previews.idle
 
     def _on_CheckpointWritten(self, ev) -> None:
         self.last_checkpoint = Path(ev.path)
