@@ -294,9 +294,11 @@ class TrainWidget(WorkerControls, QWidget):
 
         def run():
             # imported here, in the worker: the first import takes a second (and a test swaps it per start)
+            from ..io.lock import folder_lock
             from ..training import loop
 
-            yield from loop.train_run(cfg, cfg.out, resume=resume)
+            with folder_lock(cfg.out, "napari-flex3d Train widget"):  # as flex3d train: one job per run folder
+                yield from loop.train_run(cfg, cfg.out, resume=resume)
 
         self.state = "running"
         self._update_buttons()
