@@ -106,7 +106,7 @@ BAD = [
     (["mesh", "--map", "{dir}", "--out", "{tmp}/m.npz"], "a_folder.mrc: is a folder, not an MRC file"),
     (["mesh", "--map", "{map}", "--out", "{file}/m.npz"], "a_file.txt: File exists (a file is in the way"),
     (["mesh", "--map", "{map}", "--out", "{dir}/"], "a_folder.mrc/ is a folder; give the mesh file's name"),
-    (["generate", "--run", "{run}", "--z", "0.5", "--out", "{file}/g.mrc"], "a part of this path is a file"),
+    (["generate", "--run", "{run}", "--z", "0.5", "--out", "{file}/g.mrc"], "a_file.txt: File exists (a file is in the way"),
     (["generate", "--run", "{run}", "--z", "0.5", "--out", "{dir}"], "a folder is in the way"),
     (TRAIN[:5] + ["--out", "{file}"], "a_file.txt: File exists (a file is in the way"),
     (TRAIN[:5] + ["--out", "{file}/t"], "a_file.txt/t: Not a directory (a part of this path is a file"),
@@ -246,5 +246,6 @@ def test_a_full_disk_is_one_line(inputs, tmp_path):
     lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("flex3d")]
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
-    assert "writing " in lines[0] and "big.mrc: File too large" in lines[0], lines[0]
+    assert "file size limit reached while writing" in lines[0] and "big.mrc" in lines[0], lines[0]
+    assert "the previous big.mrc is intact" in lines[0], lines[0]
     assert "larger than this system allows" in lines[0], lines[0]

@@ -132,7 +132,8 @@ def _seeds(formats_dir: Path, work: Path) -> dict:
     """Valid inputs of each kind, written once into ``work``: the mutations start from these."""
     import shutil
 
-    from napari_flex3d.config import TrainConfig, write_config_json
+    from napari_flex3d.config import TrainConfig
+    from napari_flex3d.io.atomic import write_config_json
     from napari_flex3d.io.mrc import write_map
     from napari_flex3d.mesh.build import build_grid_mesh
     from napari_flex3d.mesh.mesh import save_mesh
