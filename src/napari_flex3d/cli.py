@@ -173,13 +173,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="flex3d", description="3D Flexible Refinement for cryo-EM.")
-    parser.add_argument("--version", action="version", version=f"napari-flex3d {__version__}")
-    parser.add_argument("--debug", action="store_true",
-                        help="on an error, print the traceback as well as the one-line message (anywhere on the line)")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _add_info(sub) -> None:
     p = sub.add_parser("info", help="describe a particle file (STAR or .cs) or an MRC map/stack")
     p.add_argument("file")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
@@ -187,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="folder to resolve relative image paths against (e.g. a moved cryoSPARC project)")
     p.set_defaults(func=_cmd_info)
 
+
+def _add_simulate(sub) -> None:
     p = sub.add_parser("simulate", help="write a synthetic flexible dataset with ground truth")
     p.add_argument("--out", required=True)
     p.add_argument("--n-particles", type=int, default=5000)
@@ -212,6 +208,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_simulate)
 
+
+def _add_mesh(sub) -> None:
     p = sub.add_parser("mesh", help="solvent mask and tetrahedral mesh of a consensus map (for train --mesh)")
     p.add_argument("--map", required=True, help="consensus map (MRC)")
     p.add_argument("--out", required=True, help="mesh file to write (.npz)")
@@ -227,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_mesh)
 
+
+def _add_train(sub) -> None:
     from .config import TrainConfig, add_arguments
 
     p = sub.add_parser("train", help="train 3DFlex on a consensus refinement (writes a run folder)")
@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="convected maps at a latent point, or a series along a latent axis")
     p.add_argument("--run", required=True, help="training run folder")
     p.add_argument("--out", required=True, help="output .mrc (with --z) or folder (with --axis)")
@@ -247,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--movie", action="store_true", help="also write an mp4 of the series")
     p.set_defaults(func=_cmd_generate)
 
+
+def _add_reconstruct(sub) -> None:
     p = sub.add_parser("reconstruct", help="motion-corrected half maps with a same-solver rigid baseline")
     p.add_argument("--run", required=True, help="training run folder (with --run-b: the run trained with --half-set A)")
     p.add_argument("--run-b", default=None, metavar="RUN_B",
@@ -271,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_reconstruct)
 
+
+def _add_analyze(sub) -> None:
     p = sub.add_parser("analyze", help="read a trained run: artefacts, clusters, outliers, comparisons, what moved")
     p.add_argument("run", help="training run folder")
     p.add_argument("--particles", default=None, help="the run's particles (STAR or .cs; default the file it trained on)")
@@ -286,12 +292,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_analyze)
 
+
+def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="the whole path on the built-in synthetic dataset")
     p.add_argument("--out", default="flex3d-demo", help="output folder (default: flex3d-demo)")
     p.add_argument("--n-particles", type=int, default=2000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flex3d", description="3D Flexible Refinement for cryo-EM.")
+    parser.add_argument("--version", action="version", version=f"napari-flex3d {__version__}")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, print the traceback as well as the one-line message (anywhere on the line)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_info(sub)
+    _add_simulate(sub)
+    _add_mesh(sub)
+    _add_train(sub)
+    _add_generate(sub)
+    _add_reconstruct(sub)
+    _add_analyze(sub)
+    _add_demo(sub)
     return parser
 
 
