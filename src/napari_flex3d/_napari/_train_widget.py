@@ -13,6 +13,7 @@ and swaps arrays into the preview layers. ``events`` keeps the arrays of the new
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -35,6 +36,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..config import TrainConfig
+from ..io.lock import folder_lock
 from ._plots import CurvePlot, LatentScatter
 from ._data_widget import painted_mesh
 from ._paint_budget import paint_budget
@@ -280,6 +282,15 @@ class TrainWidget(WorkerControls, QWidget):
         except Exception as exc:
             show_error(f"napari-flex3d: cannot start training: {exc}")
             return
+        # as flex3d train: one job per run folder. Held from here until the worker finishes (a
+        # stopped generator is not closed by the worker, so the lock cannot live inside it).
+        lock = contextlib.ExitStack()
+        try:
+            lock.enter_context(folder_lock(cfg.out, "napari-flex3d Train widget"))
+        except (ValueError, OSError) as exc:
+            self.error = exc
+            show_error(f"napari-flex3d: cannot start training: {exc}")
+            return
         if not resume:
             self.loss_plot.clear_curves()
             self.fsc_plot.clear_curves()
@@ -294,16 +305,15 @@ class TrainWidget(WorkerControls, QWidget):
 
         def run():
             # imported here, in the worker: the first import takes a second (and a test swaps it per start)
-            from ..io.lock import folder_lock
             from ..training import loop
 
-            with folder_lock(cfg.out, "napari-flex3d Train widget"):  # as flex3d train: one job per run folder
-                yield from loop.train_run(cfg, cfg.out, resume=resume)
+            yield from loop.train_run(cfg, cfg.out, resume=resume)
 
         self.state = "running"
         self._update_buttons()
         self.progress.setFormat("starting…")
         self.worker = start_worker(run, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
+        self.worker.finished.connect(lock.close)
 
     def resume(self) -> None:
         """Continue the run in ``out`` from its last checkpoint."""
