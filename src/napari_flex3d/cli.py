@@ -32,25 +32,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
 def _cmd_simulate(args: argparse.Namespace) -> int:
     from . import api
 
-    result = api.simulate(
-        out_dir=args.out,
-        n_particles=args.n_particles,
-        box=args.box,
-        apix=args.apix,
-        snr=args.snr,
-        motion=args.motion,
-        seed=args.seed,
-        progress=not args.quiet,
-        device=args.device,
-        force=args.force,
-        closure_deg=args.closure_deg,
-        second_domain_fraction=args.second_domain_fraction,
-        occupancy=args.occupancy,
-        pdb=args.pdb,
-        domain=args.domain,
-        second_domain=args.second_domain,
-        hinge=args.hinge,
-    )
+    options = ("n_particles", "box", "apix", "snr", "motion", "seed", "device", "force", "closure_deg",
+               "second_domain_fraction", "occupancy", "pdb", "domain", "second_domain", "hinge")
+    result = api.simulate(out_dir=args.out, progress=not args.quiet, **{name: getattr(args, name) for name in options})
     print(result.summary())
     return 0
 

@@ -153,6 +153,14 @@ class TrainWidget(WorkerControls, QWidget):
         bl.addWidget(scroll)
         self.device_box = ComboBox(name="device", choices=self._devices(), value="auto", label="device")
         dev_row = Container(widgets=[self.device_box], labels=True)
+        if self.preloading is not None:  # the GPUs join the list once the worker has loaded torch
+            try:
+                self.preloading.finished.connect(self._refresh_devices)
+                running = self.preloading.is_running
+            except RuntimeError:  # the worker finished already and Qt deleted its signals
+                running = False
+            if not running:
+                self._refresh_devices()
         bl.addWidget(dev_row.native)
         layout.addWidget(box)
 
@@ -199,9 +207,18 @@ class TrainWidget(WorkerControls, QWidget):
     # ------------------------------------------------------------------ setup
     @staticmethod
     def _devices() -> list[str]:
+        """auto, cpu and each GPU; the GPUs only once torch is loaded (by the preload worker), so
+        opening the widget does not wait the second or two that importing torch takes."""
+        import sys
+
+        if "torch" not in sys.modules:
+            return ["auto", "cpu"]
         import torch
 
         return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+
+    def _refresh_devices(self, *_) -> None:
+        self.device_box.choices = self._devices()
 
     @property
     def device(self) -> str:
