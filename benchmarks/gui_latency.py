@@ -209,8 +209,7 @@ def main(argv=None) -> int:
 
     # --- 1. training with the live preview
     train = TrainWidget(viewer)
-    if getattr(train, "preloading", None) is not None:  # the training code is imported when the widget opens
-        _wait(app, lambda: not train.preloading.is_running, 300)
+    _wait(app, lambda: not train.preload_pending, 300)  # the training code is imported when the widget opens
     run_dir = tmp / "run"
     train.set_option(out=str(run_dir), device="cpu", epochs=args.epochs, batch=64, hidden=32, layers=3,
                      latent_grid=7, latent_steps=1, val_fraction=0.1, preview_every=1)
@@ -255,8 +254,7 @@ def main(argv=None) -> int:
 
     # --- 2. reconstruction
     rec = ReconstructWidget(viewer)
-    if getattr(rec, "preloading", None) is not None:
-        _wait(app, lambda: not rec.preloading.is_running, 300)
+    _wait(app, lambda: not rec.preload_pending, 300)
     rec.run_dir = str(run_dir)
     rec.iterations = args.iterations
     timeline.wrap(rec, "_on_event", "*")

@@ -48,7 +48,7 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
     train = TrainWidget(viewer)
     ex = LatentExplorerWidget(viewer)
     # the training code is imported in a worker when the widget opens (its C extensions hold the GIL)
-    qtbot.waitUntil(lambda: train.preloading is None or not train.preloading.is_running, timeout=60_000)
+    qtbot.waitUntil(lambda: not train.preload_pending, timeout=60_000)
     _settle(qtbot, viewer)
 
     run_dir = tmp_path / "run"

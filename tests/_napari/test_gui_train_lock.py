@@ -31,3 +31,15 @@ def test_train_widget_refuses_a_folder_another_job_holds(make_napari_viewer, qtb
     assert train.error is not None and f"process {os.getppid()}" in str(train.error)
     assert not (run_dir / "checkpoints").exists()
     assert json.loads((run_dir / LOCK_NAME).read_text())["pid"] == os.getppid()  # the holder's lock is untouched
+
+
+def test_the_training_code_is_preloaded_after_the_widget_is_built(make_napari_viewer, qtbot):
+    """Opening the widget does not wait for the import: it starts from the event loop, and the
+    device list is filled in when it is done."""
+    from napari_flex3d._napari._train_widget import TrainWidget
+
+    train = TrainWidget(make_napari_viewer())
+    assert train.preload_pending and train.preloading is None  # nothing started while building
+    qtbot.waitUntil(lambda: not train.preload_pending, timeout=60_000)
+    assert tuple(train.device_box.choices) == tuple(TrainWidget._devices())
+    assert tuple(train.device_box.choices[:2]) == ("auto", "cpu")

@@ -37,7 +37,7 @@ from ._layer_data import default_iso_threshold
 from ._paint_budget import paint_budget
 from ._plots import CurvePlot
 from ._session import session_for
-from ._workers import WorkerControls, preload, start_worker
+from ._workers import Preloads, WorkerControls, start_worker
 
 
 def read_fsc_csv(path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -61,7 +61,7 @@ def read_result(out: Path, report: dict) -> dict:
     return {"report": report, "curves": read_fsc_csv(csv) if csv.is_file() else {}, "maps": maps}
 
 
-class ReconstructWidget(WorkerControls, QWidget):
+class ReconstructWidget(Preloads, WorkerControls, QWidget):
     """Run the half-map reconstruction of a training run and show its maps and FSC curves."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -76,7 +76,7 @@ class ReconstructWidget(WorkerControls, QWidget):
         self._t0 = 0.0
         self.pending_maps: list | None = None  # read maps the canvas could not afford to paint yet
         self.budget = paint_budget(napari_viewer)
-        self.preloading = preload("napari_flex3d.reconstruct.halfmaps")
+        self._schedule_preload("napari_flex3d.reconstruct.halfmaps")
 
         layout = QVBoxLayout(self)
         form = QFormLayout()

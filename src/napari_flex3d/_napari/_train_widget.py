@@ -42,7 +42,7 @@ from ._data_widget import painted_mesh
 from ._paint_budget import paint_budget
 from ._session import session_for
 from ._train_preview import PREVIEW_PREFIX, PreviewPanel, prepare_previews, swap_into_layers
-from ._workers import LatestOnly, WorkerControls, preload, start_worker
+from ._workers import LatestOnly, Preloads, WorkerControls, start_worker
 
 # Fields filled from the Data and mesh widget (the session), not typed in the form.
 FROM_SESSION = ("particles", "map", "mesh", "passthrough", "root")
@@ -115,7 +115,7 @@ def _set_form(form: Container, name: str, value) -> None:
     w.value = ("" if value is None else str(value)) if w.widget_type == "LineEdit" else value
 
 
-class TrainWidget(WorkerControls, QWidget):
+class TrainWidget(Preloads, WorkerControls, QWidget):
     """Set up, run, stop and resume training, and watch it."""
 
     def __init__(self, napari_viewer, parent=None):
@@ -137,7 +137,7 @@ class TrainWidget(WorkerControls, QWidget):
         self.pending_previews = None  # prepared previews the canvas could not afford to paint yet
         self.budget = paint_budget(napari_viewer)
         self._previews = LatestOnly(prepare_previews, self._on_previews_ready)
-        self.preloading = preload("napari_flex3d.training.loop")
+        self._schedule_preload("napari_flex3d.training.loop")
 
         layout = QVBoxLayout(self)
         box = QGroupBox("Settings")
@@ -153,14 +153,6 @@ class TrainWidget(WorkerControls, QWidget):
         bl.addWidget(scroll)
         self.device_box = ComboBox(name="device", choices=self._devices(), value="auto", label="device")
         dev_row = Container(widgets=[self.device_box], labels=True)
-        if self.preloading is not None:  # the GPUs join the list once the worker has loaded torch
-            try:
-                self.preloading.finished.connect(self._refresh_devices)
-                running = self.preloading.is_running
-            except RuntimeError:  # the worker finished already and Qt deleted its signals
-                running = False
-            if not running:
-                self._refresh_devices()
         bl.addWidget(dev_row.native)
         layout.addWidget(box)
 
@@ -217,7 +209,7 @@ class TrainWidget(WorkerControls, QWidget):
 
         return ["auto", "cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
 
-    def _refresh_devices(self, *_) -> None:
+    def _preloaded(self) -> None:  # the GPUs join the list once the preload has loaded torch
         self.device_box.choices = self._devices()
 
     @property

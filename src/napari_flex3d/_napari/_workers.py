@@ -132,3 +132,42 @@ def preload(*modules: str):
         gc.freeze()
 
     return create_worker(job, _start_thread=True, _ignore_errors=True)
+
+
+class Preloads:
+    """Mixin: import the library code a widget will run in a worker *after* the widget is built.
+
+    Started from the event loop (a zero-delay timer), so building the widget does not share the
+    interpreter with the import; ``preload_pending`` is true until the import is done, and
+    ``_preloaded()`` (override it) runs then, in the GUI thread.
+    """
+
+    preloading = None
+    _preload_pending = False
+
+    def _schedule_preload(self, *modules: str) -> None:
+        from qtpy.QtCore import QTimer
+
+        self._preload_pending = True
+        QTimer.singleShot(0, lambda: self._start_preload(modules))
+
+    def _start_preload(self, modules) -> None:
+        self.preloading = preload(*modules)
+        if self.preloading is None:
+            self._preload_done()
+            return
+        try:
+            self.preloading.finished.connect(self._preload_done)
+        except RuntimeError:  # finished already and Qt deleted the signals
+            self._preload_done()
+
+    def _preload_done(self, *_) -> None:
+        self._preload_pending = False
+        self._preloaded()
+
+    def _preloaded(self) -> None:
+        """Called once the preload is done."""
+
+    @property
+    def preload_pending(self) -> bool:
+        return self._preload_pending
