@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import resource
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -78,10 +77,6 @@ def timings(fn, device="cpu", repeats: int = 5, warmup: int = 1) -> list[float]:
 
 def best_time(fn, device="cpu", repeats: int = 5, warmup: int = 0) -> float:
     return min(timings(fn, device, repeats, warmup))
-
-
-def median_time(fn, device="cpu", repeats: int = 5, warmup: int = 1) -> float:
-    return statistics.median(timings(fn, device, repeats, warmup))
 
 
 def reset_peak_memory(device) -> None:

@@ -42,6 +42,7 @@ import sys
 import time
 from pathlib import Path
 
+from _common import device_name, resolve_device
 from _common import peak_memory_gb as _peak_gb
 from _common import reset_peak_memory as _reset_peak
 from _common import src_on_path as _setup_path
@@ -344,8 +345,8 @@ def main(argv=None) -> int:
 
     if a.quick:
         a.train_boxes, a.recon_box, a.batch, a.steps, a.chunk, a.chunks = [32, 40], 48, 32, 2, 16, 2
-    device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device))
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    device = resolve_device(a.device)
+    name = device_name(device)
     print(f"device: {name}; torch {torch.__version__}", flush=True)
     if device.type == "cpu" and not a.quick:
         print("note: no GPU here; these are CPU figures", flush=True)

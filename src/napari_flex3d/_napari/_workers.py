@@ -103,7 +103,7 @@ class WorkerControls:
         """Called once the job has ended (successfully, stopped or failed)."""
 
 
-def preload(*modules: str):
+def preload(*modules: str, finished=None):
     """Import ``modules`` in a worker now, while the user fills in a form, then freeze the heap.
 
     A first import of the training or reconstruction code loads C extensions (parts of
@@ -112,7 +112,9 @@ def preload(*modules: str):
     alive now (napari, Qt, torch: millions) out of the collector's sight: a full
     collection walks them all while holding the GIL, measured at 1 s on a loaded 2-core
     machine in the middle of a reconstruction. Errors are left for the run to report.
-    Returns the worker (``worker.is_running``), or ``None`` when all are imported already.
+    ``finished()`` is connected before the worker starts (so a fast import cannot finish
+    unseen) and is called at once when there is nothing to import. Returns the worker
+    (``worker.is_running``), or ``None`` when all are imported already.
     """
     import gc
     import importlib
@@ -121,6 +123,8 @@ def preload(*modules: str):
     missing = [m for m in modules if m not in sys.modules]
     if not missing:
         gc.freeze()
+        if finished is not None:
+            finished()
         return None
 
     def job():
@@ -131,7 +135,11 @@ def preload(*modules: str):
                 pass
         gc.freeze()
 
-    return create_worker(job, _start_thread=True, _ignore_errors=True)
+    worker = create_worker(job, _start_thread=False, _ignore_errors=True)
+    if finished is not None:
+        worker.finished.connect(finished)
+    worker.start()
+    return worker
 
 
 class Preloads:
@@ -152,14 +160,7 @@ class Preloads:
         QTimer.singleShot(0, lambda: self._start_preload(modules))
 
     def _start_preload(self, modules) -> None:
-        self.preloading = preload(*modules)
-        if self.preloading is None:
-            self._preload_done()
-            return
-        try:
-            self.preloading.finished.connect(self._preload_done)
-        except RuntimeError:  # finished already and Qt deleted the signals
-            self._preload_done()
+        self.preloading = preload(*modules, finished=self._preload_done)
 
     def _preload_done(self, *_) -> None:
         self._preload_pending = False
