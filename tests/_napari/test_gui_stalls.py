@@ -77,7 +77,8 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
     assert train.error is None, train.error
 
     s = monitor.summary("training")
-    assert s["ticks"] > 100, s
+    # the monitor ran (at 10 ms a tick; training's first two epochs take well over 0.3 s)
+    assert s["ticks"] > 30, s
     t0 = monitor.when_s["training"][0]
     where = [f"{ms:.0f} ms at {t - t0:.1f} s" for t, ms in monitor.longest("training")]
     assert s["max_ms"] < 1000 and s["p99_ms"] < 100, (format_summary("training", s), where)
