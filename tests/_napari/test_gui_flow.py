@@ -155,3 +155,23 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
         assert len(back) == len(expect)
         np.testing.assert_allclose(back.rotations, data.particles.rotations[expect], atol=1e-5)
         np.testing.assert_array_equal(back.images(np.array([0])), data.particles.images(expect[:1]))
+
+    # --- a selection made by index (a cluster, a threshold) is marked, exported and refused when empty
+    got = []
+    ex.selection_changed.connect(got.append)
+    ex.clear_path()
+    ex.set_selection([5, 3, 3, 7], "cluster 1")
+    assert list(ex.selection) == [3, 5, 7] and got[-1] is ex.selection
+    assert "3 particles selected by cluster 1" in ex.status_label.text()
+    np.testing.assert_allclose(np.asarray(ex.plot.highlight.getData()).T, ex._xy[[3, 5, 7]])
+    back = read_particle_file(ex.export_subset(tmp_path / "cluster.star"))
+    np.testing.assert_allclose(back.rotations, data.particles.rotations[[3, 5, 7]], atol=1e-5)
+    ex.set_selection([], "residual > 9")
+    with pytest.raises(ValueError, match="selection is empty"):
+        ex.export_subset(tmp_path / "empty.star")
+    with pytest.raises(ValueError, match="must lie in"):
+        ex.set_selection([len(ex.latents)])
+    ex.set_selection(None)
+    assert ex.selection is None and len(ex.plot.highlight.getData()[0]) == 0
+    with pytest.raises(ValueError, match="nothing selected"):
+        ex.export_subset(tmp_path / "none.star")

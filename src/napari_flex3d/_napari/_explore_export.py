@@ -116,15 +116,27 @@ class ExplorerExports:
         self.worker = start_worker(job, returned=done, finished=lambda: setattr(self, "worker", None))
 
     def select_polygon(self) -> np.ndarray:
-        """Indices of the particles inside the drawn polygon (plot coordinates)."""
+        """Select the particles inside the drawn polygon (plot coordinates); their indices."""
         if len(self.polygon) < 3:
             raise ValueError("draw a polygon first: choose 'lasso' and click three or more points")
-        self.selection = points_in_polygon(self._xy, np.array(self.polygon))
-        self.status_label.setText(f"{len(self.selection):,} particles selected")
-        return self.selection
+        return self.set_selection(points_in_polygon(self._xy, np.array(self.polygon)), "lasso")
+
+    def _subset_indices(self) -> np.ndarray:
+        """The particles an export or reconstruction takes: the drawn polygon's, else the current selection."""
+        if len(self.polygon) >= 3:
+            idx = self.select_polygon()
+        elif self.selection is not None:
+            idx = self.selection
+        else:
+            raise ValueError("nothing selected: draw a lasso (three or more points) or select particles by cluster "
+                             "or threshold")
+        if len(idx) == 0:
+            raise ValueError("the selection is empty: no particle lies inside it")
+        return idx
 
     def export_subset(self, path) -> Path:
-        """Write the particles inside the polygon as STAR or .cs (by suffix), pointing at the originals."""
+        """Write the selected particles (the polygon's, else ``selection``) as STAR or .cs (by suffix),
+    pointing at the originals."""
         ps = self.session.particles
         if ps is None:
             ps = getattr(self.run, "particles", None)
@@ -132,7 +144,7 @@ class ExplorerExports:
             raise ValueError("no particle set: load the particles in the Data and mesh widget")
         if len(ps) != len(self.latents):
             raise ValueError(f"{len(ps)} particles but {len(self.latents)} latents: not the run's particle set")
-        idx = self.select_polygon()
+        idx = self._subset_indices()
         path = write_subset(ps, idx, path)
         show_info(f"napari-flex3d: wrote {len(idx)} particles to {path}")
         return path

@@ -186,6 +186,7 @@ class LatentPlot:
             return
         self._xy, self._to_latent, self._from_latent = latent_view(self.latents, self.axes, self.use_pca)
         self.plot.set_points(self._xy)
+        self.plot.set_highlight(self._xy[self.selection] if self.selection is not None else np.zeros((0, 2)))
         names = ("PC1", "PC2") if self.use_pca and self.latents.shape[1] > 2 else tuple(f"z{a}" for a in self.axes)
         self.plot.getPlotItem().setLabel("bottom", names[0])
         self.plot.getPlotItem().setLabel("left", names[1])
@@ -221,6 +222,27 @@ class LatentPlot:
         z[k] = value
         self.show_latent(z, refine=False)
         self._draw_overlays()
+
+    def set_selection(self, indices, source: str = "") -> np.ndarray:
+        """Select particles by index (``None`` clears): stored in ``selection``, marked on the
+        scatter, counted in the status line and sent by ``selection_changed``. ``source`` says
+        what chose them ("lasso", "cluster 2", "residual > 1.3") in that line."""
+        if indices is None:
+            self.selection = None
+            self.plot.set_highlight(np.zeros((0, 2)))
+            self.status_label.setText("")
+        else:
+            idx = np.unique(np.asarray(indices, dtype=np.int64).reshape(-1))
+            n = 0 if self.latents is None else len(self.latents)
+            if len(idx) and (idx[0] < 0 or idx[-1] >= n):
+                raise ValueError(f"particle indices must lie in [0, {n}), got {idx[0]}..{idx[-1]}")
+            self.selection = idx
+            if self._xy is not None:
+                self.plot.set_highlight(self._xy[idx])
+            by = f" by {source}" if source else ""
+            self.status_label.setText(f"{len(idx):,} particles selected{by}")
+        self.selection_changed.emit(self.selection)
+        return self.selection
 
     def clear_path(self) -> None:
         self.path = []

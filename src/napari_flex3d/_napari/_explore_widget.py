@@ -3,7 +3,8 @@
 State: ``run_dir``, ``latents (n, K)``, ``axes`` (the two axes shown), ``use_pca``,
 ``z (K,)`` (current latent), ``mode`` ("volume" | "path" | "lasso"), ``path (m, K)``,
 ``polygon`` (plot coordinates), ``preview_box``. Actions: ``open_run()``,
-``click(x, y)``, ``set_axis_value(k, v)``, ``play_path()``, ``export_movie(path)``,
+``click(x, y)``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
+``selection_changed`` signal), ``play_path()``, ``export_movie(path)``,
 ``export_series(folder)``, ``export_subset(path)``.
 
 The widget is put together from three parts, one module each: the latent plot
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import QTimer, Signal
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -46,6 +47,9 @@ SIGMA_RANGE = 1.5  # an axis movie spans the mean +- this many standard deviatio
 
 class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
     """Scatter of the latents, one slider per axis, paths, movies, series and subsets."""
+
+    #: the selected particles' indices (``np.ndarray``) or ``None``, after every ``set_selection``
+    selection_changed = Signal(object)
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)

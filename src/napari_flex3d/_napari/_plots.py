@@ -118,7 +118,8 @@ class LatentScatter(ThemedPlot):
                                          symbolBrush="#ffb74d")
         self.polygon_item = pg.PlotDataItem([], [], pen=pg.mkPen("#e57373", width=2, style=pg.QtCore.Qt.PenStyle.DashLine))
         self.cursor = pg.ScatterPlotItem(size=16, pen=pg.mkPen("w", width=2), brush=pg.mkBrush("#e53935"), symbol="+")
-        for it in (self.density, self.scatter, self.path_item, self.polygon_item, self.cursor):
+        self.highlight = pg.ScatterPlotItem(size=5, pen=None, brush=pg.mkBrush(229, 115, 115, 200), pxMode=True)
+        for it in (self.density, self.scatter, self.highlight, self.path_item, self.polygon_item, self.cursor):
             item.addItem(it)
         self.density.setZValue(-10)
         self.mode = "empty"
@@ -139,6 +140,13 @@ class LatentScatter(ThemedPlot):
             self.scatter.setData(pos=xy)
             self.mode = "points"
         self.getPlotItem().enableAutoRange()
+
+    def set_highlight(self, xy) -> None:
+        """Mark ``xy (m, 2)`` (the selected particles) over the scatter or density; empty clears."""
+        xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
+        if len(xy) > DENSITY_ABOVE:  # as many as the density threshold: a random subset shows where they are
+            xy = xy[np.random.default_rng(0).choice(len(xy), DENSITY_ABOVE, replace=False)]
+        self.highlight.setData(pos=xy)
 
     def set_path(self, xy) -> None:
         xy = np.asarray(xy, dtype=float).reshape(-1, 2)
