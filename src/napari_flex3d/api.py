@@ -141,8 +141,9 @@ def demo(out_dir, *, progress=True, **kwargs) -> dict:
     return run_demo(out_dir, progress=progress, **kwargs)
 
 
-def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None, dilate_a=6.0, cell_size_a=None,
-               rigidity_floor=RIGIDITY_FLOOR, rigid_labels=None, rigid_factor=10.0, no_motion_labels=None):
+def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None, lowpass_a=10.0, dilate_a=6.0,
+               cell_size_a=None, rigidity_floor=RIGIDITY_FLOOR, rigid_labels=None, rigid_factor=10.0,
+               no_motion_labels=None):
     """Solvent mask and tetrahedral mesh of a consensus map, with rigidity weights from its
     density (and raised in ``rigid_labels``) and a motion mask (0 in ``no_motion_labels``);
     saved to ``out`` (``.npz``). Returns ``(mesh, summary dict)``."""
@@ -150,19 +151,14 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
 
     from .io.mrc import read_map
     from .io.values import require_informative_map
-    from .mesh import (
-        build_mesh as _build,
-        cell_density_weights,
-        motion_mask_from_labels,
-        raise_rigid_cells,
-        save_mesh,
-        solvent_mask,
-    )
+    from .mesh import save_mesh
+    from .mesh.from_map import mesh_from_map
     from .training.setup import default_cell_size_a
 
     check_number("apix", apix, low=0, low_open=True, optional=True)
     check_number("threshold", threshold, optional=True)
     check_number("volume_fraction", volume_fraction, low=0, high=1, low_open=True, optional=True)
+    check_number("lowpass_a", lowpass_a, low=0, optional=True)
     check_number("dilate_a", dilate_a, low=0)
     check_number("cell_size_a", cell_size_a, low=0, low_open=True, optional=True)
     check_number("rigidity_floor", rigidity_floor, low=0, high=1)
@@ -174,15 +170,13 @@ def build_mesh(map_path, out, *, apix=None, threshold=None, volume_fraction=None
     if vol.ndim != 3 or len(set(vol.shape)) != 1:
         raise ValueError(f"{map_path}: a consensus map must be a cubic volume, got shape {vol.shape}")
     require_informative_map(vol, str(map_path))  # a constant map has no automatic threshold
-    mask = solvent_mask(vol, vol_apix, threshold=threshold, volume_fraction=volume_fraction, dilate_a=dilate_a)
-    mesh = _build(mask.binary, vol_apix, cell_size_a=default_cell_size_a(vol.shape[0], vol_apix, cell_size_a))
-    weights = cell_density_weights(mesh, mask.lowpassed, min_weight=rigidity_floor)
-    if rigid_labels is not None:
-        weights = raise_rigid_cells(mesh, weights, _labels(rigid_labels, vol.shape, vol_apix), factor=rigid_factor)
-    motion = None
-    if no_motion_labels is not None:
-        motion = motion_mask_from_labels(mesh, _labels(no_motion_labels, vol.shape, vol_apix))
-    mesh = mesh.replace(rigidity_weights=weights, motion_mask=motion)
+    mesh, mask = mesh_from_map(
+        vol, vol_apix, cell_size_a=default_cell_size_a(vol.shape[0], vol_apix, cell_size_a), threshold=threshold,
+        volume_fraction=volume_fraction, lowpass_a=lowpass_a, dilate_a=dilate_a, rigidity_floor=rigidity_floor,
+        rigid_labels=None if rigid_labels is None else _labels(rigid_labels, vol.shape, vol_apix),
+        rigid_factor=rigid_factor,
+        no_motion_labels=None if no_motion_labels is None else _labels(no_motion_labels, vol.shape, vol_apix),
+    )
     save_mesh(mesh, out)
     summary = {"map": str(map_path), "out": str(out), "threshold": mask.threshold_used,
                "mask_fraction": float(mask.binary.mean()), **mesh.summary()}

@@ -44,7 +44,7 @@ def _cmd_mesh(args: argparse.Namespace) -> int:
 
     _, summary = api.build_mesh(
         args.map, args.out, apix=args.apix, threshold=args.threshold, volume_fraction=args.volume_fraction,
-        dilate_a=args.dilate_a, cell_size_a=args.cell_size_a, rigidity_floor=args.rigidity_floor,
+        lowpass_a=args.lowpass_a, dilate_a=args.dilate_a, cell_size_a=args.cell_size_a, rigidity_floor=args.rigidity_floor,
         rigid_labels=args.rigid_labels, no_motion_labels=args.no_motion_labels,
     )
     if args.json:
@@ -200,6 +200,8 @@ def _add_mesh(sub) -> None:
     p.add_argument("--apix", type=float, default=None, help="voxel size in Å when the map's header has none")
     p.add_argument("--threshold", type=float, default=None, help="density threshold (default: automatic)")
     p.add_argument("--volume-fraction", type=float, default=None, help="or: threshold so this fraction of the box is inside")
+    p.add_argument("--lowpass-a", type=float, default=10.0,
+                   help="low-pass the map to this resolution in Å before thresholding (0: none)")
     p.add_argument("--dilate-a", type=float, default=6.0, help="dilate the thresholded mask by this many Å")
     p.add_argument("--cell-size-a", type=float, default=None, help="cell size in Å (default: 20 cells across the box)")
     p.add_argument("--rigidity-floor", type=float, default=RIGIDITY_FLOOR,

@@ -1,8 +1,8 @@
 """Settings of training and of latent-space generation, as frozen dataclasses saved with each run.
 
 Every field carries a help string in ``dataclasses.field(metadata={"help": ...})``; the
-command line (:func:`add_arguments`, :func:`from_arguments`) and the magicgui forms are
-built from these classes, so a setting is declared once. ``to_dict``/``from_dict`` give a
+command line (:func:`add_arguments`, :func:`from_arguments`, and back: :func:`to_arguments`)
+and the magicgui forms are built from these classes, so a setting is declared once. ``to_dict``/``from_dict`` give a
 JSON round trip; :func:`provenance` adds the version, time and command line that every
 run writes next to its settings (``config.json``).
 
@@ -34,6 +34,8 @@ __all__ = [
     "read_config_json",
     "add_arguments",
     "from_arguments",
+    "to_arguments",
+    "command_line",
     "check_box",
     "check_number",
     "option_name",
@@ -449,3 +451,44 @@ def from_arguments(cls, args: argparse.Namespace, **overrides):
     values = {k: v for k, v in vars(args).items() if k in names}
     values.update(overrides)
     return cls(**values)  # validated by __post_init__
+
+
+def _format_value(value) -> str:
+    """``value`` as the text its option's parser (:func:`add_arguments`) reads back to the same value."""
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back to the same float
+    if isinstance(value, (tuple, list)):
+        return ",".join(repr(float(v)) for v in value)
+    return str(value)
+
+
+def to_arguments(config) -> list[str]:
+    """The options that :func:`add_arguments` and :func:`from_arguments` read back as ``config``:
+    ``["--latent-dim=2", ...]``, one per setting that differs from its default (``--name=value``,
+    so a value with a leading minus is not taken for an option)."""
+    out = []
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if value != default:
+            out.append(f"{option_name(f.name)}={_format_value(value)}")
+    return out
+
+
+def command_line(job: str, *positional, **options) -> list[str]:
+    """``["flex3d", job, *positional, "--an-option=value", "--a-flag", ...]`` from Python names:
+    ``None`` and ``False`` are left out, ``True`` is a bare flag, a list repeats its option."""
+    argv = ["flex3d", job, *(str(p) for p in positional)]
+    for name, value in options.items():
+        if value is None or value is False:
+            continue
+        if value is True:
+            argv.append(option_name(name))
+        else:
+            for v in value if isinstance(value, (list, tuple)) else (value,):
+                argv.append(f"{option_name(name)}={_format_value(v)}")
+    return argv

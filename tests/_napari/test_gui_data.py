@@ -115,9 +115,9 @@ def test_data_widget_loads_builds_saves_and_loads_a_mesh(make_napari_viewer, qtb
     right, left = cx > half + 2, cx < half - 2
     from napari_flex3d.mesh.rigidity import cell_density_weights
 
-    # the weights before painting: the consensus density's, floored as the data widget floors them
-    # (painted_mesh's default, which is the training default too)
-    base = cell_density_weights(painted, w.session.consensus, min_weight=TrainConfig().rigidity_floor)
+    # the weights before painting: the low-passed consensus density's, floored at the training default,
+    # as `flex3d mesh` makes them
+    base = cell_density_weights(painted, w.mask.lowpassed, min_weight=TrainConfig().rigidity_floor)
     assert right.any() and left.any()
     # painted-rigid cells are 10x as rigid as they were; the others keep their weights
     np.testing.assert_allclose(painted.rigidity_weights[right], 10.0 * base[right], rtol=1e-6)

@@ -30,6 +30,7 @@ from qtpy.QtWidgets import (
 from superqt import QLabeledDoubleSlider
 
 from ..config import RIGIDITY_FLOOR
+from ._command import CommandButton
 from ._layer_data import default_iso_threshold, read_particle_file
 from ._paint_budget import paint_budget
 from ._session import session_for
@@ -96,6 +97,7 @@ class DataMeshWidget(QWidget):
         self.particles = None
         self.mask = None
         self.mesh = None
+        self._mesh_recipe = None  # the options the mesh was built with (None: loaded from a file)
         self.worker = None
         self._preview = LatestOnly(self._compute_mesh, self._on_mesh, self._on_mesh_error)
 
@@ -162,6 +164,8 @@ class DataMeshWidget(QWidget):
             b = QPushButton(text)
             b.clicked.connect(slot)
             hl.addWidget(b)
+        self.command_btn = CommandButton()
+        hl.addWidget(self.command_btn)
         form.addRow(row)
         paint = QPushButton("Paint no-motion / rigid masks")
         paint.clicked.connect(self.add_paint_layers)
@@ -299,7 +303,10 @@ class DataMeshWidget(QWidget):
             volume, apix, threshold=threshold, lowpass_a=lowpass_a or None, dilate_a=dilate_a, soft_pad_a=soft_pad_a
         )
         mesh = build_mesh(mask.binary, apix, cell_size_a=cell_size_a)
-        return mask, mesh
+        # how it was made: the options of `flex3d mesh` that rebuild it (lowpass 0 means none)
+        recipe = dict(apix=apix, threshold=threshold, lowpass_a=lowpass_a or 0.0, dilate_a=dilate_a,
+                      cell_size_a=cell_size_a)
+        return mask, mesh, recipe
 
     def build_mesh(self) -> None:
         """Mask the map at ``threshold`` and mesh it at ``cell_size_a`` in a worker."""
@@ -322,9 +329,10 @@ class DataMeshWidget(QWidget):
         self.counts_label.setText(f"mesh failed: {exc}")
 
     def _on_mesh(self, result) -> None:
-        mask, mesh = result
+        mask, mesh, recipe = result
         self.mask = mask
         self.set_mesh(mesh)
+        self._mesh_recipe = recipe
         self.session.set(mask=mask, mask_threshold=float(mask.threshold_used), mask_dilate_a=self.dilate_a)
 
     def set_mesh(self, mesh) -> None:
@@ -349,13 +357,49 @@ class DataMeshWidget(QWidget):
         self.session.set(mesh=mesh)
 
     def save_mesh(self, path) -> Path:
-        """Write the current mesh (with the painted masks applied) to ``path`` (.npz)."""
+        """Write the current mesh (with the painted masks applied) to ``path`` (.npz).
+
+        A mesh built here is finished as ``flex3d mesh`` finishes it (rigidity weights from the
+        low-passed map, the painted labels saved as MRC files beside it) and the equivalent
+        command is written to ``<stem>_command.sh`` and offered by "Copy command"."""
         if self.mesh is None:
             raise ValueError("no mesh to save: build or load one first")
         from ..mesh.mesh import save_mesh
 
-        out = save_mesh(self.mesh_with_paint(), path)
+        path = Path(path).expanduser().resolve()
+        if self._mesh_recipe is None or not self.session.map_path:  # loaded from a file: no command to give
+            out = save_mesh(self.mesh_with_paint(), path)
+            self.command_btn.set_command(None)
+        else:
+            out = self._save_with_command(path)
         show_info(f"napari-flex3d: mesh saved to {out}")
+        return Path(out)
+
+    def _save_with_command(self, path: Path) -> Path:
+        from ..config import command_line
+        from ..io.atomic import write_command
+        from ..io.mrc import write_map
+        from ..mesh.from_map import finish_mesh
+        from ..mesh.mesh import save_mesh
+
+        recipe = dict(self._mesh_recipe)
+        apix = recipe.pop("apix")
+        labels = {}
+        for option, layer in (("rigid_labels", RIGID_LAYER), ("no_motion_labels", NO_MOTION_LAYER)):
+            volume = painted(self.viewer, layer)
+            if volume is not None:
+                labels[option] = volume.astype(np.int8)
+                label_path = path.with_name(f"{path.stem}_{option}.mrc")
+                write_map(label_path, labels[option], apix, label=f"napari-flex3d {layer} painted for {path.name}")
+                recipe[option] = str(label_path)
+        mesh = finish_mesh(self.mesh, self.mask, rigidity_floor=RIGIDITY_FLOOR, rigid_labels=labels.get("rigid_labels"),
+                           no_motion_labels=labels.get("no_motion_labels"))
+        out = save_mesh(mesh, path)
+        argv = command_line("mesh", map=str(Path(self.session.map_path).expanduser().resolve()), out=str(out),
+                            apix=apix, rigidity_floor=RIGIDITY_FLOOR, **recipe)
+        script = write_command(path.with_name(f"{path.stem}_command.sh"), argv,
+                               f"the mesh {path.name} saved from the Data and mesh widget")
+        self.command_btn.set_command(argv, script)
         return Path(out)
 
     def load_mesh(self, path) -> None:
@@ -363,6 +407,7 @@ class DataMeshWidget(QWidget):
         from ..mesh.mesh import load_mesh
 
         self.set_mesh(load_mesh(path))
+        self._mesh_recipe = None
 
     def _save_dialog(self) -> None:
         path, _ = QFileDialog.getSaveFileName(self, "Save mesh", "mesh.npz", "Mesh (*.npz)")

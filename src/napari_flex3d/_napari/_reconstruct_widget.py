@@ -33,6 +33,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..io.mrc import read_map
+from ._command import CommandButton
 from ._layer_data import default_iso_threshold
 from ._paint_budget import paint_budget
 from ._plots import CurvePlot
@@ -109,9 +110,9 @@ class ReconstructWidget(Preloads, WorkerControls, QWidget):
         self.show_btn = QPushButton("Show maps")
         self.show_btn.setToolTip("add the reconstructed maps as layers (kept back when a 3D repaint would take seconds)")
         self.show_btn.clicked.connect(self.show_maps)
-        hl.addWidget(self.run_btn)
-        hl.addWidget(self.stop_btn)
-        hl.addWidget(self.show_btn)
+        self.command_btn = CommandButton()
+        for b in (self.run_btn, self.stop_btn, self.show_btn, self.command_btn):
+            hl.addWidget(b)
         layout.addWidget(row)
         self.progress = QProgressBar()
         self.progress.setFormat("idle")
@@ -160,6 +161,7 @@ class ReconstructWidget(Preloads, WorkerControls, QWidget):
             return
         try:
             run, particles, out = self._inputs()
+            self._write_command(run, particles, out)
         except Exception as exc:
             show_error(f"napari-flex3d: cannot reconstruct: {exc}")
             return
@@ -183,6 +185,20 @@ class ReconstructWidget(Preloads, WorkerControls, QWidget):
                 yield ev
 
         self.worker = start_worker(job, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
+
+    def _write_command(self, run, particles, out) -> None:
+        """The job as ``flex3d reconstruct`` (its defaults are the widget's, the device said
+        outright): written to the output folder's COMMAND_FILE and offered by "Copy command"."""
+        from ..config import command_line
+        from ..io.atomic import COMMAND_FILE, write_command
+
+        s, run_b = self.session, self.run_b_dir or None
+        absolute = lambda p: None if not p else str(Path(p).expanduser().resolve())  # noqa: E731
+        argv = command_line("reconstruct", run=absolute(run), particles=absolute(particles), out=absolute(out),
+                            run_b=absolute(run_b), iterations=self.iterations, no_rigid=not self.rigid, device="cpu",
+                            passthrough=absolute(s.passthrough_path), root=absolute(s.root))
+        path = write_command(Path(out) / COMMAND_FILE, argv, "the reconstruction started from the Reconstruct widget")
+        self.command_btn.set_command(argv, path)
 
     def _on_event(self, ev) -> None:
         kind = type(ev).__name__

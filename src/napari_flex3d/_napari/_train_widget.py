@@ -42,6 +42,7 @@ from ._data_widget import painted_mesh
 from ._paint_budget import paint_budget
 from ._session import session_for
 from ._train_preview import PREVIEW_PREFIX, PreviewPanel, prepare_previews, swap_into_layers
+from ._command import CommandButton
 from ._workers import LatestOnly, Preloads, WorkerControls, start_worker
 
 # Fields filled from the Data and mesh widget (the session), not typed in the form.
@@ -165,7 +166,8 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.start_btn.clicked.connect(lambda: self.start())  # not clicked(bool) into resume
         self.stop_btn.clicked.connect(self.stop)
         self.resume_btn.clicked.connect(self.resume)
-        for b in (self.start_btn, self.stop_btn, self.resume_btn):
+        self.command_btn = CommandButton()
+        for b in (self.start_btn, self.stop_btn, self.resume_btn, self.command_btn):
             hl.addWidget(b)
         layout.addWidget(row)
         self.progress = QProgressBar()
@@ -283,7 +285,7 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
             show_info("napari-flex3d: a run is already going")
             return
         try:
-            cfg = self.config
+            cfg = _absolute_paths(self.config)
             if not resume:
                 cfg = self._prepare(cfg)
             elif not cfg.out:
@@ -297,6 +299,13 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         try:
             lock.enter_context(folder_lock(cfg.out, "napari-flex3d Train widget"))
         except (ValueError, OSError) as exc:
+            self.error = exc
+            show_error(f"napari-flex3d: cannot start training: {exc}")
+            return
+        try:
+            self._write_command(cfg, resume)
+        except OSError as exc:
+            lock.close()
             self.error = exc
             show_error(f"napari-flex3d: cannot start training: {exc}")
             return
@@ -323,6 +332,19 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.progress.setFormat("starting…")
         self.worker = start_worker(run, yielded=self._on_event, errored=self._on_error, finished=self._on_finished)
         self.worker.finished.connect(lock.close)
+
+    def _write_command(self, cfg, resume: bool) -> None:
+        """The run as ``flex3d train``: written to the run folder's COMMAND_FILE (a new run) and
+        offered by "Copy command" (a resumed run: ``flex3d train --resume RUN``)."""
+        from ..config import to_arguments
+        from ..io.atomic import COMMAND_FILE, write_command
+
+        if resume:
+            self.command_btn.set_command(["flex3d", "train", "--resume", cfg.out])
+            return
+        argv = ["flex3d", "train", *to_arguments(cfg)]
+        path = write_command(Path(cfg.out) / COMMAND_FILE, argv, "the training run started from the Train widget")
+        self.command_btn.set_command(argv, path)
 
     def resume(self) -> None:
         """Continue the run in ``out`` from its last checkpoint."""
@@ -424,3 +446,11 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
 
     def _on_RunFinished(self, ev) -> None:
         self.status_label.setText(f"finished {ev.epochs} epochs in {ev.seconds:.0f} s")
+
+
+def _absolute_paths(cfg):
+    """``cfg`` with its file and folder settings made absolute, so its command runs from any folder."""
+    paths = {name: str(Path(value).expanduser().resolve()) for name in ("particles", "map", "mesh", "out",
+                                                                        "passthrough", "root")
+             if isinstance(value := getattr(cfg, name, None), str) and value}
+    return dataclasses.replace(cfg, **paths)

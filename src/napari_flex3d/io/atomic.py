@@ -214,6 +214,24 @@ def write_config_json(path, config, cli_argv: list[str] | None = None, **extra) 
     return write_json(path, config_document(config, cli_argv, **extra), default=str)
 
 
+#: The file each job started from a widget writes into its output folder: the same job as a shell command.
+COMMAND_FILE = "flex3d_command.sh"
+
+
+def write_command(path, argv: list[str], what: str) -> Path:
+    """A runnable ``sh`` script at ``path`` holding the command line ``argv`` (quoted for the
+    shell), with a comment saying it is the command equivalent to ``what``."""
+    import shlex
+
+    from .. import __version__
+
+    text = (f"#!/bin/sh\n# {what}: the equivalent flex3d command (napari-flex3d {__version__}).\n"
+            f"# Run it from any folder; the paths are absolute.\n{shlex.join(argv)}\n")
+    path = write_text(path, text)
+    path.chmod(0o755)
+    return path
+
+
 def open_log(path):
     """A text log opened for appending, line-buffered: the one file written in place.
 
