@@ -15,7 +15,7 @@ from .pipeline import analyze_run, write_clusters
 from .residuals import OUTLIER_Z, outlier_mask, particle_residuals, robust_z
 
 __all__ = [
-    "ARTEFACT_SPEARMAN", "OUTLIER_Z", "analyze_run", "write_clusters", "axis_motion", "cell_strain", "cluster_latents", "compare_latents",
+    "ARTEFACT_SPEARMAN", "OUTLIER_Z", "analyze_run", "axis_motion", "cell_strain", "cluster_latents", "compare_latents",
     "log_density", "match_by_name", "outlier_mask", "particle_names", "particle_residuals", "particle_table",
-    "pose_artefacts", "projections", "read_external", "region_table", "robust_z", "spearman_matrix",
+    "pose_artefacts", "projections", "read_external", "region_table", "robust_z", "spearman_matrix", "write_clusters",
 ]
