@@ -171,4 +171,10 @@ def test_exclude_and_train_starts_a_run_on_the_kept_particles(explorer, qtbot, t
     cfg = train.config
     assert cfg.particles == str(kept_path) and cfg.out == str(tmp_path / "retrain") and cfg.max_particles is None
     assert cfg.latent_dim == 2 and cfg.hidden == 16  # the run's own settings
+    assert ex.session.map_path == cfg.map  # the run's map and the mesh it trained with
+    from napari_flex3d.mesh.mesh import load_mesh
+
+    old, new = load_mesh(tiny_run / "mesh.npz"), load_mesh(tmp_path / "retrain" / "mesh.npz")
+    np.testing.assert_array_equal(new.vertices_a, old.vertices_a)
+    np.testing.assert_array_equal(new.cells, old.cells)
     assert "--particles=" in panel.outlier_label.text() and str(kept_path) in panel.outlier_label.text()

@@ -136,6 +136,7 @@ def test_printed_command_retrains_on_the_kept_particles_with_the_runs_settings(a
     parsed = from_arguments(TrainConfig, build_parser().parse_args(argv[1:]))
     kept = (out / "particles_without_outliers.star").resolve()
     expected = dataclasses.replace(load_run(trained_run).config, particles=str(kept), max_particles=None,
-                                   out=str(trained_run.resolve().parent / f"{trained_run.name}_without_outliers"))
+                                   out=str(trained_run.resolve().parent / f"{trained_run.name}_without_outliers"),
+                                   mesh=str(trained_run.resolve() / "mesh.npz"))  # the mesh it trained with
     assert parsed == expected
     assert len(read_particles(kept)) == summary["n_particles"] - summary["outliers"]["n"]

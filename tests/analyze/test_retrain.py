@@ -34,8 +34,9 @@ def test_retrain_config_points_the_run_at_the_kept_file(tmp_path):
     star = retrain_config(run, tmp_path / "kept.star", retrain_dir(run.out))
     assert star == dataclasses.replace(run, particles=str(tmp_path / "kept.star"), out=str(tmp_path / "run_without_outliers"),
                                        passthrough=None, root=None, max_particles=None)
-    cs = retrain_config(run, tmp_path / "kept.cs", tmp_path / "new")
+    cs = retrain_config(run, tmp_path / "kept.cs", tmp_path / "new", mesh=tmp_path / "run" / "mesh.npz")
     assert cs.root == "/p/project" and cs.passthrough is None and cs.half_set == "B" and cs.epochs == 9
+    assert cs.mesh == str(tmp_path / "run" / "mesh.npz") and star.mesh is None
 
 
 def test_kept_particles_read_back_as_star_and_cs(hinge_sim, tmp_path):

@@ -283,8 +283,10 @@ class OutlierPanel(QWidget):
         The kept file goes into the new run folder (``out_dir``, default ``RUN_without_outliers``
         beside the run), as ``.cs`` for a ``.cs`` input, else STAR. The run's own settings go
         into ``train`` (default: the viewer's Train widget, opened if need be) pointing at that
-        file, the shared session's particles become the kept ones, and the run starts; its
-        ``flex3d train`` equivalent is in the status line. Refuses while ``train`` is running.
+        file, the shared session's particles become the kept ones (with the run's map and
+        mesh, unless the Data and mesh widget holds another map or a mesh), and the run
+        starts; its ``flex3d train`` equivalent is in the status line. Refuses while
+        ``train`` is running.
         """
         mask = self._require_outliers()
         train = train or self._train_widget()
@@ -296,15 +298,18 @@ class OutlierPanel(QWidget):
             def job():
                 import shlex
 
-                from ..analyze.retrain import KEPT_STEM, kept_suffix, retrain_config, retrain_dir, train_argv, write_kept
+                from ..analyze.retrain import (KEPT_STEM, kept_suffix, retrain_config, retrain_dir, run_mesh,
+                                               train_argv, write_kept)
+                from ..mesh.mesh import load_mesh
 
                 out = Path(out_dir) if out_dir else retrain_dir(run_dir)
                 if (out / "checkpoints").is_dir():
                     raise ValueError(f"{out} already holds a training run: choose another folder")
                 out.mkdir(parents=True, exist_ok=True)
                 path, kept = write_kept(ps, mask, out / f"{KEPT_STEM}{kept_suffix(ps)}")
-                cfg = retrain_config(config, path, out)
-                return cfg, ps.subset(kept), shlex.join(train_argv(cfg))
+                cfg = retrain_config(config, path, out, run_mesh(run_dir))
+                mesh = load_mesh(cfg.mesh) if cfg.mesh else None
+                return cfg, mesh, ps.subset(kept), shlex.join(train_argv(cfg))
 
             self.outlier_label.setText(f"writing the {len(mask) - int(mask.sum()):,} kept particles…")
             self.worker = start_worker(job, returned=lambda r: self._start_training(train, *r),
@@ -312,11 +317,15 @@ class OutlierPanel(QWidget):
 
         self.with_inputs(write)
 
-    def _start_training(self, train, cfg, kept, command: str) -> None:
+    def _start_training(self, train, cfg, mesh, kept, command: str) -> None:
         session = self.ex.session
         train.config = cfg  # the form: every setting of the run, the new folder
-        session.set(particles=kept, particles_path=cfg.particles, passthrough_path="", root=cfg.root or "",
-                    **({} if session.map_path else {"map_path": cfg.map}))
+        inputs = {}
+        if not session.map_path or session.map_path == cfg.map:  # the run's map: its mesh too, painted masks and all
+            inputs["map_path"] = cfg.map
+            if session.mesh is None and mesh is not None:
+                inputs["mesh"] = mesh
+        session.set(particles=kept, particles_path=cfg.particles, passthrough_path="", root=cfg.root or "", **inputs)
         self.retrain = (train, Path(cfg.particles))
         train.start()
         self.outlier_label.setText(f"training on {len(kept):,} particles in {cfg.out} (the same as: {command})"

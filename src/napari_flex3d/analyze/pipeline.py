@@ -41,7 +41,7 @@ from .html import write_page
 from .landscape import cluster_latents, log_density, projections
 from .motion import SIGMA_RANGE, axis_motion, region_table
 from .residuals import OUTLIER_Z, outlier_mask, particle_residuals, robust_threshold, robust_z
-from .retrain import KEPT_STEM, kept_suffix, retrain_config, retrain_dir, train_argv, write_kept
+from .retrain import KEPT_STEM, kept_suffix, retrain_config, retrain_dir, run_mesh, train_argv, write_kept
 
 __all__ = ["DEFAULT_RESIDUAL_BOX", "analyze_run", "read_run_particles", "residual_box_for", "write_clusters"]
 
@@ -266,7 +266,9 @@ def _outliers(table, ps, out, z_threshold, summary, config, run_dir, say) -> lis
     # the kept particles as STAR, and as .cs too for a .cs input (every cryoSPARC field kept)
     for suffix in dict.fromkeys([".star", kept_suffix(ps)]):
         kept_path, _ = write_kept(ps, mask, out / f"{KEPT_STEM}{suffix}")
-    command = shlex.join(train_argv(retrain_config(config, kept_path.resolve(), retrain_dir(run_dir).resolve())))
+    mesh = run_mesh(run_dir)
+    retrain = retrain_config(config, kept_path.resolve(), retrain_dir(run_dir).resolve(), mesh and mesh.resolve())
+    command = shlex.join(train_argv(retrain))
     summary["outliers"]["kept_file"], summary["outliers"]["retrain_command"] = str(kept_path), command
     say(f"to train again without the {int(mask.sum())} outliers: {command}")
     text += f" To train again without them, with the run's settings: {command}"

@@ -2,7 +2,7 @@
 
 :func:`write_kept` writes the particles that are not outliers beside the analysis (``.cs``
 for a ``.cs`` input, which keeps every cryoSPARC field, else STAR); :func:`retrain_config`
-is the run's own ``TrainConfig`` reading that file into a new run folder, and
+is the run's own ``TrainConfig`` (and mesh) reading that file into a new run folder, and
 :func:`train_argv` the ``flex3d train`` command line that runs it. ``flex3d analyze``
 prints that command; the explorer's "Exclude and train" hands the same settings to the
 Train widget. Imports ``config`` and ``explore.subsets``.
@@ -17,7 +17,7 @@ import numpy as np
 
 from ..config import option_name
 
-__all__ = ["KEPT_STEM", "kept_suffix", "retrain_config", "retrain_dir", "train_argv", "write_kept"]
+__all__ = ["KEPT_STEM", "kept_suffix", "retrain_config", "retrain_dir", "run_mesh", "train_argv", "write_kept"]
 
 KEPT_STEM = "particles_without_outliers"
 
@@ -49,18 +49,25 @@ def retrain_dir(run_dir) -> Path:
     return run_dir.parent / f"{run_dir.name}_without_outliers"
 
 
-def retrain_config(config, particles, out):
+def run_mesh(run_dir) -> Path | None:
+    """The mesh a run trained with (``RUN/mesh.npz``, painted masks included), if it is there."""
+    path = Path(run_dir) / "mesh.npz"
+    return path if path.is_file() else None
+
+
+def retrain_config(config, particles, out, mesh=None):
     """The run's ``config`` training on ``particles`` (the kept file) into ``out``.
 
     The kept file is already cut to the run's particle limit (``max_particles`` becomes
     ``None``) and carries any passthrough fields (``passthrough`` becomes ``None``); a
     STAR file names its stacks from its own folder (``root`` becomes ``None``), a ``.cs``
     keeps the project-relative paths and with them ``root``. The half set stays: every
-    kept particle is in it.
+    kept particle is in it. ``mesh``: the mesh to train with (the run's own, from
+    :func:`run_mesh`), default the run's setting.
     """
     star = Path(particles).suffix.lower() == ".star"
     return dataclasses.replace(config, particles=str(particles), out=str(out), max_particles=None, passthrough=None,
-                               root=None if star else config.root)
+                               root=None if star else config.root, mesh=str(mesh) if mesh else config.mesh)
 
 
 def _text(value) -> str:
