@@ -43,14 +43,21 @@ CLUSTER_CHOICES = ["auto (BIC)"] + [str(c) for c in range(2, 9)]  # the mixture'
 CONTOUR_LEVELS = (0.25, 0.5, 0.75)  # contours at these fractions of the peak log density
 
 
-def run_inputs(run_dir, n_latents: int):
+def run_inputs(run_dir, n_latents: int, moved_to: str = ""):
     """Worker: ``(TrainConfig, ParticleSet)`` of a run, the particles it trained on (its settings'
-    file cut to its half set and limit, as ``flex3d analyze`` reads them), one per latent row."""
+    file cut to its half set and limit, as ``flex3d analyze`` reads them), one per latent row.
+    ``moved_to``: the same particles' file elsewhere (the Data widget's), read when the run's
+    own file cannot be (a moved project)."""
     from ..analyze.pipeline import read_run_particles
     from ..model.run import load_run
 
     config = load_run(run_dir).config
-    ps, path = read_run_particles(config)
+    try:
+        ps, path = read_run_particles(config)
+    except (OSError, ValueError):
+        if not moved_to or moved_to == config.particles:
+            raise
+        ps, path = read_run_particles(config, moved_to)
     if len(ps) != n_latents:
         raise ValueError(f"{path}: {len(ps)} particles but the run has {n_latents} latents")
     return config, ps
@@ -199,7 +206,7 @@ class AnalysisBox(QGroupBox):
             then(*result)
 
         self.cluster_label.setText(reading)
-        start_worker(run_inputs, ex.run_dir, len(ex.latents), returned=done,
+        start_worker(run_inputs, ex.run_dir, len(ex.latents), ex.session.particles_path, returned=done,
                      errored=lambda exc: self.cluster_label.setText(f"cannot read the run's particles: {exc}"))
 
     # ------------------------------------------------------------------ clusters
