@@ -77,9 +77,11 @@ def _only(viewer, keep) -> None:
             dock.hide()
 
 
-def _analysis(ex, app, path: Path, max_kb: int = 300) -> Path:
-    """The explorer's Analysis box in use: clusters over the density, the residual threshold
-    at the 95th percentile with its particles marked; the explorer grabbed as a PNG."""
+def _analysis(ex, app, out: Path, max_kb: int = 300) -> None:
+    """The explorer with its Analysis box in use: the Clusters page, the BIC's clusters over the
+    density and cluster 0 chosen (``explore_clusters.png``), and the Outliers page with the
+    residual line at its 95th percentile, its particles marked on the scatter
+    (``explore_analysis.png``)."""
     from PIL import Image
 
     box = ex.analysis
@@ -88,14 +90,19 @@ def _analysis(ex, app, path: Path, max_kb: int = 300) -> Path:
     box.show_density = True
     box.outliers.compute_residuals()
     _wait(app, lambda: box.outliers.residual is not None and box.idle, 1800, "the residuals")
-    box.outliers.residual_threshold = float(np.percentile(box.outliers.residual, 95))
-    _wait(app, lambda: box.idle, 30, "the selection")
-    _settle(app)
-    tmp = path.with_suffix(".tmp.png")
-    ex.grab().save(str(tmp))
-    img = Image.open(tmp).convert("RGB")
-    tmp.unlink()
-    return _write_png(img, path, max_kb)
+    for page, name in ((0, "explore_clusters.png"), (1, "explore_analysis.png")):
+        box.tabs.setCurrentIndex(page)
+        if page == 0:
+            box.choose_cluster(0)
+        else:
+            box.outliers.residual_threshold = float(np.percentile(box.outliers.residual, 95))
+        _wait(app, lambda: box.idle and ex._render.idle, 120, "the selection")
+        _settle(app)
+        tmp = out / f"{name}.tmp.png"
+        ex.grab().save(str(tmp))
+        img = Image.open(tmp).convert("RGB")
+        tmp.unlink()
+        _write_png(img, out / name, max_kb)
 
 
 def main(argv=None) -> int:
@@ -171,7 +178,7 @@ def main(argv=None) -> int:
     _wait(app, lambda: ex.refined and ex._render.idle, 120, "the latent volume")
     _view3d(viewer)
     _save(viewer, out / "explore.png", app)
-    _analysis(ex, app, out / "explore_analysis.png")
+    _analysis(ex, app, out)
 
     # 4. Reconstruct: flex and rigid half maps of the run, their FSC, the sharpened flex map
     _, rec = viewer.window.add_plugin_dock_widget("napari-flex3d", "Reconstruct")

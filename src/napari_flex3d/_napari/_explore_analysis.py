@@ -3,7 +3,7 @@
 ``AnalysisBox(ex)`` is a group box for ``LatentExplorerWidget`` ``ex``: it reads the
 explorer's ``latents``, ``run``, ``run_dir``, ``_xy`` and ``_from_latent``, draws its own
 pyqtgraph items on ``ex.plot`` (numbered cluster centres, a density image with contours)
-and selects through ``ex.set_selection``. Clustering is ``analyze.landscape.cluster_latents``
+and selects through ``ex.set_selection``. Two tabs, Clusters and Outliers, keep it short. Clustering is ``analyze.landscape.cluster_latents``
 (k-means, or a Gaussian mixture whose size the BIC picks), the maps and subsets are
 ``analyze.pipeline.write_clusters``, the same code as ``flex3d analyze``; all of it runs in
 workers. The outliers (residual and latent-norm histograms with draggable thresholds,
@@ -31,7 +31,9 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QPushButton,
+    QTabWidget,
     QVBoxLayout,
+    QWidget,
 )
 
 from ._explore_outliers import OutlierPanel
@@ -96,7 +98,10 @@ class AnalysisBox(QGroupBox):
         self._drawn = (None, None)  # (view map, clustering) the centres were drawn for
         self._density_for = None  # the plot coordinates the density image shows
         self._density = LatestOnly(_density_job, self._on_density)
-        layout = QVBoxLayout(self)
+        self.tabs = QTabWidget()  # one page at a time: the explorer is docked beside the canvas
+        QVBoxLayout(self).addWidget(self.tabs)
+        page = QWidget()
+        layout = QVBoxLayout(page)
         self.clusters_combo = QComboBox()
         self.clusters_combo.addItems(CLUSTER_CHOICES)
         self.clusters_combo.setToolTip("auto: a Gaussian mixture whose size (1-8) the BIC picks; a number: k-means")
@@ -107,7 +112,7 @@ class AnalysisBox(QGroupBox):
         self.density_check.toggled.connect(lambda _: self._sync_view())
         layout.addWidget(hbox_row(QLabel("clusters"), self.clusters_combo, self.cluster_btn, self.density_check))
         self.cluster_list = QListWidget()
-        self.cluster_list.setMaximumHeight(110)
+        self.cluster_list.setMaximumHeight(120)
         self.cluster_list.setToolTip("choose a cluster: its particles are selected and its centre's map is shown")
         self.cluster_list.currentRowChanged.connect(self.choose_cluster)
         layout.addWidget(self.cluster_list)
@@ -119,8 +124,10 @@ class AnalysisBox(QGroupBox):
         self.cluster_label = QLabel("")
         self.cluster_label.setWordWrap(True)
         layout.addWidget(self.cluster_label)
+        layout.addStretch(1)
+        self.tabs.addTab(page, "Clusters")
         self.outliers = OutlierPanel(self)
-        layout.addWidget(self.outliers)
+        self.tabs.addTab(self.outliers, "Outliers")
         self._build_overlays()
         ex.plot.highlight.sigPlotChanged.connect(lambda *_: self._sync_view())  # every redraw and selection
         self._sync_view()

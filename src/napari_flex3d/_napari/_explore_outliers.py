@@ -27,7 +27,7 @@ import numpy as np
 import pyqtgraph as pg
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import QObject, QTimer, Signal
-from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QPushButton, QTabWidget, QVBoxLayout, QWidget
 
 from ._explore_plot import hbox_row
 from ._plots import ThemedPlot
@@ -75,7 +75,7 @@ class ThresholdHistogram(ThemedPlot):
                                     hoverPen=pg.mkPen("#ffb74d", width=3))
         self.getPlotItem().addItem(self.bars)
         self.getPlotItem().addItem(self.line)
-        self.setMinimumHeight(130)
+        self.setMinimumHeight(170)
         self.values = None
 
     def set_values(self, hist: dict) -> None:
@@ -109,7 +109,6 @@ class OutlierPanel(QWidget):
         self._select_timer.setInterval(SELECT_DELAY_MS)
         self._select_timer.timeout.connect(self.select_outliers)
         layout = QVBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
         self.residual_btn = QPushButton("Residuals")
         self.residual_btn.setToolTip("the whitened residual of every particle against the model at its latent "
                                      "(1 = only noise left); a forward pass over all particles, in the background")
@@ -121,9 +120,12 @@ class OutlierPanel(QWidget):
         viewer = self.ex.viewer
         self.residual_plot = ThresholdHistogram("residual per coefficient (1 = noise)", "residual", viewer=viewer)
         self.norm_plot = ThresholdHistogram("latent norm |z|", "|z|", viewer=viewer)
-        for plot in (self.residual_plot, self.norm_plot):
+        self.hist_tabs = QTabWidget()  # both lines select, whichever page shows
+        for plot, name in ((self.residual_plot, "residual"), (self.norm_plot, "latent norm")):
             plot.line.sigPositionChanged.connect(lambda *_: self._select_timer.start())
-            layout.addWidget(plot)
+            self.hist_tabs.addTab(plot, name)
+        self.hist_tabs.setTabPosition(QTabWidget.TabPosition.West)
+        layout.addWidget(self.hist_tabs)
         buttons = []
         for text, slot, tip in (
             ("Select", self.select_outliers, "select the particles above either threshold"),
