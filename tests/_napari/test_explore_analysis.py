@@ -178,3 +178,32 @@ def test_exclude_and_train_starts_a_run_on_the_kept_particles(explorer, qtbot, t
     np.testing.assert_array_equal(new.vertices_a, old.vertices_a)
     np.testing.assert_array_equal(new.cells, old.cells)
     assert "--particles=" in panel.outlier_label.text() and str(kept_path) in panel.outlier_label.text()
+
+
+def test_centres_follow_the_pca_view_and_one_axis_has_no_density(make_napari_viewer, qtbot):
+    """Latents alone (no run): for K = 3 the centres are drawn in the PCA plane the scatter shows;
+    for K = 1 the density view is off (a line has no 2D density) and the centres sit on it."""
+    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
+
+    ex = LatentExplorerWidget(make_napari_viewer())
+    box = ex.analysis
+    rng = np.random.default_rng(1)
+    z = np.concatenate([rng.normal(-2.0, 0.3, (150, 3)), rng.normal(2.0, 0.3, (150, 3))]).astype(np.float32)
+    ex.set_latents(z)
+    ex.use_pca = True
+    box.cluster(2)
+    qtbot.waitUntil(lambda: box.clustering is not None and box.idle, timeout=60_000)
+    centres = box.clustering.centres
+    np.testing.assert_allclose(np.column_stack(box.centre_item.getData()), ex._from_latent(centres), rtol=1e-5)
+    assert sorted(box.clustering.counts.tolist()) == [150, 150]
+    pc1 = np.linalg.svd(z - z.mean(0), full_matrices=False)[2][0]  # the two blobs lie along PC1
+    assert abs(float((centres[1] - centres[0]) @ pc1)) > 5.0
+
+    ex.set_latents(z[:, :1])
+    assert box.clustering is None and box.cluster_list.count() == 0  # other latents: the clusters are gone
+    assert not box.density_check.isEnabled()
+    box.cluster(2)
+    qtbot.waitUntil(lambda: box.clustering is not None and box.idle, timeout=60_000)
+    x, y = box.centre_item.getData()
+    np.testing.assert_allclose(x, box.clustering.centres[:, 0], rtol=1e-5)
+    np.testing.assert_array_equal(y, 0.0)
