@@ -41,7 +41,13 @@ def _save(viewer, path: Path, app, max_kb: int = 300) -> Path:
 
     _settle(app)
     rgba = viewer.screenshot(canvas_only=False, flash=False)
-    img = Image.fromarray(np.asarray(rgba)[..., :3])
+    return _write_png(Image.fromarray(np.asarray(rgba)[..., :3]), path, max_kb)
+
+
+def _write_png(img, path: Path, max_kb: int) -> Path:
+    """A PIL RGB image as a palette PNG under ``max_kb`` (fewer colours until it fits)."""
+    from PIL import Image
+
     for colours in (256, 128, 64):
         img.quantize(colours, method=Image.Quantize.MEDIANCUT).save(path, optimize=True)
         if path.stat().st_size <= max_kb * 1024:
@@ -69,6 +75,34 @@ def _only(viewer, keep) -> None:
             dock.raise_()
         else:
             dock.hide()
+
+
+def _analysis(ex, app, out: Path, max_kb: int = 300) -> None:
+    """The explorer with its Analysis box in use: the Clusters page, the BIC's clusters over the
+    density and cluster 0 chosen (``explore_clusters.png``), and the Outliers page with the
+    residual line at its 95th percentile, its particles marked on the scatter
+    (``explore_analysis.png``)."""
+    from PIL import Image
+
+    box = ex.analysis
+    box.cluster("auto")
+    _wait(app, lambda: box.clustering is not None and box.idle, 300, "the clusters")
+    box.show_density = True
+    box.outliers.compute_residuals()
+    _wait(app, lambda: box.outliers.residual is not None and box.idle, 1800, "the residuals")
+    for page, name in ((0, "explore_clusters.png"), (1, "explore_analysis.png")):
+        box.tabs.setCurrentIndex(page)
+        if page == 0:
+            box.choose_cluster(0)
+        else:
+            box.outliers.residual_threshold = float(np.percentile(box.outliers.residual, 95))
+        _wait(app, lambda: box.idle and ex._render.idle, 120, "the selection")
+        _settle(app)
+        tmp = out / f"{name}.tmp.png"
+        ex.grab().save(str(tmp))
+        img = Image.open(tmp).convert("RGB")
+        tmp.unlink()
+        _write_png(img, out / name, max_kb)
 
 
 def main(argv=None) -> int:
@@ -144,6 +178,7 @@ def main(argv=None) -> int:
     _wait(app, lambda: ex.refined and ex._render.idle, 120, "the latent volume")
     _view3d(viewer)
     _save(viewer, out / "explore.png", app)
+    _analysis(ex, app, out)
 
     # 4. Reconstruct: flex and rigid half maps of the run, their FSC, the sharpened flex map
     _, rec = viewer.window.add_plugin_dock_widget("napari-flex3d", "Reconstruct")

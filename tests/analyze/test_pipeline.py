@@ -117,3 +117,26 @@ def test_robust_threshold_is_where_robust_z_crosses():
     assert robust_z(np.append(x, robust_threshold(x, 3.5)))[-1] == pytest.approx(3.5, abs=0.05)  # the same scale (one more value moves the median a little)
     assert outlier_mask(x, np.zeros_like(x)).nonzero()[0].tolist()[-2:] == [1000, 1001]
 
+
+
+def test_printed_command_retrains_on_the_kept_particles_with_the_runs_settings(analysis, trained_run):
+    """The command ``flex3d analyze`` prints, read by ``flex3d train``'s own parser, is the run's
+    settings on ``particles_without_outliers.star`` in a new folder beside the run."""
+    import dataclasses
+    import shlex
+
+    from napari_flex3d.cli import build_parser
+    from napari_flex3d.config import TrainConfig, from_arguments
+    from napari_flex3d.model.run import load_run
+
+    out, _ = analysis
+    summary = json.loads((out / "summary.json").read_text())
+    argv = shlex.split(summary["outliers"]["retrain_command"])
+    assert argv[:2] == ["flex3d", "train"]
+    parsed = from_arguments(TrainConfig, build_parser().parse_args(argv[1:]))
+    kept = (out / "particles_without_outliers.star").resolve()
+    expected = dataclasses.replace(load_run(trained_run).config, particles=str(kept), max_particles=None,
+                                   out=str(trained_run.resolve().parent / f"{trained_run.name}_without_outliers"),
+                                   mesh=str(trained_run.resolve() / "mesh.npz"))  # the mesh it trained with
+    assert parsed == expected
+    assert len(read_particles(kept)) == summary["n_particles"] - summary["outliers"]["n"]

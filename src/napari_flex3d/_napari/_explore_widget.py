@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..explore.paths import interpolate_path
+from ._explore_analysis import AnalysisBox
 from ._explore_export import ExplorerExports
 from ._explore_plot import LatentPlot, hbox_row
 from ._explore_preview import VOLUME_LAYER, VolumePreview
@@ -62,6 +63,7 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
         layout.addWidget(self._build_run_box())
         layout.addWidget(self._build_latent_box(napari_viewer))
         layout.addWidget(self._build_export_box())
+        layout.addWidget(AnalysisBox(self))  # clusters and outliers; sets self.analysis
         layout.addStretch(1)
         self._timer = QTimer(self)
         self._timer.setInterval(80)

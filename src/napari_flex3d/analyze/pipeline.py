@@ -9,7 +9,9 @@ writes into ``RUN/analysis`` (or ``out_dir``):
 - ``landscape.png``, ``bic.png``, ``clusters.csv``, ``clusters/cluster_NNN.mrc`` (the
   convected map at each centre, with ``series.cxc`` for ChimeraX) and
   ``clusters/cluster_NNN.star`` (``.cs`` too for a ``.cs`` input);
-- ``outliers.png``, ``outliers.txt`` (0-based rows), ``particles_without_outliers.star``;
+- ``outliers.png``, ``outliers.txt`` (0-based rows), ``particles_without_outliers.star`` (``.cs``
+  too for a ``.cs`` input) and, printed and in ``summary.json``, the ``flex3d train`` command
+  that trains again on them with the run's settings (:mod:`.retrain`);
 - ``compare_<name>.csv`` / ``.png`` per ``--compare`` source;
 - ``displacement_zK.mrc``, ``strain_zK.mrc``, ``motion.csv``, ``regions.csv`` (with labels);
 - ``report.html``, ``summary.json``.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shlex
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,8 +41,9 @@ from .html import write_page
 from .landscape import cluster_latents, log_density, projections
 from .motion import SIGMA_RANGE, axis_motion, region_table
 from .residuals import OUTLIER_Z, outlier_mask, particle_residuals, robust_threshold, robust_z
+from .retrain import KEPT_STEM, kept_suffix, retrain_config, retrain_dir, run_mesh, train_argv, write_kept
 
-__all__ = ["DEFAULT_RESIDUAL_BOX", "analyze_run", "read_run_particles", "residual_box_for"]
+__all__ = ["DEFAULT_RESIDUAL_BOX", "analyze_run", "read_run_particles", "residual_box_for", "write_clusters"]
 
 DEFAULT_RESIDUAL_BOX = 64  # the residual's box when the run has no latent box: ~(64/128)^3 = 1/8 of the cost at 128
 
@@ -107,7 +111,7 @@ def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compa
         blocks += _landscape(z, table, ps, volumes, out, clusters, summary)
     say("outliers")
     with clock("outliers"):
-        blocks += _outliers(table, ps, out, outlier_z, summary)
+        blocks += _outliers(table, ps, out, outlier_z, summary, config, run_dir, say)
     if compare:
         say("comparison with other tools")
         with clock("compare"):
@@ -184,10 +188,29 @@ def _new_file_columns(table, shown: dict, limit: int) -> dict:
     return {c: table[c].to_numpy() for c, row in zip(cols, r) if np.abs(row).max() <= 0.999}
 
 
-def _landscape(z, table, ps, volumes, out, clusters, summary) -> list:
+def write_clusters(volumes, ps, centres, labels, folder, box: int | None = None):
+    """The convected map at each cluster centre and each cluster's particles, in ``folder``.
+
+    ``centres (c, K)``, ``labels (n,)`` the cluster of each particle of ``ps``: writes
+    ``cluster_NNN.mrc`` with ``series.cxc`` (ChimeraX plays them as a series) and
+    ``cluster_NNN.star`` (and ``.cs`` for a ``.cs`` input) per non-empty cluster. Returns
+    ``(map paths, script path, subset paths)``.
+    """
     from ..explore.generate import write_latent_series
     from ..explore.subsets import write_subset
 
+    _, _, maps, script = write_latent_series(volumes, centres, folder, box=box, prefix="cluster",
+                                             label="flex3d cluster centre")
+    suffixes = [".star"] + ([".cs"] if ps.records is not None else [])
+    subsets = []
+    for c in range(len(centres)):
+        members = np.flatnonzero(np.asarray(labels) == c)
+        if len(members):
+            subsets += [write_subset(ps, members, Path(folder) / f"{maps[c].stem}{suffix}") for suffix in suffixes]
+    return maps, script, subsets
+
+
+def _landscape(z, table, ps, volumes, out, clusters, summary) -> list:
     views = projections(z)
     result = cluster_latents(z, clusters)
     table["cluster"] = result.labels
@@ -199,16 +222,10 @@ def _landscape(z, table, ps, volumes, out, clusters, summary) -> list:
     dens = plots.density_figure(panels, out / "landscape.png", centres)
     bic = plots.bic_figure(result.bic, len(result.centres), out / "bic.png")
     # the centres' maps as a series ChimeraX plays (clusters/series.cxc), the subsets beside them
-    _, _, maps, _ = write_latent_series(volumes, result.centres, out / "clusters", prefix="cluster",
-                                        label="flex3d cluster centre")
-    suffixes = [".star"] + ([".cs"] if ps.records is not None else [])
+    maps, _, _ = write_clusters(volumes, ps, result.centres, result.labels, out / "clusters")
     rows = []
     for c, centre in enumerate(result.centres):
-        members = np.flatnonzero(result.labels == c)
-        for suffix in suffixes:
-            if len(members):
-                write_subset(ps, members, out / "clusters" / f"{maps[c].stem}{suffix}")
-        rows.append({"cluster": c, "particles": int(len(members)),
+        rows.append({"cluster": c, "particles": int(result.counts[c]),
                      **{f"z{i + 1}": float(v) for i, v in enumerate(centre)}, "map": f"clusters/{maps[c].name}"})
     frame = pd.DataFrame(rows)
     write_text(out / "clusters.csv", frame.to_csv(index=False))
@@ -231,25 +248,30 @@ def _centres_in_view(centres, z, xl, yl):
     return None
 
 
-def _outliers(table, ps, out, z_threshold, summary) -> list:
-    from ..io.particles import write_star
-
+def _outliers(table, ps, out, z_threshold, summary, config, run_dir, say) -> list:
     residual, norm = table["residual"].to_numpy(), table["latent_norm"].to_numpy()
     mask = outlier_mask(residual, norm, z_threshold)
     table["residual_robust_z"], table["latent_norm_robust_z"] = robust_z(residual), robust_z(norm)
     table["outlier"] = mask
     rows = np.flatnonzero(mask)
     np.savetxt(out / "outliers.txt", rows, fmt="%d", header="0-based rows of the run's particle file: outliers")
-    kept = np.flatnonzero(~mask)
-    if len(kept):
-        write_star(ps.subset(kept), out / "particles_without_outliers.star")
     thresholds = {"residual": robust_threshold(residual, z_threshold), "latent_norm": robust_threshold(norm, z_threshold)}
     png = plots.histogram_figure({"residual": residual, "latent_norm": norm}, thresholds, out / "outliers.png")
     summary["outliers"] = {"n": int(mask.sum()), "robust_z": z_threshold, "residual_median": float(np.median(residual)),
                            "thresholds": thresholds}
     text = (f"{int(mask.sum())} of {len(mask)} particles have a residual or latent norm with robust z above "
-            f"{z_threshold} (median residual {np.median(residual):.3f}; 1 = only noise). To train without them: "
-            f"flex3d train --particles {out / 'particles_without_outliers.star'} ...")
+            f"{z_threshold} (median residual {np.median(residual):.3f}; 1 = only noise).")
+    if mask.all():
+        return [("h2", "3. Outliers"), ("warn", text + " Nothing is left to train on."), ("img", png)]
+    # the kept particles as STAR, and as .cs too for a .cs input (every cryoSPARC field kept)
+    for suffix in dict.fromkeys([".star", kept_suffix(ps)]):
+        kept_path, _ = write_kept(ps, mask, out / f"{KEPT_STEM}{suffix}")
+    mesh = run_mesh(run_dir)
+    retrain = retrain_config(config, kept_path.resolve(), retrain_dir(run_dir).resolve(), mesh and mesh.resolve())
+    command = shlex.join(train_argv(retrain))
+    summary["outliers"]["kept_file"], summary["outliers"]["retrain_command"] = str(kept_path), command
+    say(f"to train again without the {int(mask.sum())} outliers: {command}")
+    text += f" To train again without them, with the run's settings: {command}"
     return [("h2", "3. Outliers"), ("p", text), ("img", png)]
 
 
