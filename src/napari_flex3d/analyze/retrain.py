@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import option_name
+from ..config import to_arguments
 
 __all__ = ["KEPT_STEM", "kept_suffix", "retrain_config", "retrain_dir", "run_mesh", "train_argv", "write_kept"]
 
@@ -70,23 +70,7 @@ def retrain_config(config, particles, out, mesh=None):
                                root=None if star else config.root, mesh=str(mesh) if mesh else config.mesh)
 
 
-def _text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, (tuple, list)):
-        return ",".join(repr(float(v)) for v in value)
-    return "none" if value is None else str(value)
-
-
 def train_argv(config) -> list[str]:
-    """``["flex3d", "train", "--particles=...", "--map=...", "--out=...", ...]``: the inputs and every
-    setting of ``config`` that differs from its default (``--name=value``, so a negative value
-    is not read as an option)."""
-    argv = ["flex3d", "train"]
-    for f in dataclasses.fields(config):
-        value = getattr(config, f.name)
-        if f.name in ("particles", "map", "out") or value != f.default:
-            argv.append(f"{option_name(f.name)}={_text(value)}")
-    return argv
+    """``["flex3d", "train", "--particles=...", "--map=...", "--out=...", ...]``: every setting of
+    ``config`` that differs from its default (:func:`napari_flex3d.config.to_arguments`)."""
+    return ["flex3d", "train", *to_arguments(config)]
