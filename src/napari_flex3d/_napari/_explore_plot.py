@@ -185,7 +185,10 @@ class LatentPlot:
         if self.latents is None:
             return
         self._xy, self._to_latent, self._from_latent = latent_view(self.latents, self.axes, self.use_pca)
-        self.plot.set_points(self._xy)
+        colouring = getattr(self, "colouring", None)  # _explore_colour's, when the widget has that box
+        if colouring is not None and len(colouring.values) != len(self._xy):
+            colouring = None  # of the run open before: its box catches up once the new run's table is read
+        self.plot.set_points(self._xy, colouring)
         self.plot.set_highlight(self._xy[self.selection] if self.selection is not None else np.zeros((0, 2)))
         names = ("PC1", "PC2") if self.use_pca and self.latents.shape[1] > 2 else tuple(f"z{a}" for a in self.axes)
         self.plot.getPlotItem().setLabel("bottom", names[0])

@@ -34,6 +34,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..explore.paths import interpolate_path
+from ._explore_colour import ExplorerColour
 from ._explore_export import ExplorerExports
 from ._explore_plot import LatentPlot, hbox_row
 from ._explore_preview import VOLUME_LAYER, VolumePreview
@@ -45,7 +46,7 @@ __all__ = ["LatentExplorerWidget", "VOLUME_LAYER"]
 SIGMA_RANGE = 1.5  # an axis movie spans the mean +- this many standard deviations, as `flex3d generate --axis`
 
 
-class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
+class LatentExplorerWidget(LatentPlot, ExplorerColour, VolumePreview, ExplorerExports, QWidget):
     """Scatter of the latents, one slider per axis, paths, movies, series and subsets."""
 
     #: the selected particles' indices (``np.ndarray``) or ``None``, after every ``set_selection``
@@ -58,9 +59,11 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
         paint_budget(napari_viewer)  # its frames are timed from now on
         self._init_state()
         self._init_preview()
+        self._init_colour()
         layout = QVBoxLayout(self)
         layout.addWidget(self._build_run_box())
         layout.addWidget(self._build_latent_box(napari_viewer))
+        layout.addWidget(self._build_colour_box())
         layout.addWidget(self._build_export_box())
         layout.addStretch(1)
         self._timer = QTimer(self)
@@ -172,6 +175,7 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
             return
         self.run_dir = Path(self.run_dir_text)
         self.set_latents(self.run.latents)
+        self._colour_run_opened()
         k = self.latents.shape[1]
         self.info_label.setText(
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"

@@ -88,14 +88,35 @@ class CurvePlot(ThemedPlot):
         self._data.clear()
 
 
-def density_image(xy: np.ndarray, bins: int = 256) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """2D histogram ``(bins, bins)`` of ``xy (n, 2)`` (log-scaled counts) and its extent (x0, x1, y0, y1)."""
+def density_extent(xy: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) of the density view of ``xy (n, 2)``: the points' range padded by 2 %."""
     x0, y0 = np.nanmin(xy, axis=0)
     x1, y1 = np.nanmax(xy, axis=0)
     pad_x, pad_y = max(x1 - x0, 1e-6) * 0.02, max(y1 - y0, 1e-6) * 0.02
-    extent = (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y)
+    return (float(x0 - pad_x), float(x1 + pad_x), float(y0 - pad_y), float(y1 + pad_y))
+
+
+def density_image(xy: np.ndarray, bins: int = 256) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """2D histogram ``(bins, bins)`` of ``xy (n, 2)`` (log-scaled counts) and its extent (x0, x1, y0, y1)."""
+    extent = density_extent(xy)
     hist, _, _ = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins, range=[extent[:2], extent[2:]])
     return np.log1p(hist).astype(np.float32), extent
+
+
+def coloured_density_image(xy: np.ndarray, colouring, bins: int = 256):
+    """``(bins, bins, 4)`` uint8 image of ``xy (n, 2)``: each bin in ``colouring``'s colour of its
+    points (``Colouring.bin_rgb``: mean value, or most frequent category), opaque in proportion to
+    its log count, empty bins transparent; and the extent (x0, x1, y0, y1)."""
+    from ._colouring import bin_index
+
+    extent = density_extent(xy)
+    b = bin_index(xy, extent, bins)
+    count = np.bincount(b, minlength=bins * bins)
+    rgba = colouring.bin_rgb(b, bins * bins)  # (bins * bins, 4)
+    logc = np.log1p(count)
+    alpha = np.where(count > 0, 70 + 185 * logc / max(float(logc.max()), 1e-12), 0)
+    rgba[:, 3] = alpha.astype(np.uint8)
+    return rgba.reshape(bins, bins, 4), extent
 
 
 class LatentScatter(ThemedPlot):
@@ -111,7 +132,8 @@ class LatentScatter(ThemedPlot):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         item = self.getPlotItem()
-        self.scatter = pg.ScatterPlotItem(size=4, pen=None, brush=pg.mkBrush(79, 195, 247, 120), pxMode=True)
+        self._default_brush = pg.mkBrush(79, 195, 247, 120)
+        self.scatter = pg.ScatterPlotItem(size=4, pen=None, brush=self._default_brush, pxMode=True)
         self.density = pg.ImageItem()
         self.density.setColorMap(pg.colormap.get("viridis"))
         self.path_item = pg.PlotDataItem([], [], pen=pg.mkPen("#ffb74d", width=2), symbol="o", symbolSize=7,
@@ -122,22 +144,46 @@ class LatentScatter(ThemedPlot):
         for it in (self.density, self.scatter, self.highlight, self.path_item, self.polygon_item, self.cursor):
             item.addItem(it)
         self.density.setZValue(-10)
+        self.colour_density = pg.ImageItem()
+        item.addItem(self.colour_density)
+        self.colour_density.setZValue(-9)
         self.mode = "empty"
         self.scene().sigMouseClicked.connect(self._on_scene_click)
 
-    def set_points(self, xy: np.ndarray) -> None:
-        """Show ``xy (n, 2)``: a scatter up to ``DENSITY_ABOVE`` points, a density image above."""
+    def set_points(self, xy: np.ndarray, colouring=None) -> None:
+        """Show ``xy (n, 2)``: a scatter up to ``DENSITY_ABOVE`` points, a density image above.
+
+        ``colouring`` (a ``_colouring.Colouring`` of the same ``n`` points) colours each point,
+        or each density bin by its points' mean value; ``None``: one colour, density in viridis.
+        """
         xy = np.asarray(xy, dtype=np.float32)
+        if colouring is not None and len(colouring.values) != len(xy):
+            raise ValueError(f"colouring {colouring.name!r} has {len(colouring.values)} values for {len(xy)} points")
         if len(xy) > DENSITY_ABOVE:
-            img, (x0, x1, y0, y1) = density_image(xy)
             self.scatter.clear()
-            self.density.setImage(img, autoLevels=True)
-            self.density.setRect(pg.QtCore.QRectF(x0, y0, x1 - x0, y1 - y0))
-            self.density.show()
+            if colouring is None:
+                img, extent = density_image(xy)
+                self.density.setImage(img, autoLevels=True)
+                shown, hidden = self.density, self.colour_density
+            else:
+                img, extent = coloured_density_image(xy, colouring)
+                self.colour_density.setImage(img, autoLevels=False, levels=(0, 255))
+                shown, hidden = self.colour_density, self.density
+            x0, x1, y0, y1 = extent
+            shown.setRect(pg.QtCore.QRectF(x0, y0, x1 - x0, y1 - y0))
+            shown.show()
+            hidden.hide()
             self.mode = "density"
         else:
             self.density.hide()
-            self.scatter.setData(pos=xy)
+            self.colour_density.hide()
+            if colouring is None:
+                self.scatter.setData(pos=xy, brush=self._default_brush)
+            else:
+                pal = colouring.palette.copy()
+                pal[:-1, 3] = 180
+                brushes = np.array([pg.mkBrush(*map(int, c)) for c in pal], dtype=object)  # a few shared brushes
+                self.scatter.setData(pos=xy, brush=brushes[colouring.point_levels()])
             self.mode = "points"
         self.getPlotItem().enableAutoRange()
 
