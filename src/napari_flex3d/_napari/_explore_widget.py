@@ -35,6 +35,7 @@ from qtpy.QtWidgets import (
 
 from ..explore.paths import interpolate_path
 from ._explore_colour import ExplorerColour
+from ._explore_compare import ExplorerCompare
 from ._explore_export import ExplorerExports
 from ._explore_plot import LatentPlot, hbox_row
 from ._explore_preview import VOLUME_LAYER, VolumePreview
@@ -46,7 +47,7 @@ __all__ = ["LatentExplorerWidget", "VOLUME_LAYER"]
 SIGMA_RANGE = 1.5  # an axis movie spans the mean +- this many standard deviations, as `flex3d generate --axis`
 
 
-class LatentExplorerWidget(LatentPlot, ExplorerColour, VolumePreview, ExplorerExports, QWidget):
+class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePreview, ExplorerExports, QWidget):
     """Scatter of the latents, one slider per axis, paths, movies, series and subsets."""
 
     #: the selected particles' indices (``np.ndarray``) or ``None``, after every ``set_selection``
@@ -60,10 +61,12 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, VolumePreview, ExplorerEx
         self._init_state()
         self._init_preview()
         self._init_colour()
+        self._init_compare()
         layout = QVBoxLayout(self)
         layout.addWidget(self._build_run_box())
         layout.addWidget(self._build_latent_box(napari_viewer))
         layout.addWidget(self._build_colour_box())
+        layout.addWidget(self._build_compare_box())
         layout.addWidget(self._build_export_box())
         layout.addStretch(1)
         self._timer = QTimer(self)
@@ -176,6 +179,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, VolumePreview, ExplorerEx
         self.run_dir = Path(self.run_dir_text)
         self.set_latents(self.run.latents)
         self._colour_run_opened()
+        self._compare_run_opened()
         k = self.latents.shape[1]
         self.info_label.setText(
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
