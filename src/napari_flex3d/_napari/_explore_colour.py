@@ -210,7 +210,7 @@ class ExplorerColour:
                 self.colouring = None
         self._show_colour_key()
         self._flag_choice()
-        self._redraw()
+        self._recolour()
 
     def _range_edited(self, *_) -> None:
         c = self.colouring
@@ -219,7 +219,13 @@ class ExplorerColour:
         lo, hi = self.colour_lo.value(), self.colour_hi.value()
         if hi > lo and (lo, hi) != (c.lo, c.hi):
             c.lo, c.hi = lo, hi
-            self._redraw()
+            self._recolour()
+
+    def _recolour(self) -> None:
+        """Draw the scatter, and the 3D view if open, in the current colouring."""
+        self._redraw()
+        if getattr(self, "view3d", None) is not None:
+            self.view3d.refresh_colours()
 
     def _show_colour_key(self) -> None:
         c = self.colouring
