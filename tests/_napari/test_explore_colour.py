@@ -102,8 +102,11 @@ def test_colour_by_defocus_changes_the_rendered_points_and_flags_the_axis(make_n
     c = ex.colouring
     assert c.kind == "continuous" and ex.colour_range == (c.lo, c.hi)
     top = int(np.argmax(artefact_run.defocus_a))
-    brush = ex.plot.scatter.data["brush"][top]
-    np.testing.assert_array_equal(brush.color().getRgb()[:3], c.palette[-2][:3])
+    at = ex._xy[top]
+    drawn = [g for g in ex.plot._groups if len(g.data) and np.isclose(
+        np.column_stack([g.data["x"], g.data["y"]]), at).all(1).any()]
+    assert len(drawn) == 1
+    np.testing.assert_array_equal(drawn[0].opts["brush"].color().getRgb()[:3], c.palette[-2][:3])
     # a narrower range re-colours; a categorical column shows a legend instead of the bar
     ex.colour_range = (float(np.median(artefact_run.defocus_a)), c.hi)
     assert ex.colouring.lo == pytest.approx(float(np.median(artefact_run.defocus_a)))

@@ -31,7 +31,7 @@ CYCLIC = ("rot_deg", "psi_deg")
 CONTINUOUS = ("latent_norm", "defocus_a", "astigmatism_a", "tilt_deg", "view_x", "view_y", "view_z", "shift_x_a",
               "shift_y_a", "residual")  # never categories, even when a small simulated set has few values
 LEVELS = 256  # colours of a continuous map
-RGB_STEPS = 8  # per channel of the viewing-direction colours (8^3 brushes)
+RGB_STEPS = 4  # per channel of the viewing-direction colours (4^3 = 64)
 POINT_ALPHA = 180
 MISSING = np.array([128, 128, 128, 90], np.uint8)
 CATEGORY_COLOURS = np.array(  # Okabe-Ito then Tableau: distinguishable, also by most colour-blind readers

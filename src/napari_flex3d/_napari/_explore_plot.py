@@ -42,8 +42,11 @@ def latent_view(latents: np.ndarray, axes: tuple[int, int], use_pca: bool):
     k = z.shape[1]
     if use_pca and k > 2:
         mean = z.mean(axis=0)
-        _, s, vt = np.linalg.svd(z - mean, full_matrices=False)
-        basis = vt[:2]  # (2, K) orthonormal rows
+        zc = z - mean
+        var, vecs = np.linalg.eigh(zc.T @ zc)  # (K,), (K, K) columns: a K x K problem, fast at 10^6 rows
+        order = np.argsort(var)[::-1]
+        s, basis = np.sqrt(np.maximum(var[order], 0.0)), vecs[:, order[:2]].T  # (2, K) orthonormal rows
+        basis = basis * np.where(basis[np.arange(2), np.abs(basis).argmax(1)] < 0, -1.0, 1.0)[:, None]  # fixed sign
 
         def from_latent(p):
             return (np.atleast_2d(p) - mean) @ basis.T
