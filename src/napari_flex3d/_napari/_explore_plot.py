@@ -87,8 +87,8 @@ def hbox_row(*widgets) -> QWidget:
 class LatentPlot:
     """Mixin of ``LatentExplorerWidget``: the scatter, its axes, the sliders and the click modes.
 
-    Uses the host's ``latents``, ``z``, ``path``, ``polygon``, ``show_latent`` and
-    ``traverse_combo``; sets ``_xy``, ``_to_latent``, ``_from_latent`` and ``_sliders``.
+    Uses the host's ``latents``, ``z``, ``path``, ``polygon``, ``show_latent``,
+    ``open_3d_view`` and ``traverse_combo``; sets ``_xy``, ``_to_latent``, ``_from_latent`` and ``_sliders``.
     """
 
     def _build_latent_box(self, napari_viewer) -> QGroupBox:
@@ -260,18 +260,6 @@ class LatentPlot:
             self.status_label.setText(f"{len(idx):,} particles selected{by}")
         self.selection_changed.emit(self.selection)
         return self.selection
-
-    def open_3d_view(self, viewer=None):
-        """The latents in 3D (``_latent3d``) in ``viewer`` (default a new napari viewer); K >= 3."""
-        from napari.utils.notifications import show_error
-
-        from ._latent3d import open_latent_3d
-
-        try:
-            self.view3d = open_latent_3d(self, viewer)
-        except ValueError as exc:
-            show_error(f"napari-flex3d: {exc}")
-        return self.view3d
 
     def clear_path(self) -> None:
         self.path = []

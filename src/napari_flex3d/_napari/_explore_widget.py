@@ -185,6 +185,16 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
         )
 
+    def open_3d_view(self, viewer=None):
+        """The latents in 3D (``_latent3d``) in ``viewer`` (default a new napari viewer); K >= 3."""
+        from ._latent3d import open_latent_3d
+
+        try:
+            self.view3d = open_latent_3d(self, viewer)
+        except ValueError as exc:
+            show_error(f"napari-flex3d: {exc}")
+        return self.view3d
+
     # ------------------------------------------------------------------ path, animation
     def movie_latents(self, along: str | None = None) -> np.ndarray:
         """The ``(n_frames, K)`` latents of a movie: the drawn path, or an axis traversal
