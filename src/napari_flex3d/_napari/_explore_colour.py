@@ -83,6 +83,8 @@ class ExplorerColour:
         box = QGroupBox("Colour by")
         vl = QVBoxLayout(box)
         self.colour_combo = QComboBox()
+        self.colour_combo.setMinimumContentsLength(28)  # "dynamight.star: rlnDynaLatent1" whole
+        self.colour_combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.colour_combo.addItem(NONE)
         self.colour_combo.currentTextChanged.connect(self._colour_chosen)
         self.colour_flag = QLabel("")
@@ -141,9 +143,12 @@ class ExplorerColour:
         lo, hi = map(float, value)
         if not hi > lo:
             raise ValueError(f"colour range needs low < high, got {lo} .. {hi}")
-        self.colour_lo.setValue(lo)
-        self.colour_hi.setValue(hi)
-        self._range_edited()
+        c = self.colouring
+        if c is None or c.kind in ("categorical", "rgb"):
+            raise ValueError("the colour range applies to a continuous colouring; choose one first")
+        c.lo, c.hi = lo, hi  # exact: the boxes show them rounded
+        self._show_colour_key()
+        self._recolour()
 
     # ------------------------------------------------------------------ columns
     def _colour_run_opened(self) -> None:
@@ -233,8 +238,11 @@ class ExplorerColour:
         self.colour_range_row.setEnabled(continuous)  # kept in place: the plot above does not jump
         self.colour_bar.clear()
         if continuous:
+            span = abs(c.hi - c.lo)
+            decimals = 0 if span >= 1000 else 2 if span >= 10 else 4  # Å of defocus or a unit vector's parts
             for spin, v in ((self.colour_lo, c.lo), (self.colour_hi, c.hi)):
                 spin.blockSignals(True)
+                spin.setDecimals(decimals)
                 spin.setValue(v)
                 spin.blockSignals(False)
             self.colour_bar.setPixmap(_bar_pixmap(c.palette))

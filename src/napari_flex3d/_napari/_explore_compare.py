@@ -77,7 +77,6 @@ class ExplorerCompare:
         self.compare_label.setWordWrap(True)
         vl.addWidget(self.compare_label)
         self.compare_table = QTableWidget(0, 0)
-        self.compare_table.setMaximumHeight(160)
         self.compare_table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.Stretch)
         self.compare_table.hide()
         vl.addWidget(self.compare_table)
@@ -148,4 +147,6 @@ class ExplorerCompare:
                 item.setBackground(correlation_colour(r[i, j]))
                 item.setForeground(QColor("white"))
                 t.setItem(i, j, item)
+        rows_h = sum(t.rowHeight(i) for i in range(len(rows)))
+        t.setFixedHeight(min(220, t.horizontalHeader().height() + rows_h + 4))  # no blank rows below
         t.show()

@@ -178,7 +178,7 @@ class Latent3DView(QWidget):
         scene = getattr(self.viewer, "scene", None)  # napari >= 0.9 moved the camera there
         camera = scene.camera if scene is not None else self.viewer.camera
         camera.angles = (0.0, -30.0, 60.0)  # oblique: all three axes visible at once
-        camera.zoom *= 0.75  # the box's corners stay in the picture when turned
+        camera.zoom *= 0.65  # the box's corners stay in the picture when turned
 
     def refresh_colours(self) -> None:
         """The points in the explorer's current colouring (one colour without one)."""
