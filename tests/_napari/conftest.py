@@ -104,6 +104,7 @@ def artefact_run(tmp_path_factory):
     from napari_flex3d.model.flex import FlexModel
     from napari_flex3d.model.run import checkpoint_path
     from napari_flex3d.simulate.dataset import simulate_dataset
+    from napari_flex3d.training.setup import estimate_spectra
 
     box, apix, k = 20, 8.0, 3
     base = tmp_path_factory.mktemp("artefact_run")
@@ -123,7 +124,8 @@ def artefact_run(tmp_path_factory):
     config = TrainConfig(particles=str(sim.particles_star), map=str(sim.consensus), latent_dim=k, hidden=8, layers=2,
                          epochs=1, band_start=1.0, band_end=1.0)
     run_dir = base / "run"
+    spectra = estimate_spectra(ps, np.arange(len(ps)), box, "cpu")  # (groups, shells): the residual's whitening
     save_checkpoint(checkpoint_path(run_dir), {"config_json": json.dumps(to_dict(config)), "epoch": 1, "box": box,
-                                               "apix": apix, "model": model.state_dict(),
+                                               "apix": apix, "model": model.state_dict(), "spectra": spectra,
                                                "latents": torch.from_numpy(latents)})
     return SimpleNamespace(run_dir=run_dir, particles_star=sim.particles_star, latents=latents, defocus_a=defocus)

@@ -140,3 +140,42 @@ def test_density_view_is_coloured_per_bin(make_napari_viewer, qtbot):
     assert rank(left) < 60 and rank(right) > 190
     with pytest.raises(ValueError, match="values for"):
         ex.add_colour_columns({"short": np.zeros(5)})
+
+
+def test_residual_from_the_analysis_folder_or_computed_in_a_worker(make_napari_viewer, qtbot, artefact_run, tmp_path):
+    import shutil
+
+    import pandas as pd
+
+    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
+    from napari_flex3d.analyze.residuals import particle_residuals
+    from napari_flex3d.analyze.run_table import saved_residual
+    from napari_flex3d.io.particles import read_particles
+
+    run = tmp_path / "run"
+    shutil.copytree(artefact_run.run_dir, run)
+    z = artefact_run.latents
+    # no analysis folder: the residual is computed on demand, in a worker, as flex3d analyze does
+    ex = LatentExplorerWidget(make_napari_viewer())
+    ex.open_run(run)
+    qtbot.waitUntil(lambda: ex.run_table is not None, timeout=60_000)
+    assert "residual" not in ex.colour_choices and ex.residual_btn.isEnabled()
+    ex.compute_residual()
+    qtbot.waitUntil(lambda: ex.residual_worker is None, timeout=120_000)
+    assert ex.colour_by == "residual"
+    oracle = particle_residuals(run, read_particles(artefact_run.particles_star), z, box=20)
+    np.testing.assert_allclose(ex.colour_columns["residual"], oracle, rtol=1e-6)
+    assert np.all(oracle > 0.5) and np.all(np.isfinite(oracle))
+
+    # an analysis/particles.csv for these latents is read back; one for other latents is not
+    (run / "analysis").mkdir()
+    table = pd.DataFrame({"z1": z[:, 0], "z2": z[:, 1], "z3": z[:, 2], "residual": np.arange(len(z)) / 10.0})
+    table.to_csv(run / "analysis" / "particles.csv", index_label="row")
+    residual, source = saved_residual(run, z)
+    np.testing.assert_allclose(residual, np.arange(len(z)) / 10.0)
+    assert source.endswith("particles.csv")
+    assert saved_residual(run, z + 1.0) == (None, "")
+    ex.open_run(run)
+    qtbot.waitUntil(lambda: ex.run_table is not None, timeout=60_000)
+    assert "residual" in ex.colour_choices and not ex.residual_btn.isEnabled()
+    assert "residual from" in ex.colour_status.text()
