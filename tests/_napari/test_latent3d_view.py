@@ -87,3 +87,20 @@ def test_3d_view_needs_three_axes(make_napari_viewer):
     assert not ex.view3d_btn.isEnabled()
     with pytest.raises(ValueError, match="K >= 3"):
         open_latent_3d(ex, make_napari_viewer())
+
+
+def test_3d_view_draws_a_subset_of_many_particles_but_selects_among_all(make_napari_viewer, monkeypatch):
+    from napari_flex3d._napari import _latent3d
+    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
+
+    monkeypatch.setattr(_latent3d, "MAX_SHOWN", 500)
+    z = np.random.default_rng(4).normal(size=(5000, 3)).astype(np.float32)
+    ex = LatentExplorerWidget(make_napari_viewer())
+    ex.set_latents(z)
+    view = ex.open_3d_view(make_napari_viewer())
+    assert len(view.viewer.layers[_latent3d.LAYER].data) == 500 == len(view.shown)
+    view.box = (np.zeros(3), np.full(3, 10.0))
+    np.testing.assert_array_equal(view.select_box(), np.flatnonzero((z >= 0).all(1)))  # all 5,000 count
+    view.viewer.layers[_latent3d.LAYER].selected_data = {0, 499}
+    np.testing.assert_array_equal(view.select_picked(), view.shown[[0, 499]])  # drawn rows -> particle indices
+    np.testing.assert_array_equal(view.viewer.layers[_latent3d.LAYER].data[1], z[view.shown[1], ::-1])
