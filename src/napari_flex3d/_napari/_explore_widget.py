@@ -4,12 +4,15 @@ State: ``run_dir``, ``latents (n, K)``, ``axes`` (the two axes shown), ``use_pca
 ``z (K,)`` (current latent), ``mode`` ("volume" | "path" | "lasso"), ``path (m, K)``,
 ``polygon`` (plot coordinates), ``preview_box``. Actions: ``open_run()``,
 ``click(x, y)``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
-``selection_changed`` signal), ``play_path()``, ``export_movie(path)``,
-``export_series(folder)``, ``export_subset(path)``.
+``selection_changed`` signal), ``colour_by`` / ``colour_range`` / ``add_colour_columns``,
+``compute_residual()``, ``load_comparison(source)``, ``open_3d_view()``, ``play_path()``,
+``export_movie(path)``, ``export_series(folder)``, ``export_subset(path)``.
 
-The widget is put together from three parts, one module each: the latent plot
-(``_explore_plot``), the volume preview (``_explore_preview``) and the exports
-(``_explore_export``); this module holds the run, the frame latents and playback.
+The widget is put together from parts, one module each: the latent plot
+(``_explore_plot``), its colouring by per-particle values (``_explore_colour``), the
+comparison with other tools' latents (``_explore_compare``), the volume preview
+(``_explore_preview``) and the exports (``_explore_export``); ``open_3d_view`` opens
+``_latent3d``'s 3D view. This module holds the run, the frame latents and playback.
 Volumes, series, paths and subsets are ``napari_flex3d.explore``'s, imported inside the
 methods that need them (``explore.generate`` pulls in torch).
 """
