@@ -83,3 +83,49 @@ def load_sample_into(qtbot, sample):
         return data
 
     return load
+
+
+@pytest.fixture(scope="session")
+def artefact_run(tmp_path_factory):
+    """A K=3 run folder (last checkpoint only, a randomly initialised flow) on 240 simulated
+    particles, whose latent z0 is made to track defocus (an artefact), z1 and z2 noise.
+
+    Returns ``SimpleNamespace(run_dir, particles_star, latents (n, 3), defocus_a (n,))``.
+    """
+    import json
+
+    import numpy as np
+    import torch
+
+    from napari_flex3d.config import TrainConfig, to_dict
+    from napari_flex3d.io.checkpoint import save_checkpoint
+    from napari_flex3d.io.particles import read_particles
+    from napari_flex3d.mesh.build import build_grid_mesh
+    from napari_flex3d.model.flex import FlexModel
+    from napari_flex3d.model.run import checkpoint_path
+    from napari_flex3d.simulate.dataset import simulate_dataset
+    from napari_flex3d.training.setup import estimate_spectra
+
+    box, apix, k = 20, 8.0, 3
+    base = tmp_path_factory.mktemp("artefact_run")
+    sim = simulate_dataset(base / "data", n_particles=240, box=box, apix=apix, snr=0.3, motion="hinge", seed=1)
+    ps = read_particles(sim.particles_star)
+    defocus = 0.5 * (np.asarray(ps.defocus_u_a) + np.asarray(ps.defocus_v_a))
+    rng = np.random.default_rng(3)
+    z0 = (defocus - defocus.mean()) / defocus.std() + 0.3 * rng.normal(size=len(ps))
+    latents = np.column_stack([z0, rng.normal(size=len(ps)), 0.5 * rng.normal(size=len(ps))]).astype(np.float32)
+    torch.manual_seed(0)
+    zyx = np.stack(np.meshgrid(*(np.arange(box) - box // 2,) * 3, indexing="ij"), axis=-1) * apix  # (n, n, n, 3) Å
+    density = sum(np.exp(-((zyx - c) ** 2).sum(-1) / (2 * 14.0**2)) for c in ([0, 0, -24], [0, 12, 24]))
+    mask = density > 0.05
+    mesh = build_grid_mesh(mask, apix, cell_size_a=40.0)
+    model = FlexModel.from_map(density.astype(np.float32), apix, mesh, mask, latent_dim=k, hidden=8, layers=2,
+                               init_std_a=3.0)
+    config = TrainConfig(particles=str(sim.particles_star), map=str(sim.consensus), latent_dim=k, hidden=8, layers=2,
+                         epochs=1, band_start=1.0, band_end=1.0)
+    run_dir = base / "run"
+    spectra = estimate_spectra(ps, np.arange(len(ps)), box, "cpu")  # (groups, shells): the residual's whitening
+    save_checkpoint(checkpoint_path(run_dir), {"config_json": json.dumps(to_dict(config)), "epoch": 1, "box": box,
+                                               "apix": apix, "model": model.state_dict(), "spectra": spectra,
+                                               "latents": torch.from_numpy(latents)})
+    return SimpleNamespace(run_dir=run_dir, particles_star=sim.particles_star, latents=latents, defocus_a=defocus)

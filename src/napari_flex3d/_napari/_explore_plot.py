@@ -35,14 +35,18 @@ def latent_view(latents: np.ndarray, axes: tuple[int, int], use_pca: bool):
     """2D coordinates shown in the plot, and the map back from a plot point to a latent.
 
     Returns ``(xy (n, 2), to_latent(x, y, base (K,)) -> (K,), from_latent(z (m, K)) -> (m, 2))``.
-    With ``use_pca`` the plot shows the first two principal components of ``latents``.
+    With ``use_pca`` the plot shows the first two principal components of ``latents``;
+    ``from_latent.explained`` is then their share of the variance ``(2,)``.
     """
     z = np.asarray(latents, np.float64)
     k = z.shape[1]
     if use_pca and k > 2:
         mean = z.mean(axis=0)
-        _, _, vt = np.linalg.svd(z - mean, full_matrices=False)
-        basis = vt[:2]  # (2, K) orthonormal rows
+        zc = z - mean
+        var, vecs = np.linalg.eigh(zc.T @ zc)  # (K,), (K, K) columns: a K x K problem, fast at 10^6 rows
+        order = np.argsort(var)[::-1]
+        s, basis = np.sqrt(np.maximum(var[order], 0.0)), vecs[:, order[:2]].T  # (2, K) orthonormal rows
+        basis = basis * np.where(basis[np.arange(2), np.abs(basis).argmax(1)] < 0, -1.0, 1.0)[:, None]  # fixed sign
 
         def from_latent(p):
             return (np.atleast_2d(p) - mean) @ basis.T
@@ -52,6 +56,7 @@ def latent_view(latents: np.ndarray, axes: tuple[int, int], use_pca: bool):
             b = b - ((b - mean) @ basis.T) @ basis  # keep what lies off the plotted plane
             return (b + x * basis[0] + y * basis[1]).astype(np.float32)
 
+        from_latent.explained = s[:2] ** 2 / max(float((s**2).sum()), 1e-300)
         return from_latent(z).astype(np.float32), to_latent, from_latent
     i, j = axes if k > 1 else (0, 0)
 
@@ -82,8 +87,8 @@ def hbox_row(*widgets) -> QWidget:
 class LatentPlot:
     """Mixin of ``LatentExplorerWidget``: the scatter, its axes, the sliders and the click modes.
 
-    Uses the host's ``latents``, ``z``, ``path``, ``polygon``, ``show_latent`` and
-    ``traverse_combo``; sets ``_xy``, ``_to_latent``, ``_from_latent`` and ``_sliders``.
+    Uses the host's ``latents``, ``z``, ``path``, ``polygon``, ``show_latent``,
+    ``open_3d_view`` and ``traverse_combo``; sets ``_xy``, ``_to_latent``, ``_from_latent`` and ``_sliders``.
     """
 
     def _build_latent_box(self, napari_viewer) -> QGroupBox:
@@ -93,7 +98,12 @@ class LatentPlot:
         self.axis_x.currentIndexChanged.connect(self._redraw)
         self.axis_y.currentIndexChanged.connect(self._redraw)
         self.pca_check.toggled.connect(self._redraw)
-        vl.addWidget(hbox_row(QLabel("x"), self.axis_x, QLabel("y"), self.axis_y, self.pca_check))
+        self.view3d = None  # _latent3d.Latent3DView once opened
+        self.view3d_btn = QPushButton("3D…")
+        self.view3d_btn.setToolTip("the latents in 3D in a viewer of their own, with a box region to select (K >= 3)")
+        self.view3d_btn.clicked.connect(lambda: self.open_3d_view())
+        self.view3d_btn.setEnabled(False)
+        vl.addWidget(hbox_row(QLabel("x"), self.axis_x, QLabel("y"), self.axis_y, self.pca_check, self.view3d_btn))
         self._mode_group = QButtonGroup(self)
         buttons = []
         for i, (name, tip) in enumerate(zip(MODES, MODE_TIPS)):
@@ -153,6 +163,7 @@ class LatentPlot:
             combo.blockSignals(False)
         self.axis_y.setCurrentIndex(min(1, k - 1))
         self.pca_check.setEnabled(k > 2)
+        self.view3d_btn.setEnabled(k > 2)
         self.traverse_combo.clear()
         self.traverse_combo.addItems(["drawn path"] + [f"axis z{i}" for i in range(k)])
         self._make_sliders(z)
@@ -185,9 +196,15 @@ class LatentPlot:
         if self.latents is None:
             return
         self._xy, self._to_latent, self._from_latent = latent_view(self.latents, self.axes, self.use_pca)
-        self.plot.set_points(self._xy)
+        colouring = getattr(self, "colouring", None)  # _explore_colour's, when the widget has that box
+        if colouring is not None and len(colouring.values) != len(self._xy):
+            colouring = None  # of the run open before: its box catches up once the new run's table is read
+        self.plot.set_points(self._xy, colouring)
         self.plot.set_highlight(self._xy[self.selection] if self.selection is not None else np.zeros((0, 2)))
-        names = ("PC1", "PC2") if self.use_pca and self.latents.shape[1] > 2 else tuple(f"z{a}" for a in self.axes)
+        if self.use_pca and self.latents.shape[1] > 2:
+            names = tuple(f"PC{i + 1} ({100 * v:.0f} % of the variance)" for i, v in enumerate(self._from_latent.explained))
+        else:
+            names = tuple(f"z{a}" for a in self.axes)
         self.plot.getPlotItem().setLabel("bottom", names[0])
         self.plot.getPlotItem().setLabel("left", names[1])
         self._draw_overlays()

@@ -4,12 +4,15 @@ State: ``run_dir``, ``latents (n, K)``, ``axes`` (the two axes shown), ``use_pca
 ``z (K,)`` (current latent), ``mode`` ("volume" | "path" | "lasso"), ``path (m, K)``,
 ``polygon`` (plot coordinates), ``preview_box``. Actions: ``open_run()``,
 ``click(x, y)``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
-``selection_changed`` signal), ``play_path()``, ``export_movie(path)``,
-``export_series(folder)``, ``export_subset(path)``.
+``selection_changed`` signal), ``colour_by`` / ``colour_range`` / ``add_colour_columns``,
+``compute_residual()``, ``load_comparison(source)``, ``open_3d_view()``, ``play_path()``,
+``export_movie(path)``, ``export_series(folder)``, ``export_subset(path)``.
 
-The widget is put together from three parts, one module each: the latent plot
-(``_explore_plot``), the volume preview (``_explore_preview``) and the exports
-(``_explore_export``); this module holds the run, the frame latents and playback.
+The widget is put together from parts, one module each: the latent plot
+(``_explore_plot``), its colouring by per-particle values (``_explore_colour``), the
+comparison with other tools' latents (``_explore_compare``), the volume preview
+(``_explore_preview``) and the exports (``_explore_export``); ``open_3d_view`` opens
+``_latent3d``'s 3D view. This module holds the run, the frame latents and playback.
 Volumes, series, paths and subsets are ``napari_flex3d.explore``'s, imported inside the
 methods that need them (``explore.generate`` pulls in torch).
 """
@@ -28,6 +31,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QScrollArea,
     QSpinBox,
     QVBoxLayout,
     QWidget,
@@ -35,6 +39,8 @@ from qtpy.QtWidgets import (
 
 from ..explore.paths import interpolate_path
 from ._explore_analysis import AnalysisBox
+from ._explore_colour import ExplorerColour
+from ._explore_compare import ExplorerCompare
 from ._explore_export import ExplorerExports
 from ._explore_plot import LatentPlot, hbox_row
 from ._explore_preview import VOLUME_LAYER, VolumePreview
@@ -46,7 +52,7 @@ __all__ = ["LatentExplorerWidget", "VOLUME_LAYER"]
 SIGMA_RANGE = 1.5  # an axis movie spans the mean +- this many standard deviations, as `flex3d generate --axis`
 
 
-class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
+class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePreview, ExplorerExports, QWidget):
     """Scatter of the latents, one slider per axis, paths, movies, series and subsets."""
 
     #: the selected particles' indices (``np.ndarray``) or ``None``, after every ``set_selection``
@@ -59,9 +65,22 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
         paint_budget(napari_viewer)  # its frames are timed from now on
         self._init_state()
         self._init_preview()
-        layout = QVBoxLayout(self)
+        self._init_colour()
+        self._init_compare()
+        # the boxes are taller than a docked panel: they scroll (napari does not wrap dock widgets)
+        content = QWidget()
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        scroll.setWidget(content)
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        outer.addWidget(scroll)
+        layout = QVBoxLayout(content)
         layout.addWidget(self._build_run_box())
         layout.addWidget(self._build_latent_box(napari_viewer))
+        layout.addWidget(self._build_colour_box())
+        layout.addWidget(self._build_compare_box())
         layout.addWidget(self._build_export_box())
         layout.addWidget(AnalysisBox(self))  # clusters and outliers; sets self.analysis
         layout.addStretch(1)
@@ -174,10 +193,22 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
             return
         self.run_dir = Path(self.run_dir_text)
         self.set_latents(self.run.latents)
+        self._colour_run_opened()
+        self._compare_run_opened()
         k = self.latents.shape[1]
         self.info_label.setText(
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
         )
+
+    def open_3d_view(self, viewer=None):
+        """The latents in 3D (``_latent3d``) in ``viewer`` (default a new napari viewer); K >= 3."""
+        from ._latent3d import open_latent_3d
+
+        try:
+            self.view3d = open_latent_3d(self, viewer)
+        except ValueError as exc:
+            show_error(f"napari-flex3d: {exc}")
+        return self.view3d
 
     # ------------------------------------------------------------------ path, animation
     def movie_latents(self, along: str | None = None) -> np.ndarray:

@@ -9,7 +9,9 @@ import numpy as np
 import pyqtgraph as pg
 from qtpy.QtCore import Signal
 
+HIGHLIGHT_MAX = 5_000  # selected points marked at most (a random subset of a larger selection)
 DENSITY_ABOVE = 50_000  # points: above this the scatter is drawn as a 2D histogram
+POINT_GROUPS = 32  # colours of a continuous map in the point view (one pyqtgraph item each, ~2 ms apiece)
 PALETTE = ["#4fc3f7", "#ffb74d", "#81c784", "#e57373", "#ba68c8", "#fff176"]
 
 
@@ -88,14 +90,35 @@ class CurvePlot(ThemedPlot):
         self._data.clear()
 
 
-def density_image(xy: np.ndarray, bins: int = 256) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """2D histogram ``(bins, bins)`` of ``xy (n, 2)`` (log-scaled counts) and its extent (x0, x1, y0, y1)."""
+def density_extent(xy: np.ndarray) -> tuple[float, float, float, float]:
+    """(x0, x1, y0, y1) of the density view of ``xy (n, 2)``: the points' range padded by 2 %."""
     x0, y0 = np.nanmin(xy, axis=0)
     x1, y1 = np.nanmax(xy, axis=0)
     pad_x, pad_y = max(x1 - x0, 1e-6) * 0.02, max(y1 - y0, 1e-6) * 0.02
-    extent = (x0 - pad_x, x1 + pad_x, y0 - pad_y, y1 + pad_y)
+    return (float(x0 - pad_x), float(x1 + pad_x), float(y0 - pad_y), float(y1 + pad_y))
+
+
+def density_image(xy: np.ndarray, bins: int = 256) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """2D histogram ``(bins, bins)`` of ``xy (n, 2)`` (log-scaled counts) and its extent (x0, x1, y0, y1)."""
+    extent = density_extent(xy)
     hist, _, _ = np.histogram2d(xy[:, 0], xy[:, 1], bins=bins, range=[extent[:2], extent[2:]])
     return np.log1p(hist).astype(np.float32), extent
+
+
+def coloured_density_image(xy: np.ndarray, colouring, bins: int = 256):
+    """``(bins, bins, 4)`` uint8 image of ``xy (n, 2)``: each bin in ``colouring``'s colour of its
+    points (``Colouring.bin_rgb``: mean value, or most frequent category), opaque in proportion to
+    its log count, empty bins transparent; and the extent (x0, x1, y0, y1)."""
+    from ._colouring import bin_index
+
+    extent = density_extent(xy)
+    b = bin_index(xy, extent, bins)
+    count = np.bincount(b, minlength=bins * bins)
+    rgba = colouring.bin_rgb(b, bins * bins)  # (bins * bins, 4)
+    logc = np.log1p(count)
+    alpha = np.where(count > 0, 70 + 185 * logc / max(float(logc.max()), 1e-12), 0)
+    rgba[:, 3] = alpha.astype(np.uint8)
+    return rgba.reshape(bins, bins, 4), extent
 
 
 class LatentScatter(ThemedPlot):
@@ -111,7 +134,8 @@ class LatentScatter(ThemedPlot):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         item = self.getPlotItem()
-        self.scatter = pg.ScatterPlotItem(size=4, pen=None, brush=pg.mkBrush(79, 195, 247, 120), pxMode=True)
+        self._default_brush = pg.mkBrush(79, 195, 247, 120)
+        self.scatter = pg.ScatterPlotItem(size=4, pen=None, brush=self._default_brush, pxMode=True)
         self.density = pg.ImageItem()
         self.density.setColorMap(pg.colormap.get("viridis"))
         self.path_item = pg.PlotDataItem([], [], pen=pg.mkPen("#ffb74d", width=2), symbol="o", symbolSize=7,
@@ -122,30 +146,92 @@ class LatentScatter(ThemedPlot):
         for it in (self.density, self.scatter, self.highlight, self.path_item, self.polygon_item, self.cursor):
             item.addItem(it)
         self.density.setZValue(-10)
+        self._groups: list[pg.ScatterPlotItem] = []  # coloured points, one item per colour
+        self.point_levels = self.point_palette = None
+        self.colour_density = pg.ImageItem()
+        item.addItem(self.colour_density)
+        self.colour_density.setZValue(-9)
         self.mode = "empty"
         self.scene().sigMouseClicked.connect(self._on_scene_click)
 
-    def set_points(self, xy: np.ndarray) -> None:
-        """Show ``xy (n, 2)``: a scatter up to ``DENSITY_ABOVE`` points, a density image above."""
+    def set_points(self, xy: np.ndarray, colouring=None) -> None:
+        """Show ``xy (n, 2)``: a scatter up to ``DENSITY_ABOVE`` points, a density image above.
+
+        ``colouring`` (a ``_colouring.Colouring`` of the same ``n`` points) colours each point,
+        or each density bin by its points' mean value; ``None``: one colour, density in viridis.
+        """
         xy = np.asarray(xy, dtype=np.float32)
+        if colouring is not None and len(colouring.values) != len(xy):
+            raise ValueError(f"colouring {colouring.name!r} has {len(colouring.values)} values for {len(xy)} points")
         if len(xy) > DENSITY_ABOVE:
-            img, (x0, x1, y0, y1) = density_image(xy)
             self.scatter.clear()
-            self.density.setImage(img, autoLevels=True)
-            self.density.setRect(pg.QtCore.QRectF(x0, y0, x1 - x0, y1 - y0))
-            self.density.show()
+            self._draw_groups(None, None, None)
+            if colouring is None:
+                img, extent = density_image(xy)
+                self.density.setImage(img, autoLevels=True)
+                shown, hidden = self.density, self.colour_density
+            else:
+                img, extent = coloured_density_image(xy, colouring)
+                self.colour_density.setImage(img, autoLevels=False, levels=(0, 255))
+                shown, hidden = self.colour_density, self.density
+            x0, x1, y0, y1 = extent
+            shown.setRect(pg.QtCore.QRectF(x0, y0, x1 - x0, y1 - y0))
+            shown.show()
+            hidden.hide()
             self.mode = "density"
         else:
             self.density.hide()
-            self.scatter.setData(pos=xy)
+            self.colour_density.hide()
+            if colouring is None:
+                self.scatter.setData(pos=xy, brush=self._default_brush)
+                self._draw_groups(None, None, None)
+            else:
+                self.scatter.clear()
+                self._draw_groups(xy, colouring.point_levels(), colouring.palette)
             self.mode = "points"
         self.getPlotItem().enableAutoRange()
+
+    def _draw_groups(self, xy, levels, palette) -> None:
+        """Coloured points as one scatter item per colour (``levels (n,)`` into ``palette (m, 4)``;
+        the last colour, missing values, drawn first, under the rest). pyqtgraph styles a point
+        with its own brush in Python, point by point (about 10 µs each); a group shares one.
+        A continuous map is drawn in :data:`POINT_GROUPS` steps. Higher colours are drawn over
+        lower ones; ``None`` clears."""
+        used = 0
+        if xy is not None:
+            if len(palette) - 1 > POINT_GROUPS:  # a continuous map: POINT_GROUPS steps of it, ends kept
+                step = np.rint(np.linspace(0, len(palette) - 2, POINT_GROUPS)).astype(np.int64)
+                missing = levels == len(palette) - 1
+                levels = np.where(missing, POINT_GROUPS, (levels * POINT_GROUPS) // (len(palette) - 1))
+                palette = np.vstack([palette[step], palette[-1:]])
+            m = len(palette)
+            order = np.argsort((levels + 1) % m, kind="stable")  # missing first, then colour by colour
+            counts = np.bincount(levels, minlength=m)
+            starts = np.concatenate([[0], np.cumsum(counts[np.r_[m - 1, : m - 1]])])
+            self.point_levels, self.point_palette = levels, palette
+            for g, level in enumerate(np.r_[m - 1, : m - 1]):
+                a, b = starts[g], starts[g + 1]
+                if b == a:
+                    continue
+                if used == len(self._groups):
+                    item = pg.ScatterPlotItem(size=4, pen=None, pxMode=True)
+                    self.getPlotItem().addItem(item)
+                    item.setZValue(-1)
+                    self._groups.append(item)
+                alpha = palette[level][3] if level == m - 1 else 180
+                self._groups[used].setData(pos=xy[order[a:b]], brush=pg.mkBrush(*map(int, palette[level][:3]), int(alpha)))
+                self._groups[used].show()
+                used += 1
+        else:
+            self.point_levels = self.point_palette = None
+        for item in self._groups[used:]:
+            item.clear()
 
     def set_highlight(self, xy) -> None:
         """Mark ``xy (m, 2)`` (the selected particles) over the scatter or density; empty clears."""
         xy = np.asarray(xy, dtype=np.float32).reshape(-1, 2)
-        if len(xy) > DENSITY_ABOVE:  # as many as the density threshold: a random subset shows where they are
-            xy = xy[np.random.default_rng(0).choice(len(xy), DENSITY_ABOVE, replace=False)]
+        if len(xy) > HIGHLIGHT_MAX:  # a random subset shows where they are (pyqtgraph's spots cost ~20 µs each)
+            xy = xy[np.random.default_rng(0).choice(len(xy), HIGHLIGHT_MAX, replace=False)]
         self.highlight.setData(pos=xy)
 
     def set_path(self, xy) -> None:

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-__all__ = ["particle_names", "names_from_file", "ExternalLatents", "read_external", "match_by_name", "compare_latents"]
+__all__ = ["particle_names", "names_from_file", "ExternalLatents", "read_external", "match_by_name", "compare_latents",
+           "compare_source"]
 
 
 def _name_keys(stacks, indices) -> np.ndarray:
@@ -157,3 +158,21 @@ def compare_latents(ours: np.ndarray, theirs: np.ndarray) -> dict:
     if len(ours) != len(theirs) or len(ours) < 3:
         raise ValueError(f"compare_latents needs the same >= 3 particles on both sides, got {len(ours)} and {len(theirs)}")
     return {"spearman": spearman_matrix(ours, theirs), "canonical": canonical_correlations(ours, theirs)}
+
+
+def compare_source(source: str, ps, latents: np.ndarray, default_names=None) -> dict:
+    """Read ``source``, match it to the rows of ``ps`` by name and compare it with ``latents (n, K)``.
+
+    Returns ``{"external": ExternalLatents, "values": (n, q)`` their latents in our rows (NaN
+    where none of theirs matched), ``"matched": int, "spearman": (K, q), "canonical": (min(K, q),)}``.
+    ``ValueError`` when fewer than 3 particles match.
+    """
+    ext = read_external(source, default_names=default_names)
+    ours_rows, their_rows = match_by_name(particle_names(ps), ext.names)
+    if len(ours_rows) < 3:
+        raise ValueError(f"{source}: only {len(ours_rows)} of its {len(ext.names)} particles match ours by image name")
+    z = np.asarray(latents, np.float64)
+    values = np.full((len(z), ext.values.shape[1]), np.nan)
+    values[ours_rows] = ext.values[their_rows]
+    return {"external": ext, "values": values, "matched": int(len(ours_rows)),
+            **compare_latents(z[ours_rows], ext.values[their_rows])}
