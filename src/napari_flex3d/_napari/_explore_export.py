@@ -179,7 +179,7 @@ def _encode_movie(path: Path, projections: list, plots: list, fps: int) -> np.nd
     import imageio.v2 as imageio
 
     images = to_uint8(np.stack(projections))
-    frames = [_compose_frame(img, plot) for img, plot in zip(images, plots)]
+    frames = _same_size([_compose_frame(img, plot) for img, plot in zip(images, plots)])
     from ..io.atomic import atomic_path
 
     with atomic_path(path) as tmp:  # a stopped export leaves the previous movie, never half of one
@@ -188,6 +188,15 @@ def _encode_movie(path: Path, projections: list, plots: list, fps: int) -> np.nd
         else:
             imageio.mimsave(tmp, frames, fps=fps, codec="libx264", quality=7, macro_block_size=1)
     return images
+
+
+def _same_size(frames: list) -> list:
+    """The frames padded (black, bottom and right) to the largest: the plot may have been
+    resized while the export ran (a scroll bar, a colour key appearing), and an encoder
+    needs one frame size."""
+    h = max(f.shape[0] for f in frames)
+    w = max(f.shape[1] for f in frames)
+    return [np.pad(f, ((0, h - f.shape[0]), (0, w - f.shape[1]), (0, 0))) for f in frames]
 
 
 def _compose_frame(image: np.ndarray, plot: np.ndarray, height: int = MOVIE_HEIGHT) -> np.ndarray:
