@@ -302,6 +302,9 @@ class OutlierPanel(QWidget):
         ``train`` is running.
         """
         mask = self._require_outliers()
+        if self._select_timer.isActive():  # a threshold just moved: its selection now, not over the message below
+            self._select_timer.stop()
+            self.select_outliers()
         train = train or self._train_widget()
         if train.running:
             raise ValueError("the Train widget is running a job: stop it or wait for it first")
