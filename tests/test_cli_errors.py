@@ -80,6 +80,10 @@ def inputs(tmp_path_factory):
     p["nan_run"] = root / "nan_run"
     _run_folder(p["nan_run"], consensus)
     np.save(p["nan_run"] / "latents.npy", np.full((40, 1), np.nan, np.float32))
+    p["map_32"] = root / "map_32.mrc"  # a map of another box and pixel size (the particles: 24 at 4 Å)
+    write_map(p["map_32"], np.pad(consensus, 4), 3.0)
+    p["short_star"] = root / "sim" / "short.star"  # names an image past the end of the 40-image stack
+    p["short_star"].write_text(sim.particles_star.read_text().replace("000040@", "000045@"))
     p["tmp"] = root
     return p
 
@@ -117,6 +121,13 @@ BAD = [
     (MESH[:2] + ["{zero_map}"] + MESH[3:], "zero.mrc: every voxel is 0"),
     (MESH + ["--rigid-labels", "{labels_2a}"], "label voxel size 2 Å differs from the map's 4 Å"),
     (TRAIN[:4] + ["{zero_map}"] + TRAIN[5:], "zero.mrc: every voxel is 0"),
+    (TRAIN[:4] + ["{map_32}"] + TRAIN[5:], "map_32.mrc: the map is 32 voxels at 3 Å, the particles' box is 24 pixels at "
+                                           "4 Å; pass --resample-map"),
+    (REC + ["--mask", "{labels_2a}"], "labels_2a.mrc: mask: 24 voxels at 2 Å (48.0 Å across), the map 24 voxels at 4 Å "
+                                      "(96.0 Å): made for another map"),
+    (["analyze", "{run}", "--labels", "{labels_2a}", "--out", "{tmp}/an"], "labels_2a.mrc: label volume: 24 voxels at 2 Å "
+                                                                         "(48.0 Å across), the map 24 voxels at 4 Å"),
+    (TRAIN[:2] + ["{short_star}"] + TRAIN[3:], "1 particle(s) in 1 stack(s) point past the end of their stack"),
     # particles: missing stacks; a folder another job holds
     (["train", "--particles", "{nostack_star}", "--map", "{map}", "--out", "{tmp}/t2"], "1 of 1 image stack(s) not found"),
     (TRAIN[:5] + ["--out", "{locked}"], "a running job holds this folder (process"),

@@ -87,6 +87,13 @@ def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compa
     clock = _Clock()
     with clock("read"):
         volumes = RunVolumes(run_dir, device=device)
+        if labels is not None:  # before minutes of work: a label volume made for another map
+            from ..io.mrc import read_header
+            from ..io.values import require_same_extent
+
+            head = read_header(labels)
+            require_same_extent(f"{labels}: label volume", (head.nz, head.ny, head.nx), float(head.voxel_size_xyz[0]),
+                                volumes.box, volumes.apix)
         config = _config(run_dir)
         ps, particle_file = read_run_particles(config, particles, run_dir, log=say)
         z = volumes.latents.astype(np.float64)

@@ -34,7 +34,7 @@ import torch
 from ..conventions import voxel_grid_xyz_a
 from ..io.atomic import check_output_space, torch_save
 from ..io.mrc import read_map, write_map
-from ..io.values import require_informative_map
+from ..io.values import require_informative_map, require_same_extent
 from ..io.particles import read_particles
 from ..mesh.mesh import Mesh
 from ..model.canonical import scatter_to_volume
@@ -170,15 +170,11 @@ def _load_mask_file(path, box: int, apix: float, resample: bool = False) -> np.n
         raise ValueError(f"{path}: a mask must be a cubic volume, got shape {data.shape}")
     header_apix = float(m.apix) if getattr(m, "apix", None) else None
     m_apix = header_apix or apix * box / data.shape[0]
-    same_extent = header_apix is None and data.shape[0] == box or (
-        header_apix is not None and abs(data.shape[0] * header_apix - box * apix) <= 0.01 * box * apix)
-    if not same_extent and not resample:
-        voxel = f"{header_apix:.4g} Å" if header_apix else "no pixel size in its header"
-        raise ValueError(
-            f"{path}: the mask is {data.shape[0]} voxels ({voxel}), the half maps {box} voxels at {apix:.4g} Å, "
-            "a box of another size in Å: it was made for another map. Pass --resample-map to place it by its "
-            "pixel size, or make the mask on the consensus map of these particles"
-        )
+    if not resample and not (header_apix is None and data.shape[0] == box):
+        try:
+            require_same_extent(f"{path}: mask", data.shape, header_apix, box, apix)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (or pass --resample-map to place it by its pixel size)") from None
     if data.shape[0] != box or abs(m_apix - apix) > 1e-3 * apix:
         c = (np.arange(box) - box // 2) * apix / m_apix + data.shape[0] // 2
         zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
