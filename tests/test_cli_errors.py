@@ -146,6 +146,8 @@ BAD = [
     (TRAIN + ["--epochs", "4", "--band-ramp-epochs", "6"], "--band-ramp-epochs 6 must be <= --epochs 4"),
     (TRAIN + ["--latent-noise", "-0.1"], "--latent-noise must be >= 0"),
     (TRAIN + ["--val-fraction", "1.5"], "val_fraction must lie in [0, 1), got 1.5"),
+    (TRAIN + ["--max-bad-image-fraction", "1.5"], "--max-bad-image-fraction must be <= 1, got 1.5"),
+    (REC + ["--max-bad-image-fraction", "-0.1"], "--max-bad-image-fraction must be >= 0, got -0.1"),
     (["train", "--particles", "{star}"], "flex3d train needs --map, --out"),
     (GEN + ["--z", "nan"], "--z must be finite"),
     (GEN + ["--z", "1,abc"], "--z must be numbers separated by commas"),

@@ -61,7 +61,7 @@ def test_nan_inf_zero_and_constant_images_are_found_and_named(tmp_path):
     ps = _particles(tmp_path, stacks=2)
     _damage(tmp_path / "s0.mrcs", {2: "nan", 5: 0.0})
     _damage(tmp_path / "s1.mrcs", {0: "inf", 19: 3.5})
-    found = scan_images(ps, chunk=7)  # chunks straddle the faults
+    found = scan_images(ps, chunk_bytes=7 * 4 * BOX * BOX)  # chunks of 7 images straddle the faults
     assert found.rows.tolist() == [2, 5, 20, 39]
     assert found.names == ("000003@s0.mrcs", "000006@s0.mrcs", "000001@s1.mrcs", "000020@s1.mrcs")
     assert found.reasons == ("NaN or infinite pixels", "constant: every pixel 0", "NaN or infinite pixels",

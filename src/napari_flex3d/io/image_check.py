@@ -52,7 +52,7 @@ MAX_UNUSABLE_FRACTION = 0.05
 #: The scan's result in a job's folder (JSON: the rows, image names and reasons, and the key).
 RECORD_NAME = "unusable_images.json"
 
-_CHUNK = 1024  # images per read: about 64 MB at box 256 (float32), a handful of reads per second
+_CHUNK_BYTES = 64 * 2**20  # float32 images per read: 256 at box 256, 4096 at box 64
 _SHOW = 3  # images named in a message
 
 
@@ -94,14 +94,22 @@ def image_names(ps) -> np.ndarray:
     return np.array([f"{s} (blob/idx {int(i)})" for s, i in zip(stacks, ps.image_indices)], dtype=object)
 
 
-def _check_lengths(ps, paths: np.ndarray, names: np.ndarray) -> None:
+def _stack_groups(ps) -> list[tuple[str, np.ndarray]]:
+    """``[(stack path, rows (m,) in file order)]`` for every stack: one sort of all particles
+    (grouping by comparing every path with every stack would cost ``n * stacks``)."""
+    codes, stacks = pd.factorize(np.asarray(ps.image_paths, dtype=object))
+    order = np.lexsort((ps.image_indices, codes))  # by stack, then by image within it
+    cuts = np.flatnonzero(np.diff(codes[order])) + 1
+    return [(str(stacks[codes[rows[0]]]), rows) for rows in np.split(order, cuts) if rows.size]
+
+
+def _check_lengths(ps, groups, names: np.ndarray) -> None:
     """``ValueError`` naming every stack that holds fewer images than the metadata name (count, first
     few), or images of another box than the metadata say."""
     short = []
     boxes = np.array([-1 if g.box is None else g.box for g in ps.optics])[ps.optics_group]
-    for path in pd.unique(paths):
-        rows = np.flatnonzero(paths == path)
-        stack = ps._cache.get(str(path))
+    for path, rows in groups:
+        stack = ps._cache.get(path)
         held = stack.shape[0]
         promised = {int(b) for b in np.unique(boxes[rows])} - {-1}
         if any(tuple(stack.shape[1:]) != (b, b) for b in promised):
@@ -121,28 +129,37 @@ def _check_lengths(ps, paths: np.ndarray, names: np.ndarray) -> None:
         )
 
 
-def scan_images(ps, chunk: int = _CHUNK, progress: bool | None = None) -> UnusableImages:
+def _unusable_in_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(which (m,) bool, reasons (k,) object)`` for images ``block (m, h, w)``: NaN/Inf or constant."""
+    low, high = block.min(axis=(1, 2)), block.max(axis=(1, 2))  # a NaN propagates into both
+    finite = np.isfinite(low) & np.isfinite(high)
+    which = ~finite | (low == high)
+    reasons = [f"constant: every pixel {v:g}" if ok else "NaN or infinite pixels"
+               for ok, v in zip(finite[which], low[which])]
+    return which, np.array(reasons, dtype=object)
+
+
+def scan_images(ps, chunk_bytes: int = _CHUNK_BYTES, progress: bool | None = None) -> UnusableImages:
     """Read every image of ``ps`` once and find the unusable ones (see the module docstring).
 
-    Stacks shorter than the metadata say, or of another box than the optics group's, raise
-    ``ValueError`` with the count and the first few. ``progress``: a tqdm bar (``None``: only
-    on a terminal).
+    Stacks are read in file order, ``chunk_bytes`` of float32 images at a time. Stacks shorter
+    than the metadata say, or of another box than the optics group's, raise ``ValueError`` with
+    the count and the first few. ``progress``: a tqdm bar (``None``: only on a terminal).
     """
     from tqdm.auto import tqdm
 
     n = len(ps)
-    paths = np.asarray(ps.image_paths, dtype=object)
     names = image_names(ps)
     ps.require_images()
-    _check_lengths(ps, paths, names)
+    groups = _stack_groups(ps)
+    _check_lengths(ps, groups, names)
     bad_rows: list[np.ndarray] = []
     bad_reasons: list[np.ndarray] = []
     with tqdm(total=n, unit="image", desc="checking images", disable=(not progress) if progress is not None else None,
               leave=False) as bar:
-        for path in pd.unique(paths):
-            rows = np.flatnonzero(paths == path)
-            rows = rows[np.argsort(ps.image_indices[rows], kind="stable")]  # file order: sequential reads
-            stack = ps._cache.get(str(path))
+        for path, rows in groups:
+            stack = ps._cache.get(path)
+            chunk = max(1, chunk_bytes // (4 * stack.shape[1] * stack.shape[2]))
             for s in range(0, rows.size, chunk):
                 part = rows[s : s + chunk]
                 ii = ps.image_indices[part]
@@ -150,15 +167,10 @@ def scan_images(ps, chunk: int = _CHUNK, progress: bool | None = None) -> Unusab
                     block = np.asarray(stack[int(ii[0]) : int(ii[-1]) + 1], dtype=np.float32)
                 else:
                     block = np.asarray(stack[ii], dtype=np.float32)  # (m, h, w)
-                low, high = block.min(axis=(1, 2)), block.max(axis=(1, 2))  # NaN propagates into both
-                finite = np.isfinite(low) & np.isfinite(high)
-                flat = finite & (low == high)
-                if (~finite | flat).any():
-                    which = ~finite | flat
+                which, reasons = _unusable_in_block(block)
+                if which.any():
                     bad_rows.append(part[which])
-                    reason = np.where(finite[which], np.char.add("constant: every pixel ",
-                                                                 np.char.mod("%g", low[which])), "NaN or infinite pixels")
-                    bad_reasons.append(reason.astype(object))
+                    bad_reasons.append(reasons)
                 bar.update(part.size)
     if not bad_rows:
         return UnusableImages(n, np.zeros(0, np.int64), (), ())
