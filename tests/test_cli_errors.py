@@ -190,6 +190,21 @@ def test_negative_latent_point_works_as_typed(capsys, inputs):
     assert cli._join_negative_values(["--z", "--axis"]) == ["--z", "--axis"]  # an option stays an option
 
 
+def test_a_map_that_would_be_all_zero_or_non_finite_is_not_written(capsys, inputs, monkeypatch):
+    """Nothing lost: the job stops with the file's name, and a good map already there stays."""
+    from napari_flex3d.explore import generate
+
+    good = inputs["tmp"] / "kept.mrc"
+    write_map(good, np.ones((BOX,) * 3, np.float32), APIX)
+    before = good.read_bytes()
+    monkeypatch.setattr(generate, "generate_volume", lambda *a, **k: (np.zeros((BOX,) * 3, np.float32), APIX))
+    code, _, err = _run(capsys, GEN[:3] + ["--out", str(good), "--z", "0.5"], inputs)
+    assert code == 2 and "kept.mrc: the convected map at z=0.5: every voxel is 0" in err
+    with pytest.raises(ValueError, match="kept.mrc: refusing to write a map with NaN or infinite values"):
+        write_map(good, np.full((BOX,) * 3, np.nan, np.float32), APIX)
+    assert good.read_bytes() == before
+
+
 def test_debug_keeps_the_traceback(capsys, inputs):
     code, _, err = _run(capsys, ["--debug", "info", "{tmp}/absent.star"], inputs)
     assert code == 2 and "Traceback" in err and "flex3d info: error:" in err.splitlines()[-1]

@@ -20,15 +20,8 @@ from napari_flex3d.model.run import checkpoint_path
 from napari_flex3d.training import events as ev
 from napari_flex3d.training.loop import train_run
 
-SMALL = dict(epochs=2, preview_every=0, latent_init="zero")
+SMALL = dict(epochs=2, preview_every=0, latent_init="zero", threads=None)  # threads: leave torch's setting alone
 BAD = {4: "nan", 50: 0.0}  # image index (0-based) -> fault
-
-
-@pytest.fixture(autouse=True)
-def _keep_threads():
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
