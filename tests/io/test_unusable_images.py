@@ -67,7 +67,7 @@ def test_nan_inf_zero_and_constant_images_are_found_and_named(tmp_path):
     assert found.reasons == ("NaN or infinite pixels", "constant: every pixel 0", "NaN or infinite pixels",
                              "constant: every pixel 3.5")
     line = found.summary("particles.star")
-    assert line.startswith("particles.star: 4 of 40 images (10.00%) are unusable (2 NaN or infinite pixels, ")
+    assert line.startswith("particles.star: 4 of 40 images (10 %) are unusable (2 with NaN or infinite pixels, 2 constant): ")
     assert "000003@s0.mrcs (NaN or infinite pixels); 000006@s0.mrcs (constant: every pixel 0); 000001@s1.mrcs" in line
     assert line.endswith("... (1 more)")
 
@@ -76,7 +76,7 @@ def test_a_few_are_left_out_with_a_warning_and_the_rest_kept_in_order(tmp_path):
     ps = _particles(tmp_path)
     _damage(tmp_path / "s0.mrcs", {1: "nan", 30: 0.0})
     lines = []
-    with pytest.warns(UserWarning, match=r"2 of 40 images \(5.00%\) are unusable .* these images are left out"):
+    with pytest.warns(UserWarning, match=r"2 of 40 images \(5 %\) are unusable .* these images are left out"):
         usable, found = exclude_unusable_images(ps, tmp_path / "job", max_fraction=0.05, log=lines.append)
     assert len(usable) == 38 and found.count == 2 and len(lines) == 1
     keep = np.setdiff1d(np.arange(40), [1, 30])
@@ -88,7 +88,7 @@ def test_a_few_are_left_out_with_a_warning_and_the_rest_kept_in_order(tmp_path):
 def test_more_than_the_fraction_is_refused_naming_the_option(tmp_path):
     ps = _particles(tmp_path)
     _damage(tmp_path / "s0.mrcs", {i: 0.0 for i in range(3)})
-    with pytest.raises(ValueError, match=r"3 of 40 images \(7.50%\) are unusable \(3 constant: every pixel 0\).*"
+    with pytest.raises(ValueError, match=r"3 of 40 images \(7.5 %\) are unusable \(3 constant\): 000001@s0.mrcs \(constant: every pixel 0\).*"
                                          r"more than --max-bad-image-fraction 0.05 of the images.*raise --max-bad-image"):
         exclude_unusable_images(ps, None)
     with pytest.warns(UserWarning):

@@ -49,7 +49,7 @@ def reference(damaged_sim, tiny_config, tmp_path_factory):
 
 def test_training_leaves_them_out_and_names_them_in_the_log(reference):
     log = (reference / "train.log").read_text()
-    assert ("particles.star: 2 of 120 images (1.67%) are unusable (1 NaN or infinite pixels, 1 constant: every pixel 0): "
+    assert ("particles.star: 2 of 120 images (1.67 %) are unusable (1 with NaN or infinite pixels, 1 constant): "
             "000005@particles.mrcs (NaN or infinite pixels); 000051@particles.mrcs (constant: every pixel 0); these "
             "images are left out") in log
     assert load_checkpoint(checkpoint_path(reference))["latents"].shape == (118, 1)
@@ -98,7 +98,7 @@ def test_reconstruction_leaves_out_the_same_images(reference, damaged_sim, tmp_p
 
     argv = ["reconstruct", "--run", str(reference), "--particles", str(damaged_sim / "particles.star"), "--out",
             str(tmp_path / "rec"), "--iterations", "1", "--no-rigid", "--device", "cpu", "--quiet"]
-    with pytest.warns(UserWarning, match=r"2 of 120 images \(1.67%\) are unusable") as caught:
+    with pytest.warns(UserWarning, match=r"2 of 120 images \(1.67 %\) are unusable") as caught:
         assert main(argv) == 0
     line = one_line_warning("reconstruct")(caught[0].message, UserWarning, "x.py", 1)
     assert line.startswith("flex3d reconstruct: warning: /") and line.count("\n") == 1  # on the terminal

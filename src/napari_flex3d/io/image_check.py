@@ -75,12 +75,12 @@ class UnusableImages:
         return self.count / max(self.n_images, 1)
 
     def summary(self, source, show: int = _SHOW) -> str:
-        """One line: the count per reason and the first ``show`` images named."""
-        kinds = pd.Series(self.reasons, dtype=object).value_counts()
-        per_reason = ", ".join(f"{int(c)} {r}" for r, c in kinds.items())
+        """One line: the count of each kind (non-finite, constant) and the first ``show`` images named."""
+        kinds = pd.Series([r.split(":")[0] for r in self.reasons], dtype=object).value_counts()
+        per_reason = ", ".join(f"{int(c)} {'with ' if r.startswith('NaN') else ''}{r}" for r, c in kinds.items())
         first = "; ".join(f"{n} ({r})" for n, r in zip(self.names[:show], self.reasons[:show]))
         more = f"; ... ({self.count - show} more)" if self.count > show else ""
-        return (f"{source}: {self.count} of {self.n_images} images ({self.fraction:.2%}) are unusable "
+        return (f"{source}: {self.count} of {self.n_images} images ({100 * self.fraction:.3g} %) are unusable "
                 f"({per_reason}): {first}{more}")
 
 

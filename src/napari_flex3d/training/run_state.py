@@ -112,7 +112,7 @@ def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_file
     from ..mesh.mesh import save_mesh
     from .setup import build_mask_and_mesh, build_model, consensus_at_box, estimate_spectra, split_train_val, training_box
 
-    ps = read_inputs(config, out_dir if write_files else None)
+    ps = read_inputs(config, out_dir, read_only=not write_files)  # other ranks read rank 0's record if it is there
     box = training_box(config.box, int(ps.box))
     # settings refused before anything is built or written (the schedule's checks run on the first step too)
     if config.latent_box is not None:
