@@ -80,6 +80,10 @@ def inputs(tmp_path_factory):
     p["nan_run"] = root / "nan_run"
     _run_folder(p["nan_run"], consensus)
     np.save(p["nan_run"] / "latents.npy", np.full((40, 1), np.nan, np.float32))
+    p["map_32"] = root / "map_32.mrc"  # a map of another box and pixel size (the particles: 24 at 4 Å)
+    write_map(p["map_32"], np.pad(consensus, 4), 3.0)
+    p["short_star"] = root / "sim" / "short.star"  # names an image past the end of the 40-image stack
+    p["short_star"].write_text(sim.particles_star.read_text().replace("000040@", "000045@"))
     p["tmp"] = root
     return p
 
@@ -117,6 +121,13 @@ BAD = [
     (MESH[:2] + ["{zero_map}"] + MESH[3:], "zero.mrc: every voxel is 0"),
     (MESH + ["--rigid-labels", "{labels_2a}"], "label voxel size 2 Å differs from the map's 4 Å"),
     (TRAIN[:4] + ["{zero_map}"] + TRAIN[5:], "zero.mrc: every voxel is 0"),
+    (TRAIN[:4] + ["{map_32}"] + TRAIN[5:], "map_32.mrc: the map is 32 voxels at 3 Å, the particles' box is 24 pixels at "
+                                           "4 Å; pass --resample-map"),
+    (REC + ["--mask", "{labels_2a}"], "labels_2a.mrc: mask: 24 voxels at 2 Å (48.0 Å across), the map 24 voxels at 4 Å "
+                                      "(96.0 Å): made for another map"),
+    (["analyze", "{run}", "--labels", "{labels_2a}", "--out", "{tmp}/an"], "labels_2a.mrc: label volume: 24 voxels at 2 Å "
+                                                                         "(48.0 Å across), the map 24 voxels at 4 Å"),
+    (TRAIN[:2] + ["{short_star}"] + TRAIN[3:], "1 particle(s) in 1 stack(s) point past the end of their stack"),
     # particles: missing stacks; a folder another job holds
     (["train", "--particles", "{nostack_star}", "--map", "{map}", "--out", "{tmp}/t2"], "1 of 1 image stack(s) not found"),
     (TRAIN[:5] + ["--out", "{locked}"], "a running job holds this folder (process"),
@@ -135,6 +146,8 @@ BAD = [
     (TRAIN + ["--epochs", "4", "--band-ramp-epochs", "6"], "--band-ramp-epochs 6 must be <= --epochs 4"),
     (TRAIN + ["--latent-noise", "-0.1"], "--latent-noise must be >= 0"),
     (TRAIN + ["--val-fraction", "1.5"], "val_fraction must lie in [0, 1), got 1.5"),
+    (TRAIN + ["--max-bad-image-fraction", "1.5"], "--max-bad-image-fraction must be <= 1, got 1.5"),
+    (REC + ["--max-bad-image-fraction", "-0.1"], "--max-bad-image-fraction must be >= 0, got -0.1"),
     (["train", "--particles", "{star}"], "flex3d train needs --map, --out"),
     (GEN + ["--z", "nan"], "--z must be finite"),
     (GEN + ["--z", "1,abc"], "--z must be numbers separated by commas"),
@@ -175,6 +188,21 @@ def test_negative_latent_point_works_as_typed(capsys, inputs):
     assert code == 0, err
     assert cli._join_negative_values(["--z", "-1.5,0.3", "--axis", "1"]) == ["--z=-1.5,0.3", "--axis", "1"]
     assert cli._join_negative_values(["--z", "--axis"]) == ["--z", "--axis"]  # an option stays an option
+
+
+def test_a_map_that_would_be_all_zero_or_non_finite_is_not_written(capsys, inputs, monkeypatch):
+    """Nothing lost: the job stops with the file's name, and a good map already there stays."""
+    from napari_flex3d.explore import generate
+
+    good = inputs["tmp"] / "kept.mrc"
+    write_map(good, np.ones((BOX,) * 3, np.float32), APIX)
+    before = good.read_bytes()
+    monkeypatch.setattr(generate, "generate_volume", lambda *a, **k: (np.zeros((BOX,) * 3, np.float32), APIX))
+    code, _, err = _run(capsys, GEN[:3] + ["--out", str(good), "--z", "0.5"], inputs)
+    assert code == 2 and "kept.mrc: the convected map at z=0.5: every voxel is 0" in err
+    with pytest.raises(ValueError, match="kept.mrc: refusing to write a map with NaN or infinite values"):
+        write_map(good, np.full((BOX,) * 3, np.nan, np.float32), APIX)
+    assert good.read_bytes() == before
 
 
 def test_debug_keeps_the_traceback(capsys, inputs):

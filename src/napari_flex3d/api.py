@@ -125,9 +125,11 @@ def reconstruct(run_dir, particles, out_dir, *, run_b=None, progress=True, **kwa
                        progress=progress and not quiet)
 
 
-def check_reconstruct_options(*, iterations=20, chunk=256, box=None, randomise_from_a="auto", **_) -> None:
+def check_reconstruct_options(*, iterations=20, chunk=256, box=None, randomise_from_a="auto",
+                              max_bad_image_fraction=0.05, **_) -> None:
     """``ValueError`` naming the option for a reconstruction setting out of range."""
     check_number("iterations", iterations, low=1, integer=True)
+    check_number("max_bad_image_fraction", max_bad_image_fraction, low=0, high=1)
     check_number("chunk", chunk, low=1, integer=True)
     check_box("box", box)
     if randomise_from_a not in ("auto", None):
@@ -219,7 +221,7 @@ def particle_table(run_dir, *, particles=None, residual=False, residual_box=None
     from .model.run import load_run
 
     run = load_run(run_dir)
-    ps, _ = read_run_particles(run.config, particles)
+    ps, _ = read_run_particles(run.config, particles, run_dir)
     z = run.latents.numpy()
     res = None
     if residual:

@@ -113,7 +113,7 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
         args.run, args.particles, args.out, run_b=args.run_b, masks=tuple(args.mask or ()), iterations=args.iterations,
         rigid=not args.no_rigid, box=args.box, chunk=args.chunk, device=args.device, resplit=args.resplit,
         randomise_from_a=args.randomise_from, resume=args.resume, passthrough=args.passthrough, root=args.root,
-        progress=not args.quiet,
+        max_bad_image_fraction=args.max_bad_image_fraction, resample_map=args.resample_map, progress=not args.quiet,
     )
     for mode, entry in report.get("maps", {}).items():
         parts = [f"{name} {v['fsc_0143_a']:.2f} Å" for name, v in entry.items()
@@ -256,6 +256,11 @@ def _add_reconstruct(sub) -> None:
                    help="noise substitution for masked FSCs: phase-randomise beyond this resolution in Å "
                         "(auto: where the unmasked FSC falls below 0.8; none: off)")
     p.add_argument("--resume", action="store_true", help="continue from the saved solver states in --out")
+    p.add_argument("--max-bad-image-fraction", type=float, default=0.05, metavar="F",
+                   help="images with NaN/Inf or all-equal pixels are left out (counted in report.json); more than this "
+                        "fraction of them refuses the input (default 0.05)")
+    p.add_argument("--resample-map", action="store_true",
+                   help="resample --mask volumes of another box or pixel size onto the half maps' grid (else refused)")
     p.add_argument("--passthrough", default=None)
     p.add_argument("--root", default=None)
     p.add_argument("--quiet", action="store_true")
@@ -360,12 +365,25 @@ def _os_message(exc: OSError, out=None) -> str:
     return f"{names}: {reason}" + (f" ({hint})" if hint else "")
 
 
+def one_line_warning(command: str):
+    """A ``warnings.formatwarning`` printing ``flex3d COMMAND: warning: MESSAGE`` on one line (a
+    warning is news for the user, such as images left out; not the source line that raised it)."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"flex3d {command}: warning: " + " ".join(str(message).split()) + "\n"
+
+    return format_warning
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one ``flex3d`` command; errors become one line on stderr (``--debug``: with the traceback)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     argv = _join_negative_values([a for a in argv if a != "--debug"])
     args = build_parser().parse_args(argv)
+    import warnings
+
+    python_format, warnings.formatwarning = warnings.formatwarning, one_line_warning(args.command)
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
@@ -386,6 +404,8 @@ def main(argv: list[str] | None = None) -> int:
                 text += "; rerun with --debug for the traceback and report it"
         print(f"flex3d {args.command}: error: " + " ".join(text.split()), file=sys.stderr)
         return code
+    finally:
+        warnings.formatwarning = python_format
 
 
 if __name__ == "__main__":

@@ -215,6 +215,16 @@ class TrainConfig(_Settings):
         "(a killed run resumes from the last with --resume, losing at most this much; 0: at epoch ends only)",
     )
     max_particles: int | None = _f(None, "use only the first N particles (for quick trials)")
+    max_bad_image_fraction: float = _f(
+        0.05,
+        "images with NaN or infinite pixels or all pixels equal are left out (counted and named in train.log); "
+        "more than this fraction of them refuses the input, as the stacks themselves are then likely wrong",
+    )
+    resample_map: bool = _f(
+        False,
+        "resample the consensus map to the particles' pixel size and box (Fourier crop/pad) when they differ; "
+        "without it a mismatch is refused",
+    )
     half_set: str = _f(
         "",
         "train on one half set of the input's split only (A: rlnRandomSubset 1 / cryoSPARC split 0, B: the other), "
@@ -241,6 +251,7 @@ class TrainConfig(_Settings):
         for name in ("band_start", "band_end", "latent_init_band"):
             check_number(name, getattr(self, name), low=0, high=1, low_open=True)
         check_number("rigidity_floor", self.rigidity_floor, low=0, high=1)
+        check_number("max_bad_image_fraction", self.max_bad_image_fraction, low=0, high=1)
         check_number("mask_threshold", self.mask_threshold, optional=True)
         check_number("mesh_cell_size_a", self.mesh_cell_size_a, low=0, low_open=True, optional=True)
         if self.band_start > self.band_end:

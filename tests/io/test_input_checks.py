@@ -116,3 +116,25 @@ def test_a_constant_map_has_no_automatic_threshold(value):
 
     with pytest.raises(ValueError, match="the map is constant"):
         solvent_mask(np.full((16, 16, 16), value, np.float32), 2.0)
+
+
+def test_relative_stack_names_resolve_from_the_file_not_the_working_folder(copy_formats, tmp_path, monkeypatch):
+    """The CLI/API reader, the napari reader and the training's reader meet the same stacks from any folder."""
+    from napari_flex3d import api
+    from napari_flex3d._napari._layer_data import read_particle_file
+    from napari_flex3d.config import TrainConfig
+    from napari_flex3d.training.run_state import read_inputs
+
+    base = copy_formats(STAR, STACK)
+    star = base / STAR
+    (tmp_path / "elsewhere" / "cryodrgn").mkdir(parents=True)
+    for decoy in (tmp_path / "elsewhere" / STACK, tmp_path / "elsewhere" / "relion31.mrcs"):
+        decoy.write_bytes(b"a decoy in the working folder")
+    seen = []
+    for cwd in (base / "cryodrgn", tmp_path / "elsewhere"):
+        monkeypatch.chdir(cwd)
+        readers = [read_particles(star), api.read_particles(star), read_particle_file(star)]
+        if read_particles(star).has_poses:
+            readers.append(read_inputs(TrainConfig(particles=str(star), map="unused.mrc"), None))
+        seen += [sorted(set(ps.image_paths)) for ps in readers]
+    assert all(paths == [str(base / STACK)] for paths in seen), seen

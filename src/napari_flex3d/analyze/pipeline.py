@@ -58,14 +58,16 @@ def residual_box_for(config, training_box: int, box=None) -> int:
     return min(training_box, DEFAULT_RESIDUAL_BOX)
 
 
-def read_run_particles(config, particles=None):
+def read_run_particles(config, particles=None, run_dir=None, log=None):
     """``(ParticleSet, path)``: the particles a run trained on (its settings' file, cut to its half
-    set and particle limit), or the same rows from ``particles`` (a moved or converted file)."""
+    set and particle limit, without the unusable images it left out: ``run_dir``'s record of them
+    is read, the stacks only when there is none), or the same rows from ``particles`` (a moved or
+    converted file). ``log(line)`` hears of images left out."""
     from ..training.run_state import read_inputs
 
     if particles is not None:
         config = dataclasses.replace(config, particles=str(particles))
-    return read_inputs(config), config.particles
+    return read_inputs(config, run_dir, read_only=True, log=log), config.particles
 
 
 def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compare=(), labels=None,
@@ -89,8 +91,15 @@ def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compa
     clock = _Clock()
     with clock("read"):
         volumes = RunVolumes(run_dir, device=device)
+        if labels is not None:  # before minutes of work: a label volume made for another map
+            from ..io.mrc import read_header
+            from ..io.values import require_same_extent
+
+            head = read_header(labels)
+            require_same_extent(f"{labels}: label volume", (head.nz, head.ny, head.nx), float(head.voxel_size_xyz[0]),
+                                volumes.box, volumes.apix)
         config = _config(run_dir)
-        ps, particle_file = read_run_particles(config, particles)
+        ps, particle_file = read_run_particles(config, particles, run_dir, log=say)
         z = volumes.latents.astype(np.float64)
         if len(z) != len(ps):
             raise ValueError(f"{run_dir}: {len(z)} latents but {len(ps)} particles in {particle_file}")

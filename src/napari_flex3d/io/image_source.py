@@ -80,8 +80,8 @@ def read_images(
     ``boxes (b,)``: the box the metadata promise for each image (-1: unknown); ``rows (b,)``
     and ``describe_row(row) -> str`` name the particle in errors. Raises ValueError naming a
     missing stack, an index past the end of a stack, stacks of different image sizes, or an
-    image with NaN or infinite pixels (refused, not dropped: the default is that no
-    non-finite pixel ever reaches a kernel, and the message names the first such image).
+    image with NaN or infinite pixels (the last guard: jobs leave such images out beforehand,
+    :mod:`.image_check`, so that no non-finite pixel ever reaches a kernel).
     Returns None when ``b == 0``.
     """
     out = None
@@ -119,7 +119,8 @@ def read_images(
             k = int(np.argmax(~np.isfinite(block).reshape(len(block), -1).all(axis=1)))
             raise ValueError(
                 f"{path}: image {int(ii[k]) + 1} (1-based) holds NaN or infinite pixels (particle {int(at[k])}"
-                f"{describe_row(at[k])}); remove such particles from the input (for example in RELION or cryoSPARC)"
+                f"{describe_row(at[k])}); training, reconstruction and analysis leave such images out (train.log "
+                "names them); elsewhere remove them from the input (for example in RELION or cryoSPARC)"
             )
         out[mask] = block
     return out

@@ -31,6 +31,7 @@ __all__ = [
     "fourier_crop_2d",
     "fourier_crop_3d",
     "fourier_resize",
+    "resample_volume",
     "shift_images",
 ]
 
@@ -135,6 +136,58 @@ def fourier_crop_2d(images: torch.Tensor, box_out: int) -> torch.Tensor:
 def fourier_crop_3d(volume: torch.Tensor, box_out: int) -> torch.Tensor:
     """``volume (..., d, h, w)`` -> ``(..., box_out, box_out, box_out)`` by Fourier cropping (or padding)."""
     return fourier_resize(volume, box_out, 3)
+
+
+def _centre_crop_pad_3d(x: torch.Tensor, box_out: int) -> torch.Tensor:
+    """``x (..., N, N, N)`` cut or zero-padded in real space to ``box_out``, voxel ``N // 2`` kept at ``box_out // 2``."""
+    n_in = x.shape[-1]
+    if n_in == box_out:
+        return x
+    out = x.new_zeros(x.shape[:-3] + (box_out,) * 3)
+    shift = box_out // 2 - n_in // 2  # output index of input voxel 0
+    lo_in, hi_in = max(0, -shift), min(n_in, box_out - shift)
+    src = slice(lo_in, hi_in)
+    dst = slice(lo_in + shift, hi_in + shift)
+    out[..., dst, dst, dst] = x[..., src, src, src]
+    return out
+
+
+def _padded_box(n_in: int, ratio: float, max_grow: float = 0.5) -> int:
+    """The box ``M >= n_in`` (up to ``(1 + max_grow) n_in``) for which ``M * ratio`` is nearest a
+    whole number, relatively: padding to it makes a Fourier resize hit the wanted pixel size."""
+    best, best_err = n_in, float("inf")
+    for m in range(n_in, int(n_in * (1 + max_grow)) + 1):
+        err = abs(m * ratio - round(m * ratio)) / (m * ratio)
+        if err < best_err - 1e-12:
+            best, best_err = m, err
+        if best_err < 1e-6:
+            break
+    return best
+
+
+def resample_volume(volume: torch.Tensor, apix_in: float, box_out: int, apix_out: float) -> tuple[torch.Tensor, float]:
+    """A map ``volume (..., N, N, N)`` at ``apix_in`` Å resampled to ``(..., box_out, box_out, box_out)`` at
+    ``apix_out`` Å, the centre voxel (``N // 2``) staying at the centre. Returns ``(volume, apix)``:
+    ``apix`` is the pixel size reached: ``apix_out`` within a relative ``1 / (2 n)`` (``n`` the resized
+    box below), usually far closer; callers compare it with the size they need.
+
+    Fourier resampling (no interpolation blur): zero-padded in real space to a box ``M`` for which
+    ``M * apix_in / apix_out`` is a whole number ``n``, Fourier-cropped or padded ``M -> n`` (the same
+    extent in Å at the new pixel size; a coarser one loses only frequencies it cannot hold), then
+    cut or zero-padded in real space to ``box_out``. Values are preserved, as in :func:`fourier_resize`.
+    """
+    if not (apix_in > 0 and apix_out > 0 and math.isfinite(apix_in) and math.isfinite(apix_out)):
+        raise ValueError(f"resample_volume: pixel sizes must be positive, got {apix_in} and {apix_out} Å")
+    if box_out < 2:
+        raise ValueError(f"resample_volume: box_out must be >= 2, got {box_out}")
+    n_in = volume.shape[-1]
+    ratio = apix_in / apix_out
+    if abs(ratio - 1.0) < 1e-9:
+        return _centre_crop_pad_3d(volume, box_out), float(apix_in)
+    m = _padded_box(n_in, ratio)
+    n = max(2, round(m * ratio))
+    resized = fourier_resize(_centre_crop_pad_3d(volume, m), n, 3)  # (..., n, n, n) at m * apix_in / n Å
+    return _centre_crop_pad_3d(resized, box_out), m * apix_in / n
 
 
 def crop_rfft_2d(spec: torch.Tensor, box_out: int) -> torch.Tensor:

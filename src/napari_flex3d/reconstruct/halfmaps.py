@@ -34,14 +34,15 @@ import torch
 from ..conventions import voxel_grid_xyz_a
 from ..io.atomic import check_output_space, torch_save
 from ..io.mrc import read_map, write_map
-from ..io.values import require_informative_map
+from ..io.values import require_informative_map, require_same_extent
 from ..io.particles import read_particles
 from ..mesh.mesh import Mesh
 from ..model.canonical import scatter_to_volume
 from ..model.flex import barycentric_rows, batch_from_particles
 from ..model.flow import interpolate_vertex_flow
 from ..model.loss import estimate_noise_spectra
-from .halfsets import check_latent_rows, half_flows, half_run_rows, load_frozen_run, split_halves
+from ..io.image_check import MAX_UNUSABLE_FRACTION
+from .halfsets import check_latent_rows, half_flows, half_run_rows, load_frozen_run, split_halves, usable_particles
 from .report import validate_half_maps, write_fsc_files, write_sharpened_maps
 from .solver import HalfMapProblem, lbfgs_quadratic, pack_state, unpack_state
 from .validation import soften_mask
@@ -85,6 +86,9 @@ class HalfMapSettings:
         noise_particles: particles probed for the noise spectra (the whitening).
         support_dilate_a: dilation (Å) of the training mask that bounds ``V`` at the new box.
         mask_edge_a: width (Å) of the soft edge given to binary user masks.
+        resample_map: resample user masks whose extent in Å differs from the half maps' (another
+            box or pixel size than the particles', not only another sampling) onto their grid;
+            without it such a mask is refused.
     """
 
     masks: tuple | dict = ()
@@ -101,6 +105,7 @@ class HalfMapSettings:
     noise_particles: int = 2000
     support_dilate_a: float = 10.0
     mask_edge_a: float = 10.0
+    resample_map: bool = False
 
 
 @dataclass(frozen=True)
@@ -147,15 +152,29 @@ def resample_mask(mask: np.ndarray, apix_in: float, box_out: int, apix_out: floa
     return out
 
 
-def _load_mask_file(path, box: int, apix: float) -> np.ndarray:
-    """A user mask (MRC) at ``box``/``apix`` as float32 in [0, 1], resampled if needed."""
+def _load_mask_file(path, box: int, apix: float, resample: bool = False) -> np.ndarray:
+    """A user mask (MRC) at ``box``/``apix`` as float32 in [0, 1].
+
+    A mask spanning the half maps' extent in Å (``box * apix``, within 1 %: the particles' grid,
+    or the map at another sampling such as the full box when ``--box`` is smaller) is resampled
+    to their grid (trilinear, the centre kept: docs/conventions.md). A mask of another extent, or
+    of another shape with no pixel size in its header, was made for another map and is refused
+    unless ``resample`` (``--resample-map``) places it by its pixel size (or, with none, over the
+    same extent).
+    """
     from scipy import ndimage
 
     m = read_map(path)
     data = np.asarray(m.data, dtype=np.float32)
     if data.ndim != 3 or len(set(data.shape)) != 1:
         raise ValueError(f"{path}: a mask must be a cubic volume, got shape {data.shape}")
-    m_apix = float(m.apix) if getattr(m, "apix", None) else apix * box / data.shape[0]
+    header_apix = float(m.apix) if getattr(m, "apix", None) else None
+    m_apix = header_apix or apix * box / data.shape[0]
+    if not resample and not (header_apix is None and data.shape[0] == box):
+        try:
+            require_same_extent(f"{path}: mask", data.shape, header_apix, box, apix)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (or pass --resample-map to place it by its pixel size)") from None
     if data.shape[0] != box or abs(m_apix - apix) > 1e-3 * apix:
         c = (np.arange(box) - box // 2) * apix / m_apix + data.shape[0] // 2
         zz, yy, xx = np.meshgrid(c, c, c, indexing="ij")
@@ -191,14 +210,14 @@ def _support(models: list, box: int, apix: float, dilate_a: float) -> tuple[torc
     return flat, voxel_grid_xyz_a(box, apix).reshape(-1, 3)[flat]  # (n,), (n, 3)
 
 
-def _user_masks(masks, box: int, apix: float, edge_a: float) -> dict[str, torch.Tensor]:
+def _user_masks(masks, box: int, apix: float, edge_a: float, resample: bool = False) -> dict[str, torch.Tensor]:
     """``{name: (N, N, N)}`` soft masks for local FSCs, from MRC paths or ``{name: array}``."""
     user_masks = {}
     for m in masks.items() if isinstance(masks, dict) else masks:
         if isinstance(m, tuple):  # (name, array) at this box
             name, data = m[0], np.asarray(m[1], dtype=np.float32)
         else:
-            name, data = Path(m).stem, _load_mask_file(m, box, apix)
+            name, data = Path(m).stem, _load_mask_file(m, box, apix, resample)
         user_masks[name] = torch.as_tensor(soften_mask(data, apix, edge_a))
     return user_masks
 
@@ -328,6 +347,7 @@ def reconstruct_run(
     passthrough=None,
     root=None,
     settings: HalfMapSettings | None = None,
+    max_bad_image_fraction: float = MAX_UNUSABLE_FRACTION,
     **options,
 ) -> Iterator[object]:
     """Flex (and rigid) half maps of a trained run at the particles' full box; a generator of events.
@@ -340,12 +360,16 @@ def reconstruct_run(
     with ``--half-set A`` and ``run_b`` with ``--half-set B`` on ``particles``; flex half
     map A is solved with ``run_dir``'s flow and latents, B with ``run_b``'s, so nothing
     learnt from one half reaches the other half map.
+
+    Images of NaN/Inf or constant pixels are left out, as in training (``max_bad_image_fraction``:
+    more of them refuse the input); ``report.json`` counts them.
     """
     run = load_frozen_run(run_dir)
     ps = read_particles(particles, passthrough=passthrough, root=root).require_images()
+    ps, unusable = usable_particles(ps, out_dir, max_bad_image_fraction)
     flows = half_flows(run, ps, run_dir, particles, run_b)
     yield from solve_half_maps(flows.model, flows.latents, ps, out_dir, settings, model_b=flows.model_b,
-                               latents_b=flows.latents_b, sources=flows.sources, **options)
+                               latents_b=flows.latents_b, sources={**flows.sources, **unusable}, **options)
 
 
 def solve_half_maps(
@@ -389,7 +413,7 @@ def solve_half_maps(
     latents, latents_b = check_latent_rows(ps, latents, latents_b, independent, s.resplit)
     box_h, apix_h = _reconstruction_box(ps, s.box)
     flat_index, points = _support([model] + ([model_b] if independent else []), box_h, apix_h, s.support_dilate_a)
-    user_masks = _user_masks(s.masks, box_h, apix_h, s.mask_edge_a)
+    user_masks = _user_masks(s.masks, box_h, apix_h, s.mask_edge_a, s.resample_map)
     noise = _noise_spectra(ps, box_h, s.noise_particles, s.seed)
     half_a, half_b = split_halves(ps, s.resplit, s.seed, independent)
 

@@ -19,7 +19,8 @@ from ..io.particles import half_set_rows, read_particles
 from ..model.run import final_latents, load_run
 from .rigid import half_set_indices
 
-__all__ = ["FrozenRun", "HalfFlows", "load_frozen_run", "half_run_rows", "half_flows", "check_latent_rows", "split_halves"]
+__all__ = ["FrozenRun", "HalfFlows", "load_frozen_run", "half_run_rows", "half_flows", "check_latent_rows", "split_halves",
+           "usable_particles"]
 
 
 class FrozenRun(NamedTuple):
@@ -71,6 +72,16 @@ def half_run_rows(ps, half: str, n_run: int, run_dir) -> np.ndarray:
     return rows
 
 
+def usable_particles(ps, out_dir, max_fraction: float) -> tuple[object, dict]:
+    """``(ps without its unusable images, report entry)``: images of NaN/Inf or constant pixels left
+    out (:mod:`~napari_flex3d.io.image_check`, the record kept in ``out_dir`` for ``--resume``), as
+    training leaves them out, so the rows still match the run's latents."""
+    from ..io.image_check import exclude_unusable_images
+
+    usable, found = exclude_unusable_images(ps, out_dir, max_fraction=max_fraction)
+    return usable, {"unusable_images": {"count": found.count, "of": found.n_images, "first": list(found.names[:3])}}
+
+
 def _on_full_rows(latents: torch.Tensor, rows: np.ndarray, n: int) -> torch.Tensor:
     """``latents (m, K)`` of a half run placed at its ``rows`` of a zero ``(n, K)``: the other
     half's rows stay unused."""
@@ -106,7 +117,7 @@ def half_flows(run: FrozenRun, ps, run_dir, particles, run_b=None) -> HalfFlows:
     if len(ps) != run.latents.shape[0]:
         raise ValueError(
             f"{particles}: {len(ps)} particles, but the run's latents.npy has {run.latents.shape[0]} rows "
-            "(the same particles, in the same order, are needed)"
+            "(the same particles, in the same order, are needed; images left out as unusable count as removed)"
         )
     return HalfFlows(run.model, run.latents, None, None, {"run": str(run_dir), "particles": str(particles)})
 

@@ -73,10 +73,13 @@ class RunState:
         return max(1, math.ceil(len(self.train_idx) / self.config.batch))
 
 
-def read_inputs(config: TrainConfig):
+def read_inputs(config: TrainConfig, folder=None, read_only: bool = False, log=None):
     """The particles a run trains on (an ``io.particles.ParticleSet``): the input file, cut to
-    ``config.half_set`` and ``config.max_particles``; ``ValueError`` for a missing input or no poses."""
+    ``config.half_set`` and ``config.max_particles``, without its unusable images
+    (:func:`~.setup.usable_particles`, the check's record kept in ``folder``, the run's);
+    ``ValueError`` for a missing input or no poses."""
     from ..io.particles import half_set_rows, read_particles
+    from .setup import usable_particles
 
     if not config.particles:
         raise ValueError("TrainConfig.particles: no particle file given")
@@ -92,7 +95,7 @@ def read_inputs(config: TrainConfig):
             raise ValueError(f"{config.particles}: half set {half} is empty")
     if config.max_particles is not None and config.max_particles < len(ps):
         ps = ps.subset(np.arange(config.max_particles))
-    return ps
+    return usable_particles(ps, config, folder, read_only=read_only, log=log)
 
 
 def adam_for_canonical(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -109,7 +112,7 @@ def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_file
     from ..mesh.mesh import save_mesh
     from .setup import build_mask_and_mesh, build_model, consensus_at_box, estimate_spectra, split_train_val, training_box
 
-    ps = read_inputs(config)
+    ps = read_inputs(config, out_dir, read_only=not write_files)  # other ranks read rank 0's record if it is there
     box = training_box(config.box, int(ps.box))
     # settings refused before anything is built or written (the schedule's checks run on the first step too)
     if config.latent_box is not None:
@@ -117,7 +120,7 @@ def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_file
     band_limit(0.0, config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
     lr_factor(0.0, config.epochs, config.lr_final, config.band_ramp_epochs)
     apix = float(ps.apix) * ps.box / box
-    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
+    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box, resample=config.resample_map)
     mask, mesh = build_mask_and_mesh(consensus, apix, config)
     if write_files:  # rank 0 only under torchrun
         save_mesh(mesh, out_dir / "mesh.npz")
@@ -191,9 +194,9 @@ def restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
     config, model = config_and_model(state, checkpoint_path(out_dir), config)
     device = resolve_device(config.device)
     model = model.to(device)
-    ps = read_inputs(config)
+    ps = read_inputs(config, out_dir)
     box, apix = int(state["box"]), float(state["apix"])
-    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box)
+    consensus = consensus_at_box(config.map, int(ps.box), float(ps.apix), box, resample=config.resample_map)
     latents = state["latents"].to(torch.float32)
     if latents.shape != (len(ps), config.latent_dim):
         raise ValueError(f"{out_dir}: checkpoint has latents {tuple(latents.shape)} for {len(ps)} particles")

@@ -22,6 +22,7 @@ __all__ = [
     "build_model",
     "estimate_spectra",
     "split_train_val",
+    "usable_particles",
 ]
 
 
@@ -51,22 +52,49 @@ def training_box(config_box: int | None, particle_box: int) -> int:
     return box
 
 
-def consensus_at_box(map_path, particle_box: int, particle_apix: float, box: int) -> np.ndarray:
-    """The consensus map Fourier-cropped to the training box, ``(box, box, box)`` float32."""
+def consensus_at_box(map_path, particle_box: int, particle_apix: float, box: int, resample: bool = False) -> np.ndarray:
+    """The consensus map Fourier-cropped to the training box, ``(box, box, box)`` float32.
+
+    A map of another box or pixel size than the particles' is refused, or with ``resample``
+    (``--resample-map``) first resampled to theirs (:func:`~napari_flex3d.ops.fourier.resample_volume`).
+    """
     from ..io.mrc import read_map
     from ..io.values import require_informative_map
     from ..ops.fourier import fourier_crop_3d
 
     m = read_map(map_path)
     data = require_informative_map(m.data, str(map_path))  # a constant map has no automatic mask threshold
-    if data.shape != (particle_box,) * 3:
-        raise ValueError(f"{map_path}: map is {data.shape}, the particles' box is {particle_box}")
-    if m.apix is not None and abs(m.apix - particle_apix) > 0.01 * particle_apix:
-        raise ValueError(f"{map_path}: map voxel {m.apix:.4g} Å differs from the particles' {particle_apix:.4g} Å")
     vol = torch.tensor(data, dtype=torch.float32)  # a copy: read_map may hand back a read-only array
+    vol = map_on_particle_grid(vol, m.apix, particle_box, particle_apix, str(map_path), resample)
     if box != particle_box:
         vol = fourier_crop_3d(vol, box)
     return vol.numpy().astype(np.float32)
+
+
+def map_on_particle_grid(vol: torch.Tensor, map_apix: float | None, particle_box: int, particle_apix: float,
+                         what: str, resample: bool = False, tolerance: float = 0.01) -> torch.Tensor:
+    """``vol (N, N, N)`` if it is on the particles' grid (``particle_box`` at ``particle_apix`` Å, the
+    pixel size within ``tolerance``), else resampled onto it when ``resample``, else ``ValueError``
+    naming ``what``, both grids and ``--resample-map``."""
+    from ..ops.fourier import resample_volume
+
+    if vol.ndim != 3 or len(set(vol.shape)) != 1:
+        raise ValueError(f"{what}: a consensus map must be a cubic volume, got shape {tuple(vol.shape)}")
+    apix_ok = map_apix is None or abs(map_apix - particle_apix) <= tolerance * particle_apix
+    if vol.shape[0] == particle_box and apix_ok:
+        return vol
+    here = f"{vol.shape[0]} voxels at {map_apix:.4g} Å" if map_apix else f"{vol.shape[0]} voxels (no pixel size in its header)"
+    there = f"the particles' box is {particle_box} pixels at {particle_apix:.4g} Å"
+    if not resample:
+        raise ValueError(f"{what}: the map is {here}, {there}; pass --resample-map to resample the map to the "
+                         "particles' grid (or give the map the particles were refined against)")
+    if map_apix is None:
+        raise ValueError(f"{what}: the map is {here}, {there}; it cannot be resampled without its pixel size "
+                         "(set it in the header, e.g. with relion_image_handler --angpix or ChimeraX volume ... voxelSize)")
+    out, reached = resample_volume(vol, float(map_apix), particle_box, particle_apix)
+    if abs(reached - particle_apix) > 1e-3 * particle_apix:  # pragma: no cover - _padded_box finds closer for real boxes
+        raise ValueError(f"{what}: resampling reached {reached:.5g} Å, not the particles' {particle_apix:.5g} Å")
+    return out
 
 
 def build_mask_and_mesh(consensus: np.ndarray, apix: float, config: TrainConfig):
@@ -150,6 +178,29 @@ def estimate_spectra(ps, idx: np.ndarray, box: int, device, chunk: int = 256) ->
         images.append(batch["images"])
         groups.append(batch["optics_group"])
     return estimate_noise_spectra(torch.cat(images), torch.cat(groups), len(ps.optics)).to(torch.float32)
+
+
+def usable_particles(ps, config: TrainConfig, folder=None, read_only: bool = False, log=None):
+    """``ps`` without its images of NaN/Inf or constant pixels (:mod:`~napari_flex3d.io.image_check`).
+
+    The check's record is kept in ``folder`` (the run's: a resumed run or its analysis reads it
+    instead of the stacks; ``read_only``: read it, write nothing). The line counting and naming
+    the images left out goes to ``log(line)``, by default appended to ``folder/train.log``; more
+    than ``config.max_bad_image_fraction`` of them refuses the run.
+    """
+    from pathlib import Path
+
+    from ..io.atomic import open_log
+    from ..io.image_check import exclude_unusable_images
+
+    def append_to_train_log(line: str) -> None:
+        if folder is not None and not read_only:
+            with open_log(Path(folder) / "train.log") as f:
+                f.write(line + "\n")
+
+    usable, _ = exclude_unusable_images(ps, folder, max_fraction=config.max_bad_image_fraction, read_only=read_only,
+                                        log=log or append_to_train_log)
+    return usable
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
