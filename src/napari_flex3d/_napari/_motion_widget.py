@@ -18,7 +18,7 @@ workers (``_workers.start_worker``); the GUI thread only puts prepared arrays in
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
 
 from ._motion_compare import SideBySide
 from ._motion_moved import WhatMoved
@@ -63,9 +63,11 @@ class MotionWidget(WhatMoved, SideBySide, SubsetToMap, QWidget):
         self.explorer_label = QLabel("")
         self.explorer_label.setWordWrap(True)
         layout.addWidget(self.explorer_label)
-        layout.addWidget(self._build_moved_box())
-        layout.addWidget(self._build_compare_box())
-        layout.addWidget(self._build_subset_box())
+        self.tabs = QTabWidget()  # one tab per part: the dock stays short
+        self.tabs.addTab(self._build_moved_box(), "What moved")
+        self.tabs.addTab(self._build_compare_box(), "Side by side")
+        self.tabs.addTab(self._build_subset_box(), "Subset to map")
+        layout.addWidget(self.tabs)
         layout.addStretch(1)
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
