@@ -179,7 +179,7 @@ def test_surface_displacement_matches_the_flow(make_napari_viewer, qtbot, design
     from skimage.measure import marching_cubes
 
     from napari_flex3d._napari._layer_data import default_iso_threshold
-    from napari_flex3d._napari._motion_moved import SURFACE_LAYER, SURFACES
+    from napari_flex3d._napari._motion_moved import SOURCES, SURFACE_LAYER, SURFACES
 
     viewer, ex, w = _widgets(make_napari_viewer, qtbot, designed_runs["rigid"])
     z = ex.latents.mean(0) + np.array([2.0, 5.0], np.float32)  # axis z1 does not move anything
@@ -197,6 +197,16 @@ def test_surface_displacement_matches_the_flow(make_napari_viewer, qtbot, design
     np.testing.assert_allclose(verts, moved_xyz[:, ::-1] + BOX // 2 * APIX, atol=1e-3)
     assert w.surface_range == pytest.approx((expected.min(), expected.max()), rel=1e-4)
     assert f"{expected.max():.1f} Å" in w.range_label.text()
+
+    w.source = SOURCES[1]  # the explorer's traversal, first to last frame
+    ex.traverse_combo.setCurrentText("axis z0")
+    w.colour_surface()
+    _wait(qtbot, w)
+    zs = ex.movie_latents()
+    _, _, values = viewer.layers[SURFACE_LAYER].data
+    expected = np.linalg.norm((zs[-1, 0] - zs[0, 0]) * _flow_field("rigid", rest_xyz), axis=1)
+    np.testing.assert_allclose(values, expected, rtol=1e-4)
+    w.source = SOURCES[0]
 
     w.surface_kind = SURFACES[0]  # the canonical map's iso-surface, moved by the flow
     w.colour_surface()
@@ -292,3 +302,19 @@ def test_subset_to_map_uses_exactly_the_selected_particles(make_napari_viewer, q
         np.testing.assert_array_equal(viewer.layers[f"selection {mode} map (sharpened)"].data, m.data)
     freq, fsc = w.subset_fsc.data("flex")
     assert len(freq) > 3 and fsc[0] > 0.5
+
+
+def test_without_an_explorer_the_widget_says_what_to_open(make_napari_viewer, qtbot, monkeypatch):
+    from napari_flex3d._napari import _motion_compare, _motion_moved, _motion_subset
+    from napari_flex3d._napari._motion_widget import MotionWidget
+
+    errors = []
+    for module in (_motion_moved, _motion_compare, _motion_subset):
+        monkeypatch.setattr(module, "show_error", errors.append)
+    w = MotionWidget(make_napari_viewer())
+    assert w.explorer is None and "Latent explorer" in w.explorer_label.text()
+    for action in (w.colour_surface, w.strain_along_traversal, w.region_displacement, w.compare, w.map_selection):
+        action()
+    assert w.idle and len(errors) == 5
+    assert all("Latent explorer" in e for e in errors)
+    assert not w.subset_btn.isEnabled()  # nothing selected
