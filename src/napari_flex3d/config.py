@@ -26,6 +26,8 @@ from typing import Any
 __all__ = [
     "RIGIDITY_FLOOR",
     "RIGIDITY_REFERENCE_VOLUME_A3",
+    "RIGIDITY_LADDER",
+    "RIGIDITY_WARMUP_FRACTION",
     "TrainConfig",
     "GenerateConfig",
     "to_dict",
@@ -53,6 +55,12 @@ RIGIDITY_FLOOR = 0.1
 #: across) on a typical training box (128 px at 2.5 Å: 16 Å cells; tetgen's cells average 0.38 of
 #: the largest it allows, measured), so there the weight means what the paper's per-cell sum means.
 RIGIDITY_REFERENCE_VOLUME_A3 = 180.0
+
+#: ``TrainConfig.rigidity_choice="validation"``: the weights tried after the warm-up, as
+#: fractions of ``rigidity_lambda``, and the fraction the warm-up trains at (the ladder's
+#: geometric middle, so that no trial starts from a state fitted at its own weight).
+RIGIDITY_LADDER = (1.0, 1.0 / 4, 1.0 / 16, 1.0 / 64)
+RIGIDITY_WARMUP_FRACTION = 1.0 / 8
 
 
 def _f(default, help: str, **meta):
@@ -244,6 +252,13 @@ class TrainConfig(_Settings):
         "empty: all particles",
         choices=("", "A", "B"),
     )
+
+    def rigidity_weight(self) -> float:
+        """The rigidity weight a training step uses: ``rigidity_lambda``, or while a choice by
+        validation is still to come (the warm-up), its ``RIGIDITY_WARMUP_FRACTION``."""
+        if self.rigidity_choice == "validation":
+            return self.rigidity_lambda * RIGIDITY_WARMUP_FRACTION
+        return self.rigidity_lambda
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option (``--batch must be >= 1, got 0``) for a value out of range."""

@@ -21,9 +21,11 @@ from napari_flex3d.training.schedule import band_limit, phase_of_step
 from napari_flex3d.training.step import train_step
 
 
-def test_ladder():
+def test_ladder_and_the_warm_up_weight():
     assert rigidity_ladder(2.0) == (2.0, 0.5, 0.125, 0.03125)
     assert rigidity_ladder(0.0) == (0.0,)
+    assert TrainConfig().rigidity_weight() == 0.25  # before the choice: the ladder's geometric middle
+    assert TrainConfig(rigidity_choice="fixed", rigidity_lambda=0.7).rigidity_weight() == 0.7
 
 
 def test_settings_saved_before_the_choice_keep_a_fixed_per_cell_weight():
@@ -64,7 +66,7 @@ def test_the_run_goes_on_from_the_chosen_trial(tiny_sim, tiny_config, tmp_path):
     after = {k: v.clone() for k, v in run.model.state_dict().items()}
     latents_after = run.latents.clone()
     _restore(run, start)
-    run.config = dataclasses.replace(config, rigidity_lambda=record["chosen"])
+    run.config = dataclasses.replace(config, rigidity_lambda=record["chosen"], rigidity_choice="fixed")
     band = band_limit(0, config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
     for s, idx in enumerate(_trial_batches(run)):
         train_step(run, idx, phase_of_step(0, s, 0, config.flow_batches, config.structure_batches), band)
