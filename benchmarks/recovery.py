@@ -53,6 +53,10 @@ def main(argv=None) -> int:
                    help="also score the oracle (true map and motion, latents inferred) with the closure figures")
     p.add_argument("--latent-dim", type=int, default=None, help="K (default: the motion's number of coordinates)")
     p.add_argument("--rigidity-lambda", type=float, default=None, help="weight of the local rigidity prior")
+    p.add_argument("--rigidity-choice", default=None, choices=["validation", "fixed"],
+                   help="the weight chosen by validation loss after the warm-up (training's default), or fixed")
+    p.add_argument("--rigidity-scale", default=None, choices=["volume", "cell"],
+                   help="each cell's strain by its volume (training's default), or the paper's per-cell sum")
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--max-particles", type=int, default=None, help="train on the first N particles only (reduced runs)")
     p.add_argument("--warmup-epochs", type=int, default=None)
@@ -119,7 +123,8 @@ def main(argv=None) -> int:
                     kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
                     max_particles=args.max_particles)
     for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
-                 "rigidity_floor", "latent_estimate", "latent_grid", "latent_prior_shape", "seed", "rigidity_lambda"):  # the training's own defaults unless given here
+                 "rigidity_floor", "latent_estimate", "latent_grid", "latent_prior_shape", "seed", "rigidity_lambda",
+                 "rigidity_choice", "rigidity_scale"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = TrainConfig(**settings)
@@ -140,6 +145,7 @@ def main(argv=None) -> int:
     print(f"\n== recovery: {len(latents)} of {truth['n_particles']} particles, box {truth['box']} (training box "
           f"{run_config['training_box']}), SNR {truth['snr']}, motion {truth['motion']}, K={k}, "
           f"{run_config['settings']['epochs']} epochs, kernel {run_config['settings']['kernel']} ==")
+    print(f"rigidity: {_rigidity_text(run_dir, run_config['settings'])}")
     print("canonical correlations (latents vs true coordinates): "
           + ", ".join(f"{c:.3f}" for c in canonical_correlations(latents, coords)))
     print("  diagnostic, not the target: the same after a quadratic read-out of the latents (a bent latent space "
@@ -217,10 +223,22 @@ def _closure_report(run_dir: Path, sim_dir: Path, args, run_config: dict, truth:
     print("RESULTS.md row (## closure):")
     print(f"| {time.strftime('%Y-%m-%d')} | {commit} | CPU2 | {truth['n_particles']} particles, box {truth['box']}, SNR "
           f"{truth['snr']}, {truth['closure']['occupancy'] if 'closure' in truth else truth['motion']}, K="
-          f"{s['latent_dim']}, {s['epochs']} epochs, rigidity {s.get('rigidity_lambda')} | "
+          f"{s['latent_dim']}, {s['epochs']} epochs, rigidity {_rigidity_text(run_dir, s)} | "
           + " | ".join(f"{a} [{b}]" for a, b in zip(cells(rows["trained"]), cells(rows["oracle"]) if "oracle" in rows
                                                        else [""] * 5))
           + f" | {val if val is None else round(val, 2)} |")
+
+
+def _rigidity_text(run_dir: Path, settings: dict) -> str:
+    """The run's rigidity weight: fixed, or the weights tried, their validation losses and the choice."""
+    scale = settings.get("rigidity_scale", "cell")
+    path = run_dir / "rigidity_choice.json"
+    if settings.get("rigidity_choice", "fixed") != "validation" or not path.is_file():
+        return f"{settings.get('rigidity_lambda')} ({scale} scale, fixed)"
+    c = json.loads(path.read_text())
+    tried = ", ".join(f"{w:g}: {v:.2f}" for w, v in zip(c["weights"], c.get("validation_loss", [])))
+    return (f"{c['chosen']:g} chosen ({scale} scale; validation loss after {c.get('trial_steps')} trial steps: {tried}; "
+            f"{c.get('seconds', float('nan')):.0f} s)")
 
 
 def _train_torchrun(config, run_dir: Path, procs: int, resume: bool, log_path: Path) -> None:

@@ -25,6 +25,9 @@ from typing import Any
 
 __all__ = [
     "RIGIDITY_FLOOR",
+    "RIGIDITY_REFERENCE_VOLUME_A3",
+    "RIGIDITY_LADDER",
+    "RIGIDITY_WARMUP_FRACTION",
     "TrainConfig",
     "GenerateConfig",
     "to_dict",
@@ -47,6 +50,19 @@ __all__ = [
 #: 0.1 gave better latents and a lower validation loss on both benchmark data sets, though not on
 #: a 2,000-particle, 4-epoch case (benchmarks/RESULTS.md, "Findings: recovery").
 RIGIDITY_FLOOR = 0.1
+
+#: Volume (Å³) of the reference cell of the rigidity prior's ``volume`` scale: each cell's strain
+#: counts ``its volume / this`` times, so a weight means one stiffness per unit of density volume
+#: on any mesh, box or pixel size. It is the mean cell of cryoSPARC's default mesh (20 cells
+#: across) on a typical training box (128 px at 2.5 Å: 16 Å cells; tetgen's cells average 0.38 of
+#: the largest it allows, measured), so there the weight means what the paper's per-cell sum means.
+RIGIDITY_REFERENCE_VOLUME_A3 = 180.0
+
+#: ``TrainConfig.rigidity_choice="validation"``: the weights tried after the warm-up, as
+#: fractions of ``rigidity_lambda``, and the fraction the warm-up trains at (the ladder's
+#: geometric middle, so that no trial starts from a state fitted at its own weight).
+RIGIDITY_LADDER = (1.0, 1.0 / 4, 1.0 / 16, 1.0 / 64)
+RIGIDITY_WARMUP_FRACTION = 1.0 / 8
 
 
 def _f(default, help: str, **meta):
@@ -129,7 +145,23 @@ class TrainConfig(_Settings):
     latent_dim: int = _f(2, "number of latent dimensions K")
     hidden: int = _f(64, "hidden units per layer of the flow generator")
     layers: int = _f(6, "hidden layers of the flow generator")
-    rigidity_lambda: float = _f(2.0, "weight of the local rigidity penalty (lambda_rigid)")
+    rigidity_lambda: float = _f(
+        2.0,
+        "weight of the local rigidity penalty (lambda_rigid); with --rigidity-choice validation the largest of the "
+        "weights tried",
+    )
+    rigidity_choice: str = _f(
+        "validation",
+        "validation: after the warm-up, short trials of --rigidity-lambda x 1, 1/4, 1/16, 1/64 on the same start, the "
+        "one with the lowest validation loss kept (rigidity_choice.json); fixed: --rigidity-lambda throughout",
+        choices=("validation", "fixed"),
+    )
+    rigidity_scale: str = _f(
+        "volume",
+        "volume: each cell's strain weighted by its volume over a 180 Å^3 reference cell (a weight means the same "
+        "on any mesh or box); cell: the paper's plain sum over cells (runs before this setting)",
+        choices=("volume", "cell"),
+    )
     kernel: str = _f("cubic", "convection interpolation kernel", choices=("cubic", "linear"))
     flow_init_a: float = _f(
         0.0,
@@ -233,6 +265,13 @@ class TrainConfig(_Settings):
         choices=("", "A", "B"),
     )
 
+    def rigidity_weight(self) -> float:
+        """The rigidity weight a training step uses: ``rigidity_lambda``, or while a choice by
+        validation is still to come (the warm-up), its ``RIGIDITY_WARMUP_FRACTION``."""
+        if self.rigidity_choice == "validation":
+            return self.rigidity_lambda * RIGIDITY_WARMUP_FRACTION
+        return self.rigidity_lambda
+
     def validate(self) -> None:
         """Raise ``ValueError`` naming the option (``--batch must be >= 1, got 0``) for a value out of range."""
         ints_at_least = {"latent_dim": 1, "hidden": 1, "layers": 1, "epochs": 1, "batch": 1, "warmup_epochs": 0,
@@ -335,10 +374,19 @@ def _coerce(cls, name: str, value, hint):
     raise ValueError(f"{cls.__name__}.{name}: {value!r} is not a {hint}")
 
 
+#: Settings added after runs had been saved without them, with the value that reproduces those
+#: runs: :func:`from_dict` fills them in where a saved settings mapping lacks them.
+_BEFORE_THEY_EXISTED = {"TrainConfig": {"rigidity_choice": "fixed", "rigidity_scale": "cell"}}
+
+
 def from_dict(cls, data: dict):
-    """Build ``cls`` from :func:`to_dict`'s output; unknown keys and wrong types raise ``ValueError``."""
+    """Build ``cls`` from :func:`to_dict`'s output; unknown keys and wrong types raise ``ValueError``.
+
+    A setting newer than the saved mapping takes the value runs had before it existed (a run
+    saved before ``rigidity_scale`` keeps the plain per-cell sum it was trained with)."""
     if not isinstance(data, dict):
         raise ValueError(f"{cls.__name__} settings must be a mapping, got {type(data).__name__}")
+    data = {**_BEFORE_THEY_EXISTED.get(cls.__name__, {}), **data}
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

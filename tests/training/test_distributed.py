@@ -77,7 +77,10 @@ def _parse(stdout: str):
 def _config(tiny_config, sim, out, **kw):
     # grid inference takes discrete decisions (a float tie could flip one); the gradient
     # inference is continuous, so the equivalence holds to rounding over the whole run
-    settings = dict(epochs=3, batch=41, latent_inference="gradient", latent_steps=2, preview_every=0)
+    # and the rigidity weight fixed: a choice between trials whose validation losses differ in
+    # the fifth digit may fall either way when the sums are added in another order
+    settings = dict(epochs=3, batch=41, latent_inference="gradient", latent_steps=2, preview_every=0,
+                    rigidity_choice="fixed")
     settings.update(kw)
     return tiny_config(sim, out, **settings)
 

@@ -23,7 +23,18 @@ gradient is exactly zero at ``F = I``, and the derivative of the quartic,
 inverted with ``s2 = s3``, where the closest rotation is not unique).
 
 ``w_j`` is the cell's mean canonical density scaled so the densest cell is 1, floored at
-a minimum (cryoSPARC: 0.5), then raised for cells the user marked rigid. A per-vertex
+a minimum (cryoSPARC: 0.5), then raised for cells the user marked rigid.
+
+Scale. The paper's sum over cells, with no volume factor, counts a strain once per cell: the
+same physical deformation costs about ``(cell size)^-3`` times more on a finer mesh (8x at
+half the cell size), and the default mesh's cells follow the box (20 across, at least 4
+voxels), so one weight meant different priors at boxes 32, 64 and 128 of the same particles.
+Training's ``volume`` scale (``TrainConfig.rigidity_scale``, the default) multiplies ``w_j``
+by :func:`cell_volume_factors`, ``V_j / V_ref`` (``config.RIGIDITY_REFERENCE_VOLUME_A3``):
+the energy becomes ``(1/V_ref) * integral of w * strain dV``, the same on any mesh covering
+the same density (``tests/mesh/test_rigidity_scale.py``), and equal to the per-cell sum on a
+mesh of ``V_ref``-sized cells. The weights a run trains with are saved in its checkpoint,
+so runs from before keep their per-cell sum. A per-vertex
 motion mask ``m`` (0 where motion is forbidden, e.g. a micelle) comes from a label
 volume the user paints.
 """
@@ -34,8 +45,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from ..config import RIGIDITY_FLOOR
-from .mesh import Mesh
+from ..config import RIGIDITY_FLOOR, RIGIDITY_REFERENCE_VOLUME_A3
+from .mesh import Mesh, cell_signed_volumes
 
 __all__ = [
     "edge_matrices",
@@ -47,6 +58,7 @@ __all__ = [
     "RigidityPrior",
     "cell_sample_points",
     "cell_density_weights",
+    "cell_volume_factors",
     "raise_rigid_cells",
     "motion_mask_from_labels",
 ]
@@ -357,6 +369,15 @@ def cell_density_weights(mesh: Mesh, density: np.ndarray, min_weight: float = RI
     top = mean.max()
     w = np.clip(mean, 0.0, None) / top if top > 0 else np.zeros_like(mean)
     return np.maximum(w, min_weight).astype(np.float32)
+
+
+def cell_volume_factors(vertices_a, cells, reference_volume_a3: float = RIGIDITY_REFERENCE_VOLUME_A3) -> np.ndarray:
+    """``(t,)`` float32 ``V_j / V_ref``: each cell's volume over the reference cell's (the ``volume``
+    scale of the rigidity prior, module notes), for ``vertices_a (v, 3)`` Å and ``cells (t, 4)``."""
+    if not reference_volume_a3 > 0:
+        raise ValueError(f"reference_volume_a3 must be positive, got {reference_volume_a3}")
+    volumes = np.abs(cell_signed_volumes(np.asarray(vertices_a, np.float64), np.asarray(cells, np.int64)))
+    return (volumes / reference_volume_a3).astype(np.float32)
 
 
 def _in_labels(labels: np.ndarray, label_ids) -> np.ndarray:

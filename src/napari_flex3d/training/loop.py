@@ -53,6 +53,7 @@ from .outputs import (
     checkpoint_due, estimate_output_bytes, preview_due, preview_volumes, write_checkpoint, write_config,
     write_epoch_files, write_final_outputs,
 )
+from .rigidity_choice import choose_rigidity_if_due
 from .run_state import RunState, new_run, restored_run
 from .schedule import band_limit, lr_factor, phase_of_step
 from .step import local_rows, read_batch, set_learning_rates, train_step
@@ -154,6 +155,7 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     epoch, t0, c0 = run.epoch, time.perf_counter(), time.process_time()
     if run.epoch_order is None:  # a new epoch (else one a mid-epoch checkpoint resumed)
         run.latents_before = run.latents.cpu().numpy().copy()  # once per epoch, for the latent agreement
+        choose_rigidity_if_due(run)  # once, after the warm-up: the rigidity weight by validation loss
         run.epoch_order = torch.randperm(len(run.train_idx), generator=run.generator).numpy()
         run.epoch_step, run.epoch_losses, run.epoch_residuals = 0, [], []
     order, latents_before = run.epoch_order, run.latents_before

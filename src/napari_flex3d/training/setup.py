@@ -160,6 +160,11 @@ def build_model(consensus: np.ndarray, apix: float, mask: np.ndarray, mesh, conf
         rigidity_floor=config.rigidity_floor,
         kernel=config.kernel,
     )
+    if config.rigidity_scale == "volume":  # each cell's strain by its volume (mesh.rigidity's notes)
+        from ..mesh.rigidity import cell_volume_factors
+
+        factors = cell_volume_factors(model.vertices_a.numpy(), model.cells.numpy())
+        model.rigidity_weights.mul_(torch.as_tensor(factors))
     smooth_initial_flow(model.flow, model.vertices_a, config.flow_init_a)
     return model
 

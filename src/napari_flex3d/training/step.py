@@ -191,7 +191,7 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
                 lam = 0.0
             else:
                 rigid = model.rigidity(z_noisy)  # (b,)
-                lam = cfg.rigidity_lambda
+                lam = cfg.rigidity_weight()
             if ctx.active:  # this rank's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
             else:
@@ -207,7 +207,7 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
     if ctx.active:
         sums = all_reduce_sum(sums)
     data_m, rigid_m = sums / b_global
-    return torch.stack([data_m + cfg.rigidity_lambda * rigid_m, data_m, rigid_m])
+    return torch.stack([data_m + cfg.rigidity_weight() * rigid_m, data_m, rigid_m])
 
 
 def set_learning_rates(run: RunState, factor: float) -> None:

@@ -1,0 +1,142 @@
+"""Choosing the rigidity weight per data set by validation loss (``TrainConfig.rigidity_choice``).
+
+No fixed weight suits every motion, mesh and data set: on a 40° domain closure the default
+2.0 held the flow to 17 % of the excursion while 0.125 reached 39 % and lowered the
+validation loss (benchmarks/RESULTS.md, closure). So the warm-up trains at the ladder's
+geometric middle (``config.RIGIDITY_WARMUP_FRACTION`` of ``rigidity_lambda``: a trial that
+starts from a state fitted at its own weight was favoured by the short trials, measured), and
+once it is over (the flow and map fitted at the latents' start, latents about to be
+inferred) the run takes the same start through short trials of the weights of a ladder,
+``rigidity_lambda * (1, 1/4, 1/16, 1/64)``, the weakest first: each :data:`TRIAL_FRACTION`
+of an epoch's minibatches (the same particles for every weight, at least
+:data:`MIN_TRIAL_STEPS`), alternating flow and map updates as training does, then the
+validation loss (data term of the held-out particles at their inferred latents). The next
+stronger weight is tried while the loss falls. It keeps the weight with the lowest loss and
+goes on from that trial's state (its steps are not wasted), so the choice costs the other
+trials and the validation passes: ``benchmarks/RESULTS.md`` states the ratio. The trials and their
+losses go to ``rigidity_choice.json``; the settings saved with the checkpoint then hold the
+chosen weight with ``rigidity_choice="fixed"``, so a resumed run keeps it.
+
+Imports config, io and training's own modules below the loop; the loop calls
+:func:`choose_rigidity_if_due` at the start of each epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+
+import numpy as np
+
+from ..config import RIGIDITY_LADDER
+from .metrics import validation_loss
+from .run_state import RunState
+from .schedule import band_limit, phase_of_step
+from .step import train_step
+
+__all__ = ["LADDER", "TRIAL_FRACTION", "MIN_TRIAL_STEPS", "CHOICE_FILE", "rigidity_ladder", "choose_rigidity_if_due",
+           "choose_rigidity"]
+
+#: The weights tried, as fractions of ``rigidity_lambda`` (the strongest first).
+LADDER = RIGIDITY_LADDER
+#: A trial's length as a fraction of an epoch's minibatches.
+TRIAL_FRACTION = 0.5
+#: The fewest minibatches of a trial (two flow updates at the default alternation).
+MIN_TRIAL_STEPS = 4
+#: What the run folder records of the choice.
+CHOICE_FILE = "rigidity_choice.json"
+
+
+def rigidity_ladder(top: float) -> tuple[float, ...]:
+    """The weights tried: ``top`` times :data:`LADDER` (just ``(0.0,)`` for ``top == 0``)."""
+    return (0.0,) if top == 0 else tuple(top * f for f in LADDER)
+
+
+def choose_rigidity_if_due(run: RunState) -> dict | None:
+    """Run :func:`choose_rigidity` when the settings ask for a choice and the warm-up is over
+    (at the start of an epoch); else nothing (``None``)."""
+    cfg = run.config
+    if cfg.rigidity_choice != "validation" or run.epoch < cfg.warmup_epochs or run.epoch_order is not None:
+        return None
+    return choose_rigidity(run)
+
+
+def _snapshot(run: RunState) -> dict:
+    """What a trial changes: the model, both optimisers, the latents, the RNG, the prior's mass."""
+    return {
+        "model": copy.deepcopy(run.model.state_dict()),
+        "opt_flow": copy.deepcopy(run.opt_flow.state_dict()),
+        "opt_canonical": copy.deepcopy(run.opt_canonical.state_dict()),
+        "latents": run.latents.clone(),
+        "generator": run.generator.get_state(),
+        "latent_mass": None if run.latent_mass is None else run.latent_mass.clone(),
+    }
+
+
+def _restore(run: RunState, snap: dict) -> None:
+    run.model.load_state_dict(snap["model"])  # in place: the inference view shares the flow generator
+    run.opt_flow.load_state_dict(snap["opt_flow"])
+    run.opt_canonical.load_state_dict(snap["opt_canonical"])
+    run.latents.copy_(snap["latents"])
+    run.generator.set_state(snap["generator"])
+    run.latent_mass = None if snap["latent_mass"] is None else snap["latent_mass"].clone()
+
+
+def _trial_batches(run: RunState) -> list[np.ndarray]:
+    """The trials' minibatches: the same seeded draw of training particles for every weight."""
+    cfg = run.config
+    n_steps = max(MIN_TRIAL_STEPS, math.ceil(TRIAL_FRACTION * run.steps_per_epoch))
+    rng = np.random.default_rng(np.random.SeedSequence([int(cfg.seed), 25, run.epoch]))
+    draw = rng.permutation(len(run.train_idx))
+    order = np.concatenate([draw] * math.ceil(n_steps * cfg.batch / max(1, len(draw))))  # small sets wrap round
+    return [np.sort(run.train_idx[order[s * cfg.batch : (s + 1) * cfg.batch]]) for s in range(n_steps)]
+
+
+def choose_rigidity(run: RunState) -> dict:
+    """Try the ladder's weights from the run's present state, keep the best (module notes).
+
+    The weakest is tried first, then the next stronger while the validation loss falls: the
+    loss is taken to have one minimum along the ladder, and when the weakest wins (the
+    large-motion case) only one trial is thrown away. Leaves ``run`` in the best trial's state with ``run.config.rigidity_lambda`` set to its
+    weight and ``rigidity_choice`` to ``"fixed"``; returns (and, on the main rank, writes to
+    ``rigidity_choice.json``) the weights tried, their validation losses and the choice.
+    """
+    cfg = run.config
+    weights = rigidity_ladder(cfg.rigidity_lambda)
+    if len(run.val_idx) == 0 or len(weights) == 1:  # nothing to choose by (no held-out particles) or from
+        run.config = dataclasses.replace(cfg, rigidity_choice="fixed")
+        return {"epoch": run.epoch, "weights": list(weights), "chosen": cfg.rigidity_lambda,
+                "reason": "no validation particles" if len(weights) > 1 else "a weight of 0 leaves nothing to try"}
+    batches = _trial_batches(run)
+    band = band_limit(run.epoch, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
+    start, tried, losses, kept = _snapshot(run), [], [], None
+    t0, c0 = time.perf_counter(), time.process_time()
+    for weight in weights[::-1]:  # the weakest first; stop at the first that does worse than the one before
+        if tried:
+            _restore(run, start)
+        run.config = dataclasses.replace(cfg, rigidity_lambda=weight, rigidity_choice="fixed")
+        for s, idx in enumerate(batches):
+            phase = phase_of_step(cfg.warmup_epochs, s, cfg.warmup_epochs, cfg.flow_batches, cfg.structure_batches)
+            train_step(run, idx, phase, band)
+        tried.append(weight)
+        losses.append(validation_loss(run, band))
+        if len(losses) > 1 and not losses[-1] < losses[-2]:
+            _restore(run, kept)  # the one before was the best: go on from its state
+            break
+        kept = _snapshot(run) if len(tried) < len(weights) else None
+    best = int(np.argmin(losses))
+    chosen = tried[best]
+    run.config = dataclasses.replace(cfg, rigidity_lambda=chosen, rigidity_choice="fixed")
+    record = {
+        "epoch": run.epoch, "weights": tried, "validation_loss": losses, "chosen": chosen, "ladder": list(weights),
+        "trial_steps": len(batches), "batch": cfg.batch, "band_limit_nyquist": band,
+        "rigidity_scale": cfg.rigidity_scale, "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
+    }
+    if run.dist.is_main:
+        from ..io.atomic import write_json
+
+        write_json(run.out_dir / CHOICE_FILE, record)
+    return record
