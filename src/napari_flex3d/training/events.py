@@ -21,6 +21,7 @@ __all__ = [
     "LatentSnapshot",
     "PreviewVolumes",
     "CheckpointWritten",
+    "MicroBatchReduced",
     "RunFinished",
 ]
 
@@ -115,6 +116,21 @@ class CheckpointWritten(Event):
     epoch: int  # epochs finished
     path: str
     step: int = 0  # steps of the next epoch done (0: written at an epoch's end)
+
+
+@dataclass(frozen=True)
+class MicroBatchReduced(Event):
+    """The device ran out of memory (``torch.OutOfMemoryError``); the minibatch is now worked through
+    in micro-batches of ``micro_batch`` particles (gradient accumulated: the same result), for the
+    rest of the run and after ``--resume``."""
+
+    epoch: int  # 0-based epoch in progress
+    step: int  # its minibatch, 0-based (``steps_per_epoch`` in the epoch's validation)
+    where: str  # "latent inference", "model update", "validation"
+    batch: int  # particles per minibatch (unchanged)
+    previous: int  # the piece that did not fit
+    micro_batch: int  # particles per piece from now on
+    message: str = ""  # the first line of torch's error
 
 
 @dataclass(frozen=True)

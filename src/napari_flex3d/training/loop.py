@@ -163,6 +163,7 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     run.epoch_order, run.latents_before = None, None  # the epoch's steps are done: its checkpoint is an epoch end
     band = _band(cfg, epoch + 1)
     val_loss = validation_loss(run, band)
+    yield from _notices(run)
     update_latent_prior(run, epoch)
     if ctx.active:  # each particle was processed by one rank this epoch: assemble the full table
         owned = np.zeros(len(run.latents), bool)
@@ -193,7 +194,13 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     yield ev.CheckpointWritten(epoch=run.epoch, path=str(path))
 
 
-def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss | ev.CheckpointWritten]:
+def _notices(run: RunState) -> Iterator[ev.Event]:
+    """The events a step or the validation queued on the run (:class:`~.events.MicroBatchReduced`)."""
+    while run.notices:
+        yield run.notices.pop(0)
+
+
+def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.Event]:
     """The epoch's minibatches ``step_idx`` from ``run.epoch_step`` on, read ahead by a
     prefetcher; yields each step's losses (kept in ``run.epoch_losses``/``epoch_residuals``
     for the epoch summary) and, every ``checkpoint_minutes``, a mid-epoch checkpoint."""
@@ -228,6 +235,7 @@ def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss | 
             # the rate a step uses is the one at its end: the last step runs at lr_final
             set_learning_rates(run, lr_factor(epoch + (step + 1) / spe, cfg.epochs, cfg.lr_final, cfg.band_ramp_epochs))
             values = train_step(run, idx, phase, band, batch=batch)
+            yield from _notices(run)  # the micro-batch halved after running out of memory
             run.global_step += 1
             run.epoch_step = step + 1
             if pending is not None:

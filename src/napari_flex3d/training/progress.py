@@ -48,6 +48,14 @@ def format_event(event: ev.Event) -> str | None:
         if event.step:
             return f"checkpoint in epoch {event.epoch + 1} after step {event.step}: {event.path}"
         return f"checkpoint after epoch {event.epoch}: {event.path}"
+    if isinstance(event, ev.MicroBatchReduced):
+        where = "validation" if event.where == "validation" else f"step {event.step + 1}, {event.where}"
+        pieces = -(-event.batch // event.micro_batch)
+        return (
+            f"epoch {event.epoch + 1} {where}: out of GPU memory ({event.message or 'torch.OutOfMemoryError'}); "
+            f"micro-batch {event.previous} -> {event.micro_batch} particles, each batch of {event.batch} now in "
+            f"{pieces} pieces with its gradient accumulated (same result, slower); kept for the rest of the run"
+        )
     if isinstance(event, ev.RunFinished):
         return f"finished {event.epochs} epochs in {event.seconds:.0f} s: {event.run_dir}"
     return None
@@ -85,6 +93,8 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
                     bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.4g}", phase=event.phase, refresh=False)
             elif isinstance(event, ev.EpochSummary):
                 summaries.append(event)
+                (bar.write if bar is not None else print)(line)
+            elif isinstance(event, ev.MicroBatchReduced):  # shown even with --quiet: the run got slower
                 (bar.write if bar is not None else print)(line)
             elif isinstance(event, ev.RunFinished):
                 if bar is not None:

@@ -59,6 +59,7 @@ class RunState:
     epoch_residuals: list = field(default_factory=list)
     latents_before: np.ndarray | None = None  # (n_particles, K) the latents at its start (latent agreement)
     checkpoint_clock: float = field(default_factory=time.monotonic)  # when the last checkpoint was written
+    notices: list = field(default_factory=list)  # events raised inside a step (micro-batch halved), for the loop to yield
 
     @property
     def box(self) -> int:
