@@ -46,6 +46,8 @@ class RunStarted(Event):
     n_vertices: int
     latent_prior: str = "gaussian"  # "learned (9^2 grid)" or "gaussian": what latent inference uses
     start_step: int = 0  # steps of epoch start_epoch already done (resuming from a mid-epoch checkpoint)
+    memory_estimate_mb: float = float("nan")  # estimated peak device memory of a step (training.memory), MiB
+    micro_batch: int = 0  # particles per micro-batch (0: each minibatch in one piece)
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from ..io.atomic import check_output_space
 from ..io.prefetch import Prefetcher
 from ..model.loss import band_coefficients
 from ..model.run import CHECKPOINT_NAME, checkpoint_path
-from . import distributed
+from . import distributed, memory
 from . import events as ev
 from .agreement import latent_agreement
 from .distributed import DistContext
@@ -76,12 +76,13 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     run = _open_run(config, out_dir, resume, ctx)
     if ctx.is_main:  # refuse a run whose outputs cannot fit before its first epoch
         check_output_space(out_dir, estimate_output_bytes(run), "a training run's checkpoints and outputs")
+    estimate = memory.check_device_memory(run)  # and a batch that cannot fit the free GPU memory
     own_group = _join_ranks(run, ctx, resume)
     if resume and run.config.threads:
         torch.set_num_threads(run.config.threads)
     if ctx.is_main:
         write_config(run, cli_argv, resumed=resume)
-    yield _run_started(run)
+    yield _run_started(run, estimate)
     while run.epoch < run.config.epochs:
         yield from _epoch(run)
     if ctx.is_main:
@@ -133,13 +134,14 @@ def _join_ranks(run: RunState, ctx: DistContext, resume: bool) -> bool:
     return own_group
 
 
-def _run_started(run: RunState) -> ev.RunStarted:
+def _run_started(run: RunState, estimate: memory.MemoryEstimate) -> ev.RunStarted:
     cfg = run.config
     return ev.RunStarted(
         run_dir=str(run.out_dir), n_particles=len(run.ps), n_train=len(run.train_idx), n_val=len(run.val_idx),
         box=run.box, apix=run.apix, device=str(run.device), epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
         start_epoch=run.epoch, start_step=run.epoch_step, n_vertices=int(run.model.vertices_a.shape[0]),
         latent_prior="gaussian" if run.latent_prior is None else f"learned ({cfg.latent_grid}^{cfg.latent_dim} grid)",
+        memory_estimate_mb=estimate.total / 2**20, micro_batch=estimate.micro_batch if estimate.micro_batch < cfg.batch else 0,
     )
 
 

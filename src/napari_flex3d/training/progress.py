@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from ..io.atomic import open_log
+from ..io.atomic import format_bytes, open_log
 from . import events as ev
 
 __all__ = ["format_event", "consume_events"]
@@ -21,10 +21,15 @@ def format_event(event: ev.Event) -> str | None:
         resumed = f", resuming after epoch {event.start_epoch}" if event.start_epoch else ""
         if event.start_step:
             resumed = f", resuming in epoch {event.start_epoch + 1} after step {event.start_step}"
+        memory = ""
+        if math.isfinite(event.memory_estimate_mb):
+            memory = f", about {format_bytes(event.memory_estimate_mb * 2**20)} of device memory per step (estimate)"
+        if 0 < event.micro_batch:
+            memory += f", micro-batches of {event.micro_batch}"
         return (
             f"run {event.run_dir}: {event.n_particles} particles ({event.n_train} train, {event.n_val} validation), "
             f"box {event.box} at {event.apix:.3g} Å/px, {event.n_vertices} mesh vertices, device {event.device}, "
-            f"{event.epochs} epochs x {event.steps_per_epoch} steps, latent prior {event.latent_prior}{resumed}"
+            f"{event.epochs} epochs x {event.steps_per_epoch} steps, latent prior {event.latent_prior}{memory}{resumed}"
         )
     if isinstance(event, ev.StepLoss):
         return (
