@@ -124,24 +124,16 @@ def _oom_without_grad_above(monkeypatch, limit: int) -> None:
     monkeypatch.setattr(step_module, "model_data_terms", limited)
 
 
-def test_latent_inference_halves_too(whole_batch_run, tiny_sim, tiny_config, tmp_path, monkeypatch):
-    reference, _ = whole_batch_run
-    _oom_without_grad_above(monkeypatch, 7)
-    events = list(train_run(tiny_config(tiny_sim, tmp_path, **SMALL), tmp_path))
-    reduced = [(e.epoch, e.where, e.previous, e.micro_batch) for e in events if isinstance(e, ev.MicroBatchReduced)]
-    # first met inferring the 12 validation particles' latents at the first epoch's end; the pieces stay at 6
-    assert reduced == [(0, "latent inference", 12, 6)]
-    _assert_close_runs(reference, tmp_path)
-
-
-def test_validation_halves_too(tiny_sim, tiny_config, tmp_path, monkeypatch):
+@pytest.mark.parametrize("inference, where", [("grid", "latent inference"), ("none", "validation")])
+def test_latent_inference_and_validation_halve_too(tiny_sim, tiny_config, tmp_path, monkeypatch, inference, where):
+    """Met first at the first epoch's end, on its 12 validation particles: inferring their latents
+    (or, without inference, their data term); the pieces then stay at 6."""
     out_a, out_b = tmp_path / "a", tmp_path / "b"
-    settings = dict(latent_inference="none", **SMALL)  # validation is then the only work without gradients
-    list(train_run(tiny_config(tiny_sim, out_a, **settings), out_a))
+    list(train_run(tiny_config(tiny_sim, out_a, latent_inference=inference, **SMALL), out_a))
     _oom_without_grad_above(monkeypatch, 7)
-    events = list(train_run(tiny_config(tiny_sim, out_b, **settings), out_b))
+    events = list(train_run(tiny_config(tiny_sim, out_b, latent_inference=inference, **SMALL), out_b))
     reduced = [(e.epoch, e.where, e.previous, e.micro_batch) for e in events if isinstance(e, ev.MicroBatchReduced)]
-    assert reduced == [(0, "validation", 12, 6)]
+    assert reduced == [(0, where, 12, 6)]
     _assert_close_runs(out_a, out_b)
 
 

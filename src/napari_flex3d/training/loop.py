@@ -11,6 +11,9 @@ holding the epoch's particle order and position, so a killed run loses at most t
 interval. The caller may stop iterating at any yield (``close()``, or napari's worker
 ``quit()``): the last checkpoint stays intact and ``resume=True`` continues from it,
 mid-epoch included, ending with the same parameters as an uninterrupted run on the CPU.
+On CUDA a step that cannot fit the free GPU memory is refused before the first step
+(:mod:`.memory`); one that runs out mid-run is done again in halved micro-batches with the
+same result (:mod:`.micro_batch`).
 
 The loop's parts: :mod:`.run_state` (a new or restored run), :mod:`.step` (one minibatch),
 :mod:`.latent_state` (inference view, learned prior), :mod:`.metrics` (validation loss,

@@ -17,7 +17,7 @@ box, batch, micro-batch, ``K``, model size and latent-inference settings:
 The coefficients were fitted to the peak tensor bytes that ``torch.profiler`` records on the
 CPU (``profile_memory=True``) for 19 models and batches (boxes 32-64, 390-26,581 voxels,
 242-9,470 cells, 4-96 particles; ``benchmarks/gpu_memory.py --measure``): the estimate is
-0.9x-1.3x of those measurements (``tests/training/test_gpu_memory.py`` checks 0.75x-1.5x at
+0.92x-1.31x of those measurements (``tests/training/test_gpu_memory.py`` checks 0.75x-1.5x at
 two boxes and two batches). On a GPU the same tensors are allocated, plus the CUDA caching
 allocator's rounding and cuFFT's work areas: :func:`check_device_memory` asks for
 :data:`HEADROOM` more than the estimate. Against the one GPU measurement at hand

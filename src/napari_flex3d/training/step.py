@@ -1,10 +1,11 @@
 """One minibatch of training: read it, infer its latents with the model frozen, take one Adam step.
 
 :func:`train_step` is the loop's inner step (latent inference after warm-up, latent noise,
-one Adam step of the flow or of the canonical map as the schedule's phase says). It never
+one Adam step of the flow or of the canonical map as the schedule's phase says), its work
+in micro-batches that halve on a CUDA out-of-memory error (:mod:`.micro_batch`). It never
 reads the device: its losses come back as a tensor the loop reads one step later, so the
 GPU is never idle waiting for the host (``tests/test_host_sync.py`` checks this). Imports
-config, core (io, model) and training's :mod:`.latents`, :mod:`.latent_state`,
+config, core (io, model) and training's :mod:`.latents`, :mod:`.latent_state`, :mod:`.micro_batch`,
 :mod:`.schedule`, :mod:`.distributed`.
 """
 
