@@ -280,3 +280,19 @@ def test_the_free_memory_query_is_cudas_on_a_gpu_and_none_on_the_cpu():
     if torch.cuda.is_available():
         free, total = torch.cuda.mem_get_info()
         assert 0 < free_device_bytes(torch.device("cuda")) <= total
+
+
+def test_the_cli_progress_shows_the_estimate_and_a_halved_micro_batch(tmp_path, capsys):
+    from napari_flex3d.training.progress import consume_events
+
+    started = ev.RunStarted(run_dir="RUN", n_particles=1000, n_train=950, n_val=50, box=128, apix=2.1, device="cuda",
+                            epochs=1, steps_per_epoch=4, start_epoch=0, n_vertices=1800, memory_estimate_mb=4000.0,
+                            micro_batch=64)
+    reduced = ev.MicroBatchReduced(epoch=0, step=1, where="latent inference", batch=256, previous=64, micro_batch=32,
+                                   message="CUDA out of memory. Tried to allocate 1.00 GiB")
+    consume_events([started, reduced], log_path=tmp_path / "train.log", progress=False)  # as flex3d train --quiet
+    printed = capsys.readouterr().out
+    assert "about 4.2 GB of device memory per step (estimate), micro-batches of 64" in printed
+    assert "epoch 1 step 2, latent inference: out of GPU memory (CUDA out of memory. Tried to allocate 1.00 GiB)" in printed
+    assert "micro-batch 64 -> 32 particles, each batch of 256 now in 8 pieces" in printed
+    assert (tmp_path / "train.log").read_text().count("\n") == 2
