@@ -22,6 +22,7 @@ from napari_flex3d.training import step as step_module
 from napari_flex3d.training.loop import train_run
 from napari_flex3d.training.micro_batch import DeviceMemoryError
 from napari_flex3d.training.progress import format_event
+from napari_flex3d.training.run_state import _smaller_micro_batch
 
 #: Two epochs of three steps of 40 (108 training particles); the second infers latents with the learned prior.
 SMALL = dict(epochs=2, preview_every=0, checkpoint_minutes=0.0)
@@ -122,6 +123,26 @@ def _oom_without_grad_above(monkeypatch, limit: int) -> None:
         return real(run, batch, z, *args, **kwargs)
 
     monkeypatch.setattr(step_module, "model_data_terms", limited)
+
+
+def test_a_resumption_may_lower_the_micro_batch_but_not_raise_it(whole_batch_run, tiny_sim, tiny_config, tmp_path,
+                                                                  monkeypatch):
+    from napari_flex3d.cli import main
+
+    reference, _ = whole_batch_run
+    gen = train_run(tiny_config(tiny_sim, tmp_path, micro_batch=20, **SMALL), tmp_path)
+    for e in gen:
+        if isinstance(e, ev.CheckpointWritten):  # the first epoch's end
+            break
+    gen.close()
+    tried = _oom_above(monkeypatch, 1000)  # nothing runs out: only records the pieces' sizes
+    assert main(["train", "--resume", str(tmp_path), "--micro-batch", "8", "--quiet", "--checkpoint-minutes", "0"]) == 0
+    assert json.loads(load_checkpoint(checkpoint_path(tmp_path))["config_json"])["micro_batch"] == 8
+    assert max(tried) == 8  # a smaller GPU: lowered as asked
+    _assert_close_runs(reference, tmp_path)
+    saved = tiny_config(tiny_sim, tmp_path, micro_batch=20)
+    for asked, kept in ((30, 20), (None, 20), (8, 8)):  # never above what the run already fell back to
+        assert _smaller_micro_batch(saved, dataclasses.replace(saved, micro_batch=asked)).micro_batch == kept
 
 
 @pytest.mark.parametrize("inference, where", [("grid", "latent inference"), ("none", "validation")])
