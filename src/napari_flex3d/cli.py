@@ -77,13 +77,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _explicit(args: argparse.Namespace) -> dict:
-    """Settings a resumed run may change (how long and where it runs), when set off their defaults."""
+    """Settings a resumed run may change (how long and where it runs; a smaller micro-batch), when set off their defaults."""
     import dataclasses
 
     from .config import TrainConfig
 
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
-    keep = ("epochs", "device", "threads", "preview_every", "checkpoint_minutes")
+    keep = ("epochs", "device", "threads", "preview_every", "checkpoint_minutes", "micro_batch")
     return {k: getattr(args, k) for k in keep if getattr(args, k) != defaults[k]}
 
 

@@ -189,6 +189,11 @@ class TrainConfig(_Settings):
     # optimisation
     epochs: int = _f(16, "passes over the training particles")
     batch: int = _f(256, "particles per minibatch (the paper uses >= 500 on real data)")
+    micro_batch: int | None = _f(
+        None,
+        "particles per micro-batch: each minibatch is worked through in pieces of this size, its gradient accumulated "
+        "(the same result in less GPU memory; None: the whole minibatch). Halved by itself when CUDA runs out of memory",
+    )
     lr_flow: float = _f(3e-3, "Adam learning rate of the flow generator")
     lr_canonical: float = _f(1e-2, "Adam learning rate of the canonical map, relative to its RMS density")
     warmup_epochs: int = _f(2, "epochs training the flow and map with the latents held at their initial values")
@@ -279,7 +284,7 @@ class TrainConfig(_Settings):
                          "preview_every": 0}
         for name, low in ints_at_least.items():
             check_number(name, getattr(self, name), low=low, integer=True)
-        for name in ("threads", "max_particles"):
+        for name in ("threads", "max_particles", "micro_batch"):
             check_number(name, getattr(self, name), low=1, integer=True, optional=True)
         for name in ("rigidity_lambda", "flow_init_a", "mask_dilate_a", "latent_noise", "latent_prior"):
             check_number(name, getattr(self, name), low=0)

@@ -129,6 +129,7 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.last_checkpoint: Path | None = None
         self.latents: np.ndarray | None = None
         self.events: list = []
+        self.memory_notes: list[str] = []  # a line per MicroBatchReduced of the run (the GPU ran out of memory)
         self.error: Exception | None = None
         self._t_start = 0.0
         self._steps_total = 0
@@ -316,6 +317,7 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.events = []
         self._heavy = {}
         self.error = None
+        self.memory_notes = []  # a line per MicroBatchReduced of this run
         self.run_dir = Path(cfg.out)
         self.session.set(run_dir=self.run_dir)
         self._t_start = time.perf_counter()
@@ -379,9 +381,13 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self._steps_total = max(1, (ev.epochs - ev.start_epoch) * ev.steps_per_epoch)
         self.progress.setRange(0, self._steps_total)
         self.progress.setValue(0)
+        memory = ""
+        if np.isfinite(ev.memory_estimate_mb):  # the estimate the run checked against the free GPU memory
+            memory = f", about {ev.memory_estimate_mb / 1024:.2f} GiB per step"
+            memory += f" in micro-batches of {ev.micro_batch}" if ev.micro_batch else ""
         self.status_label.setText(
             f"{ev.n_train} training / {ev.n_val} validation particles, box {ev.box} at {ev.apix:.2f} Å, "
-            f"{ev.n_vertices} mesh vertices, on {ev.device}"
+            f"{ev.n_vertices} mesh vertices, on {ev.device}{memory}"
         )
 
     def _on_StepLoss(self, ev) -> None:
@@ -439,6 +445,14 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
     def previews_idle(self) -> bool:
         """No preview is being prepared or waiting to be."""
         return self._previews.idle
+
+    def _on_MicroBatchReduced(self, ev) -> None:
+        """The GPU ran out of memory: the run goes on in smaller micro-batches (same result); say so."""
+        from ..training.progress import format_event
+
+        self.memory_notes.append(format_event(ev))
+        self.status_label.setText(self.memory_notes[-1])
+        show_info(f"napari-flex3d: {self.memory_notes[-1]}")
 
     def _on_CheckpointWritten(self, ev) -> None:
         self.last_checkpoint = Path(ev.path)

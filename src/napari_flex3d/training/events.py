@@ -21,6 +21,7 @@ __all__ = [
     "LatentSnapshot",
     "PreviewVolumes",
     "CheckpointWritten",
+    "MicroBatchReduced",
     "RunFinished",
 ]
 
@@ -45,6 +46,8 @@ class RunStarted(Event):
     n_vertices: int
     latent_prior: str = "gaussian"  # "learned (9^2 grid)" or "gaussian": what latent inference uses
     start_step: int = 0  # steps of epoch start_epoch already done (resuming from a mid-epoch checkpoint)
+    memory_estimate_mb: float = float("nan")  # estimated peak device memory of a step (training.memory), MiB
+    micro_batch: int = 0  # particles per micro-batch (0: each minibatch in one piece)
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,21 @@ class CheckpointWritten(Event):
     epoch: int  # epochs finished
     path: str
     step: int = 0  # steps of the next epoch done (0: written at an epoch's end)
+
+
+@dataclass(frozen=True)
+class MicroBatchReduced(Event):
+    """The device ran out of memory (``torch.OutOfMemoryError``); the minibatch is now worked through
+    in micro-batches of ``micro_batch`` particles (gradient accumulated: the same result), for the
+    rest of the run and after ``--resume``."""
+
+    epoch: int  # 0-based epoch in progress
+    step: int  # its minibatch, 0-based (``steps_per_epoch`` in the epoch's validation)
+    where: str  # "latent inference", "model update", "validation"
+    batch: int  # particles per minibatch (unchanged)
+    previous: int  # the piece that did not fit
+    micro_batch: int  # particles per piece from now on
+    message: str = ""  # the first line of torch's error
 
 
 @dataclass(frozen=True)

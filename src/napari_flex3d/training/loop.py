@@ -11,6 +11,9 @@ holding the epoch's particle order and position, so a killed run loses at most t
 interval. The caller may stop iterating at any yield (``close()``, or napari's worker
 ``quit()``): the last checkpoint stays intact and ``resume=True`` continues from it,
 mid-epoch included, ending with the same parameters as an uninterrupted run on the CPU.
+On CUDA a step that cannot fit the free GPU memory is refused before the first step
+(:mod:`.memory`); one that runs out mid-run is done again in halved micro-batches with the
+same result (:mod:`.micro_batch`).
 
 The loop's parts: :mod:`.run_state` (a new or restored run), :mod:`.step` (one minibatch),
 :mod:`.latent_state` (inference view, learned prior), :mod:`.metrics` (validation loss,
@@ -43,7 +46,7 @@ from ..io.atomic import check_output_space
 from ..io.prefetch import Prefetcher
 from ..model.loss import band_coefficients
 from ..model.run import CHECKPOINT_NAME, checkpoint_path
-from . import distributed
+from . import distributed, memory
 from . import events as ev
 from .agreement import latent_agreement
 from .distributed import DistContext
@@ -77,12 +80,13 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     run = _open_run(config, out_dir, resume, ctx)
     if ctx.is_main:  # refuse a run whose outputs cannot fit before its first epoch
         check_output_space(out_dir, estimate_output_bytes(run), "a training run's checkpoints and outputs")
+    estimate = memory.check_device_memory(run)  # and a batch that cannot fit the free GPU memory
     own_group = _join_ranks(run, ctx, resume)
     if resume and run.config.threads:
         torch.set_num_threads(run.config.threads)
     if ctx.is_main:
         write_config(run, cli_argv, resumed=resume)
-    yield _run_started(run)
+    yield _run_started(run, estimate)
     while run.epoch < run.config.epochs:
         yield from _epoch(run)
     if ctx.is_main:
@@ -134,13 +138,14 @@ def _join_ranks(run: RunState, ctx: DistContext, resume: bool) -> bool:
     return own_group
 
 
-def _run_started(run: RunState) -> ev.RunStarted:
+def _run_started(run: RunState, estimate: memory.MemoryEstimate) -> ev.RunStarted:
     cfg = run.config
     return ev.RunStarted(
         run_dir=str(run.out_dir), n_particles=len(run.ps), n_train=len(run.train_idx), n_val=len(run.val_idx),
         box=run.box, apix=run.apix, device=str(run.device), epochs=cfg.epochs, steps_per_epoch=run.steps_per_epoch,
         start_epoch=run.epoch, start_step=run.epoch_step, n_vertices=int(run.model.vertices_a.shape[0]),
         latent_prior="gaussian" if run.latent_prior is None else f"learned ({cfg.latent_grid}^{cfg.latent_dim} grid)",
+        memory_estimate_mb=estimate.total / 2**20, micro_batch=estimate.micro_batch if estimate.micro_batch < cfg.batch else 0,
     )
 
 
@@ -165,6 +170,7 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     run.epoch_order, run.latents_before = None, None  # the epoch's steps are done: its checkpoint is an epoch end
     band = _band(cfg, epoch + 1)
     val_loss = validation_loss(run, band)
+    yield from _notices(run)
     update_latent_prior(run, epoch)
     if ctx.active:  # each particle was processed by one rank this epoch: assemble the full table
         owned = np.zeros(len(run.latents), bool)
@@ -195,7 +201,13 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     yield ev.CheckpointWritten(epoch=run.epoch, path=str(path))
 
 
-def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss | ev.CheckpointWritten]:
+def _notices(run: RunState) -> Iterator[ev.Event]:
+    """The events a step or the validation queued on the run (:class:`~.events.MicroBatchReduced`)."""
+    while run.notices:
+        yield run.notices.pop(0)
+
+
+def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.Event]:
     """The epoch's minibatches ``step_idx`` from ``run.epoch_step`` on, read ahead by a
     prefetcher; yields each step's losses (kept in ``run.epoch_losses``/``epoch_residuals``
     for the epoch summary) and, every ``checkpoint_minutes``, a mid-epoch checkpoint."""
@@ -230,6 +242,7 @@ def _steps(run: RunState, epoch: int, step_idx: list) -> Iterator[ev.StepLoss | 
             # the rate a step uses is the one at its end: the last step runs at lr_final
             set_learning_rates(run, lr_factor(epoch + (step + 1) / spe, cfg.epochs, cfg.lr_final, cfg.band_ramp_epochs))
             values = train_step(run, idx, phase, band, batch=batch)
+            yield from _notices(run)  # the micro-batch halved after running out of memory
             run.global_step += 1
             run.epoch_step = step + 1
             if pending is not None:

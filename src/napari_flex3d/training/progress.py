@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from ..io.atomic import open_log
+from ..io.atomic import format_bytes, open_log
 from . import events as ev
 
 __all__ = ["format_event", "consume_events"]
@@ -21,10 +21,15 @@ def format_event(event: ev.Event) -> str | None:
         resumed = f", resuming after epoch {event.start_epoch}" if event.start_epoch else ""
         if event.start_step:
             resumed = f", resuming in epoch {event.start_epoch + 1} after step {event.start_step}"
+        memory = ""
+        if math.isfinite(event.memory_estimate_mb):
+            memory = f", about {format_bytes(event.memory_estimate_mb * 2**20)} of device memory per step (estimate)"
+        if 0 < event.micro_batch:
+            memory += f", micro-batches of {event.micro_batch}"
         return (
             f"run {event.run_dir}: {event.n_particles} particles ({event.n_train} train, {event.n_val} validation), "
             f"box {event.box} at {event.apix:.3g} Å/px, {event.n_vertices} mesh vertices, device {event.device}, "
-            f"{event.epochs} epochs x {event.steps_per_epoch} steps, latent prior {event.latent_prior}{resumed}"
+            f"{event.epochs} epochs x {event.steps_per_epoch} steps, latent prior {event.latent_prior}{memory}{resumed}"
         )
     if isinstance(event, ev.StepLoss):
         return (
@@ -48,6 +53,14 @@ def format_event(event: ev.Event) -> str | None:
         if event.step:
             return f"checkpoint in epoch {event.epoch + 1} after step {event.step}: {event.path}"
         return f"checkpoint after epoch {event.epoch}: {event.path}"
+    if isinstance(event, ev.MicroBatchReduced):
+        where = "validation" if event.where == "validation" else f"step {event.step + 1}, {event.where}"
+        pieces = -(-event.batch // event.micro_batch)
+        return (
+            f"epoch {event.epoch + 1} {where}: out of GPU memory ({event.message or 'torch.OutOfMemoryError'}); "
+            f"micro-batch {event.previous} -> {event.micro_batch} particles, each batch of {event.batch} now in "
+            f"{pieces} pieces with its gradient accumulated (same result, slower); kept for the rest of the run"
+        )
     if isinstance(event, ev.RunFinished):
         return f"finished {event.epochs} epochs in {event.seconds:.0f} s: {event.run_dir}"
     return None
@@ -85,6 +98,8 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
                     bar.set_postfix(epoch=event.epoch + 1, loss=f"{event.loss:.4g}", phase=event.phase, refresh=False)
             elif isinstance(event, ev.EpochSummary):
                 summaries.append(event)
+                (bar.write if bar is not None else print)(line)
+            elif isinstance(event, ev.MicroBatchReduced):  # shown even with --quiet: the run got slower
                 (bar.write if bar is not None else print)(line)
             elif isinstance(event, ev.RunFinished):
                 if bar is not None:

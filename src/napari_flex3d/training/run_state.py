@@ -9,6 +9,7 @@ model) and training's own modules below the loop.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -59,6 +60,7 @@ class RunState:
     epoch_residuals: list = field(default_factory=list)
     latents_before: np.ndarray | None = None  # (n_particles, K) the latents at its start (latent agreement)
     checkpoint_clock: float = field(default_factory=time.monotonic)  # when the last checkpoint was written
+    notices: list = field(default_factory=list)  # events raised inside a step (micro-batch halved), for the loop to yield
 
     @property
     def box(self) -> int:
@@ -182,16 +184,27 @@ def _optimizer_to(opt: torch.optim.Optimizer, device) -> None:
                 st[k] = v.to(device)
 
 
+def _smaller_micro_batch(saved: TrainConfig, given: TrainConfig | None) -> TrainConfig:
+    """The checkpoint's settings with the smaller of its micro-batch and ``given``'s (``None``: the whole
+    minibatch): a resumption may lower it (a smaller GPU) but never undoes a halving after running out of memory."""
+    want = None if given is None else given.micro_batch
+    if want is None or (saved.micro_batch is not None and saved.micro_batch <= want):
+        return saved
+    return dataclasses.replace(saved, micro_batch=want)
+
+
 def restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
     """The run in ``out_dir`` as its last checkpoint left it (model, latents, optimisers, RNG,
     schedule position, learned prior and, from a mid-epoch checkpoint, the epoch's particle
     order, steps done and losses so far); ``config`` may change only what
-    :func:`~napari_flex3d.model.run.config_and_model` lets a resumption change."""
+    :func:`~napari_flex3d.model.run.config_and_model` lets a resumption change, and lower the micro-batch."""
     from ..io.checkpoint import load_checkpoint
     from .setup import consensus_at_box, resolve_device
 
     state = load_checkpoint(checkpoint_path(out_dir))
+    given = config
     config, model = config_and_model(state, checkpoint_path(out_dir), config)
+    config = _smaller_micro_batch(config, given)
     device = resolve_device(config.device)
     model = model.to(device)
     ps = read_inputs(config, out_dir)

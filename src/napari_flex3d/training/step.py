@@ -1,10 +1,11 @@
 """One minibatch of training: read it, infer its latents with the model frozen, take one Adam step.
 
 :func:`train_step` is the loop's inner step (latent inference after warm-up, latent noise,
-one Adam step of the flow or of the canonical map as the schedule's phase says). It never
+one Adam step of the flow or of the canonical map as the schedule's phase says), its work
+in micro-batches that halve on a CUDA out-of-memory error (:mod:`.micro_batch`). It never
 reads the device: its losses come back as a tensor the loop reads one step later, so the
 GPU is never idle waiting for the host (``tests/test_host_sync.py`` checks this). Imports
-config, core (io, model) and training's :mod:`.latents`, :mod:`.latent_state`,
+config, core (io, model) and training's :mod:`.latents`, :mod:`.latent_state`, :mod:`.micro_batch`,
 :mod:`.schedule`, :mod:`.distributed`.
 """
 
@@ -18,10 +19,11 @@ import torch
 from ..io.prefetch import host_to_device
 from .latent_state import LatentView
 from .latents import infer_latents_gradient, infer_latents_grid
+from .micro_batch import in_micro_batches, rows_of
 from .run_state import RunState
 from .schedule import FLOW, STRUCTURE, WARMUP
 
-__all__ = ["train_step", "infer_batch_latents", "data_terms", "stacked_data_terms", "read_batch", "local_rows", "set_learning_rates"]
+__all__ = ["train_step", "infer_batch_latents", "data_terms", "model_data_terms", "stacked_data_terms", "read_batch", "local_rows", "set_learning_rates"]
 
 
 @contextlib.contextmanager
@@ -51,8 +53,24 @@ def data_terms(
     """Whitened data loss per particle ``(b,)`` of the model (or of ``view``, with a batch at its box) at ``z (b, K)``.
 
     ``values (n_vox,)``: the band-limited canonical values to project, if already at hand
-    (``model.canonical_values()``, recomputed otherwise).
+    (``model.canonical_values()``, recomputed otherwise). Without gradients (validation)
+    the particles go through in micro-batches (:mod:`.micro_batch`) that halve on a CUDA
+    out-of-memory error; with gradients the caller makes the pieces.
     """
+    if torch.is_grad_enabled():
+        return model_data_terms(run, batch, z, max_freq_px, view, values)
+    pieces = in_micro_batches(
+        run, z.shape[0], lambda rows: model_data_terms(run, rows_of(batch, rows), z[rows], max_freq_px, view, values),
+        "validation",
+    )
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def model_data_terms(
+    run: RunState, batch: dict, z: torch.Tensor, max_freq_px: float, view: LatentView | None = None,
+    values: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """:func:`data_terms` of the whole ``batch`` in one piece."""
     from ..model.loss import data_loss
 
     model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
@@ -91,14 +109,15 @@ def stacked_data_terms(
             if c not in tiles:
                 tiles[c] = _tiled(batch, c)
             flat = z[start : start + c].reshape(c * b, k_dim)
-            out.append(data_terms(run, tiles[c], flat, max_freq_px, view, values=values).reshape(c, b))
+            out.append(model_data_terms(run, tiles[c], flat, max_freq_px, view, values=values).reshape(c, b))
         return torch.cat(out) if len(out) > 1 else out[0]
 
     return loss_fn
 
 
 def infer_batch_latents(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> torch.Tensor:
-    """Latents ``(b, K)`` refined with the model frozen (at ``run.latent_view``'s box if there is one)."""
+    """Latents ``(b, K)`` refined with the model frozen (at ``run.latent_view``'s box if there is one),
+    in micro-batches (:mod:`.micro_batch`): each particle's latents depend on its own images alone."""
     cfg, view = run.config, run.latent_view
     if cfg.latent_inference == "none":
         return z0
@@ -113,16 +132,26 @@ def infer_batch_latents(run: RunState, batch: dict, z0: torch.Tensor, max_freq_p
                 run.latent_mass = torch.zeros_like(run.latent_prior.log_density)
             with torch.no_grad():  # the map is frozen: band-limit it once, not once per candidate
                 values = (run.model if view is None else view.model).canonical_values()
-            return infer_latents_grid(
-                stacked_data_terms(run, batch, max_freq_px, view, values), z0, sweeps=cfg.latent_steps,
-                n_grid=cfg.latent_grid, z_range=cfg.latent_range, prior_weight=cfg.latent_prior,
-                estimate=cfg.latent_estimate, prior=run.latent_prior, grid_mass=run.latent_mass, stacked=True,
-            )
 
-        def loss_fn(z):
-            return data_terms(run, batch, z, max_freq_px, view)
+            def infer(part: dict, z_part: torch.Tensor) -> torch.Tensor:
+                return infer_latents_grid(
+                    stacked_data_terms(run, part, max_freq_px, view, values), z_part, sweeps=cfg.latent_steps,
+                    n_grid=cfg.latent_grid, z_range=cfg.latent_range, prior_weight=cfg.latent_prior,
+                    estimate=cfg.latent_estimate, prior=run.latent_prior, grid_mass=run.latent_mass, stacked=True,
+                )
+        else:
 
-        return infer_latents_gradient(loss_fn, z0, steps=cfg.latent_steps, lr=cfg.lr_latent, prior_weight=cfg.latent_prior)
+            def infer(part: dict, z_part: torch.Tensor) -> torch.Tensor:
+                def loss_fn(z):
+                    return model_data_terms(run, part, z, max_freq_px, view)
+
+                return infer_latents_gradient(
+                    loss_fn, z_part, steps=cfg.latent_steps, lr=cfg.lr_latent, prior_weight=cfg.latent_prior
+                )
+
+        # a piece adds to the prior's grid mass only once it is done: one redone after running out of memory counts once
+        pieces = in_micro_batches(run, z0.shape[0], lambda rows: infer(rows_of(batch, rows), z0[rows]), "latent inference")
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def read_batch(run: RunState, idx: np.ndarray) -> dict:
@@ -181,29 +210,41 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
     else:
         params, opts = [model.canonical.values], [run.opt_canonical]
     with _trainable(model, params):
-        for opt in opts:
-            opt.zero_grad(set_to_none=True)
-        if len(idx):
-            data = data_terms(run, batch, z_noisy, max_freq_px)  # (b,)
+
+        def zero_grad():
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
+
+        def backward(rows: slice) -> torch.Tensor:  # one micro-batch: its share of the loss's gradient
+            whole = rows.stop - rows.start == len(idx)
+            part = rows_of(batch, rows)
+            z_part = z_noisy[rows]
+            data = model_data_terms(run, part, z_part, max_freq_px)  # (m,)
             if phase == STRUCTURE:
                 with torch.no_grad():
-                    rigid = model.rigidity(z_noisy)
+                    rigid = model.rigidity(z_part)
                 lam = 0.0
             else:
-                rigid = model.rigidity(z_noisy)  # (b,)
+                rigid = model.rigidity(z_part)  # (m,)
                 lam = cfg.rigidity_weight()
-            if ctx.active:  # this rank's part of the global batch mean
+            if ctx.active or not whole:  # this piece's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
             else:
                 loss = total_loss(data) if phase == STRUCTURE else total_loss(data, rigid, lam)
             loss.backward()
+            return torch.stack([data.detach().sum(), rigid.detach().sum()])  # (2,)
+
+        zero_grad()
+        if len(idx):  # an out-of-memory error drops the accumulated gradients and starts again with smaller pieces
+            parts = in_micro_batches(run, len(idx), backward, "model update", restart=zero_grad)
+            sums = parts[0] if len(parts) == 1 else torch.stack(parts).sum(0)
         else:  # a rank with no particles in a short last batch still joins the reduction
-            data = rigid = torch.zeros(0, device=run.device)
+            sums = torch.zeros(2, device=run.device)
         if ctx.active:
             all_reduce_grads(params)
         for opt in opts:
             opt.step()
-    sums = torch.stack([data.detach().sum(), rigid.detach().sum()]).to(torch.float64)  # (2,)
+    sums = sums.to(torch.float64)  # (2,)
     if ctx.active:
         sums = all_reduce_sum(sums)
     data_m, rigid_m = sums / b_global
