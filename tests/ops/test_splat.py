@@ -252,8 +252,7 @@ def test_chunks_and_index_paths_agree(monkeypatch):
         return (images,) + grads
 
     whole = run()
-    monkeypatch.setattr(splat, "_CHUNK_ELEMENTS", {"cpu": 2 * n, "cuda": 2 * n})  # chunks of 2 particles
-    monkeypatch.setattr(splat, "_FLOAT_INDEX_LIMIT", 0)  # int64 index sums
+    monkeypatch.setattr(splat, "_CHUNK_FLOATS", {"cpu": 1, "cuda": 1})  # chunks of 1 particle
     for a, c in zip(whole, run()):
         torch.testing.assert_close(a, c)
 
