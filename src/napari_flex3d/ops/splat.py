@@ -89,43 +89,46 @@ def _taps(kernel: str) -> int:
 
 
 def _constants(kernel: str, derivative: bool, reverse: bool, ndim: int, pad_box: int, device, dtype):
-    """``(coefficients (K | 2K, deg + 1), axis strides (D,) int64)``, made once per kernel, device and
-    dtype: the weights' polynomial (taps in reverse order if ``reverse``) and each axis's stride in
-    a flat padded grid (x fastest)."""
+    """``(constant (K | 2K, 1), coefficients (K | 2K, deg), axis strides (D, 1, 1) int64)``, made once per
+    kernel, device and dtype: the weights' polynomial in ``f, f^2, ..`` (taps in reverse order if
+    ``reverse``) and each axis's stride in a flat padded grid (x fastest)."""
     key = (kernel, derivative, reverse, ndim, pad_box, device, dtype)
     if key not in _CONSTANTS:
         k = KERNELS[kernel]
         poly = torch.tensor(_POLY[kernel], dtype=torch.float64)  # (deg + 1, 2K)
         w = poly[:, :k].flip(1) if reverse else poly[:, :k]
         coef = torch.cat([w, poly[:, k:]], 1) if derivative else w
-        strides = torch.tensor([pad_box**a for a in range(ndim)], dtype=torch.long, device=device)
-        _CONSTANTS[key] = (coef.T.contiguous().to(device, dtype), strides)
+        strides = torch.tensor([pad_box**a for a in range(ndim)], dtype=torch.long, device=device)[:, None, None]
+        coef = coef.T.to(device, dtype)  # (K | 2K, deg + 1)
+        _CONSTANTS[key] = (coef[:, :1].contiguous(), coef[:, 1:].contiguous(), strides)
     return _CONSTANTS[key]
 
 
-def _chunk_plan(n: int, pad_box: int, k: int, ndim: int, device: torch.device) -> tuple[int, int]:
-    """``(particles per chunk, inner axes)``: how many particles of ``n`` points to splat at once, and
-    over how many of the fastest axes (x; x and y) one scatter spreads all taps (the rest loop)."""
+def _chunk_plan(n: int, pad_box: int, k: int, ndim: int, device: torch.device, backward: bool = True) -> tuple[int, int]:
+    """``(particles per chunk, inner axes)``: how many particles of ``n`` points to splat (or, with
+    ``backward``, to gather) at once, and over how many of the fastest axes (x; x and y) one scatter
+    spreads all taps (the rest loop)."""
     budget = _CHUNK_FLOATS.get(device.type, 1 << 24)
     grid = pad_box**ndim
     inner = 2 if grid * k * k <= budget // 4 else 1  # a buffer of k**inner floats per grid pixel
-    per_particle = k**inner * (2 * n + grid) + 8 * ndim * n  # the taps' values, the buffer, the weights
+    # the taps' values (twice in the backward), the buffer, the weights
+    per_particle = k**inner * ((2 if backward else 1) * n + grid) + 8 * ndim * n
     return max(1, budget // per_particle), inner
 
 
 def _pixel_frame(matrix: torch.Tensor, offset: torch.Tensor, apix: float, box: int, kernel: str):
-    """``(rows (D, b, 3), bias (D, b))``: a point ``p`` (Å) has padded-grid coordinate
+    """``(rows (D, b, 3), bias (D, b, 1))``: a point ``p`` (Å) has padded-grid coordinate
     ``rows @ p + bias`` along each axis, shifted so that its first tap is at the coordinate's floor
     (``(matrix @ p - offset) / apix + box // 2``, plus the padding ``K``, minus :data:`_BEFORE`)."""
     bias = (offset.T / -apix).add_(box // 2 + KERNELS[kernel] - _BEFORE[kernel])
-    return matrix.transpose(0, 1) / apix, bias
+    return matrix.transpose(0, 1) / apix, bias[:, :, None]
 
 
-def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, reverse: bool):
+def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, reverse: bool, lead: int = 0):
     """Each point's first tap, as a flat index into ``c`` stacked padded grids, and its kernel weights.
 
-    points ``(1|c, n, 3)`` xyz Å (any strides); rows ``(D, c, 3)``, bias ``(D, c)`` from
-    :func:`_pixel_frame`. Returns ``base (c, n)`` int64 and ``weights (1|2, K, D, c, n)``: along
+    points ``(1|c, n, 3)`` xyz Å (any strides); rows ``(D, c, 3)``, bias ``(D, c, 1)`` from
+    :func:`_pixel_frame`. Returns ``base (c, n)`` int64 (plus ``lead``) and ``weights (1|2, K, D, c, n)``: along
     every axis (x first) the ``K`` taps' weights (in reverse order if ``reverse``) and, with
     ``derivative``, their derivatives d w / d coordinate (natural order). A point whose first tap
     is outside ``[0, box + K]`` is clamped there: all its taps land in the padding, which is
@@ -134,14 +137,14 @@ def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, rev
     ndim, c = rows.shape[0], rows.shape[1]
     k = KERNELS[kernel]
     pad_box = box + 2 * k
-    coef, strides = _constants(kernel, derivative, reverse, ndim, pad_box, rows.device, rows.dtype)
+    constant, coef, strides = _constants(kernel, derivative, reverse, ndim, pad_box, rows.device, rows.dtype)
     # (D*c, 3) @ (3, n): BLAS reads the transposed points in place; the other order, (n, 3) @ (3, D),
     # is a slow matrix-vector path (~10x on the CPU)
     if points.shape[0] == 1:
         coord = torch.mm(rows.reshape(ndim * c, 3), points[0].T).view(ndim, c, -1)  # (D, c, n)
     else:
         coord = torch.bmm(rows.transpose(0, 1), points.transpose(1, 2)).transpose(0, 1)  # (D, c, n)
-    coord.add_(bias[:, :, None])
+    coord.add_(bias)
     first = torch.floor(coord)
     frac = coord.sub_(first)  # (D, c, n) in [0, 1)
     if kernel == "cubic":
@@ -149,10 +152,11 @@ def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, rev
         powers = torch.stack([frac, square, square * frac])  # (3, D, c, n)
     else:
         powers = frac[None]  # (1, D, c, n)
-    weights = torch.addmm(coef[:, :1], coef[:, 1:], powers.reshape(powers.shape[0], -1))  # (K | 2K, D*c*n)
+    weights = torch.addmm(constant, coef, powers.reshape(powers.shape[0], -1))  # (K | 2K, D*c*n)
     first = first.clamp_(0, box + k).long()  # (D, c, n) padded pixel of the first tap
-    base = (first * strides[:, None, None]).sum(0)  # (c, n) flat index in a particle's padded grid
-    base += torch.arange(0, c * pad_box**ndim, pad_box**ndim, device=base.device)[:, None]
+    base = (first * strides).sum(0)  # (c, n) flat index in a particle's padded grid
+    grid = pad_box**ndim
+    base += torch.arange(lead, lead + c * grid, grid, device=base.device)[:, None]
     return base, weights.view((-1, k) + coord.shape)
 
 
@@ -162,10 +166,16 @@ def _outer_taps(ndim: int, inner: int, pad_box: int, k: int):
         yield sum(t * pad_box ** (inner + a) for a, t in enumerate(taps)), taps
 
 
+def _lead(pad_box: int, k: int, inner: int) -> int:
+    """Rows of a splat buffer before the first grid's: the taps of the ``inner`` axes reach back that far."""
+    return (k - 1) * sum(pad_box**a for a in range(inner))
+
+
 def _splat_chunk(base, weights, vals, pad_box: int, k: int, inner: int) -> torch.Tensor:
     """``(c * pad_box**D,)``: ``c`` particles' padded grids, each point's taps weighted by ``vals (1|c, n)``.
 
-    ``weights (1, K, D, c, n)`` in reverse tap order (:func:`_chunk_taps`). Every point adds the
+    ``base (c, n)``: each point's first tap plus :func:`_lead`; ``weights (1, K, D, c, n)`` in
+    reverse tap order (:func:`_chunk_taps`). Every point adds the
     weights of all its taps along the ``inner`` fastest axes to one row (its first tap) of a
     buffer with ``K**inner`` planes, in one scatter per tap of the other axes; a strided sum
     reads each pixel's taps back from the rows ``t`` pixels before it, plane ``t``.
@@ -173,14 +183,14 @@ def _splat_chunk(base, weights, vals, pad_box: int, k: int, inner: int) -> torch
     ndim, c, n = weights.shape[2], weights.shape[3], weights.shape[4]
     grid = pad_box**ndim
     w = weights[0]  # (K, D, c, n)
-    lead = (k - 1) * sum(pad_box**a for a in range(inner))  # the first taps' rows start here
+    lead = _lead(pad_box, k, inner)
     src = w[:, inner - 1] * vals  # (K, c, n): the values folded in once
     if inner == 2:
         src = src[:, None] * w[None, :, 0]  # (K, K, c, n): (y, x) taps
     planes = (k,) * inner
     length = c * grid + lead
     buf = w.new_zeros(planes + (length,))
-    rows = (base + lead).view(-1)  # (c*n,)
+    rows = base.view(-1)  # (c*n,)
     for offset, taps in _outer_taps(ndim, inner, pad_box, k):
         scale = _prod([w[k - 1 - t, inner + a] for a, t in enumerate(taps)])  # (c, n): the outer taps' weight
         part = src if scale is None else src * scale
@@ -248,13 +258,14 @@ class _ConvectSplat(torch.autograd.Function):
         k = KERNELS[kernel]
         pad_box = box + 2 * k
         rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)
-        chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device)
+        chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device, backward=False)
+        lead = _lead(pad_box, k, inner)
         grids = []
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             pts = points if points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
             vals = values if values.shape[0] == 1 else values[start:stop]  # (1|c, n)
-            base, weights = _chunk_taps(pts, rows[:, start:stop], bias[:, start:stop], box, kernel, False, True)
+            base, weights = _chunk_taps(pts, rows[:, start:stop], bias[:, start:stop], box, kernel, False, True, lead)
             grids.append(_splat_chunk(base, weights, vals, pad_box, k, inner))
         ctx.save_for_backward(values, points, matrix, offset)
         ctx.box, ctx.apix, ctx.kernel = box, apix, kernel
