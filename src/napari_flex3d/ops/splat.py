@@ -16,11 +16,14 @@ volume ``W`` is never stored. The same splat in 3D (:func:`convect_volume`) give
 
 Implementation (pure torch, CPU and GPU):
 
-- Each point scatters rows of ``K`` weights (the ``K`` x-taps) into a ``(L, K)`` buffer
-  with ``scatter_add_``, once per outer tap (``K`` y-taps in 2D, ``K**2`` (z, y)-taps in 3D);
-  the outer taps are constant offsets of one flat index, realised as views of the buffer,
-  so indices are computed once per point. A strided sum folds the ``K`` columns into the
-  image.
+- A chunk of particles is one scatter: every point adds the weights of all its (y, x) taps
+  (``K**2`` numbers, the kernel's weights from one polynomial matmul) to the row of its
+  first tap in a buffer of ``K**2`` planes; a strided sum over the planes folds them into
+  the image (each pixel reads plane ``t`` at the row ``t`` taps before it). In 3D the z-taps
+  loop (``K`` scatters), or, when a buffer of ``K**2`` planes of the volume would not fit
+  the chunk's budget, the (z, y)-taps loop over planes of x-taps. Indices are computed
+  once per point. The backward is the matching gather: one ``index_select`` of every tap
+  of a chunk from a strided view of the padded gradient.
 - The image is padded by ``K`` pixels on each side and every point's first tap is clamped
   into the padded range: points (or taps) that fall outside the box land in the padding,
   which is cropped away, so they are **dropped** exactly (zero contribution, zero
