@@ -236,8 +236,9 @@ def test_deconvolve_sharpens_and_keeps_mass():
     assert (sharp.amax((-1, -2)) > blurred.amax((-1, -2))).all()
 
 
-def test_chunks_and_index_paths_agree(monkeypatch):
-    """Particles split into many chunks, and int64 index sums, give the same images and gradients."""
+def test_chunks_and_tap_layouts_agree(monkeypatch):
+    """Particles split into many chunks, and one scatter per y-tap (per (z, y)-tap in 3D) instead of
+    one for all (y, x)-taps, give the same images, volumes and gradients."""
     import napari_flex3d.ops.splat as splat
 
     torch.manual_seed(1)
@@ -249,11 +250,14 @@ def test_chunks_and_index_paths_agree(monkeypatch):
     def run():
         images = convect_project(values, points, rotations, None, box, apix)
         grads = torch.autograd.grad((images * torch.linspace(-1, 1, box)).sum(), (values, points, rotations))
-        return (images,) + grads
+        volume = convect_volume(values[0], points[0], box, apix)
+        vol_grads = torch.autograd.grad((volume * torch.linspace(-1, 1, box)).sum(), (values, points))
+        return (images, volume) + grads + vol_grads
 
     whole = run()
-    monkeypatch.setattr(splat, "_CHUNK_ELEMENTS", {"cpu": 2 * n, "cuda": 2 * n})  # chunks of 2 particles
-    monkeypatch.setattr(splat, "_FLOAT_INDEX_LIMIT", 0)  # int64 index sums
+    assert splat._chunk_plan(n, box + 8, 4, 3, torch.device("cpu")) == (splat._CHUNK_FLOATS["cpu"] // 223984, 2)
+    monkeypatch.setattr(splat, "_CHUNK_FLOATS", {"cpu": 1, "cuda": 1})  # chunks of 1 particle, taps of x only
+    assert splat._chunk_plan(n, box + 8, 4, 3, torch.device("cpu")) == (1, 1)
     for a, c in zip(whole, run()):
         torch.testing.assert_close(a, c)
 

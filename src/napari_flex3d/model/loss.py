@@ -172,29 +172,26 @@ def spectrum_to_image(spectrum: torch.Tensor, box: int) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=64)
-def _band_plane(box: int, max_freq_px: float | None, n_shells: int, device: torch.device, dtype: torch.dtype):
-    """``(plane_w * allowed (h, w//2+1) dtype, shell (h, w//2+1) long)``: the fixed part of
+def _band_plane(box: int, max_freq_px: float | None, n_shells: int, device: torch.device, dtype: torch.dtype,
+                scale: float = 1.0):
+    """``(scale * plane_w * allowed (h, w//2+1) dtype, shell (h, w//2+1) long)``: the fixed part of
     :func:`_weights`, built once per box, band, device and dtype (latent inference evaluates
     the loss about a hundred times a minibatch at one band). Read only."""
     k = radial_frequency_2d(box, device)
     allowed = k > 0  # DC dropped
     if max_freq_px is not None:
         allowed = allowed & (k <= max_freq_px)
-    plane_w = (rfft_plane_weights(box, device) * allowed).to(dtype)
+    plane_w = (rfft_plane_weights(box, device) * allowed * scale).to(dtype)
     return plane_w, torch.round(k).long().clamp(max=n_shells - 1)
 
 
-def _weights(box: int, noise_spectrum: torch.Tensor, max_freq_px: float | None, device, dtype) -> torch.Tensor:
-    """Per-coefficient weight ``plane_w * allowed / P`` on the rfft grid, ``(.., h, w//2+1)``."""
+def _weights(box: int, noise_spectrum: torch.Tensor, max_freq_px: float | None, device, dtype,
+             scale: float = 1.0) -> torch.Tensor:
+    """Per-coefficient weight ``scale * plane_w * allowed / P`` on the rfft grid, ``(.., h, w//2+1)``."""
     spectrum = torch.as_tensor(noise_spectrum, device=device, dtype=dtype)
     band = None if max_freq_px is None else float(max_freq_px)
-    plane_w, shells = _band_plane(int(box), band, spectrum.shape[-1], torch.device(device), dtype)
+    plane_w, shells = _band_plane(int(box), band, spectrum.shape[-1], torch.device(device), dtype, scale)
     return plane_w / spectrum[..., shells]
-
-
-def _power(spec: torch.Tensor) -> torch.Tensor:
-    """``|spec|^2`` of a complex tensor, as ``real^2 + imag^2``."""
-    return torch.view_as_real(spec).square().sum(-1)
 
 
 def fit_scale(
@@ -203,13 +200,15 @@ def fit_scale(
     """Per-image scale ``s (b,)`` minimising the whitened ``|F(target - s * pred)|^2``."""
     box, _ = _check_images(pred, "pred")
     w = _weights(box, noise_spectrum, max_freq_px, pred.device, pred.dtype)
-    return _fit_scale(w, torch.fft.rfft2(pred, norm="ortho"), torch.fft.rfft2(target, norm="ortho"))
+    fp = torch.view_as_real(torch.fft.rfft2(pred, norm="ortho"))
+    return _fit_scale(w, fp, torch.view_as_real(torch.fft.rfft2(target, norm="ortho")))
 
 
 def _fit_scale(w: torch.Tensor, fp: torch.Tensor, ft: torch.Tensor) -> torch.Tensor:
-    """:func:`fit_scale` from the weights and both spectra."""
-    num = (w * (fp.real * ft.real + fp.imag * ft.imag)).sum(dim=(-2, -1))
-    den = (w * _power(fp)).sum(dim=(-2, -1))
+    """:func:`fit_scale` from the weights ``(.., h, w//2+1)`` and both spectra as real views ``(b, h, w//2+1, 2)``
+    (the weights' scale cancels)."""
+    num = (w * (fp * ft).sum(-1)).sum(dim=(-2, -1))
+    den = (w * fp.square().sum(-1)).sum(dim=(-2, -1))
     return num / den.clamp(min=torch.finfo(w.dtype).tiny)
 
 
@@ -240,15 +239,17 @@ def data_loss(
         raise ValueError(f"target {tuple(target.shape)} and pred {tuple(pred.shape)} differ in shape")
     if isinstance(scale, str) and scale != "fit":
         raise ValueError(f"scale must be None, a tensor or 'fit', got {scale!r}")
-    w = _weights(box, noise_spectrum, max_freq_px, pred.device, pred.dtype)  # (.., h, w//2+1)
+    half_w = _weights(box, noise_spectrum, max_freq_px, pred.device, pred.dtype, scale=0.5)  # (.., h, w//2+1)
     if isinstance(scale, str):  # the transform is linear: F(target - s pred) = F(target) - s F(pred)
-        fp, ft = torch.fft.rfft2(pred, norm="ortho"), torch.fft.rfft2(target, norm="ortho")
-        resid = ft - _fit_scale(w, fp, ft)[:, None, None] * fp  # (b, h, w//2+1)
+        fp = torch.view_as_real(torch.fft.rfft2(pred, norm="ortho"))  # (b, h, w//2+1, 2)
+        ft = torch.view_as_real(torch.fft.rfft2(target, norm="ortho"))
+        resid = ft - _fit_scale(half_w, fp, ft).view(-1, 1, 1, 1) * fp  # (b, h, w//2+1, 2)
     else:
         if scale is not None:
             pred = pred * torch.as_tensor(scale, dtype=pred.dtype, device=pred.device).reshape(-1, 1, 1)
-        resid = torch.fft.rfft2(target - pred, norm="ortho")  # (b, h, w//2+1)
-    return 0.5 * (w * _power(resid)).sum(dim=(-2, -1))
+        resid = torch.view_as_real(torch.fft.rfft2(target - pred, norm="ortho"))  # (b, h, w//2+1, 2)
+    # 0.5 sits in the weights (a power of two: the same numbers as halving the sum)
+    return (half_w * resid.square().sum(-1)).sum(dim=(-2, -1))
 
 
 def band_coefficients(box: int, max_freq_px: float | None = None) -> float:

@@ -17,6 +17,7 @@ projection; callers that compare the two fit a scale or multiply by ``N / n``.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -62,6 +63,13 @@ def frequency_radius_grid(shape, d: float = 1.0, rfft: bool = True, device=None,
     return torch.sqrt(k2)
 
 
+@functools.lru_cache(maxsize=16)
+def _radius_grid(shape: tuple, d: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """:func:`frequency_radius_grid` (rfft), made once per shape, unit, device and dtype (a filter
+    applied every step at a moving cutoff). Read only."""
+    return frequency_radius_grid(shape, d=d, device=device, dtype=dtype)
+
+
 def raised_cosine(t):
     """The soft edge of every filter and mask: 1 at ``t <= 0``, ``(1 + cos(pi t)) / 2`` between,
     0 at ``t >= 1``. ``t`` a torch tensor or a numpy array (the result is of the same kind)."""
@@ -80,7 +88,7 @@ def lowpass(x: torch.Tensor, cutoff: float, edge_width: float = 0.0, ndim: int =
     """
     shape = tuple(x.shape[-ndim:])
     dims = tuple(range(-ndim, 0))
-    k = frequency_radius_grid(shape, d=d, device=x.device, dtype=x.dtype)  # (*shape[:-1], n//2+1)
+    k = _radius_grid(shape, float(d), x.device, x.dtype)  # (*shape[:-1], n//2+1)
     filt = raised_cosine((k - cutoff) / edge_width) if edge_width > 0 else (k <= cutoff).to(k.dtype)
     return torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * filt, s=shape, dim=dims)
 

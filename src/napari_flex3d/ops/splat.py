@@ -16,11 +16,14 @@ volume ``W`` is never stored. The same splat in 3D (:func:`convect_volume`) give
 
 Implementation (pure torch, CPU and GPU):
 
-- Each point scatters rows of ``K`` weights (the ``K`` x-taps) into a ``(L, K)`` buffer
-  with ``scatter_add_``, once per outer tap (``K`` y-taps in 2D, ``K**2`` (z, y)-taps in 3D);
-  the outer taps are constant offsets of one flat index, realised as views of the buffer,
-  so indices are computed once per point. A strided sum folds the ``K`` columns into the
-  image.
+- A chunk of particles is one scatter: every point adds the weights of all its (y, x) taps
+  (``K**2`` numbers, the kernel's weights from one polynomial matmul) to the row of its
+  first tap in a buffer of ``K**2`` planes; a strided sum over the planes folds them into
+  the image (each pixel reads plane ``t`` at the row ``t`` taps before it). In 3D the z-taps
+  loop (``K`` scatters), or, when a buffer of ``K**2`` planes of the volume would not fit
+  the chunk's budget, the (z, y)-taps loop over planes of x-taps. Indices are computed
+  once per point. The backward is the matching gather: one ``index_select`` of every tap
+  of a chunk from a strided view of the padded gradient.
 - The image is padded by ``K`` pixels on each side and every point's first tap is clamped
   into the padded range: points (or taps) that fall outside the box land in the padding,
   which is cropped away, so they are **dropped** exactly (zero contribution, zero
@@ -58,21 +61,28 @@ __all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS"]
 #: Kernel name -> number of taps per axis (support width in pixels).
 KERNELS = {"cubic": 4, "linear": 2}
 
-# Upper bound on (particles x points) handled at once; bounds the temporaries (about 30
-# tensors of this many elements) whatever the batch: ~250 MB on the CPU, ~500 MB on a GPU.
-# Each chunk costs about 125 operator calls (launches on a GPU), so larger chunks mean fewer:
-# a 1,024-particle, 4,000-point cubic splat at box 32 took 29-31 s in chunks of 2**18 and
-# 7-9 s in chunks of 2**21 on the 2 shared cores of the development machine (under load).
-_CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 22}
+# The most temporaries (floats) one chunk of particles may hold: ~256 MB on the CPU, ~512 MB
+# on a GPU, whatever the batch. A chunk costs about 40 operator calls (kernel launches on a
+# GPU) whatever its size, so larger chunks mean fewer.
+_CHUNK_FLOATS = {"cpu": 1 << 26, "cuda": 1 << 27}
 
-
-# Float32 holds integers exactly below 2**24: flat indices below it are summed in float.
-_FLOAT_INDEX_LIMIT = 1 << 24
-
-
-def _chunk_particles(n: int, device: torch.device) -> int:
-    """How many particles of ``n`` points each to splat at once."""
-    return max(1, _CHUNK_ELEMENTS.get(device.type, 1 << 18) // max(n, 1))
+#: The kernels' weights of the taps at ``first + j`` and their derivatives, as polynomials in the
+#: fractional part ``f`` of a point's coordinate: ``[1, f, f^2, f^3][:deg + 1] @ _POLY[kernel]``,
+#: columns ``w_0 .. w_{K-1}`` then ``dw_0 .. dw_{K-1}``. Cubic: the taps at floor - 1 .. floor + 2
+#: get ``beta3(f + 1), beta3(f), beta3(f - 1), beta3(f - 2)`` (their coefficients sum to 1, 0, 0, 0:
+#: mass is conserved to rounding); linear: ``1 - f, f``.
+_POLY = {
+    "cubic": (
+        (1 / 6, 2 / 3, 1 / 6, 0.0, -1 / 2, 0.0, 1 / 2, 0.0),
+        (-1 / 2, 0.0, 1 / 2, 0.0, 1.0, -2.0, 1.0, 0.0),
+        (1 / 2, -1.0, 1 / 2, 0.0, -1 / 2, 3 / 2, -3 / 2, 1 / 2),
+        (-1 / 6, 1 / 2, -1 / 2, 1 / 6, 0.0, 0.0, 0.0, 0.0),
+    ),
+    "linear": ((1.0, 0.0, -1.0, 1.0), (-1.0, 1.0, 0.0, 0.0)),
+}
+#: Taps before the floor of a point's coordinate: its first tap is at ``floor - _BEFORE``.
+_BEFORE = {"cubic": 1, "linear": 0}
+_CONSTANTS: dict = {}
 
 
 def _taps(kernel: str) -> int:
@@ -81,96 +91,163 @@ def _taps(kernel: str) -> int:
     return KERNELS[kernel]
 
 
-def _axis_weights(coord: torch.Tensor, kernel: str, box: int, derivative: bool):
-    """Kernel weights along one axis, recomputed in forward and backward.
+def _constants(kernel: str, derivative: bool, reverse: bool, ndim: int, pad_box: int, device, dtype):
+    """``(constant (K | 2K, 1), coefficients (K | 2K, deg), axis strides (D, 1, 1) int64)``, made once per
+    kernel, device and dtype: the weights' polynomial in ``f, f^2, ..`` (taps in reverse order if
+    ``reverse``) and each axis's stride in a flat padded grid (x fastest)."""
+    key = (kernel, derivative, reverse, ndim, pad_box, device, dtype)
+    if key not in _CONSTANTS:
+        k = KERNELS[kernel]
+        poly = torch.tensor(_POLY[kernel], dtype=torch.float64)  # (deg + 1, 2K)
+        w = poly[:, :k].flip(1) if reverse else poly[:, :k]
+        coef = torch.cat([w, poly[:, k:]], 1) if derivative else w
+        strides = torch.tensor([pad_box**a for a in range(ndim)], dtype=torch.long, device=device)[:, None, None]
+        coef = coef.T.to(device, dtype)  # (K | 2K, deg + 1)
+        _CONSTANTS[key] = (coef[:, :1].contiguous(), coef[:, 1:].contiguous(), strides)
+    return _CONSTANTS[key]
 
-    coord: ``(m,)`` continuous pixel coordinates (consumed: modified in place). Returns
-    ``first (m,)`` (float; the first tap's pixel, clamped into the padded range
-    ``[-K, box]``), ``w`` (list of ``K`` tensors ``(m,)``, tap ``j`` at pixel ``first + j``)
-    and ``dw`` (their derivatives d w / d coord, or None).
+
+def _chunk_plan(n: int, pad_box: int, k: int, ndim: int, device: torch.device, backward: bool = True) -> tuple[int, int]:
+    """``(particles per chunk, inner axes)``: how many particles of ``n`` points to splat (or, with
+    ``backward``, to gather) at once, and over how many of the fastest axes (x; x and y) one scatter
+    spreads all taps (the rest loop)."""
+    budget = _CHUNK_FLOATS.get(device.type, 1 << 24)
+    grid = pad_box**ndim
+    inner = 2 if grid * k * k <= budget // 4 else 1  # a buffer of k**inner floats per grid pixel
+    # the taps' values (twice in the backward), the buffer, the weights
+    per_particle = k**inner * ((2 if backward else 1) * n + grid) + 8 * ndim * n
+    return max(1, budget // per_particle), inner
+
+
+def _pixel_frame(matrix: torch.Tensor, offset: torch.Tensor, apix: float, box: int, kernel: str):
+    """``(rows (D, b, 3), bias (D, b, 1))``: a point ``p`` (Å) has padded-grid coordinate
+    ``rows @ p + bias`` along each axis, shifted so that its first tap is at the coordinate's floor
+    (``(matrix @ p - offset) / apix + box // 2``, plus the padding ``K``, minus :data:`_BEFORE`)."""
+    bias = (offset.T / -apix).add_(box // 2 + KERNELS[kernel] - _BEFORE[kernel])
+    return matrix.transpose(0, 1) / apix, bias[:, :, None]
+
+
+def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, reverse: bool, lead: int = 0):
+    """Each point's first tap, as a flat index into ``c`` stacked padded grids, and its kernel weights.
+
+    points ``(1|c, n, 3)`` xyz Å (any strides); rows ``(D, c, 3)``, bias ``(D, c, 1)`` from
+    :func:`_pixel_frame`. Returns ``base (c, n)`` int64 (plus ``lead``) and ``weights (1|2, K, D, c, n)``: along
+    every axis (x first) the ``K`` taps' weights (in reverse order if ``reverse``) and, with
+    ``derivative``, their derivatives d w / d coordinate (natural order). A point whose first tap
+    is outside ``[0, box + K]`` is clamped there: all its taps land in the padding, which is
+    cropped, so dropping is exact.
     """
-    k = KERNELS[kernel]
-    first = torch.floor(coord)
-    f = coord.sub_(first)  # (m,) fractional part in [0, 1)
-    if kernel == "cubic":
-        # Taps at floor-1 .. floor+2 get beta3(f + 1), beta3(f), beta3(f - 1), beta3(f - 2).
-        f2 = f * f
-        g = 1.0 - f
-        w0 = g * g  # (1 - f)^2, finished below
-        dw0 = w0 * -0.5 if derivative else None
-        w0.mul_(g).mul_(1.0 / 6.0)  # (1 - f)^3 / 6
-        w3 = (f2 * f).mul_(1.0 / 6.0)  # f^3 / 6
-        w1 = (f * 0.5).sub_(1.0).mul_(f2).add_(2.0 / 3.0)  # 2/3 - f^2 + f^3 / 2
-        w2 = 1.0 - w0 - w1 - w3  # partition of unity
-        w = [w0, w1, w2, w3]
-        if derivative:
-            dw3 = f2 * 0.5
-            dw1 = (f * 1.5).sub_(2.0).mul_(f)  # 3 f^2 / 2 - 2 f
-            dw2 = -(dw0 + dw1 + dw3)
-            dw = [dw0, dw1, dw2, dw3]
-        else:
-            dw = None
-        first.sub_(1.0)
-    else:
-        w = [1.0 - f, f]
-        dw = [torch.full_like(f, -1.0), torch.ones_like(f)] if derivative else None
-    # A point whose first tap is below -K or above box is entirely outside the image;
-    # clamped, all its taps land in the padding, which is cropped: dropping is exact.
-    first.clamp_(-k, box)
-    return first, w, dw
-
-
-def _axis_coords(points: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor, apix: float, box: int, axis: int):
-    """Continuous pixel coordinate along one axis, ``(c * n,)``.
-
-    points ``(1|c, n, 3)`` xyz Å; matrix ``(c, D, 3)``; offset ``(c, D)`` Å.
-    ``coord = (matrix[:, axis] . p - offset[:, axis]) / apix + box // 2``.
-    """
-    row = matrix[:, axis : axis + 1, :] / apix  # (c, 1, 3)
-    bias = (box // 2) - offset[:, axis, None] / apix  # (c, 1)
-    # (c, 1, 3) @ (c, 3, n): BLAS reads the transposed points in place; the other order,
-    # (c, n, 3) @ (c, 3, 1), is a slow matrix-vector path (~10x on CPU).
-    if points.shape[0] == 1:
-        coord = torch.mm(row[:, 0, :], points[0].T)  # (c, n)
-    else:
-        coord = torch.bmm(row, points.transpose(1, 2))[:, 0, :]  # (c, n)
-    return coord.add_(bias).reshape(-1)
-
-
-def _chunk_weights(points, matrix, offset, apix: float, box: int, kernel: str, derivative: bool):
-    """Flat first-tap index into ``c`` stacked padded grids, and per-axis weights.
-
-    Returns ``base (c*n,) int64`` and lists over axes (x, y[, z]) of weights and
-    derivatives (each a list of ``K`` tensors ``(c*n,)``).
-    """
-    c, ndim = matrix.shape[0], matrix.shape[1]
+    ndim, c = rows.shape[0], rows.shape[1]
     k = KERNELS[kernel]
     pad_box = box + 2 * k
-    grid_size = pad_box**ndim
-    base = None
-    weights, dweights = [], []
-    for axis in range(ndim):  # x is the fastest axis of the flat grid
-        coord = _axis_coords(points, matrix, offset, apix, box, axis)
-        first, w, dw = _axis_weights(coord, kernel, box, derivative)
-        weights.append(w)
-        dweights.append(dw)
-        base = first if base is None else base.add_(first, alpha=float(pad_box**axis))
-    # Float32 holds integers exactly up to 2**24; beyond, do the index sum in int64.
-    n = base.shape[0] // c
-    shift = k * sum(pad_box**a for a in range(ndim))  # padding offset of pixel (0, 0[, 0])
-    if c * grid_size < _FLOAT_INDEX_LIMIT or base.dtype == torch.float64:
-        base = base.view(c, n).add_(torch.arange(c, device=base.device, dtype=base.dtype)[:, None], alpha=grid_size)
-        base = base.reshape(-1).add_(shift).long()
+    constant, coef, strides = _constants(kernel, derivative, reverse, ndim, pad_box, rows.device, rows.dtype)
+    # (D*c, 3) @ (3, n): BLAS reads the transposed points in place; the other order, (n, 3) @ (3, D),
+    # is a slow matrix-vector path (~10x on the CPU)
+    if points.shape[0] == 1:
+        coord = torch.mm(rows.reshape(ndim * c, 3), points[0].T).view(ndim, c, -1)  # (D, c, n)
     else:
-        batch = torch.arange(c, device=base.device)[:, None] * grid_size + shift  # (c, 1)
-        base = (base.long().view(c, n) + batch).reshape(-1)
-    return base, weights, dweights
+        coord = torch.bmm(rows.transpose(0, 1), points.transpose(1, 2)).transpose(0, 1)  # (D, c, n)
+    coord.add_(bias)
+    first = torch.floor(coord)
+    frac = coord.sub_(first)  # (D, c, n) in [0, 1)
+    if kernel == "cubic":
+        square = frac * frac
+        powers = torch.stack([frac, square, square * frac])  # (3, D, c, n)
+    else:
+        powers = frac[None]  # (1, D, c, n)
+    weights = torch.addmm(constant, coef, powers.reshape(powers.shape[0], -1))  # (K | 2K, D*c*n)
+    first = first.clamp_(0, box + k).long()  # (D, c, n) padded pixel of the first tap
+    base = (first * strides).sum(0)  # (c, n) flat index in a particle's padded grid
+    grid = pad_box**ndim
+    base += torch.arange(lead, lead + c * grid, grid, device=base.device)[:, None]
+    return base, weights.view((-1, k) + coord.shape)
 
 
-def _outer_taps(ndim: int, pad_box: int, k: int):
-    """Yield ``(flat offset, taps)`` over all taps of the axes after x (taps[0] is y, taps[1] z)."""
-    for taps in itertools.product(range(k), repeat=ndim - 1):
-        yield sum(t * pad_box ** (a + 1) for a, t in enumerate(taps)), taps
+def _outer_taps(ndim: int, inner: int, pad_box: int, k: int):
+    """Yield ``(flat offset, taps)`` over all taps of the axes after the ``inner`` fastest."""
+    for taps in itertools.product(range(k), repeat=ndim - inner):
+        yield sum(t * pad_box ** (inner + a) for a, t in enumerate(taps)), taps
+
+
+def _lead(pad_box: int, k: int, inner: int) -> int:
+    """Rows of a splat buffer before the first grid's: the taps of the ``inner`` axes reach back that far."""
+    return (k - 1) * sum(pad_box**a for a in range(inner))
+
+
+def _splat_chunk(base, weights, vals, pad_box: int, k: int, inner: int) -> torch.Tensor:
+    """``(c * pad_box**D,)``: ``c`` particles' padded grids, each point's taps weighted by ``vals (1|c, n)``.
+
+    ``base (c, n)``: each point's first tap plus :func:`_lead`; ``weights (1, K, D, c, n)`` in
+    reverse tap order (:func:`_chunk_taps`). Every point adds the
+    weights of all its taps along the ``inner`` fastest axes to one row (its first tap) of a
+    buffer with ``K**inner`` planes, in one scatter per tap of the other axes; a strided sum
+    reads each pixel's taps back from the rows ``t`` pixels before it, plane ``t``.
+    """
+    ndim, c, n = weights.shape[2], weights.shape[3], weights.shape[4]
+    grid = pad_box**ndim
+    w = weights[0]  # (K, D, c, n)
+    lead = _lead(pad_box, k, inner)
+    src = w[:, inner - 1] * vals  # (K, c, n): the values folded in once
+    if inner == 2:
+        src = src[:, None] * w[None, :, 0]  # (K, K, c, n): (y, x) taps
+    planes = (k,) * inner
+    length = c * grid + lead
+    buf = w.new_zeros(planes + (length,))
+    rows = base.view(-1)  # (c*n,)
+    for offset, taps in _outer_taps(ndim, inner, pad_box, k):
+        scale = _prod([w[k - 1 - t, inner + a] for a, t in enumerate(taps)])  # (c, n): the outer taps' weight
+        part = src if scale is None else src * scale
+        index = (rows if offset == 0 else rows + offset).expand(planes + (-1,))
+        buf.scatter_add_(inner, index, part.view(planes + (-1,)))
+    strides = (1,) + tuple(k**a * length + pad_box**a for a in reversed(range(inner)))
+    return buf.as_strided((c * grid,) + planes, strides).sum(tuple(range(1, inner + 1)))
+
+
+def _gather_chunk(padded, start: int, base, weights, pad_box: int, k: int, inner: int):
+    """The adjoint of :func:`_splat_chunk`: per point, ``sum_taps g * w`` and, with derivatives in
+    ``weights (2, K, D, c, n)`` (natural tap order), ``sum_taps g * dw/dcoord`` along each axis.
+
+    ``padded``: the flat padded gradient of all particles (the chunk's first grid at ``start``),
+    long enough that every tap of the last pixel is in it. Returns ``g_w (c*n,)`` and a list of
+    ``D`` tensors ``(c*n,)`` (or ``None`` without derivatives).
+    """
+    cols, ndim, c, n = weights.shape[0], weights.shape[2], weights.shape[3], weights.shape[4]
+    m = c * n
+    grid = pad_box**ndim
+    w = weights[0]  # (K, D, c, n)
+    x_taps = weights[:, :, 0].reshape(cols, 1, k, m) if inner == 2 else weights[:, :, 0].reshape(cols, k, m)
+    g_w, g_c = None, [None] * ndim
+    index = base.view(-1)
+    for offset, taps in _outer_taps(ndim, inner, pad_box, k):
+        # the gradient at every tap of the inner axes, from each point's first tap: (K[, K], m) (y, x)
+        unfolded = padded.as_strided(
+            (k,) * inner + (c * grid,), tuple(pad_box**a for a in reversed(range(inner))) + (1,), start + offset
+        )
+        g_taps = unfolded.index_select(inner, index)
+        if inner == 2:
+            along_x = (g_taps * x_taps).sum(2)  # (1|2, K, m): [w_x, dw_x] summed over the x-taps
+            y_taps = weights[:, :, 1].reshape(cols, 1, k, m)
+            sums = (y_taps * along_x).sum(2)  # (1|2, 1|2, m): [w_y, dw_y] x [w_x, dw_x]
+            s, ds = sums[0, 0], ([sums[0, 1], sums[1, 0]] if cols == 2 else None)
+        else:
+            sums = (g_taps * x_taps).sum(1)  # (1|2, m)
+            s, ds = sums[0], ([sums[1]] if cols == 2 else None)
+        outer = [w[t, inner + a].reshape(m) for a, t in enumerate(taps)]
+        prod = _prod(outer)
+        g_w = _accumulate(g_w, s, prod)
+        if ds is not None:
+            for a in range(inner):
+                g_c[a] = _accumulate(g_c[a], ds[a], prod)
+            for i, t in enumerate(taps):
+                factor = _prod([weights[1, t, inner + i].reshape(m)] + [o for j, o in enumerate(outer) if j != i])
+                g_c[inner + i] = _accumulate(g_c[inner + i], s, factor)
+    return g_w, (g_c if cols == 2 else None)
+
+
+def _accumulate(total, term, factor):
+    """``total + term * factor`` (``factor`` None: 1; ``total`` None: 0)."""
+    term = term if factor is None else term * factor
+    return term if total is None else total.add_(term)
 
 
 class _ConvectSplat(torch.autograd.Function):
@@ -183,26 +260,19 @@ class _ConvectSplat(torch.autograd.Function):
         n = values.shape[-1]
         k = KERNELS[kernel]
         pad_box = box + 2 * k
-        grid_size = pad_box**ndim
-        # One flat padded grid per particle; the K - 1 trailing zeros keep every x-tap in range.
-        out = values.new_zeros(b * grid_size + k)
-        chunk = _chunk_particles(n, values.device)
+        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)
+        chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device, backward=False)
+        lead = _lead(pad_box, k, inner)
+        grids = []
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
-            c = stop - start
             pts = points if points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
             vals = values if values.shape[0] == 1 else values[start:stop]  # (1|c, n)
-            base, weights, _ = _chunk_weights(pts, matrix[start:stop], offset[start:stop], apix, box, kernel, False)
-            weights[-1] = [(w.view(c, n) * vals).view(-1) for w in weights[-1]]  # fold the values in once
-            grid = out[start * grid_size :]
-            for offset_outer, taps in _outer_taps(ndim, pad_box, k):
-                scale = _prod([weights[axis + 1][t] for axis, t in enumerate(taps)])  # (c*n,)
-                for j in range(k):  # x-taps: consecutive pixels
-                    src = weights[0][j] if scale is None else scale * weights[0][j]
-                    grid[offset_outer + j :].scatter_add_(0, base, src)
+            base, weights = _chunk_taps(pts, rows[:, start:stop], bias[:, start:stop], box, kernel, False, True, lead)
+            grids.append(_splat_chunk(base, weights, vals, pad_box, k, inner))
         ctx.save_for_backward(values, points, matrix, offset)
         ctx.box, ctx.apix, ctx.kernel = box, apix, kernel
-        out = out[: b * grid_size].view((b,) + (pad_box,) * ndim)
+        out = (torch.cat(grids) if len(grids) > 1 else grids[0]).view((b,) + (pad_box,) * ndim)
         return out[(slice(None),) + (slice(k, k + box),) * ndim]
 
     @staticmethod
@@ -217,56 +287,43 @@ class _ConvectSplat(torch.autograd.Function):
         grid_size = pad_box**ndim
         need_v, need_p, need_m, need_o = ctx.needs_input_grad[:4]
         need_coords = need_p or need_m or need_o
-        padded = grad_out.new_zeros(b * grid_size + k)
+        # the padded gradient, with room for every tap of the last grid's last pixel
+        padded = grad_out.new_zeros(b * grid_size + (k - 1) * sum(pad_box**a for a in range(ndim)))
         padded[: b * grid_size].view((b,) + (pad_box,) * ndim)[(slice(None),) + (slice(k, k + box),) * ndim] = grad_out
 
-        g_values = torch.zeros_like(values) if need_v else None
+        g_values = torch.zeros_like(values) if need_v and values.shape[0] == 1 else None
         g_points = torch.zeros_like(points) if need_p else None
-        g_matrix = torch.zeros_like(matrix) if need_m else None
-        g_offset = torch.zeros_like(offset) if need_o else None
-        chunk = _chunk_particles(n, values.device)
+        g_values_rows, g_matrix, g_offset = [], [], []
+        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)
+        chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device)
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             c = stop - start
             pts = points if points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
             mat = matrix[start:stop]
-            base, weights, dweights = _chunk_weights(pts, mat, offset[start:stop], apix, box, kernel, need_coords)
-            grid = padded[start * grid_size :]
-            g_w = torch.zeros_like(weights[0][0])  # (c*n,) sum over taps of g * w
-            g_c = [torch.zeros_like(g_w) for _ in range(ndim)] if need_coords else None  # d/d coord per axis
-            for offset_outer, taps in _outer_taps(ndim, pad_box, k):
-                s = ds = None  # sums over the x-taps of g * wx and g * dwx
-                for j in range(k):
-                    patch = grid[offset_outer + j :].index_select(0, base)  # (c*n,) gradient at this tap
-                    s = patch * weights[0][j] if s is None else s.addcmul_(patch, weights[0][j])
-                    if need_coords:
-                        ds = patch * dweights[0][j] if ds is None else ds.addcmul_(patch, dweights[0][j])
-                outer = [weights[a + 1][t] for a, t in enumerate(taps)]
-                prod = _prod(outer)
-                g_w.add_(s if prod is None else s * prod)
-                if need_coords:
-                    g_c[0].add_(ds if prod is None else ds * prod)
-                    for a, t in enumerate(taps):
-                        factor = _prod([dweights[a + 1][t]] + [o for i, o in enumerate(outer) if i != a])
-                        g_c[a + 1].addcmul_(s, factor)
+            base, weights = _chunk_taps(pts, rows[:, start:stop], bias[:, start:stop], box, kernel, need_coords, False)
+            g_w, g_c = _gather_chunk(padded, start * grid_size, base, weights, pad_box, k, inner)
             if need_v:
                 if values.shape[0] == 1:
                     g_values += g_w.view(c, n).sum(0, keepdim=True)
                 else:
-                    g_values[start:stop] = g_w.view(c, n)
+                    g_values_rows.append(g_w.view(c, n))
             if need_coords:
                 vals = values if values.shape[0] == 1 else values[start:stop]
-                scale = vals.expand(c, n) / apix  # (c, n) d coord / d (A p) times the value
-                g_q = torch.stack([gc.view(c, n) * scale for gc in g_c], dim=1)  # (c, D, n) d/d (A p)
+                g_q = torch.stack([gc.view(c, n) for gc in g_c], dim=1) * (vals / apix)[:, None, :]  # (c, D, n) d/d (A p)
                 if need_p:
                     if points.shape[0] == 1:
                         g_points[0] += torch.mm(g_q.reshape(c * ndim, n).T, mat.reshape(c * ndim, 3))  # (n, 3)
                     else:
                         g_points[start:stop] = torch.bmm(mat.transpose(1, 2), g_q).transpose(1, 2)  # (c, n, 3)
                 if need_m:
-                    g_matrix[start:stop] = torch.bmm(g_q, pts.expand(c, n, 3))  # (c, D, 3)
+                    g_matrix.append(torch.bmm(g_q, pts.expand(c, n, 3)))  # (c, D, 3)
                 if need_o:
-                    g_offset[start:stop] = -g_q.sum(2)
+                    g_offset.append(-g_q.sum(2))  # (c, D)
+        if need_v and g_values is None:
+            g_values = torch.cat(g_values_rows) if len(g_values_rows) > 1 else g_values_rows[0]
+        g_matrix = (torch.cat(g_matrix) if len(g_matrix) > 1 else g_matrix[0]) if need_m else None
+        g_offset = (torch.cat(g_offset) if len(g_offset) > 1 else g_offset[0]) if need_o else None
         return g_values, g_points, g_matrix, g_offset, None, None, None
 
 

@@ -18,6 +18,7 @@ Imports NumPy and torch only (nothing of the package, nothing of the loop).
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import pickle
@@ -202,6 +203,15 @@ def _joint_grid(k_dim: int, offsets: torch.Tensor) -> torch.Tensor:
     return torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim)
 
 
+@functools.lru_cache(maxsize=16)
+def _corners(k_dim: int, n_grid: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(bits (2**K, K) long, place (K,) long)``: the corners of a grid cell as 0/1 offsets per axis
+    (first axis slowest, as :func:`_joint_grid`), and each axis's stride in the flat grid. Read only."""
+    bits = torch.tensor([[(c >> (k_dim - 1 - k)) & 1 for k in range(k_dim)] for c in range(2**k_dim)], device=device)
+    place = torch.tensor([n_grid ** (k_dim - 1 - k) for k in range(k_dim)], device=device)
+    return bits, place
+
+
 class GridPrior:
     """A latent prior learned from the data: a log density on the joint grid of inference.
 
@@ -254,20 +264,15 @@ class GridPrior:
         inside = z.clamp(-r, r)
         t = (inside + r) / h  # (..., K) grid coordinates
         i0 = t.floor().clamp(0, g - 2)
-        frac = t - i0
-        i0 = i0.long()
-        log_d = self.log_density.to(z)
-        out = torch.zeros_like(z[..., 0])
-        for corner in range(2**self.k_dim):
-            index = torch.zeros_like(i0[..., 0])
-            weight = torch.ones_like(z[..., 0])
-            for k in range(self.k_dim):
-                bit = (corner >> (self.k_dim - 1 - k)) & 1
-                index = index * g + i0[..., k] + bit
-                weight = weight * (frac[..., k] if bit else 1.0 - frac[..., k])
-            out = out + weight * log_d[index]
+        frac = t - i0  # (..., K)
+        bits, place = _corners(self.k_dim, g, z.device)  # (2**K, K) 0/1, (K,) the flat index's strides
+        # the 2**K corners of each point's grid cell at once: flat index and multilinear weight
+        index = ((i0.long()[..., None, :] + bits) * place).sum(-1)  # (..., 2**K)
+        frac = frac[..., None, :]  # (..., 1, K)
+        weight = torch.where(bits.bool(), frac, 1.0 - frac).prod(-1)  # (..., 2**K)
+        inner = (weight * self.log_density.to(z)[index]).sum(-1)
         tail = 0.5 * self.gaussian_weight * ((z**2).sum(-1) - (inside**2).sum(-1))
-        return tail - out
+        return tail - inner
 
     def updated(self, mass: torch.Tensor) -> "GridPrior":
         """One EM step: the new prior is ``mass`` (the summed posterior weights of the grid's

@@ -26,6 +26,8 @@ def validation_loss(run: RunState, band: float) -> float:
     max_freq_px = band * run.box / 2
     run.model.max_freq_px = max_freq_px
     total = torch.zeros(1, dtype=torch.float64, device=run.device)  # summed on the device, read once
+    with torch.no_grad():  # the map is frozen here: band-limit it once, not once per minibatch
+        values = run.model.canonical_values()
     val_idx = local_rows(run, run.val_idx)
     for s in range(0, len(val_idx), run.config.batch):
         idx = val_idx[s : s + run.config.batch]
@@ -34,7 +36,7 @@ def validation_loss(run: RunState, band: float) -> float:
         z = infer_batch_latents(run, batch, run.latents[rows], max_freq_px)
         run.latents[rows] = z.detach()
         with torch.no_grad():
-            total += data_terms(run, batch, z, max_freq_px).sum().double()
+            total += data_terms(run, batch, z, max_freq_px, values=values).sum().double()
     if run.dist.active:
         from .distributed import all_reduce_sum
 
