@@ -119,7 +119,11 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
         self.preview_spin.setValue(self.preview_box)
         # maps are even-sized (RunVolumes refuses an odd box): a typed odd size rounds down
         self.preview_spin.valueChanged.connect(lambda v: setattr(self, "preview_box", int(v) - int(v) % 2))
-        form.addRow("preview box", self.preview_spin)
+        self.refine_btn = QPushButton("Refine")
+        self.refine_btn.setToolTip("the current map at the training box with the run's kernel (automatic, except "
+                                   "where a 3D frame is slow: software OpenGL)")
+        self.refine_btn.clicked.connect(lambda: self.refine_now())
+        form.addRow("preview box", hbox_row(self.preview_spin, self.refine_btn))
         self.traverse_combo = QComboBox()
         self.traverse_combo.addItem("drawn path")
         form.addRow("movie along", self.traverse_combo)
@@ -176,6 +180,7 @@ class LatentExplorerWidget(LatentPlot, VolumePreview, ExplorerExports, QWidget):
         self.info_label.setText(
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
         )
+        self.prepare_view()  # a slow 3D canvas: the surface layer added now, not at the first click
 
     # ------------------------------------------------------------------ path, animation
     def movie_latents(self, along: str | None = None) -> np.ndarray:
