@@ -62,9 +62,9 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
         on_event(ev)
         if type(ev).__name__ == "CheckpointWritten":
             if ev.epoch >= 2:  # from epoch 2 the explorer is in use; its clicks repaint by request
-                monitor.phase("explorer in use")
                 if ex.run is None:
-                    ex.open_run(run_dir)
+                    ex.open_run(run_dir)  # once (a slow canvas: its surface layer is added here)
+                monitor.phase("explorer in use")
                 ex.set_latents(np.asarray(train.latents))
                 ex.click(0.0, 0.0)
             after_epoch.append((psutil.Process().memory_info().rss / 2**20, len(viewer.layers)))
@@ -83,6 +83,11 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
     where = [f"{ms:.0f} ms at {t - t0:.1f} s" for t, ms in monitor.longest("training")]
     assert s["max_ms"] < 1000 and s["p99_ms"] < 100, (format_summary("training", s), where)
 
+    # the explorer's clicks during training: its map drawn as a surface (a volume frame costs seconds here)
+    s = monitor.summary("explorer in use")
+    assert s["ticks"] > 30 and s["max_ms"] < 1000, format_summary("explorer in use", s)
+    assert ex.shown_as == "surface", ex.shown_as
+
     # a 3D frame here takes seconds: the previews were shown as thumbnails and their layers wait
     assert not train.budget.affordable()
     assert train.preview_panel.caption.text().startswith(f"epoch {EPOCHS}")
@@ -92,7 +97,7 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
     previews = [layer for layer in viewer.layers if layer.name.startswith(PREVIEW_PREFIX)]
     assert len(previews) == 4 and not train.preview_panel.update_btn.isEnabled()
 
-    # layers bounded: the run added the explorer's one volume layer, then the 4 preview layers
+    # layers bounded: the run added the explorer's one surface layer, then the 4 preview layers
     assert len(after_epoch) == EPOCHS
     assert max(n for _, n in after_epoch) <= base_layers + 1
     assert len(viewer.layers) == base_layers + 1 + 4, [layer.name for layer in viewer.layers]
