@@ -31,17 +31,6 @@ def tiny_run(sample, tmp_path_factory):
     return run
 
 
-def _settle(qtbot, viewer, quiet_ms: int = 500) -> None:
-    """Wait until the canvas has not painted for ``quiet_ms`` (the paints of the set-up are not the run's)."""
-    canvas = viewer.window._qt_viewer.canvas._scene_canvas
-    draws = [0]
-    canvas.events.draw.connect(lambda _e: draws.__setitem__(0, draws[0] + 1))
-    seen = -1
-    while seen != draws[0]:
-        seen = draws[0]
-        qtbot.wait(quiet_ms)
-
-
 def _assert_no_freeze(monitor, phase: str, max_ms: float = 1000.0, p99_ms: float = 100.0) -> dict:
     from napari_flex3d._napari._stalls import format_summary
 
@@ -60,7 +49,7 @@ def test_reconstruct_and_explorer_clicks_never_freeze(make_napari_viewer, qtbot,
     from napari_flex3d._napari._explore_preview import SURFACE_LAYER
     from napari_flex3d._napari._explore_widget import VOLUME_LAYER, LatentExplorerWidget
     from napari_flex3d._napari._reconstruct_widget import ReconstructWidget
-    from napari_flex3d._napari._stalls import StallMonitor
+    from napari_flex3d._napari._stalls import StallMonitor, settle
 
     viewer = make_napari_viewer(show=True)
     load_sample_into(viewer)
@@ -71,7 +60,7 @@ def test_reconstruct_and_explorer_clicks_never_freeze(make_napari_viewer, qtbot,
     ex = LatentExplorerWidget(viewer)
     ex.preview_box = 16
     qtbot.waitUntil(lambda: not rec.preload_pending, timeout=60_000)
-    _settle(qtbot, viewer)
+    settle(viewer)
     assert ex.budget.software_gl, ex.budget.renderer  # Xvfb: Mesa's llvmpipe, the case this test is about
 
     monitor = StallMonitor()
@@ -88,7 +77,7 @@ def test_reconstruct_and_explorer_clicks_never_freeze(make_napari_viewer, qtbot,
     assert rec.pending_maps and rec.show_btn.isEnabled() and "flex map (sharpened)" not in viewer.layers
 
     ex.open_run(tiny_run)  # on a slow canvas: adds the surface layer and hides the consensus map
-    _settle(qtbot, viewer)
+    settle(viewer)
     reference_ms = max(ex.budget.frame_ms)  # the canvas's slowest recent 3D frame: the consensus map's
     monitor.phase("explorer clicks")
     lo, hi = ex._xy.min(axis=0), ex._xy.max(axis=0)

@@ -174,7 +174,14 @@ def _report_errors(export, target) -> None:
 def _encode_movie(path: Path, projections: list, plots: list, fps: int) -> np.ndarray:
     """Worker: the frames (projection beside the plot) encoded to ``path``; returns the
     projections as ``(f, h, w)`` uint8 on one grey scale, as the CLI's movie."""
+    import os
+
     import imageio.v2 as imageio
+
+    # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (so that Ctrl-C in a terminal
+    # spares it), which makes Python fork() the whole GUI process holding the GIL: the window
+    # stalled 0.3-0.6 s at each movie. Without it, subprocess uses vfork (milliseconds).
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
 
     images = to_uint8(np.stack(projections))
     frames = [_compose_frame(img, plot) for img, plot in zip(images, plots)]

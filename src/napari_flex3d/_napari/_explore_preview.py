@@ -135,17 +135,17 @@ class VolumePreview:
         )
 
     def prepare_view(self) -> None:
-        """On a canvas that draws volumes slowly, add the (empty, hidden) surface layer now and
-        hide the 3D volume layers: adding a layer costs the GUI thread a few hundred ms, paid
-        when a run is opened rather than at the first click."""
+        """On a canvas that draws volumes slowly, add the surface layer now (one empty triangle,
+        mid-map), in 3D, and hide the 3D volume layers: adding a layer and the first frame of
+        a surface (its shaders compiled) cost the GUI thread up to a second, paid when a run
+        is opened rather than at the first click."""
         if not self.budget.volumes_slow() or SURFACE_LAYER in self.viewer.layers or self.run is None:
             return
         self._hide_volumes()
-        centre = np.full((3, 3), self.run.box / 2 * self.run.apix, np.float32)  # one empty triangle, mid-map
-        layer = self.viewer.add_surface((centre, np.array([[0, 1, 2]], np.int32), np.ones(3, np.float32)),
-                                        name=SURFACE_LAYER, colormap="bop orange", contrast_limits=(0, 1),
-                                        shading="smooth", visible=False)
-        layer.metadata["placeholder"] = True
+        self.viewer.dims.ndisplay = 3
+        centre = np.full((3, 3), self.run.box / 2 * self.run.apix, np.float32)
+        self.viewer.add_surface((centre, np.array([[0, 1, 2]], np.int32), np.ones(3, np.float32)),
+                                name=SURFACE_LAYER, colormap="bop orange", contrast_limits=(0, 1), shading="smooth")
 
     def _show_surface(self, mesh, level: float):
         """Swap the triangles into the surface layer (added on first use, other volumes hidden then)."""
@@ -157,9 +157,6 @@ class VolumePreview:
         if SURFACE_LAYER in self.viewer.layers:
             layer = self.viewer.layers[SURFACE_LAYER]
             layer.data = data
-            if layer.metadata.pop("placeholder", False):  # its first map: shown, in 3D
-                layer.visible = True
-                self.viewer.dims.ndisplay = 3
         else:
             self.viewer.dims.ndisplay = 3
             layer = self.viewer.add_surface(data, name=SURFACE_LAYER, colormap="bop orange", contrast_limits=(0, 1),
