@@ -3,7 +3,7 @@
 State: ``run_dir``, ``latents (n, K)``, ``axes`` (the two axes shown), ``use_pca``,
 ``z (K,)`` (current latent), ``mode`` ("volume" | "path" | "lasso"), ``path (m, K)``,
 ``polygon`` (plot coordinates), ``preview_box``. Actions: ``open_run()``,
-``click(x, y)``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
+``click(x, y)``, ``refine_now()``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
 ``selection_changed`` signal), ``play_path()``, ``export_movie(path)``,
 ``export_series(folder)``, ``export_subset(path)``.
 
