@@ -3,7 +3,8 @@
 The maps, the series files, the grey scale of the movie's projections and the subset
 writer are ``explore``'s (``RunVolumes``, ``write_latent_series``, ``projection_images`` /
 ``to_uint8``, ``write_subset``), the same code the CLI runs; this module adds what only a
-GUI has: the latent plot with its cursor beside each movie frame, workers and dialogs.
+GUI has: the latent plot with its cursor beside each movie frame (the plot grabbed once,
+the cursor drawn in the worker), workers and dialogs.
 Imports Qt, napari's notifications, ``._workers`` and ``napari_flex3d.explore`` (its torch
 part, ``explore.generate``, only when a series is written).
 """
@@ -32,16 +33,12 @@ class ExplorerExports:
     ``(f, h, w)`` uint8), ``series_written`` (``(frame paths, script)``) or ``selection``.
     """
 
-    def _series_projections(self, zs: np.ndarray, box: int | None):
-        """Worker: ``(i, z, (h, w) float32 projection)`` per frame, the map made and projected here."""
-        for i, z in enumerate(zs):
-            yield i, z, projection_images(self.run.volume(z, box=box)[0][None])[0]
-
     def export_movie(self, path, along: str | None = None, fps: int = 10, box: int | None = None) -> None:
         """Write an mp4 or gif of the volume along the path (or an axis) beside the latent plot.
 
-        Maps, projections, frames and the encoding run in workers; the GUI thread only
-        grabs the latent plot with its cursor at each frame (a small widget image).
+        The GUI thread grabs the latent plot once (without its cursor) and maps each frame's
+        latent to a pixel of that image; the maps, projections, the cursor drawn on each
+        frame and the encoding run in a worker.
         """
         if self.run is None:
             show_error("napari-flex3d: open a trained run first")
@@ -50,50 +47,51 @@ class ExplorerExports:
         if path.suffix.lower() not in (".mp4", ".gif"):
             raise ValueError(f"{path}: a movie must be .mp4 or .gif")
         zs = self.movie_latents(along)
-        projections, plots = [], []  # per frame, as they arrive: (h, w) float, (h', w', 3) uint8
+        plot, cursor_px = self._plot_and_cursors(zs)
+        box = min(box or self.preview_box, self.run.box)
         self.status_label.setText(f"rendering {len(zs)} frames…")
-        state = {"finished": False, "written": False}
 
-        def maybe_write():
-            # frames and the end of the worker may arrive in either order (slots can nest)
-            if state["finished"] and not state["written"] and len(projections) == len(zs):
-                state["written"] = True
-                self.status_label.setText(f"encoding {len(zs)} frames…")
-                self.worker = start_worker(_encode_movie, path, projections, plots, fps, returned=on_written,
-                                           errored=on_error)
-
-        def on_frame(item):
-            _, z, projection = item
-            projections.append(projection)
-            plots.append(self._plot_at(z))
-            self.status_label.setText(f"frame {len(projections)}/{len(zs)}")
-            maybe_write()
-
-        def on_done():
-            state["finished"] = True
-            maybe_write()
+        def job():
+            projections = []
+            for i, projection in self._series_projections(zs, box):
+                projections.append(projection)
+                yield i + 1
+            return _encode_movie(path, projections, [_with_cursor(plot, rc) for rc in cursor_px], fps)
 
         def on_written(images):
             self.movie_images = images
             self.frames_written = len(images)
             self.status_label.setText(f"wrote {path} ({len(images)} frames)")
             show_info(f"napari-flex3d: wrote {path}")
-            self.worker = None
 
-        def on_error(exc):
-            state["written"] = True  # nothing to write
-            self.worker = None
-
-        box = min(box or self.preview_box, self.run.box)
         self.worker = start_worker(
-            self._series_projections, zs, box, yielded=on_frame, finished=on_done, errored=on_error
+            job, yielded=lambda i: self.status_label.setText(f"frame {i}/{len(zs)}"), returned=on_written,
+            finished=lambda: setattr(self, "worker", None),
         )
 
-    def _plot_at(self, z) -> np.ndarray:
-        """The latent plot with its cursor at ``z``, as ``(h, w, 3)`` uint8 RGB."""
-        x, y = self._from_latent(z)[0]
-        self.plot.set_cursor(x, y)
-        return _qimage_to_array(self.plot.grab().toImage())
+    def _series_projections(self, zs: np.ndarray, box: int | None):
+        """Worker: ``(i, (h, w) float32 projection)`` per frame, the map made and projected here."""
+        for i, z in enumerate(zs):
+            yield i, projection_images(self.run.volume(z, box=box)[0][None])[0]
+
+    def _plot_and_cursors(self, zs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The latent plot without its cursor as ``(h, w, 3)`` uint8 RGB, and the ``(row, column)``
+        pixel of that image at each latent of ``zs`` (``(f, 2)``): one grab for the whole movie."""
+        from qtpy.QtCore import QPointF
+
+        self.plot.set_cursor(None)
+        try:
+            image = _qimage_to_array(self.plot.grab().toImage())
+        finally:
+            self._draw_overlays()  # the cursor back where it was
+        vb = self.plot.getPlotItem().vb
+        sx = image.shape[1] / max(self.plot.width(), 1)  # grab() is in device pixels
+        sy = image.shape[0] / max(self.plot.height(), 1)
+        px = []
+        for x, y in self._from_latent(np.atleast_2d(zs)):
+            p = self.plot.viewport().mapTo(self.plot, self.plot.mapFromScene(vb.mapViewToScene(QPointF(x, y))))
+            px.append((p.y() * sy, p.x() * sx))
+        return image, np.round(np.array(px)).astype(np.int64)
 
     def export_series(self, folder, along: str | None = None, box: int | None = None) -> None:
         """Write the volumes along the path (or an axis) as MRC files plus a ChimeraX ``.cxc``."""
@@ -176,10 +174,17 @@ def _report_errors(export, target) -> None:
 def _encode_movie(path: Path, projections: list, plots: list, fps: int) -> np.ndarray:
     """Worker: the frames (projection beside the plot) encoded to ``path``; returns the
     projections as ``(f, h, w)`` uint8 on one grey scale, as the CLI's movie."""
+    import os
+
     import imageio.v2 as imageio
 
+    # imageio-ffmpeg starts ffmpeg with preexec_fn=os.setpgrp (so that Ctrl-C in a terminal
+    # spares it), which makes Python fork() the whole GUI process holding the GIL: the window
+    # stalled 0.3-0.6 s at each movie. Without it, subprocess uses vfork (milliseconds).
+    os.environ.setdefault("IMAGEIO_FFMPEG_NO_PREVENT_SIGINT", "1")
+
     images = to_uint8(np.stack(projections))
-    frames = _same_size([_compose_frame(img, plot) for img, plot in zip(images, plots)])
+    frames = [_compose_frame(img, plot) for img, plot in zip(images, plots)]
     from ..io.atomic import atomic_path
 
     with atomic_path(path) as tmp:  # a stopped export leaves the previous movie, never half of one
@@ -190,13 +195,16 @@ def _encode_movie(path: Path, projections: list, plots: list, fps: int) -> np.nd
     return images
 
 
-def _same_size(frames: list) -> list:
-    """The frames padded (black, bottom and right) to the largest: the plot may have been
-    resized while the export ran (a scroll bar, a colour key appearing), and an encoder
-    needs one frame size."""
-    h = max(f.shape[0] for f in frames)
-    w = max(f.shape[1] for f in frames)
-    return [np.pad(f, ((0, h - f.shape[0]), (0, w - f.shape[1]), (0, 0))) for f in frames]
+def _with_cursor(plot: np.ndarray, rc, arm: int = 8) -> np.ndarray:
+    """A copy of the plot image ``(h, w, 3)`` with the explorer's cursor (a red "+" outlined in
+    white, as ``_plots.LatentScatter`` draws it) centred on pixel ``rc`` (clipped to the image)."""
+    out = plot.copy()
+    h, w = out.shape[:2]
+    r, c = int(rc[0]), int(rc[1])
+    for half, colour in ((2, (255, 255, 255)), (1, (229, 57, 53))):  # the white outline, then the red bars
+        out[max(r - half, 0):max(min(r + half, h), 0), max(c - arm, 0):max(min(c + arm, w), 0)] = colour
+        out[max(r - arm, 0):max(min(r + arm, h), 0), max(c - half, 0):max(min(c + half, w), 0)] = colour
+    return out
 
 
 def _compose_frame(image: np.ndarray, plot: np.ndarray, height: int = MOVIE_HEIGHT) -> np.ndarray:

@@ -3,7 +3,7 @@
 State: ``run_dir``, ``latents (n, K)``, ``axes`` (the two axes shown), ``use_pca``,
 ``z (K,)`` (current latent), ``mode`` ("volume" | "path" | "lasso"), ``path (m, K)``,
 ``polygon`` (plot coordinates), ``preview_box``. Actions: ``open_run()``,
-``click(x, y)``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
+``click(x, y)``, ``refine_now()``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
 ``selection_changed`` signal), ``colour_by`` / ``colour_range`` / ``add_colour_columns``,
 ``compute_residual()``, ``load_comparison(source)``, ``open_3d_view()``, ``play_path()``,
 ``export_movie(path)``, ``export_series(folder)``, ``export_subset(path)``.
@@ -140,7 +140,11 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self.preview_spin.setValue(self.preview_box)
         # maps are even-sized (RunVolumes refuses an odd box): a typed odd size rounds down
         self.preview_spin.valueChanged.connect(lambda v: setattr(self, "preview_box", int(v) - int(v) % 2))
-        form.addRow("preview box", self.preview_spin)
+        self.refine_btn = QPushButton("Refine")
+        self.refine_btn.setToolTip("the current map at the training box with the run's kernel (automatic, except "
+                                   "where a 3D frame is slow: software OpenGL)")
+        self.refine_btn.clicked.connect(lambda: self.refine_now())
+        form.addRow("preview box", hbox_row(self.preview_spin, self.refine_btn))
         self.traverse_combo = QComboBox()
         self.traverse_combo.addItem("drawn path")
         form.addRow("movie along", self.traverse_combo)
@@ -199,6 +203,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self.info_label.setText(
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
         )
+        self.prepare_view()  # a slow 3D canvas: the surface layer added now, not at the first click
 
     def open_3d_view(self, viewer=None):
         """The latents in 3D (``_latent3d``) in ``viewer`` (default a new napari viewer); K >= 3."""

@@ -5,7 +5,7 @@ was busy (a slot, a canvas paint) or could not get the GIL (a worker holding it)
 lateness of each tick is one sample; a *stall* is a tick later than ``STALL_MS``. Samples
 are kept per phase (``monitor.phase("training")``), so one run measures training,
 reconstruction and a movie export apart. Used by ``benchmarks/gui_latency.py`` and the
-GUI tests, the same code for both. Imports Qt only.
+GUI tests, the same code for both; ``settle(viewer)`` waits for a quiet canvas. Imports Qt only.
 """
 
 from __future__ import annotations
@@ -92,3 +92,28 @@ def format_summary(phase: str, s: dict) -> str:
         f"{phase}: max {s['max_ms']:.0f} ms / p99 {s['p99_ms']:.1f} ms / {s['stalls']} stalls over "
         f"{STALL_MS:.0f} ms ({s['over_250_ms']} over 250 ms) in {s['ticks']} ticks"
     )
+
+
+def settle(viewer, quiet_ms: int = 500, timeout_s: float = 600.0) -> None:
+    """Run the event loop until ``viewer``'s canvas has not painted for ``quiet_ms`` (so that
+    the paints of a set-up are not counted in the phase that follows)."""
+    from qtpy.QtWidgets import QApplication
+
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    draws = [0]
+
+    def count(_event):
+        draws[0] += 1
+
+    canvas.events.draw.connect(count)
+    app = QApplication.instance()
+    start = since = time.perf_counter()
+    seen = draws[0]
+    try:
+        while time.perf_counter() - since < quiet_ms / 1000 and time.perf_counter() - start < timeout_s:
+            app.processEvents()
+            time.sleep(0.005)
+            if draws[0] != seen:
+                seen, since = draws[0], time.perf_counter()
+    finally:
+        canvas.events.draw.disconnect(count)
