@@ -151,15 +151,18 @@ class TrainConfig(_Settings):
         "weights tried",
     )
     rigidity_choice: str = _f(
-        "validation",
-        "validation: after the warm-up, short trials of --rigidity-lambda x 1, 1/4, 1/16, 1/64 on the same start, the "
-        "one with the lowest validation loss kept (rigidity_choice.json); fixed: --rigidity-lambda throughout",
+        "fixed",
+        "fixed: --rigidity-lambda throughout; validation (experimental): after the warm-up, short trials of "
+        "--rigidity-lambda x 1, 1/4, 1/16, 1/64 on the same start, the one with the lowest validation loss kept "
+        "(rigidity_choice.json). The trials' losses often differ in the 4th digit only: on a small hinge the choice "
+        "fell on the weakest weight and the flexible maps came out less sharp than the rigid ones",
         choices=("validation", "fixed"),
     )
     rigidity_scale: str = _f(
-        "volume",
-        "volume: each cell's strain weighted by its volume over a 180 Å^3 reference cell (a weight means the same "
-        "on any mesh or box); cell: the paper's plain sum over cells (runs before this setting)",
+        "cell",
+        "cell: the paper's plain sum over cells (a weight's strength then depends on the mesh's cell size); volume "
+        "(experimental): each cell's strain weighted by its volume over a 180 Å^3 reference cell, so a weight means "
+        "the same on any mesh or box",
         choices=("volume", "cell"),
     )
     kernel: str = _f("cubic", "convection interpolation kernel", choices=("cubic", "linear"))

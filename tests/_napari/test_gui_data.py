@@ -23,7 +23,8 @@ def test_manifest_is_valid_and_names_our_commands():
     patterns = {p for r in pm.contributions.readers for p in r.filename_patterns}
     assert {"*.mrc", "*.map", "*.mrcs", "*.star", "*.cs"} <= patterns
     assert [w.layer_types for w in pm.contributions.writers] == [["image"]]
-    assert len(pm.contributions.widgets) == 4
+    assert [w.display_name for w in pm.contributions.widgets] == [
+        "Data and mesh", "Train", "Latent explorer", "Reconstruct", "Motion analysis"]
     assert pm.contributions.sample_data[0].key == "flexible_molecule"
 
 

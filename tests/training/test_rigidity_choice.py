@@ -21,10 +21,14 @@ from napari_flex3d.training.schedule import band_limit, phase_of_step
 from napari_flex3d.training.step import train_step
 
 
+CHOICE = dict(rigidity_choice="validation", rigidity_scale="volume")  # the experimental settings under test
+
+
 def test_ladder_and_the_warm_up_weight():
     assert rigidity_ladder(2.0) == (2.0, 0.5, 0.125, 0.03125)
     assert rigidity_ladder(0.0) == (0.0,)
-    assert TrainConfig().rigidity_weight() == 0.25  # before the choice: the ladder's geometric middle
+    assert TrainConfig(rigidity_choice="validation").rigidity_weight() == 0.25  # before the choice: the ladder's middle
+    assert TrainConfig().rigidity_weight() == 2.0  # the default: a fixed weight
     assert TrainConfig(rigidity_choice="fixed", rigidity_lambda=0.7).rigidity_weight() == 0.7
 
 
@@ -33,14 +37,14 @@ def test_settings_saved_before_the_choice_keep_a_fixed_per_cell_weight():
            if k not in ("rigidity_choice", "rigidity_scale")}
     c = from_dict(TrainConfig, old)
     assert (c.rigidity_lambda, c.rigidity_choice, c.rigidity_scale) == (2.0, "fixed", "cell")
-    new = TrainConfig()
-    assert (new.rigidity_choice, new.rigidity_scale) == ("validation", "volume")
+    new = TrainConfig(rigidity_choice="validation", rigidity_scale="volume")
+    assert (TrainConfig().rigidity_choice, TrainConfig().rigidity_scale) == ("fixed", "cell")  # the defaults
     assert from_dict(TrainConfig, to_dict(new)) == new
 
 
 def test_a_run_chooses_the_weight_with_the_lowest_validation_loss(tiny_sim, tiny_config, tmp_path):
     out = tmp_path / "run"
-    for _ in train_run(tiny_config(tiny_sim, out, epochs=2), out):
+    for _ in train_run(tiny_config(tiny_sim, out, epochs=2, **CHOICE), out):
         pass
     record = json.loads((out / CHOICE_FILE).read_text())
     assert record["ladder"] == [2.0, 0.5, 0.125, 0.03125] and record["epoch"] == 1
@@ -58,7 +62,7 @@ def test_the_run_goes_on_from_the_chosen_trial(tiny_sim, tiny_config, tmp_path):
     """After the choice the run is exactly where the chosen weight's trial alone leaves it (CPU:
     deterministic), and the weights tried were each started from the same state."""
     torch.manual_seed(0)
-    config = tiny_config(tiny_sim, tmp_path / "a", warmup_epochs=0, preview_every=0)
+    config = tiny_config(tiny_sim, tmp_path / "a", warmup_epochs=0, preview_every=0, **CHOICE)
     run = new_run(config, tmp_path / "a", torch.device("cpu"))
     start = _snapshot(run)
     record = choose_rigidity(run)
