@@ -56,7 +56,7 @@ from torch.autograd.function import once_differentiable
 
 from .fourier import frequency_axes
 
-__all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS"]
+__all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS", "temporary_bytes"]
 
 #: Kernel name -> number of taps per axis (support width in pixels).
 KERNELS = {"cubic": 4, "linear": 2}
@@ -117,6 +117,19 @@ def _chunk_plan(n: int, pad_box: int, k: int, ndim: int, device: torch.device, b
     # the taps' values (twice in the backward), the buffer, the weights
     per_particle = k**inner * ((2 if backward else 1) * n + grid) + 8 * ndim * n
     return max(1, budget // per_particle), inner
+
+
+def temporary_bytes(particles: int, n_points: int, box: int, kernel: str, device_type: str, backward: bool = False,
+                    ndim: int = 2, itemsize: int = 4) -> int:
+    """Bytes of the temporaries a splat of ``particles`` particles of ``n_points`` points each holds
+    at once (a chunk of them at most, by :func:`_chunk_plan`'s own count): for memory estimates."""
+    k = _taps(kernel)
+    pad_box = box + 2 * k
+    budget = _CHUNK_FLOATS.get(device_type, 1 << 24)
+    inner = 2 if pad_box**ndim * k * k <= budget // 4 else 1
+    per_particle = k**inner * ((2 if backward else 1) * n_points + pad_box**ndim) + 8 * ndim * n_points
+    chunk = max(1, budget // per_particle)
+    return int(min(particles, chunk) * per_particle * itemsize)
 
 
 def _pixel_frame(matrix: torch.Tensor, offset: torch.Tensor, apix: float, box: int, kernel: str):

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import torch
 
 from ..config import TrainConfig
+from ..ops.splat import temporary_bytes
 from .micro_batch import DeviceMemoryError
 
 __all__ = [
@@ -59,8 +60,9 @@ _SPLAT_GRAD_PER_VOXEL, _SPLAT_BACKWARD_PER_POINT = 12.0, 128.0
 _RIGIDITY_KEPT_PER_CELL, _RIGIDITY_PIECE_PER_CELL = 72.0, 560.0
 _RIGIDITY_PIECE_BYTES = 1 << 27  # the largest (particles x cells x 3 x 3) float64 tensor of one piece
 #: A stacked grid inference (no graph) per candidate row: per pixel (the tiled minibatch, the
-#: model image and the loss), per voxel (the moved voxels), and per point of a splat chunk.
-_INFER_PER_PIXEL, _INFER_PER_VOXEL, _SPLAT_FORWARD_PER_POINT = 15.5, 13.0, 48.0
+#: model image and the loss) and per voxel (the moved voxels); the splat's own temporaries are
+#: counted by ``ops.splat.temporary_bytes``.
+_INFER_PER_PIXEL, _INFER_PER_VOXEL = 15.5, 13.0
 
 #: The splat's chunk bound (particles x points) and the stacked inference's bound (rows x
 #: elements per row), per device type: ``ops.splat`` and ``training.step`` use these.
@@ -152,7 +154,7 @@ def _grid_inference_bytes(m: int, size: ModelSize, config: TrainConfig, device_t
     rows_max = _STACK.get(device_type, _STACK["cuda"]) // per_row
     rows = max(1, min(g, rows_max // max(m, 1))) * m
     kept = rows * (_INFER_PER_PIXEL * size.box**2 + _INFER_PER_VOXEL * size.n_voxels)
-    return kept + min(rows, _splat_chunk(size.n_voxels, device_type)) * size.n_voxels * _SPLAT_FORWARD_PER_POINT
+    return kept + temporary_bytes(rows, size.n_voxels, size.box, config.kernel, device_type)
 
 
 def estimate_step_memory(
