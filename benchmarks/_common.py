@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import json
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -100,3 +102,14 @@ def rss_bytes() -> int:
     """This process's resident memory now (Linux)."""
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def child_json(code: str, *args: str, src=None, env: dict | None = None) -> dict:
+    """Run ``code`` in a fresh interpreter (``python -c code args``) and return the JSON object on
+    its last line of output; ``src``: the ``src/`` folder it imports ``napari_flex3d`` from (a
+    start-up figure needs a process in which nothing is imported yet)."""
+    env = dict(os.environ if env is None else env)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])

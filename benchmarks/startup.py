@@ -20,10 +20,9 @@ from __future__ import annotations
 import json
 import os
 import statistics
-import subprocess
 import sys
 
-from _common import ROOT, parser
+from _common import ROOT, child_json, parser
 
 WIDGETS = {
     "data": ("_data_widget", "DataMeshWidget"),
@@ -46,9 +45,8 @@ print(json.dumps({"s": seconds, "torch": "torch" in sys.modules and not torch_be
 
 
 def open_once(module: str, cls: str, src: str) -> dict:
-    env = dict(os.environ, PYTHONPATH=src, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
-    out = subprocess.run([sys.executable, "-c", CHILD, module, cls], capture_output=True, text=True, env=env, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    env = dict(os.environ, QT_QPA_PLATFORM=os.environ.get("QT_QPA_PLATFORM", "offscreen"))
+    return child_json(CHILD, module, cls, src=src, env=env)
 
 
 def main(argv=None) -> int:
