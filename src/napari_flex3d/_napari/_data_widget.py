@@ -102,8 +102,12 @@ class DataMeshWidget(QWidget):
         self._preview = LatestOnly(self._compute_mesh, self._on_mesh, self._on_mesh_error)
 
         layout = QVBoxLayout(self)
+        for box in (self._particles_box(), self._map_box(), self._mesh_box()):
+            layout.addWidget(box)
+        layout.addStretch(1)
 
-        # --- particles
+    def _particles_box(self) -> QGroupBox:
+        """Paths of the particles (STAR or .cs, passthrough, root), a summary and a montage."""
         box = QGroupBox("Particles")
         form = QFormLayout(box)
         self._particles_edit = QLineEdit()
@@ -125,9 +129,10 @@ class DataMeshWidget(QWidget):
         self.montage_view.setMinimumHeight(120)
         self.montage_view.setMaximumHeight(180)
         form.addRow(self.montage_view)
-        layout.addWidget(box)
+        return box
 
-        # --- consensus map, threshold, mask
+    def _map_box(self) -> QGroupBox:
+        """The consensus map, its threshold and the mask's low-pass, dilation and soft edge."""
         box = QGroupBox("Consensus map and mask")
         form = QFormLayout(box)
         self._map_edit = QLineEdit()
@@ -145,9 +150,10 @@ class DataMeshWidget(QWidget):
         form.addRow("low-pass", self.lowpass_spin)
         form.addRow("dilate", self.dilate_spin)
         form.addRow("soft edge", self.soft_spin)
-        layout.addWidget(box)
+        return box
 
-        # --- mesh
+    def _mesh_box(self) -> QGroupBox:
+        """Cell size, build/save/load, the equivalent command line and the paint layers."""
         box = QGroupBox("Mesh")
         form = QFormLayout(box)
         self.cell_slider = QLabeledDoubleSlider(Qt.Orientation.Horizontal)
@@ -170,8 +176,7 @@ class DataMeshWidget(QWidget):
         paint = QPushButton("Paint no-motion / rigid masks")
         paint.clicked.connect(self.add_paint_layers)
         form.addRow(paint)
-        layout.addWidget(box)
-        layout.addStretch(1)
+        return box
 
     @staticmethod
     def _spin(value: float, lo: float, hi: float, suffix: str) -> QDoubleSpinBox:

@@ -230,32 +230,52 @@ def build_mesh(
             RuntimeWarning,
         )
         return build_grid_mesh(binary, apix, cell_size_a)
-    # A decimated surface can self-intersect, which tetgen refuses: retry with a finer surface
-    # (triangles half the cell size), then give up for the regular grid.
+    built = _tetgen_with_retry(binary, apix, margin, cell_size_a, min_ratio, min_dihedral, smooth_iter)
+    if built is None:
+        return build_grid_mesh(binary, apix, cell_size_a)
+    nodes, elems, info = built
+    nodes, elems = _clean_cells(nodes, elems, cell_size_a)
+    mesh = Mesh(nodes, elems, box=box, apix=apix, method="tetgen", cell_size_a=float(cell_size_a), info=info)
+    _count_uncovered(mesh, binary, apix)
+    return mesh
+
+
+def _tetgen_with_retry(binary, apix, margin_a, cell_size_a, min_ratio, min_dihedral, smooth_iter):
+    """``(nodes, elems, info)`` from tetgen, or ``None`` (with a warning) when it refuses twice.
+
+    A decimated surface can self-intersect, which tetgen refuses: the second attempt uses a
+    finer surface (triangles half the cell size).
+    """
     errors = []
     for attempt, surface_edge_a in enumerate((cell_size_a, cell_size_a / 2)):
         try:
-            surf = _surface_from_mask(binary, apix, margin, surface_edge_a, smooth_iter)
+            surf = _surface_from_mask(binary, apix, margin_a, surface_edge_a, smooth_iter)
             nodes, elems = _tetgen_mesh(surf, cell_size_a, min_ratio, min_dihedral)
-            break
         except Exception as exc:  # tetgen raises RuntimeError on bad surfaces; vtk may raise others
             errors.append(str(exc))
-    else:
-        warnings.warn(f"tetgen meshing failed ({'; '.join(errors)}); using a regular grid mesh instead", RuntimeWarning)
-        return build_grid_mesh(binary, apix, cell_size_a)
+            continue
+        info = {
+            "n_surface_points": int(surf.n_points),
+            "n_surface_triangles": int(surf.n_cells),
+            "surface_edge_a": float(surface_edge_a),
+            "tetgen_attempt": attempt + 1,
+        }
+        return nodes, elems, info
+    warnings.warn(f"tetgen meshing failed ({'; '.join(errors)}); using a regular grid mesh instead", RuntimeWarning)
+    return None
+
+
+def _clean_cells(nodes: np.ndarray, elems: np.ndarray, cell_size_a: float) -> tuple[np.ndarray, np.ndarray]:
+    """Degenerate slivers dropped, every cell positively oriented, no unused vertices."""
     nodes, elems = _drop_unused_vertices(nodes, elems)
     vols = cell_signed_volumes(nodes, elems)
-    keep = np.abs(vols) > 1e-9 * cell_size_a**3  # drop degenerate slivers, if any
+    keep = np.abs(vols) > 1e-9 * cell_size_a**3
     elems = orient_cells(nodes, elems[keep])
-    nodes, elems = _drop_unused_vertices(nodes, elems)
-    info = {
-        "n_surface_points": int(surf.n_points),
-        "n_surface_triangles": int(surf.n_cells),
-        "surface_edge_a": float(surface_edge_a),
-        "tetgen_attempt": attempt + 1,
-    }
-    mesh = Mesh(nodes, elems, box=box, apix=apix, method="tetgen", cell_size_a=float(cell_size_a), info=info)
+    return _drop_unused_vertices(nodes, elems)
+
+
+def _count_uncovered(mesh: Mesh, binary: np.ndarray, apix: float) -> None:
+    """Record in ``mesh.info`` the mask voxel centres no cell holds, and how far out the farthest lies."""
     loc = locate_points(mesh, voxel_centres_xyz_a(np.argwhere(binary), binary.shape, apix))
-    info["mask_voxels_outside"] = int((~loc.inside).sum())
-    info["max_outside_distance_a"] = float(loc.outside_distance_a.max())
-    return mesh
+    mesh.info["mask_voxels_outside"] = int((~loc.inside).sum())
+    mesh.info["max_outside_distance_a"] = float(loc.outside_distance_a.max())

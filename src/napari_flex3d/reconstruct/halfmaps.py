@@ -427,15 +427,7 @@ def solve_half_maps(
                            "the half maps, sharpened maps and solver states")
     solve = _Solve(s, ps, out, box_h, apix_h, flat_index, points, noise, dev, ctx, t_start,
                    total_passes=len(jobs) * (s.iterations + 1))
-    maps: dict[tuple[str, str], torch.Tensor] = {}
-    objectives: dict[tuple[str, str], float] = {}
-    for mode, half, idx in jobs:
-        flex = mode == "flex"
-        vol, objective = yield from solve.half_map(mode, half, idx, flow_fns[half] if flex else None,
-                                                   kernels[half] if flex else model.kernel)
-        maps[(mode, half)] = vol
-        if objective is not None:
-            objectives[(mode, half)] = objective
+    maps, objectives = yield from _solve_jobs(solve, jobs, flow_fns, kernels, model.kernel)
 
     nyquist_train = 2.0 * max(model.apix, model_b.apix if independent else model.apix)
     report: dict = {
@@ -450,16 +442,37 @@ def solve_half_maps(
         "iterations": s.iterations,
         "maps": {},
     }
+    _validate_and_write(solve, report, maps, objectives, modes, user_masks, nyquist_train)
+    barrier(ctx)
+    yield ReconstructFinished(str(out), report)
+
+
+def _solve_jobs(solve: _Solve, jobs: list, flow_fns: dict, kernels: dict, rigid_kernel: str):
+    """Each ``(mode, half, rows)`` of ``jobs`` solved in turn (rigid maps with no flow); yields
+    events and returns ``(maps, objectives)``, both keyed by ``(mode, half)``."""
+    maps: dict[tuple[str, str], torch.Tensor] = {}
+    objectives: dict[tuple[str, str], float] = {}
+    for mode, half, idx in jobs:
+        flex = mode == "flex"
+        vol, objective = yield from solve.half_map(mode, half, idx, flow_fns[half] if flex else None,
+                                                   kernels[half] if flex else rigid_kernel)
+        maps[(mode, half)] = vol
+        if objective is not None:
+            objectives[(mode, half)] = objective
+    return maps, objectives
+
+
+def _validate_and_write(solve: _Solve, report: dict, maps, objectives, modes, user_masks, nyquist_train: float) -> None:
+    """The FSCs of the solved maps into ``report``; rank 0 writes the sharpened maps and FSC files."""
+    s, box_h, apix_h = solve.settings, solve.box, solve.apix
     validation = validate_half_maps(maps, objectives, modes, user_masks, box_h, apix_h, s.randomise_from_a, s.seed,
                                     nyquist_train)
     report["maps"] = validation.entries
-    if ctx.is_main:
-        write_sharpened_maps(out, validation, apix_h)
-    report["ranks"] = ctx.world
-    if ctx.is_main:
-        write_fsc_files(out, validation, report, box_h, apix_h, t_start)
-    barrier(ctx)
-    yield ReconstructFinished(str(out), report)
+    if solve.ctx.is_main:
+        write_sharpened_maps(solve.out, validation, apix_h)
+    report["ranks"] = solve.ctx.world
+    if solve.ctx.is_main:
+        write_fsc_files(solve.out, validation, report, box_h, apix_h, solve.t_start)
 
 
 def consume(events, progress: bool = True) -> dict:
