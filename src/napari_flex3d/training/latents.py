@@ -351,28 +351,16 @@ def infer_latents_grid(
     the current value): jointly, all ``n_grid**K`` combinations, when that is at most
     ``max_joint`` (``K = 1``, or ``K = 2`` with ``n_grid <= 10``), else one axis at a time.
     Each later sweep tries ``n_grid`` values per axis around the current best within one
-    grid spacing of the previous sweep, one axis at a time. The joint first sweep matters
-    when the latents are coupled: two motions that look alike in some views give each
-    particle a tilted, sometimes two-valleyed objective that axis-by-axis descent from the
-    origin leaves in the wrong valley (measured on the simulator's hinge + roll with the
-    true model: correlations 0.86 / 0.86 with axis-by-axis descent, 0.91 / 0.90 joint).
-    The objective per particle is ``loss_fn(z) + prior_weight/2 |z|^2``, or
-    ``loss_fn(z) + prior.energy(z)`` with a learned :class:`GridPrior`.
+    grid spacing of the previous sweep, one axis at a time. The objective per particle is
+    ``loss_fn(z) + prior_weight/2 |z|^2``, or ``loss_fn(z) + prior.energy(z)`` with a
+    learned :class:`GridPrior`.
 
-    ``estimate="mean"`` returns the posterior mean instead of the minimum (the MAP
-    point) where the joint first sweep ran. The data loss is a whitened negative log
-    likelihood (``model.loss.data_loss``), so ``exp(-objective)`` is the posterior up to
-    a constant; the mean is its quadrature over the joint grid's points plus the refined
-    minimum, which adds the mass the grid missed (``exp(-best) - exp(-grid's best)``).
-    A particle whose images hardly tell the states apart gets a broad posterior
-    and a mean that shrinks towards what the data support, instead of a minimum pulled
-    to a random extreme by the noise; a well-determined particle has a posterior
-    narrower than the grid spacing, and its refined minimum carries nearly all the
-    weight. Measured on the 20,000-particle recovery benchmark's trained model (2,048
-    particles, hinge + roll, SNR 0.05): canonical correlations 0.865 / 0.840 with the
-    minimum, 0.888 / 0.857 with this mean (the 9 x 9 grid's alone 0.889 / 0.858, a 25 x 25
-    grid's 0.890 / 0.859). (With two narrow valleys, narrower than the grid spacing, the mean
-    leans towards the one the refinement found.)
+    ``estimate="mean"`` returns the posterior mean instead of the minimum (the MAP point)
+    where the joint first sweep ran: the quadrature of ``exp(-objective)`` over the joint
+    grid's points plus the refined minimum, which adds the mass the grid missed
+    (``exp(-best) - exp(-grid's best)``). Why the joint sweep and the mean (coupled latents,
+    broad posteriors): docs/model.md, "Inference: the latents"; what they gain on the
+    recovery benchmark: benchmarks/RESULTS.md.
 
     Args:
         loss_fn: ``z (b, K) -> (b,)`` data loss per particle, model frozen.
