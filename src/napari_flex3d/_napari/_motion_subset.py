@@ -7,6 +7,8 @@ with one step added: the particles and their latents are cut to the selected row
 ``solve_half_maps``. It writes ``subset_particles.star`` and ``subset_rows.txt`` (0-based
 rows of the run's particle file) beside the maps, and runs in a worker with progress;
 the maps and FSC curves are read there too (``_reconstruct_widget.read_result``).
+Imports the library by name (``explore.subsets``, ``io``, ``reconstruct``) inside
+``subset_half_maps``, which the worker runs.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ Three parts, one module each: what moved (``_motion_moved``: displacement on a s
 strain along the traversal, displacement per painted region), side by side
 (``_motion_compare``) and subset to map (``_motion_subset``). All compute runs in thread
 workers (``_workers.start_worker``); the GUI thread only puts prepared arrays into layers.
+Imports Qt and its own ``_napari`` parts; the library only through those parts.
 """
 
 from __future__ import annotations

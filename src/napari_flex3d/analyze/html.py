@@ -4,8 +4,8 @@ A page is a list of blocks, each a ``(kind, content)`` pair: ``("h2", text)``, `
 text)``, ``("warn", text)``, ``("table", DataFrame)``, ``("img", png path)``. Every text,
 including table cells and column names that come from users' files, is HTML-escaped, so a
 column called ``<script>`` shows as text. Nothing is fetched when the page is opened (no
-scripts, no external style sheets), so it works on a cluster's file browser. Standard
-library and pandas only.
+scripts, no external style sheets), so it works on a cluster's file browser. Imports the standard library, pandas (the tables it
+is given) and ``io.atomic`` (the write).
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 simulate -> mesh (built from the consensus map inside training) -> train -> a volume
 series along the first latent axis (MRCs + ChimeraX script, an mp4 if imageio-ffmpeg is
 there) -> recovery figures against the simulation's ground truth. Lives in ``evaluate``
-because it drives three features (simulate, training, explore) and scores the result.
+because it drives three features (simulate, training, explore) and scores the result. It
+imports ``config`` and, inside the function (so ``flex3d --help`` stays quick), those three
+features and ``evaluate.recovery``.
 """
 
 from __future__ import annotations
