@@ -28,7 +28,6 @@ Prints one line per figure, then a JSON summary. Timings depend on the machine's
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -36,6 +35,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _common import parser, rss_bytes
 
 
 def _wait(app, condition, timeout_s: float) -> None:
@@ -55,12 +56,6 @@ def _settle(app, timeline, quiet_s: float = 1.0) -> None:
         time.sleep(0.005)
         if timeline.draws != seen:
             seen, since = timeline.draws, time.perf_counter()
-
-
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
 
 
 class Timeline:
@@ -126,7 +121,7 @@ def _report(monitor, timeline, phase: str, t0: float, results: dict) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0], device=None)
     p.add_argument("--box", type=int, default=64, help="box of the simulated dataset (and of the training)")
     p.add_argument("--particles", type=int, default=400)
     p.add_argument("--epochs", type=int, default=2)
@@ -242,7 +237,7 @@ def main(argv=None) -> int:
                     ex.set_latents(np.asarray(train.latents))
                 lo, hi = ex._xy.min(axis=0), ex._xy.max(axis=0)
                 ex.click(*(float(v) for v in lo + rng.random(2) * (hi - lo + 1e-3)))  # the explorer in use
-                memory.append({"epoch": ev.epoch, "rss_mb": _rss_mb(), "layers": len(viewer.layers)})
+                memory.append({"epoch": ev.epoch, "rss_mb": rss_bytes() / 2**20, "layers": len(viewer.layers)})
                 print(f"  after epoch {ev.epoch}: RSS {memory[-1]['rss_mb']:.0f} MB, {memory[-1]['layers']} layers")
 
         train._on_event = record
