@@ -77,6 +77,8 @@ def test_data_widget_loads_builds_saves_and_loads_a_mesh(make_napari_viewer, qtb
     w.load_particles()
     assert w.particles is not None and len(w.particles) == sample.n_particles
     assert f"box {sample.box} px" in w.summary_label.text()
+    shown = w.montage_view.image_item.image  # 8 images, 4 across, x along axis 0
+    assert shown.shape == (4 * sample.box, 2 * sample.box) and shown.std() > 0
     w.map_path = str(sample.consensus)
     w.load_map()
     layer = viewer.layers[MAP_LAYER]
@@ -191,3 +193,4 @@ def test_particle_file_without_its_stacks_still_opens_its_summary(make_napari_vi
     w = next(d for d in viewer.window.dock_widgets.values() if isinstance(d, DataMeshWidget))
     assert w.particles is not None and len(w.particles) == 2019
     assert "2019 particles" in w.summary_label.text() and "images not found" in w.summary_label.text()
+    assert w.montage_view.image_item.image is None

@@ -12,7 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pyqtgraph as pg
 from napari.utils.notifications import show_error, show_info
 from qtpy.QtCore import Qt
 from qtpy.QtWidgets import (
@@ -33,6 +32,7 @@ from ..config import RIGIDITY_FLOOR
 from ._command import CommandButton
 from ._layer_data import default_iso_threshold, read_particle_file
 from ._paint_budget import paint_budget
+from ._plots import ImagePanel
 from ._session import session_for
 from ._workers import LatestOnly
 
@@ -122,10 +122,7 @@ class DataMeshWidget(QWidget):
         self.summary_label = QLabel("no particles loaded")
         self.summary_label.setWordWrap(True)
         form.addRow(self.summary_label)
-        self.montage_view = pg.ImageView()
-        self.montage_view.ui.histogram.hide()
-        self.montage_view.ui.roiBtn.hide()
-        self.montage_view.ui.menuBtn.hide()
+        self.montage_view = ImagePanel()
         self.montage_view.setMinimumHeight(120)
         self.montage_view.setMaximumHeight(180)
         form.addRow(self.montage_view)
@@ -246,9 +243,9 @@ class DataMeshWidget(QWidget):
         if n:
             idx = np.linspace(0, len(ps) - 1, n).round().astype(np.int64)
             try:
-                self.montage_view.setImage(montage(np.asarray(ps.images(idx), np.float32)).T, autoLevels=True)
+                self.montage_view.show_image(montage(np.asarray(ps.images(idx), np.float32)).T)
             except (ValueError, FileNotFoundError, OSError) as exc:  # metadata without its stacks
-                self.montage_view.clear()
+                self.montage_view.clear_image()
                 self.summary_label.setText(self.summary_label.text() + f"\nimages not found: {exc}")
         self.session.set(
             particles=ps, particles_path=self.particles_path, passthrough_path=self.passthrough_path, root=self.root

@@ -90,6 +90,26 @@ class CurvePlot(ThemedPlot):
         self._data.clear()
 
 
+class ImagePanel(pg.GraphicsLayoutWidget):
+    """A still greyscale picture in an aspect-locked, y-down view: what ``pg.ImageView`` shows with
+    its histogram and buttons hidden, without building them (``ImageView``'s colour-map menu lists
+    matplotlib's maps, importing ``matplotlib.pyplot``: seconds of a widget's start-up)."""
+
+    def __init__(self, parent=None):
+        super().__init__(parent=parent)
+        self.view = self.addViewBox(lockAspect=True, invertY=True)
+        self.image_item = pg.ImageItem()
+        self.view.addItem(self.image_item)
+
+    def show_image(self, image: np.ndarray) -> None:
+        """Show ``image`` (x along axis 0, as ``ImageView.setImage`` takes it) on its own min-max grey scale."""
+        self.image_item.setImage(image, autoLevels=True)
+        self.view.autoRange()
+
+    def clear_image(self) -> None:
+        self.image_item.clear()
+
+
 def density_extent(xy: np.ndarray) -> tuple[float, float, float, float]:
     """(x0, x1, y0, y1) of the density view of ``xy (n, 2)``: the points' range padded by 2 %."""
     x0, y0 = np.nanmin(xy, axis=0)
