@@ -207,3 +207,67 @@ def test_centres_follow_the_pca_view_and_one_axis_has_no_density(make_napari_vie
     x, y = box.centre_item.getData()
     np.testing.assert_allclose(x, box.clustering.centres[:, 0], rtol=1e-5)
     np.testing.assert_array_equal(y, 0.0)
+
+
+def test_idle_waits_for_every_worker_of_the_explorer_and_its_boxes(make_napari_viewer, qtbot, tiny_run, sample,
+                                                                  monkeypatch):
+    """``ex.idle`` (what tests and benchmarks wait on) stays false while any one job the explorer
+    or its boxes started is held back in its worker (the others of the action finished), and
+    turns true once it is let go."""
+    import inspect
+    import threading
+
+    from napari_flex3d._napari import _workers
+    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
+
+    gate, held, started, others = threading.Event(), set(), set(), [0]
+    real = _workers.create_worker
+
+    def holding(func, *args, **kwargs):  # every worker starts here; the job named in `held` waits for the gate
+        name = getattr(func, "__name__", "")
+
+        def wait():
+            started.add(name)
+            if name in held:
+                gate.wait(60)
+
+        if inspect.isgeneratorfunction(func):
+            def job(*a, **k):
+                wait()
+                yield from func(*a, **k)
+        else:
+            def job(*a, **k):
+                wait()
+                return func(*a, **k)
+        worker = real(job, *args, **kwargs)
+        if name not in held:
+            others[0] += 1
+            worker.finished.connect(lambda: others.__setitem__(0, others[0] - 1))
+        return worker
+
+    monkeypatch.setattr(_workers, "create_worker", holding)
+    ex = LatentExplorerWidget(make_napari_viewer())
+    ex.preview_box = 16
+
+    def check(job: str, action) -> None:
+        held.clear()
+        held.add(job)
+        started.clear()
+        gate.clear()
+        action()
+        qtbot.waitUntil(lambda: job in started and others[0] == 0, timeout=60_000)
+        qtbot.wait(200)  # the other jobs' finished signals delivered
+        assert not ex.idle, f"ex.idle while {job} runs"
+        gate.set()
+        qtbot.waitUntil(lambda: ex.idle, timeout=60_000)
+
+    check("run_particle_table", lambda: ex.open_run(tiny_run))  # the colour table
+    check("_norms_job", lambda: ex.open_run(tiny_run))  # the outliers' latent norms
+    assert ex.run_table is not None and ex.analysis.outliers.latent_norm is not None
+    check("_compute_volume", lambda: ex.show_latent(ex.latents[0]))  # the preview
+    check("run_residuals", ex.compute_residual)
+    check("compare_source", lambda: ex.load_comparison(f"{sample.particles_star}::rlnDefocusU"))
+    assert ex.comparison is not None and ex.comparison["matched"] == N
+    check("_cluster_job", lambda: ex.analysis.cluster(2))
+    check("run_inputs", lambda: ex.analysis.with_inputs(lambda config, ps: None))
+    assert ex.analysis.inputs is not None

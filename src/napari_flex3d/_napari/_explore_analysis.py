@@ -1,7 +1,8 @@
 """The explorer's Analysis box: clusters of the latents, their density, and the outliers panel.
 
 ``AnalysisBox(ex)`` is a group box for ``LatentExplorerWidget`` ``ex``: it reads the
-explorer's ``latents``, ``run``, ``run_dir``, ``_xy`` and ``_from_latent``, draws its own
+explorer's ``latents``, ``run``, ``run_dir``, ``_xy`` and ``_from_latent``, starts its workers
+(and the outliers panel's) through ``ex.background`` (so ``ex.idle`` sees them), draws its own
 pyqtgraph items on ``ex.plot`` (numbered cluster centres, a density image with contours)
 and selects through ``ex.set_selection``. Two tabs, Clusters and Outliers, keep it short. Clustering is ``analyze.landscape.cluster_latents``
 (k-means, or a Gaussian mixture whose size the BIC picks), the maps and subsets are
@@ -39,7 +40,7 @@ from qtpy.QtWidgets import (
 from ._explore_outliers import OutlierPanel
 from ._explore_plot import hbox_row
 from ._plots import PALETTE
-from ._workers import LatestOnly, start_worker
+from ._workers import LatestOnly
 
 CLUSTER_CHOICES = ["auto (BIC)"] + [str(c) for c in range(2, 9)]  # the mixture's BIC picks among 1..8
 CONTOUR_LEVELS = (0.25, 0.5, 0.75)  # contours at these fractions of the peak log density
@@ -213,8 +214,8 @@ class AnalysisBox(QGroupBox):
             then(*result)
 
         self.cluster_label.setText(reading)
-        start_worker(run_inputs, ex.run_dir, len(ex.latents), ex.session.particles_path, returned=done,
-                     errored=lambda exc: self.cluster_label.setText(f"cannot read the run's particles: {exc}"))
+        ex.background.start(run_inputs, ex.run_dir, len(ex.latents), ex.session.particles_path, returned=done,
+                            errored=lambda exc: self.cluster_label.setText(f"cannot read the run's particles: {exc}"))
 
     # ------------------------------------------------------------------ clusters
     def cluster(self, n_clusters=None) -> None:
@@ -227,9 +228,9 @@ class AnalysisBox(QGroupBox):
             self.n_clusters = n_clusters
         latents = ex.latents
         self.cluster_label.setText("clustering…")
-        self.worker = start_worker(_cluster_job, latents, self.n_clusters,
-                                   returned=lambda result: self._set_clustering(result, latents),
-                                   finished=lambda: setattr(self, "worker", None))
+        self.worker = self.ex.background.start(_cluster_job, latents, self.n_clusters,
+                                               returned=lambda result: self._set_clustering(result, latents),
+                                               finished=lambda: setattr(self, "worker", None))
 
     def _set_clustering(self, result, latents) -> None:
         if latents is not None and latents is not self.ex.latents:
@@ -300,7 +301,7 @@ class AnalysisBox(QGroupBox):
                 show_info(f"napari-flex3d: wrote the clusters to {folder}")
 
             self.cluster_label.setText(f"writing {len(result.centres)} maps and subsets…")
-            self.worker = start_worker(job, returned=done, finished=lambda: setattr(self, "worker", None))
+            self.worker = self.ex.background.start(job, returned=done, finished=lambda: setattr(self, "worker", None))
 
         self.with_inputs(write)
 
