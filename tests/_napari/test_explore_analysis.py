@@ -271,3 +271,39 @@ def test_idle_waits_for_every_worker_of_the_explorer_and_its_boxes(make_napari_v
     check("_cluster_job", lambda: ex.analysis.cluster(2))
     check("run_inputs", lambda: ex.analysis.with_inputs(lambda config, ps: None))
     assert ex.analysis.inputs is not None
+
+
+def test_the_report_tab_runs_flex3d_analyze_and_writes_its_command(explorer, qtbot, tiny_run, tmp_path,
+                                                                  monkeypatch):
+    """The Report tab's job writes its ``flex3d analyze`` command, and that command, run as
+    written, calls the analysis with the same arguments (``analyze_run`` is recorded, not run:
+    the pipeline's own tests check what it writes)."""
+    import inspect
+    import shlex
+    from pathlib import Path
+
+    from napari_flex3d.analyze import pipeline
+    from napari_flex3d.cli import main
+    from napari_flex3d.io.atomic import COMMAND_FILE
+
+    calls = []
+    signature = inspect.signature(pipeline.analyze_run)
+
+    def record(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        called = dict(bound.arguments, progress=None)
+        calls.append({k: str(Path(v).resolve()) if k in ("run_dir", "out_dir") else v for k, v in called.items()})
+        return {"timings_s": {"total": 0.0}, "artefacts": [], "clusters": {"n": 2}, "outliers": {"n": 0}}
+
+    monkeypatch.setattr(pipeline, "analyze_run", record)
+    box = explorer.analysis
+    box.n_clusters = 2
+    box.write_report(tmp_path / "gui")
+    qtbot.waitUntil(lambda: box.report_summary is not None and explorer.idle, timeout=60_000)
+    argv = shlex.split((tmp_path / "gui" / COMMAND_FILE).read_text().strip().splitlines()[-1])
+    assert argv[:3] == ["flex3d", "analyze", str(tiny_run.resolve())] and "--clusters=2" in argv
+    assert box.report_command_btn.command == shlex.join(argv)
+    assert main(argv[1:] + ["--quiet"]) == 0
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert calls[0]["clusters"] == 2 and calls[0]["out_dir"] == str((tmp_path / "gui").resolve())
