@@ -43,7 +43,7 @@ def _train(folder: Path, epochs: int) -> tuple[Path, Path]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "images"))
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=12)  # fewer: the arm moves too little to see
     parser.add_argument("--rec-iterations", type=int, default=8)
     parser.add_argument("--folder", default=None, help="where to simulate and train (default: a temporary folder)")
     args = parser.parse_args(argv)

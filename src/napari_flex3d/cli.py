@@ -110,9 +110,9 @@ def _cmd_reconstruct(args: argparse.Namespace) -> int:
     from . import api
 
     report = api.reconstruct(
-        args.run, args.particles, args.out, run_b=args.run_b, masks=tuple(args.mask or ()), iterations=args.iterations,
-        rigid=not args.no_rigid, box=args.box, chunk=args.chunk, device=args.device, resplit=args.resplit,
-        randomise_from_a=args.randomise_from, resume=args.resume, passthrough=args.passthrough, root=args.root,
+        args.run, args.particles, args.out, run_b=args.run_b, subset=args.subset, masks=tuple(args.mask or ()),
+        iterations=args.iterations, rigid=not args.no_rigid, box=args.box, chunk=args.chunk, device=args.device,
+        resplit=args.resplit, randomise_from_a=args.randomise_from, resume=args.resume, passthrough=args.passthrough, root=args.root,
         max_bad_image_fraction=args.max_bad_image_fraction, resample_map=args.resample_map, progress=not args.quiet,
     )
     for mode, entry in report.get("maps", {}).items():
@@ -245,6 +245,9 @@ def _add_reconstruct(sub) -> None:
     p.add_argument("--particles", required=True, help="full-resolution particles (STAR or .cs), same rows as for training "
                    "(with --run-b: the full set both half runs were taken from)")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--subset", default=None, metavar="FILE",
+                   help="use only the particles this STAR or .cs file lists (a cluster's or a selection's export), "
+                        "matched to --particles by image name in any order; they keep --particles' half sets")
     p.add_argument("--mask", action="append", help="mask (MRC) for a local FSC; repeat for several")
     p.add_argument("--iterations", type=int, default=20, help="L-BFGS iterations per half map")
     p.add_argument("--no-rigid", action="store_true", help="skip the rigid baseline")

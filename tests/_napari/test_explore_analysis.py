@@ -207,3 +207,103 @@ def test_centres_follow_the_pca_view_and_one_axis_has_no_density(make_napari_vie
     x, y = box.centre_item.getData()
     np.testing.assert_allclose(x, box.clustering.centres[:, 0], rtol=1e-5)
     np.testing.assert_array_equal(y, 0.0)
+
+
+def test_idle_waits_for_every_worker_of_the_explorer_and_its_boxes(make_napari_viewer, qtbot, tiny_run, sample,
+                                                                  monkeypatch):
+    """``ex.idle`` (what tests and benchmarks wait on) stays false while any one job the explorer
+    or its boxes started is held back in its worker (the others of the action finished), and
+    turns true once it is let go."""
+    import inspect
+    import threading
+
+    from napari_flex3d._napari import _workers
+    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
+
+    gate, held, started, others = threading.Event(), set(), set(), [0]
+    real = _workers.create_worker
+
+    def holding(func, *args, **kwargs):  # every worker starts here; the job named in `held` waits for the gate
+        name = getattr(func, "__name__", "")
+
+        def wait():
+            started.add(name)
+            if name in held:
+                gate.wait(60)
+
+        if inspect.isgeneratorfunction(func):
+            def job(*a, **k):
+                wait()
+                yield from func(*a, **k)
+        else:
+            def job(*a, **k):
+                wait()
+                return func(*a, **k)
+        worker = real(job, *args, **kwargs)
+        if name not in held:
+            others[0] += 1
+            worker.finished.connect(lambda: others.__setitem__(0, others[0] - 1))
+        return worker
+
+    monkeypatch.setattr(_workers, "create_worker", holding)
+    ex = LatentExplorerWidget(make_napari_viewer())
+    ex.preview_box = 16
+
+    def check(job: str, action) -> None:
+        held.clear()
+        held.add(job)
+        started.clear()
+        gate.clear()
+        action()
+        qtbot.waitUntil(lambda: job in started and others[0] == 0, timeout=60_000)
+        qtbot.wait(200)  # the other jobs' finished signals delivered
+        assert not ex.idle, f"ex.idle while {job} runs"
+        gate.set()
+        qtbot.waitUntil(lambda: ex.idle, timeout=60_000)
+
+    check("run_particle_table", lambda: ex.open_run(tiny_run))  # the colour table
+    check("_norms_job", lambda: ex.open_run(tiny_run))  # the outliers' latent norms
+    assert ex.run_table is not None and ex.analysis.outliers.latent_norm is not None
+    check("_compute_volume", lambda: ex.show_latent(ex.latents[0]))  # the preview
+    check("run_residuals", ex.compute_residual)
+    check("compare_source", lambda: ex.load_comparison(f"{sample.particles_star}::rlnDefocusU"))
+    assert ex.comparison is not None and ex.comparison["matched"] == N
+    check("_cluster_job", lambda: ex.analysis.cluster(2))
+    check("run_inputs", lambda: ex.analysis.with_inputs(lambda config, ps: None))
+    assert ex.analysis.inputs is not None
+
+
+def test_the_report_tab_runs_flex3d_analyze_and_writes_its_command(explorer, qtbot, tiny_run, tmp_path,
+                                                                  monkeypatch):
+    """The Report tab's job writes its ``flex3d analyze`` command, and that command, run as
+    written, calls the analysis with the same arguments (``analyze_run`` is recorded, not run:
+    the pipeline's own tests check what it writes)."""
+    import inspect
+    import shlex
+    from pathlib import Path
+
+    from napari_flex3d.analyze import pipeline
+    from napari_flex3d.cli import main
+    from napari_flex3d.io.atomic import COMMAND_FILE
+
+    calls = []
+    signature = inspect.signature(pipeline.analyze_run)
+
+    def record(*args, **kwargs):
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        called = dict(bound.arguments, progress=None)
+        calls.append({k: str(Path(v).resolve()) if k in ("run_dir", "out_dir") else v for k, v in called.items()})
+        return {"timings_s": {"total": 0.0}, "artefacts": [], "clusters": {"n": 2}, "outliers": {"n": 0}}
+
+    monkeypatch.setattr(pipeline, "analyze_run", record)
+    box = explorer.analysis
+    box.n_clusters = 2
+    box.write_report(tmp_path / "gui")
+    qtbot.waitUntil(lambda: box.report_summary is not None and explorer.idle, timeout=60_000)
+    argv = shlex.split((tmp_path / "gui" / COMMAND_FILE).read_text().strip().splitlines()[-1])
+    assert argv[:3] == ["flex3d", "analyze", str(tiny_run.resolve())] and "--clusters=2" in argv
+    assert box.report_command_btn.command == shlex.join(argv)
+    assert main(argv[1:] + ["--quiet"]) == 0
+    assert len(calls) == 2 and calls[0] == calls[1]
+    assert calls[0]["clusters"] == 2 and calls[0]["out_dir"] == str((tmp_path / "gui").resolve())

@@ -1,5 +1,6 @@
 """GUI: every job a widget starts writes its equivalent ``flex3d`` command, and that command,
-run as written (into another output), makes the same files: mesh, training run, half maps."""
+run as written (into another output), makes the same files: mesh, training run, half maps, and
+the half maps of a selection (the Motion analysis widget's subset job)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,26 @@ def test_mesh_train_and_reconstruct_commands_rebuild_the_same_files(make_napari_
     for name in ("flex_half_A.mrc", "flex_half_B.mrc"):
         ma, mb = read_map(tmp_path / "rec" / name), read_map(tmp_path / "cli_rec" / name)
         np.testing.assert_array_equal(ma.data, mb.data, err_msg=name)
+
+    # --- the Motion analysis widget's map of a selection; `flex3d reconstruct --subset` solves the same maps
+    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
+    from napari_flex3d._napari._motion_widget import MotionWidget
+
+    ex = LatentExplorerWidget(viewer)
+    viewer.window.add_dock_widget(ex, name="Latent explorer")
+    ex.open_run(run)
+    motion = MotionWidget(viewer)
+    rows = np.arange(0, len(ex.latents), 2)
+    ex.set_selection(rows, "test")
+    motion.out_dir, motion.iterations, motion.rigid = str(tmp_path / "subset"), 1, False
+    motion.map_selection()
+    qtbot.waitUntil(lambda: motion.subset_worker is None, timeout=180_000)
+    assert motion.subset_error is None, motion.subset_error
+    argv = _command(tmp_path / "subset" / COMMAND_FILE)
+    assert argv[:2] == ["flex3d", "reconstruct"] and f"--subset={tmp_path / 'subset' / 'subset_particles.star'}" in argv
+    assert motion.subset_command_btn.command == shlex.join(argv)
+    _run_elsewhere(argv, "out", tmp_path / "cli_subset")
+    for name in ("flex_half_A.mrc", "flex_half_B.mrc"):
+        ma, mb = read_map(tmp_path / "subset" / name), read_map(tmp_path / "cli_subset" / name)
+        np.testing.assert_array_equal(ma.data, mb.data, err_msg=name)
+    assert not np.array_equal(ma.data, read_map(tmp_path / "rec" / name).data)  # not the full set's map

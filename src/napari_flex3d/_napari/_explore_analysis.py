@@ -1,18 +1,20 @@
 """The explorer's Analysis box: clusters of the latents, their density, and the outliers panel.
 
 ``AnalysisBox(ex)`` is a group box for ``LatentExplorerWidget`` ``ex``: it reads the
-explorer's ``latents``, ``run``, ``run_dir``, ``_xy`` and ``_from_latent``, draws its own
+explorer's ``latents``, ``run``, ``run_dir``, ``_xy`` and ``_from_latent``, starts its workers
+(and the outliers panel's) through ``ex.background`` (so ``ex.idle`` sees them), draws its own
 pyqtgraph items on ``ex.plot`` (numbered cluster centres, a density image with contours)
 and selects through ``ex.set_selection``. Two tabs, Clusters and Outliers, keep it short. Clustering is ``analyze.landscape.cluster_latents``
 (k-means, or a Gaussian mixture whose size the BIC picks), the maps and subsets are
 ``analyze.pipeline.write_clusters``, the same code as ``flex3d analyze``; all of it runs in
 workers. The outliers (residual and latent-norm histograms with draggable thresholds,
-exclude and train) are ``._explore_outliers.OutlierPanel``, placed in this box.
+exclude and train) are ``._explore_outliers.OutlierPanel``, placed in this box. A third tab
+writes the whole ``flex3d analyze`` report (``write_report``) and its command.
 
 State: ``clustering`` (an ``analyze.landscape.Clustering`` of ``ex.latents`` or ``None``),
 ``inputs`` (``(TrainConfig, ParticleSet)`` of the open run, read once, in a worker),
 ``clusters_written``. Actions: ``cluster(n)``, ``choose_cluster(i)``,
-``export_clusters(folder)``, ``show_density``. Imports Qt, pyqtgraph, napari's
+``export_clusters(folder)``, ``write_report(out_dir)``, ``show_density``. Imports Qt, pyqtgraph, napari's
 notifications and ``._workers``; ``analyze`` (scikit-learn, torch) only inside workers.
 """
 
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pyqtgraph as pg
 from napari.utils.notifications import show_error, show_info
+from qtpy.QtCore import QObject, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -36,13 +39,30 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._command import CommandButton
 from ._explore_outliers import OutlierPanel
 from ._explore_plot import hbox_row
 from ._plots import PALETTE
-from ._workers import LatestOnly, start_worker
+from ._workers import LatestOnly
 
 CLUSTER_CHOICES = ["auto (BIC)"] + [str(c) for c in range(2, 9)]  # the mixture's BIC picks among 1..8
 CONTOUR_LEVELS = (0.25, 0.5, 0.75)  # contours at these fractions of the peak log density
+
+
+class _Message(QObject):
+    """Carries a worker's progress line to the GUI thread (a queued signal)."""
+
+    text = Signal(str)
+
+
+def report_command(run_dir, out_dir, clusters="auto") -> list[str]:
+    """``flex3d analyze RUN --out OUT [--clusters N]``: the Report tab's job as a command line, its
+    paths absolute (the run's own particle file, the defaults of ``flex3d analyze`` otherwise)."""
+    from ..config import command_line
+
+    absolute = lambda p: str(Path(p).expanduser().resolve())  # noqa: E731
+    return command_line("analyze", absolute(run_dir), out=absolute(out_dir),
+                        clusters=None if clusters == "auto" else int(clusters), device="cpu")
 
 
 def run_inputs(run_dir, n_latents: int, moved_to: str = ""):
@@ -128,6 +148,7 @@ class AnalysisBox(QGroupBox):
         self.tabs.addTab(page, "Clusters")
         self.outliers = OutlierPanel(self)
         self.tabs.addTab(self.outliers, "Outliers")
+        self.tabs.addTab(self._build_report_page(), "Report")
         self._build_overlays()
         ex.plot.highlight.sigPlotChanged.connect(lambda *_: self._sync_view())  # every redraw and selection
         self._sync_view()
@@ -194,6 +215,64 @@ class AnalysisBox(QGroupBox):
             self._density_for = ex._xy
             self._density.request(np.asarray(ex._xy))
 
+    # ------------------------------------------------------------------ report
+    def _build_report_page(self) -> QWidget:
+        page = QWidget()
+        layout = QVBoxLayout(page)
+        text = QLabel("The whole analysis into RUN/analysis, as flex3d analyze writes it (plots, tables, "
+                      "report.html), with the clusters setting of the Clusters tab.")
+        text.setWordWrap(True)
+        layout.addWidget(text)
+        self.report_btn = QPushButton("Write report")
+        self.report_btn.setToolTip("flex3d analyze of the open run into RUN/analysis")
+        self.report_btn.clicked.connect(self._report_clicked)
+        self.report_command_btn = CommandButton()
+        layout.addWidget(hbox_row(self.report_btn, self.report_command_btn))
+        self.report_label = QLabel("")
+        self.report_label.setWordWrap(True)
+        layout.addWidget(self.report_label)
+        layout.addStretch(1)
+        self._report_message = _Message()
+        self._report_message.text.connect(lambda line: self.report_label.setText(f"analysing: {line}…"))
+        self.report_summary = None
+        return page
+
+    def write_report(self, out_dir=None) -> None:
+        """``flex3d analyze`` of the open run into ``out_dir`` (default ``RUN/analysis``) in a worker;
+        its command goes into the folder (``flex3d_command.sh``) and onto "Copy command"."""
+        from ..io.atomic import COMMAND_FILE, write_command
+
+        ex = self.ex
+        if ex.run is None:
+            raise ValueError("open a trained run first")
+        if not self.report_btn.isEnabled():
+            return  # one report at a time
+        out = Path(out_dir) if out_dir else Path(ex.run_dir) / "analysis"
+        argv = report_command(ex.run_dir, out, self.n_clusters)
+        path = write_command(out / COMMAND_FILE, argv, "the analysis started from the Latent explorer")
+        self.report_command_btn.set_command(argv, path)
+        run_dir, clusters, say = ex.run_dir, self.n_clusters, self._report_message.text.emit
+
+        def job():
+            from ..analyze.pipeline import analyze_run
+
+            return analyze_run(run_dir, out, clusters=clusters, device="cpu", progress=say)
+
+        def done(summary):
+            self.report_summary = summary
+            self.report_label.setText(f"wrote {out / 'report.html'} ({summary['timings_s']['total']:.0f} s)")
+
+        self.report_btn.setEnabled(False)
+        self.report_label.setText("analysing…")
+        ex.background.start(job, returned=done, errored=lambda exc: self.report_label.setText(f"failed: {exc}"),
+                            finished=lambda: self.report_btn.setEnabled(True))
+
+    def _report_clicked(self) -> None:
+        try:
+            self.write_report()
+        except (ValueError, OSError) as exc:
+            show_error(f"napari-flex3d: {exc}")
+
     # ------------------------------------------------------------------ inputs
     def with_inputs(self, then) -> None:
         """Call ``then(config, particles)`` with the open run's inputs, read in a worker the first time."""
@@ -213,8 +292,8 @@ class AnalysisBox(QGroupBox):
             then(*result)
 
         self.cluster_label.setText(reading)
-        start_worker(run_inputs, ex.run_dir, len(ex.latents), ex.session.particles_path, returned=done,
-                     errored=lambda exc: self.cluster_label.setText(f"cannot read the run's particles: {exc}"))
+        ex.background.start(run_inputs, ex.run_dir, len(ex.latents), ex.session.particles_path, returned=done,
+                            errored=lambda exc: self.cluster_label.setText(f"cannot read the run's particles: {exc}"))
 
     # ------------------------------------------------------------------ clusters
     def cluster(self, n_clusters=None) -> None:
@@ -227,9 +306,9 @@ class AnalysisBox(QGroupBox):
             self.n_clusters = n_clusters
         latents = ex.latents
         self.cluster_label.setText("clustering…")
-        self.worker = start_worker(_cluster_job, latents, self.n_clusters,
-                                   returned=lambda result: self._set_clustering(result, latents),
-                                   finished=lambda: setattr(self, "worker", None))
+        self.worker = self.ex.background.start(_cluster_job, latents, self.n_clusters,
+                                               returned=lambda result: self._set_clustering(result, latents),
+                                               finished=lambda: setattr(self, "worker", None))
 
     def _set_clustering(self, result, latents) -> None:
         if latents is not None and latents is not self.ex.latents:
@@ -300,7 +379,7 @@ class AnalysisBox(QGroupBox):
                 show_info(f"napari-flex3d: wrote the clusters to {folder}")
 
             self.cluster_label.setText(f"writing {len(result.centres)} maps and subsets…")
-            self.worker = start_worker(job, returned=done, finished=lambda: setattr(self, "worker", None))
+            self.worker = self.ex.background.start(job, returned=done, finished=lambda: setattr(self, "worker", None))
 
         self.with_inputs(write)
 

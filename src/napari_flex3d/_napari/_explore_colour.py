@@ -19,7 +19,6 @@ from qtpy.QtWidgets import QComboBox, QDoubleSpinBox, QGroupBox, QLabel, QPushBu
 
 from ._colouring import Colouring, colouring_for
 from ._explore_plot import hbox_row
-from ._workers import start_worker
 
 NONE = "(one colour)"
 VIEW = "viewing direction"
@@ -63,7 +62,8 @@ class ExplorerColour:
 
     State: ``colour_columns`` (name -> ``(n,)`` or ``(n, 3)`` values), ``colouring`` (the
     ``Colouring`` drawn, or ``None``), ``particle_table`` (a DataFrame once read),
-    ``artefacts`` (``analyze.covariates.pose_artefacts``), ``run_table``.
+    ``artefacts`` (``analyze.covariates.pose_artefacts``), ``run_table``. Its workers (the
+    table, the residual) start through the host's ``background`` (``._workers.Background``).
     """
 
     def _init_colour(self) -> None:
@@ -161,8 +161,8 @@ class ExplorerColour:
         self.artefact_label.setText("")
         self.residual_btn.setEnabled(False)
         self.colour_status.setText("reading the particle table…")
-        self.table_worker = start_worker(run_particle_table, self.run_dir, self.latents, returned=self._table_ready,
-                                         errored=self._table_failed)
+        self.table_worker = self.background.start(run_particle_table, self.run_dir, self.latents,
+                                                  returned=self._table_ready, errored=self._table_failed)
 
     def _table_failed(self, exc) -> None:
         self.table_worker = None
@@ -306,8 +306,9 @@ class ExplorerColour:
 
         self.residual_btn.setEnabled(False)
         self._residual_timer.start()
-        self.residual_worker = start_worker(run_residuals, self.run_dir, self.run_table.ps, self.latents, progress,
-                                            returned=self._residual_ready, finished=self._residual_finished)
+        self.residual_worker = self.background.start(run_residuals, self.run_dir, self.run_table.ps, self.latents,
+                                                     progress, returned=self._residual_ready,
+                                                     finished=self._residual_finished)
 
     def _show_residual_progress(self) -> None:
         done, total = self._residual_done

@@ -28,7 +28,6 @@ from qtpy.QtWidgets import (
 )
 
 from ._explore_plot import hbox_row
-from ._workers import start_worker
 
 SOURCE_FILTER = "Latents (*.pkl *.npy *.cs *.star);;All files (*)"
 
@@ -45,8 +44,8 @@ class ExplorerCompare:
     """Mixin of ``LatentExplorerWidget``: load another tool's latents, show how they agree with ours.
 
     State: ``comparison`` (``analyze.compare.compare_source``'s dict, or ``None``),
-    ``compare_worker``. Needs the host's ``run_table`` (``_explore_colour``) and
-    ``add_colour_columns``.
+    ``compare_worker``. Needs the host's ``run_table`` (``_explore_colour``),
+    ``add_colour_columns`` and ``background`` (``._workers.Background``, which starts its worker).
     """
 
     def _init_compare(self) -> None:
@@ -110,9 +109,10 @@ class ExplorerCompare:
             return
         self.compare_btn.setEnabled(False)
         self.compare_label.setText(f"reading {Path(source.partition('::')[0]).name}…")
-        self.compare_worker = start_worker(compare_source, source, self.run_table.ps, self.latents,
-                                           self.run_table.particle_file, returned=self._comparison_ready,
-                                           errored=self._comparison_failed, finished=self._comparison_finished)
+        self.compare_worker = self.background.start(compare_source, source, self.run_table.ps, self.latents,
+                                                    self.run_table.particle_file, returned=self._comparison_ready,
+                                                    errored=self._comparison_failed,
+                                                    finished=self._comparison_finished)
 
     def _comparison_failed(self, exc) -> None:
         self.compare_label.setText(f"not compared: {exc}")

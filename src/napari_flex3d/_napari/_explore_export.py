@@ -19,7 +19,6 @@ from qtpy.QtWidgets import QFileDialog
 
 from ..explore.series import projection_images, to_uint8
 from ..explore.subsets import points_in_polygon, write_subset
-from ._workers import start_worker
 
 MOVIE_HEIGHT = 256  # pixels of a movie frame; the projection is enlarged by a whole factor
 
@@ -28,7 +27,8 @@ class ExplorerExports:
     """Mixin of ``LatentExplorerWidget``: ``export_movie``, ``export_series``, ``export_subset``.
 
     Uses the host's ``run``, ``latents``, ``movie_latents``, ``preview_box``, ``plot``,
-    ``_from_latent``, ``_xy``, ``polygon``, ``session`` and ``status_label``; sets ``worker``
+    ``_from_latent``, ``_xy``, ``polygon``, ``session``, ``status_label`` and ``background``
+    (``._workers.Background``, which starts its workers); sets ``worker``
     while it writes, then ``frames_written`` and ``movie_images`` (the movie's projections,
     ``(f, h, w)`` uint8), ``series_written`` (``(frame paths, script)``) or ``selection``.
     """
@@ -64,7 +64,7 @@ class ExplorerExports:
             self.status_label.setText(f"wrote {path} ({len(images)} frames)")
             show_info(f"napari-flex3d: wrote {path}")
 
-        self.worker = start_worker(
+        self.worker = self.background.start(
             job, yielded=lambda i: self.status_label.setText(f"frame {i}/{len(zs)}"), returned=on_written,
             finished=lambda: setattr(self, "worker", None),
         )
@@ -111,7 +111,7 @@ class ExplorerExports:
             self.series_written = result
             self.status_label.setText(f"wrote {len(result[0])} maps and {Path(result[1]).name} to {folder}")
 
-        self.worker = start_worker(job, returned=done, finished=lambda: setattr(self, "worker", None))
+        self.worker = self.background.start(job, returned=done, finished=lambda: setattr(self, "worker", None))
 
     def select_polygon(self) -> np.ndarray:
         """Select the particles inside the drawn polygon (plot coordinates); their indices."""

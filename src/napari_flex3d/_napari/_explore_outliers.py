@@ -31,7 +31,6 @@ from qtpy.QtWidgets import QFileDialog, QLabel, QProgressBar, QPushButton, QTabW
 
 from ._explore_plot import hbox_row
 from ._plots import ThemedPlot
-from ._workers import start_worker
 
 SELECT_DELAY_MS = 60  # a dragged threshold selects at most this often
 
@@ -192,7 +191,7 @@ class OutlierPanel(QWidget):
         self.latent_norm = None
         self.norm_plot.clear_values()
         if z is not None:
-            start_worker(_norms_job, z, returned=lambda hist: self._on_norms(z, hist))
+            self.ex.background.start(_norms_job, z, returned=lambda hist: self._on_norms(z, hist))
 
     def _on_norms(self, latents, hist: dict) -> None:
         if latents is not self._latents:
@@ -234,7 +233,7 @@ class OutlierPanel(QWidget):
                 self._count()
 
             self.progress.setFormat("residuals: starting…")
-            self.worker = start_worker(job, returned=done, finished=lambda: setattr(self, "worker", None))
+            self.worker = self.ex.background.start(job, returned=done, finished=lambda: setattr(self, "worker", None))
 
         self.with_inputs(compute)
 
@@ -273,10 +272,10 @@ class OutlierPanel(QWidget):
         def write(config, ps):
             from ..explore.subsets import write_subset
 
-            self.worker = start_worker(write_subset, ps, np.flatnonzero(mask), path,
-                                       returned=lambda p: show_info(f"napari-flex3d: wrote {int(mask.sum())} "
-                                                                    f"outliers to {p}"),
-                                       finished=lambda: setattr(self, "worker", None))
+            self.worker = self.ex.background.start(
+                write_subset, ps, np.flatnonzero(mask), path,
+                returned=lambda p: show_info(f"napari-flex3d: wrote {int(mask.sum())} outliers to {p}"),
+                finished=lambda: setattr(self, "worker", None))
 
         self.with_inputs(write)
         return Path(path)
@@ -328,8 +327,8 @@ class OutlierPanel(QWidget):
                 return cfg, mesh, ps.subset(kept), shlex.join(train_argv(cfg))
 
             self.outlier_label.setText(f"writing the {len(mask) - int(mask.sum()):,} kept particles…")
-            self.worker = start_worker(job, returned=lambda r: self._start_training(train, *r),
-                                       finished=lambda: setattr(self, "worker", None))
+            self.worker = self.ex.background.start(job, returned=lambda r: self._start_training(train, *r),
+                                                   finished=lambda: setattr(self, "worker", None))
 
         self.with_inputs(write)
 

@@ -46,6 +46,7 @@ from ._explore_plot import LatentPlot, hbox_row
 from ._explore_preview import VOLUME_LAYER, VolumePreview
 from ._paint_budget import paint_budget
 from ._session import session_for
+from ._workers import Background
 
 __all__ = ["LatentExplorerWidget", "VOLUME_LAYER"]
 
@@ -114,6 +115,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self._play_frames: np.ndarray | None = None
         self._play_i = 0
         self.worker = None
+        self.background = Background()  # every worker the explorer and its boxes start, but the LatestOnly ones
 
     def _build_run_box(self) -> QGroupBox:
         box = QGroupBox("Run")
@@ -177,7 +179,10 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
 
     @property
     def idle(self) -> bool:
-        return self._render.idle and self.worker is None
+        """All background work finished: no worker of the explorer or of its boxes (table,
+        residual, comparison, exports, clusters, outliers) runs, the preview and density
+        renders have nothing queued, and no outlier selection waits on its timer."""
+        return self._render.idle and self.background.idle and self.analysis.idle
 
     def _on_session(self, name: str) -> None:
         if name == "run_dir" and self.session.run_dir is not None and not self.run_dir_text:

@@ -1,14 +1,13 @@
 """Subset to map: the flex and rigid half maps of the particles selected in the explorer.
 
 The part of ``MotionWidget`` that owns the "Subset to map" group box. ``subset_half_maps``
-is the Reconstruct widget's job (``reconstruct.halfmaps.reconstruct_run``: the run's
-frozen flow and latents, the particles at their full box, the same checks and settings)
-with one step added: the particles and their latents are cut to the selected rows before
-``solve_half_maps``. It writes ``subset_particles.star`` and ``subset_rows.txt`` (0-based
-rows of the run's particle file) beside the maps, and runs in a worker with progress;
-the maps and FSC curves are read there too (``_reconstruct_widget.read_result``).
-Imports the library by name (``explore.subsets``, ``io``, ``reconstruct``) inside
-``subset_half_maps``, which the worker runs.
+writes the selection as ``subset_particles.star`` (the selected rows of the run's particle
+file) and then runs ``flex3d reconstruct --subset`` on it
+(``reconstruct.halfmaps.reconstruct_run``: the run's frozen flow and latents, the particles
+at their full box, the particles matched by image name), in a worker with progress; the
+maps and FSC curves are read there too (``_reconstruct_widget.read_result``). The same
+command is written to the output folder (``flex3d_command.sh``) and offered by "Copy command".
+Imports the library by name inside the functions the worker runs.
 """
 
 from __future__ import annotations
@@ -21,42 +20,56 @@ import numpy as np
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QCheckBox, QFormLayout, QGroupBox, QLabel, QLineEdit, QProgressBar, QPushButton, QSpinBox
 
+from ._command import CommandButton
 from ._explore_plot import hbox_row
 from ._plots import CurvePlot
 from ._reconstruct_widget import read_result
 from ._workers import start_worker
 
 
+SUBSET_FILE = "subset_particles.star"
+
+
 def subset_half_maps(run_dir, particles, rows, out_dir, *, passthrough=None, root=None, iterations: int = 20,
                      rigid: bool = True):
-    """Flex (and rigid) half maps of the particles at ``rows`` of a trained run; a generator of
-    ``reconstruct.halfmaps`` events, its ``ReconstructFinished`` replaced by ``read_result``'s dict."""
-    import torch
+    """Flex (and rigid) half maps of the particles at ``rows`` of a trained run (rows of its
+    latents: the run's particle file without its unusable images); a generator of
+    ``reconstruct.halfmaps`` events, its ``ReconstructFinished`` replaced by ``read_result``'s dict.
 
+    Writes ``OUT/subset_particles.star`` and then runs exactly what :func:`subset_command` says."""
     from ..explore.subsets import write_subset
-    from ..io.atomic import write_text
+    from ..io.image_check import MAX_UNUSABLE_FRACTION
     from ..io.particles import read_particles
-    from ..reconstruct.halfmaps import solve_half_maps
-    from ..reconstruct.halfsets import half_flows, load_frozen_run
+    from ..reconstruct.halfmaps import reconstruct_run
+    from ..reconstruct.halfsets import usable_particles
 
-    run = load_frozen_run(run_dir)
+    out = Path(out_dir)
     ps = read_particles(particles, passthrough=passthrough, root=root).require_images()
-    flows = half_flows(run, ps, run_dir, particles)  # the same rows, in the same order, as the latents
+    ps, _ = usable_particles(ps, out, MAX_UNUSABLE_FRACTION)  # the latents' rows; the record kept for the job
     rows = np.unique(np.asarray(rows, np.int64))
     if rows.size == 0:
         raise ValueError("the selection is empty")
     if rows[0] < 0 or rows[-1] >= len(ps):
         raise ValueError(f"selected rows must lie in [0, {len(ps)}) ({particles}); got {rows[0]}..{rows[-1]}")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_subset(ps, rows, out / "subset_particles.star")
-    write_text(out / "subset_rows.txt", "\n".join(str(r) for r in rows.tolist()) + "\n")
-    sources = {**flows.sources, "subset_rows": str(out / "subset_rows.txt"), "subset_particles": int(rows.size)}
-    for ev in solve_half_maps(flows.model, flows.latents[torch.as_tensor(rows)], ps.subset(rows), out,
-                              sources=sources, iterations=iterations, rigid=rigid):
+    write_subset(ps, rows, out / SUBSET_FILE)
+    for ev in reconstruct_run(run_dir, particles, out, subset=out / SUBSET_FILE, passthrough=passthrough, root=root,
+                              iterations=iterations, rigid=rigid):
         if type(ev).__name__ == "ReconstructFinished":
             ev = read_result(Path(ev.out_dir), ev.report)
         yield ev
+
+
+def subset_command(run_dir, particles, out_dir, *, passthrough=None, root=None, iterations: int = 20,
+                   rigid: bool = True) -> list[str]:
+    """``flex3d reconstruct --subset OUT/subset_particles.star ...``: the job of :func:`subset_half_maps`
+    as a command line, its paths absolute."""
+    from ..config import command_line
+
+    absolute = lambda p: None if not p else str(Path(p).expanduser().resolve())  # noqa: E731
+    return command_line("reconstruct", run=absolute(run_dir), particles=absolute(particles), out=absolute(out_dir),
+                        subset=absolute(Path(out_dir) / SUBSET_FILE), iterations=iterations, no_rigid=not rigid,
+                        device="cpu", passthrough=absolute(passthrough), root=absolute(root))
 
 
 def default_subset_folder(run_dir, rows) -> Path:
@@ -104,7 +117,8 @@ class SubsetToMap:
         self.subset_btn.clicked.connect(self.map_selection)
         self.subset_stop_btn = QPushButton("Stop")
         self.subset_stop_btn.clicked.connect(self.stop_subset)
-        form.addRow(hbox_row(self.subset_btn, self.subset_stop_btn))
+        self.subset_command_btn = CommandButton()
+        form.addRow(hbox_row(self.subset_btn, self.subset_stop_btn, self.subset_command_btn))
         self.subset_progress = QProgressBar()
         self.subset_progress.setFormat("idle")
         form.addRow(self.subset_progress)
@@ -146,7 +160,8 @@ class SubsetToMap:
             if not particles.is_file():
                 raise ValueError(f"{particles}: no particle file (set 'particles')")
             out = Path(self.out_dir) if self.out_dir else default_subset_folder(ex.run_dir, rows)
-        except ValueError as exc:
+            self._write_subset_command(ex.run_dir, particles, out)
+        except (ValueError, OSError) as exc:
             show_error(f"napari-flex3d: cannot map the selection: {exc}")
             return
         self.subset_rows, self.subset_result, self.subset_error = rows, None, None
@@ -161,6 +176,17 @@ class SubsetToMap:
         )
         self.status_label.setText(f"mapping {rows.size:,} particles into {out}…")
         self._update_subset_buttons()
+
+    def _write_subset_command(self, run_dir, particles, out) -> None:
+        """The job as ``flex3d reconstruct --subset``: written to the output folder's COMMAND_FILE
+        and offered by "Copy command"."""
+        from ..io.atomic import COMMAND_FILE, write_command
+
+        s = self.session
+        argv = subset_command(run_dir, particles, out, passthrough=s.passthrough_path or None, root=s.root or None,
+                              iterations=self.iterations, rigid=self.rigid)
+        path = write_command(Path(out) / COMMAND_FILE, argv, "the subset map started from the Motion analysis widget")
+        self.subset_command_btn.set_command(argv, path)
 
     def stop_subset(self) -> None:
         """Stop after the current iteration (finished half maps and solver states stay on disk)."""

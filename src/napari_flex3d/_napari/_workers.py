@@ -35,6 +35,33 @@ def start_worker(func: Callable, *args, yielded=None, returned=None, errored=Non
     return worker
 
 
+class Background:
+    """The workers one widget (and its parts) started and that have not finished yet.
+
+    ``start(func, *args, **kwargs)`` is :func:`start_worker` with the worker counted until its
+    ``finished`` (after ``returned`` or ``errored``; a ``finished`` given is still called);
+    ``idle`` is true when none runs. Counting, not one attribute per job, so a job started
+    again before the last one finished is still seen.
+    """
+
+    def __init__(self):
+        self.running = 0
+
+    def start(self, func: Callable, *args, finished=None, **kwargs):
+        self.running += 1
+
+        def _done():
+            self.running -= 1
+            if finished is not None:
+                finished()
+
+        return start_worker(func, *args, finished=_done, **kwargs)
+
+    @property
+    def idle(self) -> bool:
+        return self.running == 0
+
+
 class LatestOnly:
     """Run at most one job at a time; while one runs, keep only the newest request.
 

@@ -1,10 +1,7 @@
 """Latents of other tools, matched to our particles by image name, and how they agree with ours.
 
-A particle's name is ``(stack file name, 0-based index in the stack)``: RELION's
-``rlnImageName`` ``000012@Extract/job/mic1.mrcs`` and cryoSPARC's ``blob/path`` +
-``blob/idx`` both give it, so two tools' files of the same particles match whatever
-their row order, folder layout or subset. Only the stack's file name is compared, not its
-folder (projects move).
+Particles are matched by name (``io.particle_names``: the stack's file name and the
+0-based index in it), whatever the row order, folder layout or subset of either file.
 
 A comparison source is ``PATH`` or ``PATH::SPEC``:
 
@@ -16,69 +13,21 @@ A comparison source is ``PATH`` or ``PATH::SPEC``:
 - ``.star`` (RELION, DynaMight, ...): the numeric columns whose names start with ``SPEC``
   (default ``rlnFlex3dLatent``).
 
-Imports NumPy, pandas, starfile and ``training``'s latent readers and canonical correlations.
+Imports NumPy, pandas, ``io.particle_names`` and ``training``'s latent readers and canonical correlations.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from ..io.particle_names import cs_names, match_by_name, names_from_file, particle_names, star_names, star_particle_block
+
 __all__ = ["particle_names", "names_from_file", "ExternalLatents", "read_external", "match_by_name", "compare_latents",
            "compare_source"]
-
-
-def _name_keys(stacks, indices) -> np.ndarray:
-    base = [os.path.basename(str(s).lstrip(">").strip()) for s in stacks]
-    return np.array([f"{int(i)}@{b}" for i, b in zip(indices, base)], dtype=object)
-
-
-def particle_names(ps) -> np.ndarray:
-    """``(n,)`` names ``"index@stack file name"`` (0-based index) of an ``io.particles.ParticleSet``'s rows."""
-    stacks = ps.input_stack_names()
-    if stacks is None:
-        stacks = ps.image_paths
-    return _name_keys(stacks, ps.image_indices)
-
-
-def _star_block(path: Path) -> pd.DataFrame:
-    import starfile
-
-    data = starfile.read(path, always_dict=True)
-    for block in data.values():
-        if hasattr(block, "columns") and "rlnImageName" in block.columns:
-            return block.reset_index(drop=True)
-    raise ValueError(f"{path}: no particle block with rlnImageName")
-
-
-def _star_names(block: pd.DataFrame, path) -> np.ndarray:
-    names = block["rlnImageName"].astype(str)
-    parts = names.str.partition("@")
-    if not names.str.contains("@", regex=False).all():
-        raise ValueError(f"{path}: rlnImageName must read index@stack, e.g. {names.iloc[0]!r}")
-    return _name_keys(parts[2], parts[0].astype(int) - 1)  # RELION counts from 1
-
-
-def _cs_names(rec: np.ndarray, path) -> np.ndarray:
-    names = rec.dtype.names or ()
-    if "blob/path" not in names or "blob/idx" not in names:
-        raise ValueError(f"{path}: no blob/path and blob/idx fields to match particles by")
-    paths = np.char.decode(rec["blob/path"], "utf-8", errors="replace") if rec["blob/path"].dtype.kind == "S" else rec["blob/path"]
-    return _name_keys(paths, rec["blob/idx"])
-
-
-def names_from_file(path) -> np.ndarray:
-    """Particle names of a STAR or ``.cs`` particle file, in its row order."""
-    path = Path(path)
-    if path.suffix.lower() == ".star":
-        return _star_names(_star_block(path), path)
-    if path.suffix.lower() == ".cs":
-        return _cs_names(np.load(path, allow_pickle=False), path)
-    raise ValueError(f"{path}: particle names come from a .star or .cs file")
 
 
 @dataclass
@@ -125,28 +74,14 @@ def read_external(source: str, default_names=None) -> ExternalLatents:
         return ExternalLatents(values.astype(np.float64), names, [f"{label}:{i + 1}" for i in range(values.shape[1])], label)
     if suffix == ".cs":
         values = read_latents_file(path, column=spec or None)
-        names = _cs_names(np.load(path, allow_pickle=False), path)
+        names = cs_names(np.load(path, allow_pickle=False), path)
         prefix = spec or "components_mode_"
         return ExternalLatents(values.astype(np.float64), names, [f"{prefix}{i}" for i in range(values.shape[1])], label)
     if suffix == ".star":
-        block = _star_block(path)
+        block = star_particle_block(path)
         cols = _numeric_star_columns(block, spec or "rlnFlex3dLatent", path)
-        return ExternalLatents(block[cols].to_numpy(np.float64), _star_names(block, path), list(cols), label)
+        return ExternalLatents(block[cols].to_numpy(np.float64), star_names(block, path), list(cols), label)
     raise ValueError(f"--compare {source}: latents are read from .pkl, .npy, .cs or .star")
-
-
-def match_by_name(ours: np.ndarray, theirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Rows ``(our_rows, their_rows)`` of the particles both name lists hold, in our order.
-
-    A name listed twice on their side is refused (the match would be ambiguous).
-    """
-    theirs = pd.Index(np.asarray(theirs, dtype=object))
-    if theirs.has_duplicates:
-        dup = theirs[theirs.duplicated()][0]
-        raise ValueError(f"particle {dup!r} appears more than once in the compared file")
-    pos = theirs.get_indexer(np.asarray(ours, dtype=object))
-    our_rows = np.flatnonzero(pos >= 0)
-    return our_rows, pos[our_rows]
 
 
 def compare_latents(ours: np.ndarray, theirs: np.ndarray) -> dict:

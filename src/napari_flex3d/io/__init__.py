@@ -9,6 +9,7 @@ Particle files (RELION STAR, cryoSPARC ``.cs``) become a ``ParticleSet`` through
 - ``particle_set``: the ``ParticleSet`` container;
 - ``image_source``: finding image stacks and reading rows from memory maps;
 - ``image_check``: finding the images no job can use (NaN/Inf, constant) and leaving them out;
+- ``particle_names``: a particle's name (stack file and index), to match files in any row order;
 - ``half_sets``: the one half-set encoding (int8 0 = A, 1 = B, -1 = unknown) and its converters.
 
 Also ``mrc`` (maps and stacks), ``checkpoint`` (training checkpoints), ``prefetch``

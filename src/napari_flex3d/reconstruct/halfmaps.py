@@ -42,7 +42,8 @@ from ..model.flex import barycentric_rows, batch_from_particles
 from ..model.flow import interpolate_vertex_flow
 from ..model.loss import estimate_noise_spectra
 from ..io.image_check import MAX_UNUSABLE_FRACTION
-from .halfsets import check_latent_rows, half_flows, half_run_rows, load_frozen_run, split_halves, usable_particles
+from .halfsets import (check_latent_rows, half_flows, half_run_rows, load_frozen_run, select_subset, split_halves,
+                       usable_particles)
 from .report import validate_half_maps, write_fsc_files, write_sharpened_maps
 from .solver import HalfMapProblem, lbfgs_quadratic, pack_state, unpack_state
 from .validation import soften_mask
@@ -344,6 +345,7 @@ def reconstruct_run(
     out_dir,
     *,
     run_b=None,
+    subset=None,
     passthrough=None,
     root=None,
     settings: HalfMapSettings | None = None,
@@ -361,6 +363,9 @@ def reconstruct_run(
     map A is solved with ``run_dir``'s flow and latents, B with ``run_b``'s, so nothing
     learnt from one half reaches the other half map.
 
+    ``subset``: a STAR or ``.cs`` file; only the particles it lists (matched to ``particles``
+    by image name, :func:`.halfsets.select_subset`) are used, with ``particles``' half sets.
+
     Images of NaN/Inf or constant pixels are left out, as in training (``max_bad_image_fraction``:
     more of them refuse the input); ``report.json`` counts them.
     """
@@ -368,6 +373,8 @@ def reconstruct_run(
     ps = read_particles(particles, passthrough=passthrough, root=root).require_images()
     ps, unusable = usable_particles(ps, out_dir, max_bad_image_fraction)
     flows = half_flows(run, ps, run_dir, particles, run_b)
+    if subset is not None:
+        flows, ps = select_subset(flows, ps, subset)
     yield from solve_half_maps(flows.model, flows.latents, ps, out_dir, settings, model_b=flows.model_b,
                                latents_b=flows.latents_b, sources={**flows.sources, **unusable}, **options)
 

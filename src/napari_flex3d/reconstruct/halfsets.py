@@ -2,7 +2,7 @@
 half flows (``--run`` trained on half A, ``--run-b`` on half B).
 
 A room of ``reconstruct``; it may import ``io`` and ``model`` (the run loader) and
-:mod:`.rigid`'s split. Half sets are ``ps.half_set`` int8 (0 = A, 1 = B, -1 = unknown);
+:mod:`.rigid`'s split. Also the particle subset of ``flex3d reconstruct --subset``. Half sets are ``ps.half_set`` int8 (0 = A, 1 = B, -1 = unknown);
 ``"A"``/``"B"`` appear only where a user names a half (``--half-set``).
 """
 
@@ -20,7 +20,7 @@ from ..model.run import final_latents, load_run
 from .rigid import half_set_indices
 
 __all__ = ["FrozenRun", "HalfFlows", "load_frozen_run", "half_run_rows", "half_flows", "check_latent_rows", "split_halves",
-           "usable_particles"]
+           "usable_particles", "select_subset"]
 
 
 class FrozenRun(NamedTuple):
@@ -80,6 +80,29 @@ def usable_particles(ps, out_dir, max_fraction: float) -> tuple[object, dict]:
 
     usable, found = exclude_unusable_images(ps, out_dir, max_fraction=max_fraction)
     return usable, {"unusable_images": {"count": found.count, "of": found.n_images, "first": list(found.names[:3])}}
+
+
+def select_subset(flows: HalfFlows, ps, subset) -> tuple[HalfFlows, object]:
+    """``(flows, ps)`` cut to the particles a STAR or ``.cs`` file ``subset`` lists, matched by
+    image name (``io.particle_names``), not by row: the subset may come in any order and from
+    any folder. The rows keep ``ps``'s order, half sets and metadata. ``ValueError`` when a
+    listed particle is not in ``ps`` (or is one of its unusable images), or none is."""
+    from ..io.particle_names import match_by_name, names_from_file, particle_names
+
+    wanted = names_from_file(subset)
+    rows, their_rows = match_by_name(particle_names(ps), wanted, what=str(subset))
+    if rows.size == 0:
+        raise ValueError(f"--subset {subset}: none of its {len(wanted)} particles is in {ps.source} "
+                         "(particles are matched by image name: stack file name and index)")
+    if rows.size < len(wanted):
+        missing = np.setdiff1d(np.arange(len(wanted)), their_rows)
+        raise ValueError(f"--subset {subset}: {missing.size} of its {len(wanted)} particles are not among the usable "
+                         f"particles of {ps.source} (first: {', '.join(map(str, wanted[missing[:3]]))})")
+    take = torch.as_tensor(rows)
+    sources = {**flows.sources, "subset": str(subset), "subset_particles": int(rows.size)}
+    cut = HalfFlows(flows.model, flows.latents[take], flows.model_b,
+                    None if flows.latents_b is None else flows.latents_b[take], sources)
+    return cut, ps.subset(rows)
 
 
 def _on_full_rows(latents: torch.Tensor, rows: np.ndarray, n: int) -> torch.Tensor:
