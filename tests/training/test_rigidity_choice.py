@@ -112,6 +112,27 @@ def test_the_run_goes_on_from_the_chosen_trial(tiny_sim, tiny_config, tmp_path):
     torch.testing.assert_close(run.latents, latents_after, rtol=0, atol=0)
 
 
+def test_every_trial_starts_from_the_same_state(tiny_sim, tiny_config, tmp_path):
+    """A trial run again after others gives the same validation loss: restoring the start does not
+    hand it the optimisers' moments and step counts of the trials before it."""
+    config = tiny_config(tiny_sim, tmp_path / "r", warmup_epochs=0, preview_every=0, **CHOICE)
+    run = new_run(config, tmp_path / "r", torch.device("cpu"))
+    band = band_limit(0, config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
+    batches = _trial_batches(run)
+    for idx in batches[:2]:  # the optimisers hold moments and step counts at the start, as after a warm-up
+        train_step(run, idx, "warmup", band)
+    start, results = _snapshot(run), []
+    for weight in (2.0, 0.03125, 2.0, 2.0):
+        _restore(run, start)
+        run.config = dataclasses.replace(config, rigidity_lambda=weight, rigidity_choice="fixed")
+        for s, idx in enumerate(batches):
+            train_step(run, idx, phase_of_step(0, s, 0, config.flow_batches, config.structure_batches), band)
+        results.append(validation_losses(run, band))
+    np.testing.assert_array_equal(results[2], results[0])
+    np.testing.assert_array_equal(results[3], results[0])
+    assert not np.array_equal(results[1], results[0])  # the weight matters
+
+
 def test_fixed_weight_and_no_held_out_particles_skip_the_trials(tiny_sim, tiny_config, tmp_path):
     out = tmp_path / "fixed"
     for _ in train_run(tiny_config(tiny_sim, out, epochs=2, rigidity_choice="fixed", rigidity_lambda=0.7), out):

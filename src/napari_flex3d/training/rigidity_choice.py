@@ -86,9 +86,12 @@ def _snapshot(run: RunState) -> dict:
 
 
 def _restore(run: RunState, snap: dict) -> None:
+    """Put ``snap`` back, leaving ``snap`` untouched for the next trial."""
     run.model.load_state_dict(snap["model"])  # in place: the inference view shares the flow generator
-    run.opt_flow.load_state_dict(snap["opt_flow"])
-    run.opt_canonical.load_state_dict(snap["opt_canonical"])
+    # an optimiser loads state tensors by reference and its steps then change them in place: copies,
+    # or the next trial would start from this one's Adam moments and step count
+    run.opt_flow.load_state_dict(copy.deepcopy(snap["opt_flow"]))
+    run.opt_canonical.load_state_dict(copy.deepcopy(snap["opt_canonical"]))
     run.latents.copy_(snap["latents"])
     run.generator.set_state(snap["generator"])
     run.latent_mass = None if snap["latent_mass"] is None else snap["latent_mass"].clone()
