@@ -160,7 +160,7 @@ class TrainConfig(_Settings):
         "--rigidity-lambda x 1/64, 1/16, 1/4, 1 on the same start, compared particle by particle on the held-out "
         "set: the strongest weight whose validation losses are not above the best trial's by more than "
         f"{RIGIDITY_CHOICE_MIN_Z:g} standard errors is kept (rigidity_choice.json). Not the default: on a small hinge every trial favoured the weakest "
-        "weights by 4-10 standard errors and the flexible maps came out less sharp than the rigid ones",
+        "weights by 4-9 standard errors and the flexible maps came out less sharp than the rigid ones",
         choices=("validation", "fixed"),
     )
     rigidity_scale: str = _f(

@@ -3,8 +3,8 @@
 No fixed weight suits every motion, mesh and data set: on a 40° domain closure the default
 2.0 held the flow to 17 % of the excursion while 0.125 reached 39 % and lowered the
 validation loss (benchmarks/RESULTS.md, closure). But a lower validation loss is not a
-sharper map: on a small trained hinge every trial preferred the weakest weight by 4-10 standard
-errors, and its flexible maps came out less sharp than the rigid ones (RESULTS, rigidity choice),
+sharper map: on a small trained hinge the trials preferred the weakest weights by 4-9 standard
+errors, and the flexible maps came out less sharp than the rigid ones (RESULTS, rigidity choice),
 so the choice stays an option. The warm-up trains at the ladder's
 geometric middle (``config.RIGIDITY_WARMUP_FRACTION`` of ``rigidity_lambda``: a trial that
 starts from a state fitted at its own weight was favoured by the short trials, measured), and
