@@ -28,6 +28,7 @@ __all__ = [
     "RIGIDITY_REFERENCE_VOLUME_A3",
     "RIGIDITY_LADDER",
     "RIGIDITY_WARMUP_FRACTION",
+    "RIGIDITY_CHOICE_MIN_Z",
     "TrainConfig",
     "GenerateConfig",
     "to_dict",
@@ -63,6 +64,9 @@ RIGIDITY_REFERENCE_VOLUME_A3 = 180.0
 #: geometric middle, so that no trial starts from a state fitted at its own weight).
 RIGIDITY_LADDER = (1.0, 1.0 / 4, 1.0 / 16, 1.0 / 64)
 RIGIDITY_WARMUP_FRACTION = 1.0 / 8
+#: ... and how many standard errors of the paired mean difference of the held-out particles' losses
+#: make a stronger weight's trial clearly worse than the best one (a tie keeps the stronger weight).
+RIGIDITY_CHOICE_MIN_Z = 3.0
 
 
 def _f(default, help: str, **meta):
@@ -153,9 +157,10 @@ class TrainConfig(_Settings):
     rigidity_choice: str = _f(
         "fixed",
         "fixed: --rigidity-lambda throughout; validation (experimental): after the warm-up, short trials of "
-        "--rigidity-lambda x 1, 1/4, 1/16, 1/64 on the same start, the one with the lowest validation loss kept "
-        "(rigidity_choice.json). The trials' losses often differ in the 4th digit only: on a small hinge the choice "
-        "fell on the weakest weight and the flexible maps came out less sharp than the rigid ones",
+        "--rigidity-lambda x 1/64, 1/16, 1/4, 1 on the same start, compared particle by particle on the held-out "
+        "set: the strongest weight whose validation losses are not above the best trial's by more than "
+        f"{RIGIDITY_CHOICE_MIN_Z:g} standard errors is kept (rigidity_choice.json). Not the default: on a small hinge every trial favoured the weakest "
+        "weights by 4-9 standard errors and the flexible maps came out less sharp than the rigid ones",
         choices=("validation", "fixed"),
     )
     rigidity_scale: str = _f(

@@ -19,16 +19,16 @@ from napari_flex3d.simulate.oracle import true_motion_model_and_mesh
 from napari_flex3d.training.loop import train_run
 
 BOX, APIX = 32, 6.0
-# Measured with the experimental rigidity settings (CPU2, 1 thread; --rigidity-choice validation
-# --rigidity-scale volume, not the defaults: on a small hinge they made the flexible maps less sharp, see
-# tests/reconstruct/test_trained_hinge.py): the rigidity weight chosen by validation loss (0.03125,
-# volume scale, warm-up at 0.25) gives |Spearman| 0.80, excursion 0.34, span 1.07, curvature 0.93, moving-
-# domain correlation 0.962 / 0.954 / 0.962. The former default (a fixed 2.0, per-cell sum) gave 0.79, 0.17,
-# 0.54, 0.33 (0.94 / 0.96 / 0.93) and fails these bounds; a fixed 2.0 on the volume scale 0.13, 0.41, 0.21
-# (benchmarks/RESULTS.md, ## closure). Bounds with margin for other machines' rounding:
+# Measured with the rigidity weight chosen by validation loss (CPU2, 1 thread; --rigidity-choice validation,
+# not the default: on a small hinge it made the flexible maps less sharp, see tests/reconstruct/test_trained_hinge.py
+# and benchmarks/RESULTS.md, ## rigidity choice): trials at 0.03125 / 0.125 / 0.5 / 2.0 gave 101.655 / 101.656 /
+# 101.663 / 101.705, 2.0 worse than the best by 3.9 standard errors of the paired mean, 0.5 kept; |Spearman| 0.80,
+# excursion 0.28, span 0.81, curvature 0.66, moving-domain correlation 0.956 / 0.953 / 0.956. The default (a fixed
+# 2.0) gave 0.79, 0.17, 0.54, 0.33 (0.94 / 0.96 / 0.93) and fails these bounds (benchmarks/RESULTS.md, ## closure).
+# Bounds with margin for other machines' rounding:
 MIN_SPEARMAN = 0.70
 MIN_EXCURSION = 0.22
-MIN_SPAN = 0.8
+MIN_SPAN = 0.7
 MIN_CURVATURE = 0.5
 
 
@@ -63,7 +63,7 @@ def test_trained_closure_reaches_the_ends(sim):
     config = TrainConfig(
         particles=str(sim / "sim" / "particles.star"), map=str(sim / "sim" / "consensus.mrc"), out=str(sim / "run"),
         latent_dim=1, epochs=4, warmup_epochs=1, batch=100, kernel="linear", preview_every=0, threads=1,
-        rigidity_choice="validation", rigidity_scale="volume",
+        rigidity_choice="validation",
     )
     for _ in train_run(config, sim / "run"):
         pass

@@ -13,12 +13,12 @@ import torch
 from napari_flex3d.config import TrainConfig, from_dict, to_dict
 from napari_flex3d.model.run import load_run
 from napari_flex3d.training.loop import train_run
-from napari_flex3d.training.metrics import validation_loss
-from napari_flex3d.training.rigidity_choice import CHOICE_FILE, _restore, _snapshot, _trial_batches, rigidity_ladder
-from napari_flex3d.training.rigidity_choice import choose_rigidity
+from napari_flex3d.training.metrics import validation_loss, validation_losses
+from napari_flex3d.training.rigidity_choice import CHOICE_FILE, MIN_Z, _restore, _snapshot, _trial_batches, rigidity_ladder
+from napari_flex3d.training.rigidity_choice import choose_rigidity, paired_excess
 from napari_flex3d.training.run_state import new_run
 from napari_flex3d.training.schedule import band_limit, phase_of_step
-from napari_flex3d.training.step import train_step
+from napari_flex3d.training.step import data_terms, read_batch, train_step
 
 
 CHOICE = dict(rigidity_choice="validation", rigidity_scale="volume")  # the experimental settings under test
@@ -42,20 +42,51 @@ def test_settings_saved_before_the_choice_keep_a_fixed_per_cell_weight():
     assert from_dict(TrainConfig, to_dict(new)) == new
 
 
-def test_a_run_chooses_the_weight_with_the_lowest_validation_loss(tiny_sim, tiny_config, tmp_path):
+def test_a_run_keeps_the_strongest_weight_not_clearly_worse_than_the_best(tiny_sim, tiny_config, tmp_path):
     out = tmp_path / "run"
     for _ in train_run(tiny_config(tiny_sim, out, epochs=2, **CHOICE), out):
         pass
     record = json.loads((out / CHOICE_FILE).read_text())
     assert record["ladder"] == [2.0, 0.5, 0.125, 0.03125] and record["epoch"] == 1
-    tried, losses = record["weights"], record["validation_loss"]
+    tried, losses, paired = record["weights"], record["validation_loss"], record["paired"]
     assert tried == record["ladder"][::-1][: len(tried)] and len(losses) == len(tried) >= 2  # the weakest first
-    assert all(np.isfinite(losses)) and record["chosen"] == tried[int(np.argmin(losses))]
-    # every trial but the last improved on the one before; the last did not, unless the ladder ran out
-    assert all(b < a for a, b in zip(losses[:-2], losses[1:-1]))
-    assert losses[-1] >= losses[-2] or len(tried) == 4
+    assert all(np.isfinite(losses)) and [p["weight"] for p in paired] == tried[1:]
+    for i, p in enumerate(paired, start=1):  # each compared with the lowest mean loss among those before it
+        assert p["best"] == tried[int(np.argmin(losses[:i]))]
+        assert p["excess"] == pytest.approx(losses[i] - min(losses[:i]), rel=1e-6, abs=1e-9)
+    clearly_worse = [p["excess"] > MIN_Z * p["se"] for p in paired]
+    assert not any(clearly_worse[:-1])  # the ladder stops at the first clearly worse weight, or runs out
+    assert clearly_worse[-1] or len(tried) == 4
+    assert record["chosen"] == (tried[-2] if clearly_worse[-1] else tried[-1])
     saved = load_run(out).config  # the checkpoint's settings hold the choice: a resumed run keeps it
     assert (saved.rigidity_lambda, saved.rigidity_choice, saved.rigidity_scale) == (record["chosen"], "fixed", "volume")
+
+
+def test_paired_excess_is_the_paired_t_statistic():
+    rng = np.random.default_rng(0)
+    best = rng.normal(100.0, 5.0, 60)
+    trial = best + rng.normal(0.05, 0.1, 60)  # a small shift under a large spread between particles
+    excess, se = paired_excess(trial, best)
+    from scipy.stats import ttest_ind, ttest_rel
+
+    assert excess == pytest.approx(float(np.mean(trial - best)))
+    assert excess / se == pytest.approx(ttest_rel(trial, best).statistic)
+    assert abs(ttest_ind(trial, best).statistic) < 0.1 and excess / se > MIN_Z  # pairing makes the shift visible
+
+
+def test_per_particle_validation_losses_are_each_particles_data_term(tiny_sim, tiny_config, tmp_path):
+    """Each held-out particle's loss, in ``val_idx`` order over several minibatches, is its own data
+    term at the latent stored for it, and their mean is the epoch's validation loss."""
+    config = tiny_config(tiny_sim, tmp_path / "v", warmup_epochs=0, preview_every=0, batch=5)
+    run = new_run(config, tmp_path / "v", torch.device("cpu"))
+    latents = run.latents.clone()
+    per_particle = validation_losses(run, 0.5)
+    assert per_particle.shape == (len(run.val_idx),) and len(run.val_idx) > 2 * config.batch
+    with torch.no_grad():
+        direct = data_terms(run, read_batch(run, run.val_idx), run.latents[run.val_idx], 0.5 * run.box / 2)
+    np.testing.assert_allclose(per_particle, direct.double().numpy(), rtol=1e-5)
+    run.latents.copy_(latents)
+    assert validation_loss(run, 0.5) == pytest.approx(float(per_particle.mean()), rel=1e-9)
 
 
 def test_the_run_goes_on_from_the_chosen_trial(tiny_sim, tiny_config, tmp_path):
@@ -79,6 +110,27 @@ def test_the_run_goes_on_from_the_chosen_trial(tiny_sim, tiny_config, tmp_path):
     for k, v in run.model.state_dict().items():
         torch.testing.assert_close(v, after[k], rtol=0, atol=0, msg=k)
     torch.testing.assert_close(run.latents, latents_after, rtol=0, atol=0)
+
+
+def test_every_trial_starts_from_the_same_state(tiny_sim, tiny_config, tmp_path):
+    """A trial run again after others gives the same validation loss: restoring the start does not
+    hand it the optimisers' moments and step counts of the trials before it."""
+    config = tiny_config(tiny_sim, tmp_path / "r", warmup_epochs=0, preview_every=0, **CHOICE)
+    run = new_run(config, tmp_path / "r", torch.device("cpu"))
+    band = band_limit(0, config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
+    batches = _trial_batches(run)
+    for idx in batches[:2]:  # the optimisers hold moments and step counts at the start, as after a warm-up
+        train_step(run, idx, "warmup", band)
+    start, results = _snapshot(run), []
+    for weight in (2.0, 0.03125, 2.0, 2.0):
+        _restore(run, start)
+        run.config = dataclasses.replace(config, rigidity_lambda=weight, rigidity_choice="fixed")
+        for s, idx in enumerate(batches):
+            train_step(run, idx, phase_of_step(0, s, 0, config.flow_batches, config.structure_batches), band)
+        results.append(validation_losses(run, band))
+    np.testing.assert_array_equal(results[2], results[0])
+    np.testing.assert_array_equal(results[3], results[0])
+    assert not np.array_equal(results[1], results[0])  # the weight matters
 
 
 def test_fixed_weight_and_no_held_out_particles_skip_the_trials(tiny_sim, tiny_config, tmp_path):

@@ -6,6 +6,7 @@ The validation loss is the data term of the held-out particles at their inferred
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..io.prefetch import host_to_device
@@ -13,35 +14,43 @@ from . import events as ev
 from .run_state import RunState
 from .step import data_terms, infer_batch_latents, local_rows, read_batch
 
-__all__ = ["validation_loss", "model_fsc", "peak_memory_mb"]
+__all__ = ["validation_loss", "validation_losses", "model_fsc", "peak_memory_mb"]
 
 
 def validation_loss(run: RunState, band: float) -> float:
-    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any.
-
-    Under torchrun each rank takes ``val_idx[rank::world]`` and the sums are added over ranks.
-    """
+    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any."""
     if len(run.val_idx) == 0:
         return float("nan")
+    return float(validation_losses(run, band).mean())
+
+
+def validation_losses(run: RunState, band: float) -> np.ndarray:
+    """The data loss of each held-out particle ``(n_val,)``, float64, at its inferred latent (stored).
+
+    Under torchrun each rank fills its share ``val_idx[rank::world]`` and the vectors are added
+    over ranks; read from the device once.
+    """
     max_freq_px = band * run.box / 2
     run.model.max_freq_px = max_freq_px
-    total = torch.zeros(1, dtype=torch.float64, device=run.device)  # summed on the device, read once
+    losses = torch.zeros(len(run.val_idx), dtype=torch.float64, device=run.device)  # filled on the device
     with torch.no_grad():  # the map is frozen here: band-limit it once, not once per minibatch
         values = run.model.canonical_values()
     val_idx = local_rows(run, run.val_idx)
+    where = np.searchsorted(run.val_idx, val_idx)  # val_idx is sorted (setup.split_train_val)
     for s in range(0, len(val_idx), run.config.batch):
         idx = val_idx[s : s + run.config.batch]
         batch = read_batch(run, idx)
         rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
         z = infer_batch_latents(run, batch, run.latents[rows], max_freq_px)
         run.latents[rows] = z.detach()
+        slots = host_to_device(torch.as_tensor(where[s : s + len(idx)], dtype=torch.long), run.device)
         with torch.no_grad():
-            total += data_terms(run, batch, z, max_freq_px, values=values).sum().double()
+            losses[slots] = data_terms(run, batch, z, max_freq_px, values=values).double()
     if run.dist.active:
         from .distributed import all_reduce_sum
 
-        total = all_reduce_sum(total)
-    return float(total) / len(run.val_idx)
+        losses = all_reduce_sum(losses)
+    return losses.cpu().numpy()
 
 
 def peak_memory_mb(device: torch.device) -> float:
