@@ -248,14 +248,33 @@ class FlexModel(nn.Module):
             values, points, rotations, shifts_a, self.box, self.apix, kernel=kernel or self.kernel,
             deconvolve=self.deconvolve,
         )  # (b, N, N)
-        if ctf is not None:
-            if ctf.shape != (b, self.box, self.box // 2 + 1):
-                raise ValueError(f"ctf must be ({b}, {self.box}, {self.box // 2 + 1}), got {tuple(ctf.shape)}")
-            # CTF in Fourier space: irfft2(CTF * rfft2(image))
-            images = torch.fft.irfft2(torch.fft.rfft2(images) * ctf.to(images), s=images.shape[-2:])
+        if ctf is not None:  # CTF in Fourier space: irfft2(CTF * rfft2(image))
+            images = torch.fft.irfft2(torch.fft.rfft2(images) * self._checked_ctf(ctf, images), s=images.shape[-2:])
         return images
 
     forward = project
+
+    def project_spectrum(
+        self,
+        z: torch.Tensor | None,
+        rotations: torch.Tensor,
+        shifts_a: torch.Tensor | None = None,
+        ctf: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``rfft2(project(...), norm="ortho")`` ``(b, N, N//2+1)`` complex, the CTF applied there without
+        the transform back (what the data loss needs: ``model.loss.spectral_data_loss``). The same
+        inside ``|k| < N/2``; on the Nyquist row and column :meth:`project`'s round trip makes an
+        astigmatic CTF's product Hermitian, this keeps it as it is (no loss band reaches past ``N/2``)."""
+        images = self.project(z, rotations, shifts_a, values=values)
+        spectrum = torch.fft.rfft2(images, norm="ortho")
+        return spectrum if ctf is None else spectrum * self._checked_ctf(ctf, images)
+
+    def _checked_ctf(self, ctf: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        b = images.shape[0]
+        if ctf.shape != (b, self.box, self.box // 2 + 1):
+            raise ValueError(f"ctf must be ({b}, {self.box}, {self.box // 2 + 1}), got {tuple(ctf.shape)}")
+        return ctf.to(images)
 
     def volume(self, z: torch.Tensor | None = None, kernel: str | None = None) -> torch.Tensor:
         """Convected map ``W`` ``(N, N, N)`` at one latent ``z (K,)`` or ``(1, K)`` (``None``: rigid)."""
