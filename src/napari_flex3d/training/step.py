@@ -92,11 +92,13 @@ _PER_PARTICLE = ("spectrum", "rotations", "shifts_a", "ctf", "optics_group")  # 
 
 
 def _tiled(batch: dict, copies: int) -> dict:
-    """``batch``'s :data:`_PER_PARTICLE` entries repeated ``copies`` times along the first axis: row
-    ``c * b + i`` is particle ``i`` (``b`` particles)."""
-    if copies == 1:
-        return batch
-    return {key: batch[key].repeat((copies,) + (1,) * (batch[key].ndim - 1)) for key in _PER_PARTICLE}
+    """``batch`` with its :data:`_PER_PARTICLE` entries repeated ``copies`` times along the first axis: row
+    ``c * b + i`` is particle ``i`` (``b`` particles); the rest (the images, which the spectrum stands
+    for, the indices) as they are."""
+    out = dict(batch)
+    for key in _PER_PARTICLE if copies > 1 else ():
+        out[key] = batch[key].repeat((copies,) + (1,) * (batch[key].ndim - 1))
+    return out
 
 
 def stacked_data_terms(
@@ -106,7 +108,7 @@ def stacked_data_terms(
     calls of the model as :data:`_STACK_ELEMENTS` allows (the batch tiled once, reused)."""
     model = run.model if view is None else view.model
     b = batch["images"].shape[0]
-    batch = {key: _target_spectrum(batch) if key == "spectrum" else batch[key] for key in _PER_PARTICLE}  # transformed once
+    batch = dict(batch, spectrum=_target_spectrum(batch))  # the particles transformed once
     per_row = 3 * values.shape[0] + 12 * model.box**2  # the moved points and the image-sized temporaries
     rows = _STACK_ELEMENTS.get(values.device.type, _STACK_ELEMENTS["cuda"]) // per_row
     tiles: dict = {}
