@@ -56,7 +56,7 @@ from torch import nn
 from ..config import RIGIDITY_FLOOR
 from ..mesh.rigidity import rest_edge_inverse, rigidity_energy
 from .canonical import CanonicalMap
-from .flow import FlowGenerator, interpolate_vertex_flow, sparse_to_barycentric
+from .flow import FlowGenerator, fem_matrix, interpolate_vertex_flow, sparse_to_barycentric
 
 __all__ = ["FlexModel", "batch_from_particles", "particle_noise_spectra", "barycentric_rows"]
 
@@ -208,7 +208,17 @@ class FlexModel(nn.Module):
 
     def voxel_flow(self, z: torch.Tensor) -> torch.Tensor:
         """Flow ``u = B (m * d)`` at every mask voxel, ``(b, n_vox, 3)`` Å."""
-        return interpolate_vertex_flow(self.displacements(z), self.bary_index, self.bary_weight)
+        d = self.displacements(z)
+        return interpolate_vertex_flow(d, self.bary_index, self.bary_weight, fem=self._fem(d.dtype))
+
+    def _fem(self, dtype: torch.dtype) -> torch.Tensor:
+        """The sparse FEM matrix ``B``, made once (again when the barycentric buffers move or change)."""
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.bary_index, self.bary_weight)) + (dtype,)
+        cached = self.__dict__.get("_fem_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, fem_matrix(self.bary_index, self.bary_weight, self.vertices_a.shape[0], dtype))
+            self.__dict__["_fem_cache"] = cached
+        return cached[1]
 
     def voxel_points(self, z: torch.Tensor | None) -> torch.Tensor:
         """Moved voxel centres ``y + u(y)``: ``(b, n_vox, 3)`` xyz Å (``z=None``: ``(1, n_vox, 3)`` rest)."""
