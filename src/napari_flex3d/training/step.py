@@ -41,11 +41,10 @@ def _trainable(model: torch.nn.Module, params: list):
 
 
 #: The most (candidate rows x elements per row) one stacked evaluation of latent inference
-#: holds (the moved points and about 12 image-sized temporaries, float32): 1 GiB on the CPU as
-#: on a GPU, so that both take the same number of model calls (at box 32, K = 2, the joint grid
-#: of 82 candidates in one call for 190 particles, against 4 calls with 256 MiB). From box 64
-#: on, a batch of 256 fills it with a few candidates per call.
-_STACK_ELEMENTS = {"cpu": 1 << 28, "cuda": 1 << 28}
+#: holds (the moved points and about 12 image-sized temporaries, float32): 256 MiB on the
+#: CPU, 1 GiB on a GPU. (1 GiB on the CPU took 4 model calls of inference to 3 at box 32, but
+#: its larger operations made a training run 1.4x slower there: benchmarks/RESULTS.md, op4.)
+_STACK_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 28}
 
 
 def data_terms(
