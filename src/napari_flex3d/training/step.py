@@ -42,7 +42,7 @@ def _trainable(model: torch.nn.Module, params: list):
 
 #: The most (candidate rows x elements per row) one stacked evaluation of latent inference
 #: holds (the moved points and about 12 image-sized temporaries, float32): 256 MiB on the
-#: CPU, 1 GiB on a GPU. (1 GiB on the CPU took 4 model calls of inference to 3 at box 32, but
+#: CPU, 1 GiB on a GPU. (1 GiB on the CPU took latent inference from 6 model calls a minibatch to 3 at box 32, but
 #: its larger operations made a training run 1.4x slower there: benchmarks/RESULTS.md, op4.)
 _STACK_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 28}
 
