@@ -40,8 +40,31 @@ def reference_energy(rest_inv, disp, cells, weights):
     return (((signed_singular_values(F) - 1.0) ** 2).sum(-1) * weights).sum(-1)
 
 
+def _invariants(F):
+    """``(|F|^2, |cof F|^2, det F)`` of ``F (..., 3, 3)``, elementwise (as the first SVD-free version)."""
+    a, b, c, d, e, f, g, h, k = F.flatten(-2).movedim(-1, 0).unbind(0)
+    cof = [e * k - f * h, f * g - d * k, d * h - e * g, c * h - b * k, a * k - c * g, b * g - a * h,
+           b * f - c * e, c * d - a * f, a * e - b * d]
+    det = a * cof[0] + b * cof[1] + c * cof[2]
+    return (F * F).sum((-2, -1)), sum(x * x for x in cof), det
+
+
+def _largest_root(a, b, r, steps: int = 16):
+    """Largest root of ``p^4 - 2 a p^2 - 8 r p + a^2 - 4 b`` by Newton's method from above (before the closed form)."""
+    import torch
+
+    c0 = a * a - 4.0 * b
+    floor = 1e-9 * a.clamp_min(1e-200) ** 1.5
+    p = torch.sqrt(a + 2.0 * torch.sqrt(3.0 * b))
+    for _ in range(steps):
+        t = p * p - a
+        p = p - ((t - a) * p * p - 8.0 * r * p + c0) / (4.0 * t * p - 8.0 * r).clamp_min(floor)
+    return p
+
+
 def autograd_energy(rest_inv, disp, cells, weights):
-    """The first SVD-free version: the same energy, ``dp/dF`` by autograd through one Newton step."""
+    """The first SVD-free version: the same energy, the quartic's root by Newton's method, ``dp/dF`` by
+    autograd through one Newton step."""
     import torch
 
     from napari_flex3d.mesh import rigidity as r
@@ -49,10 +72,10 @@ def autograd_energy(rest_inv, disp, cells, weights):
     dD = r.edge_matrices(disp.to(torch.float64), cells)
     G = dD @ rest_inv.to(torch.float64)
     F = G + torch.eye(3, dtype=torch.float64, device=disp.device)
-    i1, i2, det, _ = r._invariants(F)
+    i1, i2, det = _invariants(F)
     with torch.no_grad():
-        p = r._largest_root(i1.reshape(-1), i2.reshape(-1), det.reshape(-1)).reshape(i1.shape)
-        slope = (4.0 * (p * p - i1) * p - 8.0 * det).clamp_min(r._slope_floor(i1))
+        p = _largest_root(i1, i2, det)
+        slope = (4.0 * (p * p - i1) * p - 8.0 * det).clamp_min(1e-9 * i1.clamp_min(1e-200) ** 1.5)
     quartic = ((p * p - 2.0 * i1) * p - 8.0 * det) * p + i1 * i1 - 4.0 * i2
     trace = p - quartic / slope
     per_cell = ((G * G).sum((-1, -2)) + 2.0 * G.diagonal(dim1=-2, dim2=-1).sum(-1) - 2.0 * (trace - 3.0)).clamp_min(0.0)

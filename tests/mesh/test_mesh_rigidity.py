@@ -84,9 +84,8 @@ def test_inverted_cells_are_penalised(small_mesh):
     X = _X(small_mesh)
     mirrored = X * torch.tensor([-1.0, 1.0, 1.0], dtype=X.dtype)
     e = rigidity_energy(X, (mirrored - X)[None], small_mesh.cells)
-    # an exact mirror is a triple root of the quartic whose largest root the energy takes
-    # (mesh/rigidity.py): Newton converges linearly there, to 1e-3 in its 16 steps
-    assert e.item() == pytest.approx(4.0 * small_mesh.n_cells, rel=2e-3)
+    # an exact mirror: singular values (1, 1, 1), no strain but the sign (mesh/strain.py)
+    assert e.item() == pytest.approx(4.0 * small_mesh.n_cells, rel=1e-12)
     # One vertex pushed through the opposite face of its cell: that cell is inverted.
     cell = small_mesh.cells[0]
     x = X[cell]

@@ -138,6 +138,33 @@ def test_ctf_applied_in_fourier_space(model):
         model.project(None, rot, sh, ctf=ctf[:2])
 
 
+def test_spectrum_is_the_projections_transform(model):
+    # the data loss's model spectrum skips the transform back to images and forward again; in
+    # float64 it is the orthonormal rfft2 of the CTF-modulated projection inside |k| < N/2 (the
+    # round trip makes the Nyquist row and column Hermitian, which an astigmatic CTF is not
+    # there), and the loss and its gradients within any band up to N/2 are the same
+    from napari_flex3d.model.loss import data_loss, radial_frequency_2d, spectral_data_loss
+
+    model = model.double()
+    rot, sh = _poses(3, seed=5)
+    rot, sh = rot.double(), sh.double()
+    ctf = ctf_2d(BOX, APIX, [15000.0, 20000.0, 12000.0], [14800.0, 19900.0, 12000.0], [10.0, 45.0, 0.0],
+                 300.0, 2.7, 0.1).double()
+    z = torch.tensor([[0.3, -1.0], [1.2, 0.4], [-0.7, 0.0]], dtype=torch.float64, requires_grad=True)
+    images = model.project(z, rot, sh, ctf=ctf)
+    spectrum = model.project_spectrum(z, rot, sh, ctf=ctf)
+    inside = radial_frequency_2d(BOX) < BOX // 2
+    torch.testing.assert_close(spectrum[:, inside], torch.fft.rfft2(images, norm="ortho")[:, inside], rtol=1e-10, atol=1e-10)
+    target = images.detach() + torch.randn(images.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    noise = torch.linspace(2.0, 0.5, 24, dtype=torch.float64)
+    via_images = data_loss(images, target, noise, max_freq_px=10.0, scale="fit")
+    (g_images,) = torch.autograd.grad(via_images.sum(), z)
+    via_spectrum = spectral_data_loss(spectrum, torch.fft.rfft2(target, norm="ortho"), noise, BOX, max_freq_px=10.0)
+    (g_spectrum,) = torch.autograd.grad(via_spectrum.sum(), z)
+    torch.testing.assert_close(via_spectrum, via_images, rtol=1e-10, atol=0)
+    torch.testing.assert_close(g_spectrum, g_images, rtol=1e-8, atol=1e-10)
+
+
 def test_rigidity_of_rotations_and_stretches(model):
     v = model.vertices_a
     flow_rot = Rotation.from_rotvec([0.0, 0.0, 0.4]).as_matrix()

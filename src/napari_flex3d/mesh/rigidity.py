@@ -1,6 +1,6 @@
 """Local rigidity prior on the mesh, its per-cell weights, and priors painted by the user.
 
-A room of ``mesh``; it imports ``config`` and :mod:`.mesh`.
+A room of ``mesh``; it imports ``config``, :mod:`.mesh` and :mod:`.strain`.
 
 For cell ``j`` with rest edge matrix ``D_j = [x1 - x0, x2 - x0, x3 - x0]`` (columns) and
 moved edges ``D'_j``, the deformation gradient is ``F = D'_j D_j^-1``, and (paper eq. 5)
@@ -11,16 +11,13 @@ with ``s_l`` the singular values of ``F``. Singular values are blind to inversio
 sign of ``det F`` is carried onto the smallest one: a cell turned inside out costs at least 4.
 
 No SVD is taken (a batched 3 x 3 SVD was 62% of an H100's time in a training step, and
-0.3 s of a 1.7 s CPU step): with signed values ``s^``, ``sum_l (s^_l - 1)^2 = |F|^2 - 2 p + 3``
-where ``p = s1 + s2 + sign(det F) s3 = max_R tr(R^T F)`` over rotations. ``p`` is the largest
-root of ``p^4 - 2 I1 p^2 - 8 det(F) p + I1^2 - 4 I2 = 0`` (``I1, I2`` the invariants of
-``F^T F``; its roots are the four sign patterns of ``s^`` with an even number of flips), found
-by Newton's method from above it (monotone: every root is real), in float64, and
-``dp/dF`` is written out by the implicit function theorem (:func:`_trace_gradient`; the
-energy's backward pass keeps only ``F - I`` and ``p``): the polar rotation of ``F`` (the
-gradient is exactly zero at ``F = I``, and the derivative of the quartic,
-``8 (s1 + s2)(s1 + s3)(s2 + s3)``, stays away from zero unless the cell collapses or is
-inverted with ``s2 = s3``, where the closest rotation is not unique).
+0.3 s of a 1.7 s CPU step), and no iteration: :mod:`.strain` finds the singular values in
+closed form (the trigonometric solution of ``F^T F``'s characteristic cubic, with the
+strains ``s - 1`` formed without cancellation) in about 60 elementwise operations for a
+whole batch of cells, in float64, and writes out the gradient (``sum_l (s^_l - 1)^2 =
+|F|^2 - 2 p + 3`` with ``p = s1 + s2 + sign(det F) s3 = max_R tr(R^T F)``, whose gradient is
+the polar rotation of ``F``: exactly zero at ``F = I``; not unique where a cell collapses or
+is inverted with ``s2 = s3``). The energy's backward pass keeps only ``F - I`` and ``p``.
 
 ``w_j`` is the cell's mean canonical density scaled so the densest cell is 1, floored at
 a minimum (cryoSPARC: 0.5), then raised for cells the user marked rigid.
@@ -47,6 +44,7 @@ from scipy import ndimage
 
 from ..config import RIGIDITY_FLOOR, RIGIDITY_REFERENCE_VOLUME_A3
 from .mesh import Mesh, cell_signed_volumes
+from .strain import rotation_trace, strain_energy
 
 __all__ = [
     "edge_matrices",
@@ -104,122 +102,6 @@ def signed_singular_values(F: torch.Tensor) -> torch.Tensor:
     return torch.cat([s[..., :2], last.unsqueeze(-1)], dim=-1)
 
 
-_NEWTON_STEPS = 16  # fixed (no host sync): measured 1e-13 relative on strains up to 1e3 and inversions (tests/mesh)
-
-
-def _invariants(F: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(|F|^2, |cof F|^2, det F, cof F)`` of ``F (..., 3, 3)``: the first two invariants of ``F^T F``
-    (``sum s^2`` and ``sum_{k<l} s_k^2 s_l^2``), the signed ``s1 s2 s3`` and the cofactor matrix
-    ``(9, ...)`` row-major (``d det / dF``), elementwise (no LU)."""
-    entries = F.flatten(-2).movedim(-1, 0).contiguous()  # (9, ...): contiguous components (3x faster on the CPU)
-    a, b, c, d, e, f, g, h, k = entries.unbind(0)
-    cof = torch.stack([e * k - f * h, f * g - d * k, d * h - e * g,
-                       c * h - b * k, a * k - c * g, b * g - a * h,
-                       b * f - c * e, c * d - a * f, a * e - b * d])
-    det = a * cof[0] + b * cof[1] + c * cof[2]
-    return entries.square().sum(0), cof.square().sum(0), det, cof
-
-
-def _trace_root(F: torch.Tensor) -> torch.Tensor:
-    """``p = max_R tr(R^T F)`` of float64 ``F (..., 3, 3)``: the quartic's largest root (no gradient)."""
-    i1, i2, det, _ = _invariants(F)
-    a, b, r = i1.reshape(-1), i2.reshape(-1), det.reshape(-1)
-    # on the CPU in cache-sized pieces (memory-bound there); on a GPU at once
-    step = a.numel() if a.device.type != "cpu" else 1 << 15
-    root = [_largest_root(a[k : k + step], b[k : k + step], r[k : k + step]) for k in range(0, a.numel(), step)]
-    return torch.cat(root).reshape(i1.shape) if root else i1.clone()
-
-
-def _trace_gradient(F: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """``dp/dF (..., 3, 3)`` at the root ``p`` of :func:`_trace_root`, by the implicit function theorem.
-
-    With ``q(p; I1, I2, det) = p^4 - 2 I1 p^2 - 8 det p + I1^2 - 4 I2 = 0``:
-    ``dp/dF = -(q_I1 dI1/dF + q_I2 dI2/dF + q_det dDet/dF) / q_p``, where ``dI1/dF = 2F``,
-    ``dI2/dF = 2 (I1 F - F F^T F)`` and ``dDet/dF = cof F``, so
-    ``dp/dF = (4 (p^2 - I1) F + 8 (I1 F - F F^T F) + 8 p cof F) / q_p`` with
-    ``q_p = 4 p (p^2 - I1) - 8 det``: the polar rotation of ``F``. Elementwise on the nine
-    components (as :func:`_invariants`), no batched 3 x 3 products.
-    """
-    i1, _, det, cof = _invariants(F)
-    f = F.flatten(-2).movedim(-1, 0).contiguous()  # (9, ...) row-major components
-    slope = (4.0 * (p * p - i1) * p - 8.0 * det).clamp_min(_slope_floor(i1))
-    c = {}  # C = F^T F, symmetric: C_jk = sum_i F_ij F_ik
-    for j in range(3):
-        for k in range(j, 3):
-            c[j, k] = c[k, j] = f[j] * f[k] + f[3 + j] * f[3 + k] + f[6 + j] * f[6 + k]
-    lin = 4.0 * (p * p - i1) + 8.0 * i1
-    fc = [f[3 * i] * c[0, k] + f[3 * i + 1] * c[1, k] + f[3 * i + 2] * c[2, k] for i in range(3) for k in range(3)]
-    out = torch.stack([lin * f[m] - 8.0 * fc[m] + 8.0 * p * cof[m] for m in range(9)]) / slope  # (9, ...)
-    return out.movedim(0, -1).unflatten(-1, (3, 3))
-
-
-class _RotationTrace(torch.autograd.Function):
-    """:func:`rotation_trace` of float64 ``F``, keeping only ``F`` and ``p`` for the backward pass."""
-
-    @staticmethod
-    def forward(ctx, F: torch.Tensor) -> torch.Tensor:
-        p = _trace_root(F)
-        ctx.save_for_backward(F, p)
-        return p
-
-    @staticmethod
-    def backward(ctx, grad_p: torch.Tensor) -> torch.Tensor:
-        F, p = ctx.saved_tensors
-        return grad_p[..., None, None] * _trace_gradient(F, p)
-
-
-class _StrainEnergy(torch.autograd.Function):
-    """Per cell ``sum_l (s^_l - 1)^2`` of ``F = I + G``, ``G = dD D^-1``, from float64 edge changes
-    ``dD (b, t, 3, 3)`` and ``D^-1 (t, 3, 3)``: ``|G|^2 + 2 tr G - 2 (p - 3)`` (``p - 3`` formed
-    before it meets the small terms, so small strains keep their digits), floored at 0; gradient
-    ``2 (F - dp/dF) D^-T``. Only ``G`` and ``p`` are kept for the backward pass: autograd
-    through these formulas kept about four times as much (``benchmarks/rigidity.py``; a
-    training step at box 128 on an H100 went from 3.3 to 6.2 GB when the SVD was replaced by
-    autograd through them)."""
-
-    @staticmethod
-    def forward(ctx, dD: torch.Tensor, rest_inv: torch.Tensor) -> torch.Tensor:
-        G = dD @ rest_inv
-        p = _trace_root(G + torch.eye(3, dtype=G.dtype, device=G.device))
-        ctx.save_for_backward(G, rest_inv, p)
-        return _strain(G, p).clamp_min(0.0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        G, rest_inv, p = ctx.saved_tensors
-        F = G + torch.eye(3, dtype=G.dtype, device=G.device)
-        grad = torch.where(_strain(G, p) >= 0.0, grad, 0.0)  # as clamp_min passes it
-        grad_g = (2.0 * grad)[..., None, None] * (F - _trace_gradient(F, p))
-        return grad_g @ rest_inv.transpose(-1, -2), None
-
-
-def _strain(G: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return (G * G).sum((-1, -2)) + 2.0 * G.diagonal(dim1=-2, dim2=-1).sum(-1) - 2.0 * (p - 3.0)
-
-
-def rotation_trace(F: torch.Tensor) -> torch.Tensor:
-    """``max_R tr(R^T F)`` over rotations ``R``, i.e. ``s1 + s2 + sign(det F) s3``, for ``F (..., 3, 3)``
-    (float64 inside, returned in ``F``'s dtype); differentiable, its gradient the polar rotation of ``F``.
-    No SVD (see the module notes)."""
-    return _RotationTrace.apply(F.to(torch.float64)).to(F.dtype)
-
-
-def _slope_floor(i1: torch.Tensor) -> torch.Tensor:
-    return 1e-9 * i1.clamp_min(1e-200) ** 1.5  # keeps a step finite where the largest root is double
-
-
-def _largest_root(a: torch.Tensor, b: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """Largest root of ``p^4 - 2 a p^2 - 8 r p + a^2 - 4 b`` by Newton's method from above."""
-    c0 = a * a - 4.0 * b
-    floor = _slope_floor(a)
-    p = torch.sqrt(a + 2.0 * torch.sqrt(3.0 * b))  # p^2 = I1 + 2 q, q <= sqrt(3 I2) (Cauchy-Schwarz)
-    for _ in range(_NEWTON_STEPS):
-        t = p * p - a
-        value = (t - a) * p * p - 8.0 * r * p + c0
-        p -= value / (4.0 * t * p - 8.0 * r).clamp_min(floor)
-    return p
-
-
 def rigidity_energy(
     rest_vertices: torch.Tensor,
     displacements: torch.Tensor,
@@ -268,10 +150,9 @@ def _energy(rest_inv: torch.Tensor, disp: torch.Tensor, cells: torch.Tensor, wei
     step = max(1, _CHUNK_BYTES // (72 * max(1, cells.shape[0])))
     out = []
     for k in range(0, disp.shape[0], step):
-        # F = I + dD D^-1 in float64, so that small strains keep their digits: sum_l (s^_l - 1)^2 = |F|^2 - 2 p + 3
+        # F = I + dD D^-1 in float64, so that small strains keep their digits
         dD = edge_matrices(disp[k : k + step].to(torch.float64), cells)  # (b', t, 3, 3)
-        # |F|^2 - 2 p + 3 = |G|^2 + 2 tr G + 6 - 2 p with G = F - I = dD D^-1
-        per_cell = _StrainEnergy.apply(dD, inv).to(disp.dtype)  # (b', t)
+        per_cell = strain_energy(dD, inv).to(disp.dtype)  # (b', t)
         if w is not None:
             per_cell = per_cell * w.to(per_cell.dtype)
         out.append(per_cell.sum(-1))

@@ -56,7 +56,7 @@ from torch import nn
 from ..config import RIGIDITY_FLOOR
 from ..mesh.rigidity import rest_edge_inverse, rigidity_energy
 from .canonical import CanonicalMap
-from .flow import FlowGenerator, interpolate_vertex_flow, sparse_to_barycentric
+from .flow import FlowGenerator, fem_matrix, interpolate_vertex_flow, sparse_to_barycentric
 
 __all__ = ["FlexModel", "batch_from_particles", "particle_noise_spectra", "barycentric_rows"]
 
@@ -208,7 +208,17 @@ class FlexModel(nn.Module):
 
     def voxel_flow(self, z: torch.Tensor) -> torch.Tensor:
         """Flow ``u = B (m * d)`` at every mask voxel, ``(b, n_vox, 3)`` Å."""
-        return interpolate_vertex_flow(self.displacements(z), self.bary_index, self.bary_weight)
+        d = self.displacements(z)
+        return interpolate_vertex_flow(d, self.bary_index, self.bary_weight, fem=self._fem(d.dtype))
+
+    def _fem(self, dtype: torch.dtype) -> torch.Tensor:
+        """The sparse FEM matrix ``B``, made once (again when the barycentric buffers move or change)."""
+        key = tuple((t.data_ptr(), t._version, t.device) for t in (self.bary_index, self.bary_weight)) + (dtype,)
+        cached = self.__dict__.get("_fem_cache")
+        if cached is None or cached[0] != key:
+            cached = (key, fem_matrix(self.bary_index, self.bary_weight, self.vertices_a.shape[0], dtype))
+            self.__dict__["_fem_cache"] = cached
+        return cached[1]
 
     def voxel_points(self, z: torch.Tensor | None) -> torch.Tensor:
         """Moved voxel centres ``y + u(y)``: ``(b, n_vox, 3)`` xyz Å (``z=None``: ``(1, n_vox, 3)`` rest)."""
@@ -248,14 +258,33 @@ class FlexModel(nn.Module):
             values, points, rotations, shifts_a, self.box, self.apix, kernel=kernel or self.kernel,
             deconvolve=self.deconvolve,
         )  # (b, N, N)
-        if ctf is not None:
-            if ctf.shape != (b, self.box, self.box // 2 + 1):
-                raise ValueError(f"ctf must be ({b}, {self.box}, {self.box // 2 + 1}), got {tuple(ctf.shape)}")
-            # CTF in Fourier space: irfft2(CTF * rfft2(image))
-            images = torch.fft.irfft2(torch.fft.rfft2(images) * ctf.to(images), s=images.shape[-2:])
+        if ctf is not None:  # CTF in Fourier space: irfft2(CTF * rfft2(image))
+            images = torch.fft.irfft2(torch.fft.rfft2(images) * self._checked_ctf(ctf, images), s=images.shape[-2:])
         return images
 
     forward = project
+
+    def project_spectrum(
+        self,
+        z: torch.Tensor | None,
+        rotations: torch.Tensor,
+        shifts_a: torch.Tensor | None = None,
+        ctf: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """``rfft2(project(...), norm="ortho")`` ``(b, N, N//2+1)`` complex, the CTF applied there without
+        the transform back (what the data loss needs: ``model.loss.spectral_data_loss``). The same
+        inside ``|k| < N/2``; on the Nyquist row and column :meth:`project`'s round trip makes an
+        astigmatic CTF's product Hermitian, this keeps it as it is (no loss band reaches past ``N/2``)."""
+        images = self.project(z, rotations, shifts_a, values=values)
+        spectrum = torch.fft.rfft2(images, norm="ortho")
+        return spectrum if ctf is None else spectrum * self._checked_ctf(ctf, images)
+
+    def _checked_ctf(self, ctf: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        b = images.shape[0]
+        if ctf.shape != (b, self.box, self.box // 2 + 1):
+            raise ValueError(f"ctf must be ({b}, {self.box}, {self.box // 2 + 1}), got {tuple(ctf.shape)}")
+        return ctf.to(images)
 
     def volume(self, z: torch.Tensor | None = None, kernel: str | None = None) -> torch.Tensor:
         """Convected map ``W`` ``(N, N, N)`` at one latent ``z (K,)`` or ``(1, K)`` (``None``: rigid)."""

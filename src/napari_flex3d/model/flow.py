@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["FlowGenerator", "interpolate_vertex_flow", "sparse_to_barycentric"]
+__all__ = ["FlowGenerator", "interpolate_vertex_flow", "fem_matrix", "sparse_to_barycentric"]
 
 
 class FlowGenerator(nn.Module):
@@ -101,20 +101,28 @@ def sparse_to_barycentric(b_matrix: torch.Tensor, n_max: int = 4) -> tuple[torch
     return index, weight
 
 
+def fem_matrix(bary_index: torch.Tensor, bary_weight: torch.Tensor, n_vertices: int, dtype=None) -> torch.Tensor:
+    """The FEM matrix ``B (n_vox, v)`` (sparse COO) of ``bary_index``/``bary_weight (n_vox, 4)``."""
+    n, k = bary_index.shape
+    rows = torch.arange(n, device=bary_index.device).repeat_interleave(k)  # (n k,)
+    weight = bary_weight.reshape(-1) if dtype is None else bary_weight.reshape(-1).to(dtype)
+    return torch.sparse_coo_tensor(torch.stack([rows, bary_index.reshape(-1)]), weight, (n, n_vertices),
+                                   check_invariants=False)
+
+
 def interpolate_vertex_flow(
-    displacements: torch.Tensor, bary_index: torch.Tensor, bary_weight: torch.Tensor
+    displacements: torch.Tensor, bary_index: torch.Tensor, bary_weight: torch.Tensor, fem: torch.Tensor | None = None
 ) -> torch.Tensor:
     """Voxel flow ``u (b, n_vox, 3)`` from vertex displacements ``d (b, v, 3)`` (linear FEM).
 
     ``bary_index (n_vox, 4)`` are the vertices of each voxel's cell and ``bary_weight
-    (n_vox, 4)`` its barycentric weights: ``u = B d`` with ``B`` never formed.
+    (n_vox, 4)`` its barycentric weights: ``u = B d`` with ``B`` never formed densely
+    (``fem``: :func:`fem_matrix` of them in the displacements' dtype, if already made).
     """
     b, v, _ = displacements.shape
-    n, k = bary_index.shape
-    rows = torch.arange(n, device=bary_index.device).repeat_interleave(k)  # (n k,)
-    fem = torch.sparse_coo_tensor(
-        torch.stack([rows, bary_index.reshape(-1)]), bary_weight.reshape(-1).to(displacements.dtype), (n, v),
-        check_invariants=False,
-    )  # B (n_vox, v); sparse mm is 3-4x faster than gathering (b, n_vox, 4, 3) on the CPU
+    n = bary_index.shape[0]
+    if fem is None:
+        fem = fem_matrix(bary_index, bary_weight, v, displacements.dtype)
+    # B (n_vox, v) sparse: sparse mm is 3-4x faster than gathering (b, n_vox, 4, 3) on the CPU
     flat = displacements.permute(1, 0, 2).reshape(v, b * 3)  # (v, b*3)
     return torch.sparse.mm(fem, flat).reshape(n, b, 3).permute(1, 0, 2)  # (b, n_vox, 3)

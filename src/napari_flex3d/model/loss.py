@@ -34,6 +34,7 @@ __all__ = [
     "spectrum_to_image",
     "fit_scale",
     "data_loss",
+    "spectral_data_loss",
     "band_coefficients",
     "total_loss",
 ]
@@ -239,15 +240,26 @@ def data_loss(
         raise ValueError(f"target {tuple(target.shape)} and pred {tuple(pred.shape)} differ in shape")
     if isinstance(scale, str) and scale != "fit":
         raise ValueError(f"scale must be None, a tensor or 'fit', got {scale!r}")
-    half_w = _weights(box, noise_spectrum, max_freq_px, pred.device, pred.dtype, scale=0.5)  # (.., h, w//2+1)
     if isinstance(scale, str):  # the transform is linear: F(target - s pred) = F(target) - s F(pred)
-        fp = torch.view_as_real(torch.fft.rfft2(pred, norm="ortho"))  # (b, h, w//2+1, 2)
-        ft = torch.view_as_real(torch.fft.rfft2(target, norm="ortho"))
-        resid = ft - _fit_scale(half_w, fp, ft).view(-1, 1, 1, 1) * fp  # (b, h, w//2+1, 2)
-    else:
-        if scale is not None:
-            pred = pred * torch.as_tensor(scale, dtype=pred.dtype, device=pred.device).reshape(-1, 1, 1)
-        resid = torch.view_as_real(torch.fft.rfft2(target - pred, norm="ortho"))  # (b, h, w//2+1, 2)
+        return spectral_data_loss(torch.fft.rfft2(pred, norm="ortho"), torch.fft.rfft2(target, norm="ortho"),
+                                  noise_spectrum, box, max_freq_px)
+    half_w = _weights(box, noise_spectrum, max_freq_px, pred.device, pred.dtype, scale=0.5)  # (.., h, w//2+1)
+    if scale is not None:
+        pred = pred * torch.as_tensor(scale, dtype=pred.dtype, device=pred.device).reshape(-1, 1, 1)
+    resid = torch.view_as_real(torch.fft.rfft2(target - pred, norm="ortho"))  # (b, h, w//2+1, 2)
+    # 0.5 sits in the weights (a power of two: the same numbers as halving the sum)
+    return (half_w * resid.square().sum(-1)).sum(dim=(-2, -1))
+
+
+def spectral_data_loss(
+    pred_ft: torch.Tensor, target_ft: torch.Tensor, noise_spectrum: torch.Tensor, box: int,
+    max_freq_px: float | None = None,
+) -> torch.Tensor:
+    """:func:`data_loss` with ``scale="fit"`` from both images' orthonormal ``rfft2`` ``(b, box, box//2+1)``
+    (complex): a model made in Fourier space (the CTF applied there) needs no transform back and forth."""
+    half_w = _weights(box, noise_spectrum, max_freq_px, pred_ft.device, pred_ft.dtype.to_real(), scale=0.5)  # (.., h, w//2+1)
+    fp, ft = torch.view_as_real(pred_ft), torch.view_as_real(target_ft)  # (b, h, w//2+1, 2)
+    resid = ft - _fit_scale(half_w, fp, ft).view(-1, 1, 1, 1) * fp
     # 0.5 sits in the weights (a power of two: the same numbers as halving the sum)
     return (half_w * resid.square().sum(-1)).sum(dim=(-2, -1))
 

@@ -316,6 +316,9 @@ class GridPrior:
             centred = feats - p @ feats
             step = torch.linalg.solve(centred.T @ (p[:, None] * centred) + ridge, grad)
             t = min(1.0, 1.0 / float(step.abs().max()))  # no jump into a flat, saturated corner
+            if t * float(grad @ step) < 1e-14:  # a decrease the dual's rounding hides: the minimum, to 1e-14
+                theta = theta - t * step
+                break
             while t > 1e-12:  # backtracking (Armijo): full Newton steps overshoot on peaked priors
                 trial = dual(theta - t * step)
                 if float(trial) <= float(value) - 1e-4 * t * float(grad @ step):

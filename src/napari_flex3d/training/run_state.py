@@ -25,6 +25,7 @@ from .distributed import DistContext
 from .latent_state import LatentView, checked_latent_box, empirical_prior, latent_view
 from .latents import GridPrior, initial_latents
 from .schedule import band_limit, lr_factor
+from .setup import adam
 
 __all__ = ["RunState", "new_run", "restored_run", "read_inputs", "adam_for_canonical"]
 
@@ -104,7 +105,7 @@ def adam_for_canonical(model, config: TrainConfig) -> torch.optim.Optimizer:
     """Adam on ``V`` with a step relative to the RMS of the initial map (its units are arbitrary)."""
     values = model.canonical.values
     rms = float(values.detach().pow(2).mean().sqrt()) or 1.0
-    return torch.optim.Adam([values], lr=config.lr_canonical * rms)
+    return adam([values], lr=config.lr_canonical * rms)
 
 
 def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_files: bool = True) -> RunState:
@@ -146,7 +147,7 @@ def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_file
         latents=torch.as_tensor(z0).to(device),
         train_idx=train_idx,
         val_idx=val_idx,
-        opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
+        opt_flow=adam(model.flow.parameters(), lr=config.lr_flow),
         opt_canonical=adam_for_canonical(model, config),
         generator=generator,
         consensus=torch.as_tensor(consensus, device=device),
@@ -225,8 +226,8 @@ def restored_run(config: TrainConfig | None, out_dir: Path) -> RunState:
         latents=latents.to(device).clone(),
         train_idx=state["train_idx"].numpy(),
         val_idx=state["val_idx"].numpy(),
-        opt_flow=torch.optim.Adam(model.flow.parameters(), lr=config.lr_flow),
-        opt_canonical=torch.optim.Adam([model.canonical.values], lr=config.lr_canonical),
+        opt_flow=adam(model.flow.parameters(), lr=config.lr_flow),
+        opt_canonical=adam([model.canonical.values], lr=config.lr_canonical),
         generator=generator,
         consensus=torch.as_tensor(consensus, device=device),
         epoch=int(state["epoch"]),

@@ -23,6 +23,7 @@ __all__ = [
     "estimate_spectra",
     "split_train_val",
     "usable_particles",
+    "adam",
 ]
 
 
@@ -215,3 +216,10 @@ def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray,
     n_val = int(round(val_fraction * n))
     perm = np.random.default_rng(np.random.SeedSequence([int(seed), 7])).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def adam(params, lr: float) -> torch.optim.Adam:
+    """Adam with its fused update: one operator for all ``params`` (a kernel or two on a GPU) where
+    the default runs about ten per parameter on the CPU (torch's default on a GPU, the multi-tensor
+    update, is about ten kernels in all). The same update up to rounding (1e-7 relative per step)."""
+    return torch.optim.Adam(params, lr=lr, fused=True)

@@ -42,7 +42,8 @@ def _trainable(model: torch.nn.Module, params: list):
 
 #: The most (candidate rows x elements per row) one stacked evaluation of latent inference
 #: holds (the moved points and about 12 image-sized temporaries, float32): 256 MiB on the
-#: CPU, 1 GiB on a GPU.
+#: CPU, 1 GiB on a GPU. (1 GiB on the CPU took latent inference from 6 model calls a minibatch to 3 at box 32, but
+#: its larger operations made a training run 1.4x slower there: benchmarks/RESULTS.md, op4.)
 _STACK_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 28}
 
 
@@ -71,21 +72,31 @@ def model_data_terms(
     values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`data_terms` of the whole ``batch`` in one piece."""
-    from ..model.loss import data_loss
+    from ..model.loss import spectral_data_loss
 
     model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
-    pred = model.project(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"], values=values)  # (b, N, N)
+    # the model's spectrum, CTF applied there: no transform back to images and forward again
+    pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"], values=values)
     noise = spectra[batch["optics_group"]]  # (b, n_shells)
-    return data_loss(pred, batch["images"], noise, max_freq_px=max_freq_px, scale="fit")
+    return spectral_data_loss(pred, _target_spectrum(batch), noise, model.box, max_freq_px=max_freq_px)
+
+
+def _target_spectrum(batch: dict) -> torch.Tensor:
+    """The particles' orthonormal ``rfft2`` ``(b, N, N//2+1)``: ``batch["spectrum"]`` if a caller made it once."""
+    spectrum = batch.get("spectrum")
+    return torch.fft.rfft2(batch["images"], norm="ortho") if spectrum is None else spectrum
+
+
+_PER_PARTICLE = ("spectrum", "rotations", "shifts_a", "ctf", "optics_group")  # what model_data_terms reads
 
 
 def _tiled(batch: dict, copies: int) -> dict:
-    """``batch`` with every per-particle entry repeated ``copies`` times along its first axis: row
-    ``c * b + i`` is particle ``i`` (``b`` particles)."""
+    """``batch`` with its :data:`_PER_PARTICLE` entries repeated ``copies`` times along the first axis: row
+    ``c * b + i`` is particle ``i`` (``b`` particles); the rest (the images, which the spectrum stands
+    for, the indices) as they are."""
     out = dict(batch)
-    for key in ("images", "rotations", "shifts_a", "ctf", "optics_group"):
-        t = batch[key]
-        out[key] = t.repeat((copies,) + (1,) * (t.ndim - 1))
+    for key in _PER_PARTICLE if copies > 1 else ():
+        out[key] = batch[key].repeat((copies,) + (1,) * (batch[key].ndim - 1))
     return out
 
 
@@ -96,6 +107,7 @@ def stacked_data_terms(
     calls of the model as :data:`_STACK_ELEMENTS` allows (the batch tiled once, reused)."""
     model = run.model if view is None else view.model
     b = batch["images"].shape[0]
+    batch = dict(batch, spectrum=_target_spectrum(batch))  # the particles transformed once
     per_row = 3 * values.shape[0] + 12 * model.box**2  # the moved points and the image-sized temporaries
     rows = _STACK_ELEMENTS.get(values.device.type, _STACK_ELEMENTS["cuda"]) // per_row
     tiles: dict = {}
