@@ -10,6 +10,8 @@ p99 < 50 ms).
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -46,11 +48,12 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
     after_epoch: list[tuple[float, int]] = []  # (RSS MB, layers) after each epoch
     monitor = StallMonitor()
     on_event = train._on_event
+    started: list[float] = []  # when the set-up ended (RunStarted)
 
     def record(ev):
         on_event(ev)
         if type(ev).__name__ == "RunStarted":  # the set-up (images checked, mesh, model, first latents) is done
-            monitor.phase("training")
+            started.append(time.perf_counter())
         if type(ev).__name__ == "CheckpointWritten":
             if ev.epoch == 1:  # the run opened once (a slow canvas: its surface layer added, its shaders compiled)
                 monitor.phase("explorer opened")
@@ -62,21 +65,24 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
             after_epoch.append((psutil.Process().memory_info().rss / 2**20, len(viewer.layers)))
 
     train._on_event = record
-    monitor.start("training set-up")
+    monitor.start("training")
     train.start()
     qtbot.waitUntil(lambda: train.state == "idle" and train.previews_idle and ex.idle, timeout=300_000)
     monitor.stop()
     assert train.error is None, train.error
 
-    # the set-up (its worker holds the GIL in stretches: torch's first optimiser imported torch._dynamo, 0.1-0.9 s
-    # at a time, before the widget's preload took it) and the training: the monitor ran (at 10 ms a tick; each
-    # takes well over 0.3 s) and the GUI thread kept up
-    for phase in ("training set-up", "training"):
-        s = monitor.summary(phase)
-        assert s["ticks"] > 30, (phase, s)
-        t0 = monitor.when_s[phase][0]
-        where = [f"{ms:.0f} ms at {t - t0:.1f} s" for t, ms in monitor.longest(phase)]
-        assert s["max_ms"] < 1000 and s["p99_ms"] < 100, (format_summary(phase, s), where)
+    s = monitor.summary("training")
+    # the monitor ran (at 10 ms a tick; training's first two epochs take well over 0.3 s)
+    assert s["ticks"] > 30, s
+    t0 = monitor.when_s["training"][0]
+    where = [f"{ms:.0f} ms at {t - t0:.1f} s" for t, ms in monitor.longest("training")]
+    assert s["max_ms"] < 1000 and s["p99_ms"] < 100, (format_summary("training", s), where)
+    # and its set-up alone, from Start to the run's first step (its worker holds the GIL in stretches:
+    # torch's first optimiser imported torch._dynamo, 0.1-0.9 s at a time, before the widget preloaded it)
+    when, late = np.asarray(monitor.when_s["training"]), np.asarray(monitor.lateness_ms["training"])
+    setup = late[when <= started[0]]
+    assert setup.size > 30 and setup.max() < 1000 and np.percentile(setup, 99) < 100, (
+        setup.size, setup.max(), np.percentile(setup, 99))
 
     # the explorer's clicks during training: its map drawn as a surface (a volume frame costs seconds here)
     s = monitor.summary("explorer in use")
