@@ -142,6 +142,24 @@ def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_confi
     assert events[0].start_epoch == 1 and isinstance(events[-1], ev.RunFinished) and events[-1].epochs == 2
 
 
+def test_stopping_in_the_set_up_stops_it_at_its_next_stage(tiny_sim, tiny_config, tmp_path):
+    import threading
+    import time
+
+    def setting_up() -> bool:
+        return any(t.name == "flex3d-setup" for t in threading.enumerate())
+
+    gen = train_run(tiny_config(tiny_sim, tmp_path), tmp_path)
+    assert next(gen) == ev.SetupProgress("reading particles")
+    gen.close()  # the Stop button during the set-up (napari's worker quit())
+    for _ in range(600):
+        if not setting_up():
+            break
+        time.sleep(0.05)
+    assert not setting_up()
+    assert not (tmp_path / "mesh.npz").exists() and not checkpoint_path(tmp_path).exists()  # nothing built after
+
+
 def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, tmp_path):
     """latent_box: inference on Fourier-cropped images and map (box 16 of 24); a stopped run
     resumed (the view is rebuilt, its noise spectra estimated again) equals an uninterrupted one."""
