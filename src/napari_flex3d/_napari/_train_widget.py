@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from ..config import TrainConfig
 from ..io.lock import folder_lock
+from ..training import RUN_IMPORTS
 from ._plots import CurvePlot, LatentScatter
 from ._data_widget import painted_mesh
 from ._paint_budget import paint_budget
@@ -139,10 +140,9 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.pending_previews = None  # prepared previews the canvas could not afford to paint yet
         self.budget = paint_budget(napari_viewer)
         self._previews = LatestOnly(prepare_previews, self._on_previews_ready)
-        # torch imports its compiler (torch._dynamo, 3-4 s of imports with stretches of 0.1-0.9 s under
-        # the GIL) at a run's first optimiser: imported here too, while the form is filled in, the
-        # run's set-up does not stall the window for it
-        self._schedule_preload("napari_flex3d.training.loop", "torch._dynamo")
+        # what a run imports before its first step (torch's compiler among them: seconds of imports in
+        # stretches that hold the GIL), imported while the form is filled in, not in the run's set-up
+        self._schedule_preload(*RUN_IMPORTS)
 
         layout = QVBoxLayout(self)
         box = QGroupBox("Settings")

@@ -86,11 +86,12 @@ def _no_progress(stage: str, done: int = 0, total: int = 0, unit: str = "") -> N
     """A set-up's progress report that goes nowhere (see :func:`prepared`)."""
 
 
-def read_inputs(config: TrainConfig, folder=None, read_only: bool = False, log=None, progress=_no_progress):
+def read_inputs(config: TrainConfig, folder=None, read_only: bool = False, log=None, progress=None):
     """The particles a run trains on (an ``io.particles.ParticleSet``): the input file, cut to
     ``config.half_set`` and ``config.max_particles``, without its unusable images
-    (:func:`~.setup.usable_particles`, the check's record kept in ``folder``, the run's; the
-    scan's images done reported to ``progress``); ``ValueError`` for a missing input or no poses."""
+    (:func:`~.setup.usable_particles`, the check's record kept in ``folder``, the run's);
+    ``ValueError`` for a missing input or no poses. ``progress``: a set-up's report (the
+    stages and the scan's images done), else the scan's own bar on a terminal."""
     from ..io.particles import half_set_rows, read_particles
     from .setup import usable_particles
 
@@ -98,7 +99,8 @@ def read_inputs(config: TrainConfig, folder=None, read_only: bool = False, log=N
         raise ValueError("TrainConfig.particles: no particle file given")
     if not config.map:
         raise ValueError("TrainConfig.map: no consensus map given")
-    progress("reading particles")
+    if progress is not None:
+        progress("reading particles")
     ps = read_particles(config.particles, passthrough=config.passthrough, root=config.root).require_images()
     if not ps.has_poses:
         raise ValueError(f"{config.particles}: particles have no poses (a consensus refinement is needed)")
@@ -109,8 +111,12 @@ def read_inputs(config: TrainConfig, folder=None, read_only: bool = False, log=N
             raise ValueError(f"{config.particles}: half set {half} is empty")
     if config.max_particles is not None and config.max_particles < len(ps):
         ps = ps.subset(np.arange(config.max_particles))
+
+    def scanned(done: int, total: int) -> None:
+        progress("checking images", done, total, "images")
+
     return usable_particles(ps, config, folder, read_only=read_only, log=log,
-                            progress=lambda done, total: progress("checking images", done, total, "images"))
+                            progress=None if progress is None else scanned)
 
 
 def adam_for_canonical(model, config: TrainConfig) -> torch.optim.Optimizer:
@@ -150,7 +156,7 @@ def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_file
     model = build_model(consensus, apix, mask, mesh, config).to(device)
     train_idx, val_idx = split_train_val(len(ps), config.val_fraction, config.seed)
     spectrum_idx = np.arange(min(len(ps), 2048))
-    progress("noise spectra", 0, len(spectrum_idx), "images")
+    progress("noise spectra")
     spectra = estimate_spectra(ps, spectrum_idx, box, device)  # (n_groups, n_shells) on the device
     micro = MicroBatchState(config, device, box)
     if config.latent_init == "variability":
