@@ -135,9 +135,33 @@ class GilWatch:
         self._thread = threading.Thread(target=self._run, name="gil-watch", daemon=True)
         self._thread.start()
 
+    @staticmethod
+    def _stacks(skip: int) -> dict:
+        """``{thread id: [(file name, line, function), ...] innermost last}`` of every thread but ``skip``.
+
+        Read in one go with no I/O (no line lookup, which could let other threads run) and every
+        frame reference dropped before returning: a frame held past its function's end would keep
+        its locals alive and free them later in this thread (a QPainter after the paint device it
+        paints on: "Cannot destroy paint device that is being painted", then a crash).
+        """
+        out, frame = {}, None
+        frames = sys._current_frames()
+        try:
+            for ident, frame in frames.items():
+                if ident == skip:
+                    continue
+                stack = []
+                while frame is not None:
+                    code = frame.f_code
+                    stack.append((code.co_filename, frame.f_lineno, code.co_name))
+                    frame = frame.f_back
+                out[ident] = stack[::-1]
+        finally:
+            del frames, frame
+        return out
+
     def _run(self) -> None:
         import threading
-        import traceback
 
         me = threading.get_ident()
         names = {}
@@ -151,22 +175,19 @@ class GilWatch:
                 continue
             if len(names) != threading.active_count():
                 names = {t.ident: t.name for t in threading.enumerate()}
+
+            def line(entry) -> str:
+                return f"{Path(entry[0]).name}:{entry[1]} {entry[2]}"
+
             where = []
-            for ident, frame in sys._current_frames().items():
-                if ident == me:
-                    continue
+            for ident, stack in self._stacks(skip=me).items():
                 if ident == main:  # the GUI thread itself busy (the watch ran on time): in what
                     if late < self.late_ms:
-                        stack = traceback.extract_stack(frame)[-4:]
-                        where.append("GUI thread: " + " > ".join(f"{Path(s.filename).name}:{s.lineno} {s.name}"
-                                                                 for s in stack))
+                        where.append("GUI thread: " + " > ".join(line(e) for e in stack[-4:]))
                     continue
-                stack = traceback.extract_stack(frame)
-                own = [f"{Path(s.filename).name}:{s.lineno} {s.name}" for s in stack if "napari_flex3d" in s.filename]
-                if not own:
-                    continue  # an idle pool thread
-                inner = f"{Path(stack[-1].filename).name}:{stack[-1].lineno} {stack[-1].name}"
-                where.append(f"{names.get(ident, ident)}: {' > '.join(own[-3:])} > {inner}")
+                own = [line(e) for e in stack if "napari_flex3d" in e[0]]
+                if own:  # else an idle pool thread
+                    where.append(f"{names.get(ident, ident)}: {' > '.join(own[-3:])} > {line(stack[-1])}")
             self.seen.append((now, max(late, 0.0), "; ".join(where) or "no worker in napari_flex3d"))
 
     def stop(self) -> None:

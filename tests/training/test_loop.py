@@ -312,7 +312,9 @@ def test_motion_modes_of_a_run_against_the_simulators_truth(full_run, tiny_sim):
     assert modes["true"][1] > 0.02
 
 
-def test_the_cli_shows_the_set_up_stages_with_a_bar_each(tmp_path, capsys):
+def test_the_cli_shows_the_set_up_stages_with_a_bar_each(tmp_path, capsys, monkeypatch):
+    import sys
+
     from napari_flex3d.training.progress import consume_events
 
     setup = [ev.SetupProgress("reading particles"), ev.SetupProgress("checking images", 0, 400, "images"),
@@ -322,8 +324,14 @@ def test_the_cli_shows_the_set_up_stages_with_a_bar_each(tmp_path, capsys):
     started = ev.RunStarted(run_dir="RUN", n_particles=400, n_train=380, n_val=20, box=64, apix=3.0, device="cpu",
                             epochs=1, steps_per_epoch=6, start_epoch=0, n_vertices=429)
     consume_events(setup + [started], log_path=tmp_path / "train.log", progress=True)
-    err = capsys.readouterr().err  # tqdm's bars: one per stage, with the count where there is one
-    assert "reading particles (00:00)" in err and "checking images:   0%" in err and "0/400" in err and "model" in err
+    out, err = capsys.readouterr()  # not a terminal (a batch job's output file): a line as each stage begins
+    stages = ["set-up: reading particles", "set-up: checking images (400 images)", "set-up: model"]
+    assert out.splitlines()[:3] == stages and "set-up" not in err
     log = (tmp_path / "train.log").read_text().splitlines()
-    assert log[:3] == ["set-up: reading particles", "set-up: checking images (400 images)", "set-up: model"]
-    assert log[3].startswith("run RUN: 400 particles")
+    assert log[:3] == stages and log[3].startswith("run RUN: 400 particles")
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # on a terminal: tqdm's bars
+    consume_events(setup + [started], progress=True)
+    out, err = capsys.readouterr()  # one bar per stage, with the count where there is one
+    assert "reading particles (00:00)" in err and "checking images:   0%" in err and "0/400" in err and "model" in err
+    assert "set-up" not in out

@@ -8,6 +8,7 @@ Imports training's :mod:`.events` (and tqdm); nothing of the model.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from ..io.atomic import format_bytes, open_log
 from . import events as ev
@@ -74,6 +75,11 @@ def format_event(event: ev.Event) -> str | None:
     return None
 
 
+def _on_a_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
 def _setup_bar(bar, event: ev.SetupProgress, tqdm):
     """The set-up's bar: a new one as each stage begins (with its count, if any), else moved on."""
     if bar is None or event.stage != bar.desc:
@@ -106,9 +112,11 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
             line = format_event(event)
             if log is not None and line is not None:
                 log.write(line + "\n")
-            if isinstance(event, ev.SetupProgress):
-                if progress:
+            if isinstance(event, ev.SetupProgress):  # a bar per stage on a terminal, else a line as each begins
+                if progress and _on_a_terminal():
                     bar = _setup_bar(bar, event, tqdm)
+                elif progress and line is not None:
+                    print(line, flush=True)
                 continue
             if isinstance(event, ev.RunStarted):
                 if bar is not None:  # the set-up's
