@@ -8,13 +8,15 @@ Run under a display (Xvfb with Mesa's software OpenGL is the hard case):
 1. Event-loop stalls (``_napari._stalls.StallMonitor``, the code the GUI test uses): a
    10 ms timer ticks in the GUI thread; each tick's lateness is a sample. Printed per phase
    as max / p99 / count of ticks over 50 ms, for: a training run with the live preview on
-   (the Train widget's defaults, ``preview_every`` 1), a half-map reconstruction (the
+   (the Train widget's defaults, ``preview_every`` 1; its set-up, from Start to the run's
+   first event, also apart), a half-map reconstruction (the
    Reconstruct widget), a movie export (the Latent explorer's ``export_movie`` along an
    axis), analysing (the explorer's actions that run in workers: a volume series along an
    axis, a lasso selection of particles) and the explorer's clicks (each a map shown, then
    refined: the phase where a 3D canvas repaints). Target: max < 250 ms, p99 < 50 ms. For
    the three longest stalls of each phase it prints the event handlers run and the canvas
-   paints done in them (where the time went).
+   paints done in them, and where the workers were when a watch thread could not run either
+   (a worker holding the GIL): where the time went.
 2. ``--memory``: resident memory (RSS) and the number of napari layers after each epoch,
    with the explorer in use (a click on the latent plot after each epoch). Target: RSS
    after the last epoch within 10 % of after epoch 2; layers bounded.
@@ -68,6 +70,7 @@ class Timeline:
         self.events: list[tuple[float, str, float]] = []
         self.draws = 0
         self.shown_now = lambda: 0
+        self.gil: GilWatch | None = None  # where the workers were in stalls the GUI thread did not cause
 
         def on_draw(_e):
             self.draws += 1
@@ -106,7 +109,90 @@ class Timeline:
         end = start + length_ms / 1000 + 0.01
         paint = sum(min(e, end) - max(s, start) for s, e, _ in self.frames if s < end and e > start)
         handled = [f"{n} ({c * 1000:.0f} ms)" for t, n, c in self.events if start - 0.05 <= t <= end]
-        return f"canvas paints {paint * 1000:.0f} ms; handlers: {', '.join(handled) or 'none'}"
+        held = self.gil.explain(start, end) if self.gil is not None else ""
+        return (f"canvas paints {paint * 1000:.0f} ms; handlers: {', '.join(handled) or 'none'}"
+                + (f"; workers then: {held}" if held else ""))
+
+
+class GilWatch:
+    """A Python thread that wakes every ``interval_ms``; when it wakes late, the GUI thread could not
+    have run either (no GIL, or no core): it keeps, for that moment, where every other thread is
+    (the innermost frames in napari_flex3d and the innermost frame), to explain stalls in which
+    the GUI thread itself did nothing (no paint, no handler)."""
+
+    def __init__(self, interval_ms: float = 5.0, late_ms: float = 40.0):
+        import threading
+
+        self.interval_ms, self.late_ms = interval_ms, late_ms
+        self.gui_last = None  # () -> when the GUI thread last ticked (the stall monitor's clock)
+        self.seen: list[tuple[float, float, str]] = []  # (woke at, late ms, where the other threads were)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gil-watch", daemon=True)
+        self._thread.start()
+
+    @staticmethod
+    def _stacks(skip: int) -> dict:
+        """``{thread id: [(file name, line, function), ...] innermost last}`` of every thread but ``skip``.
+
+        Read in one go with no I/O (no line lookup, which could let other threads run) and every
+        frame reference dropped before returning: a frame held past its function's end would keep
+        its locals alive and free them later in this thread (a QPainter after the paint device it
+        paints on: "Cannot destroy paint device that is being painted", then a crash).
+        """
+        out, frame = {}, None
+        frames = sys._current_frames()
+        try:
+            for ident, frame in frames.items():
+                if ident == skip:
+                    continue
+                stack = []
+                while frame is not None:
+                    code = frame.f_code
+                    stack.append((code.co_filename, frame.f_lineno, code.co_name))
+                    frame = frame.f_back
+                out[ident] = stack[::-1]
+        finally:
+            del frames, frame
+        return out
+
+    def _run(self) -> None:
+        import threading
+
+        me = threading.get_ident()
+        names = {}
+        last = time.perf_counter()
+        main = threading.main_thread().ident
+        while not self._stop.wait(self.interval_ms / 1000):
+            now = time.perf_counter()
+            late, last = (now - last) * 1000 - self.interval_ms, now
+            gui_behind = (now - self.gui_last()) * 1000 if self.gui_last is not None else 0.0
+            if late < self.late_ms and gui_behind < 2 * self.late_ms:
+                continue
+            if len(names) != threading.active_count():
+                names = {t.ident: t.name for t in threading.enumerate()}
+
+            def line(entry) -> str:
+                return f"{Path(entry[0]).name}:{entry[1]} {entry[2]}"
+
+            where = []
+            for ident, stack in self._stacks(skip=me).items():
+                if ident == main:  # the GUI thread itself busy (the watch ran on time): in what
+                    if late < self.late_ms:
+                        where.append("GUI thread: " + " > ".join(line(e) for e in stack[-4:]))
+                    continue
+                own = [line(e) for e in stack if "napari_flex3d" in e[0]]
+                if own:  # else an idle pool thread
+                    where.append(f"{names.get(ident, ident)}: {' > '.join(own[-3:])} > {line(stack[-1])}")
+            self.seen.append((now, max(late, 0.0), "; ".join(where) or "no worker in napari_flex3d"))
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def explain(self, start: float, end: float) -> str:
+        """Where the other threads were when the watch woke late inside ``[start, end]``."""
+        hits = [f"{late:.0f} ms: {where}" for t, late, where in self.seen if start <= t <= end + 0.02]
+        unique = list(dict.fromkeys(hits))
+        return " | ".join(unique[:4])
 
 
 def _report(monitor, timeline, phase: str, t0: float, results: dict) -> None:
@@ -160,6 +246,7 @@ def main(argv=None) -> int:
     width, height = (int(v) for v in args.window.split("x"))
     viewer.window._qt_window.resize(width, height)
     timeline = Timeline(app, viewer.window._qt_viewer.canvas._scene_canvas)
+    timeline.gil = GilWatch()
     data = DataMeshWidget(viewer)
     data.particles_path = str(folder / "particles.star")
     data.load_particles()
@@ -199,6 +286,7 @@ def main(argv=None) -> int:
 
     _settle(app, timeline)  # the repaint of the restored layers is not the training's
     monitor = StallMonitor()
+    timeline.gil.gui_last = lambda: monitor._last if monitor._current is not None else time.perf_counter()
     results: dict = {}
     t_bench = time.perf_counter()
 
@@ -241,9 +329,19 @@ def main(argv=None) -> int:
                 print(f"  after epoch {ev.epoch}: RSS {memory[-1]['rss_mb']:.0f} MB, {memory[-1]['layers']} layers")
 
         train._on_event = record
+    started = []  # when the run's set-up ended (RunStarted reached the widget)
+    on_event_before = train._on_event
+
+    def note_start(ev):
+        if type(ev).__name__ == "RunStarted" and not started:
+            started.append(time.perf_counter())
+        on_event_before(ev)
+
+    train._on_event = note_start
     t0 = time.perf_counter()
     monitor.start("training")
     train.start()
+    start_ms = (time.perf_counter() - t0) * 1000  # the Start button's own work in the GUI thread (mesh and command written)
     _wait(app, lambda: train.state == "idle" and getattr(train, "previews_idle", True), 3600)
     _wait(app, lambda: ex.idle, 600)
     train_s = time.perf_counter() - t0
@@ -252,6 +350,15 @@ def main(argv=None) -> int:
     steps = sum(type(e).__name__ == "StepLoss" for e in train.events)
     print(f"training: {train_s:.0f} s, {steps} steps, {len(viewer.layers)} layers")
     _report(monitor, timeline, "training", t_bench, results)
+    # the set-up (reading, checking the images, mesh and model, noise spectra, first latents) apart:
+    # the ticks of the training phase from Start to the RunStarted event
+    when, late = np.asarray(monitor.when_s["training"]), np.asarray(monitor.lateness_ms["training"])
+    inside = (when >= t0) & (when <= (started[0] if started else when.max()))
+    monitor.when_s["training set-up"] = when[inside].tolist()
+    monitor.lateness_ms["training set-up"] = late[inside].tolist()
+    print(f"  set-up: from {t0 - t_bench:.1f} s (Start itself {start_ms:.0f} ms in the GUI thread), "
+          f"{(started[0] if started else time.perf_counter()) - t0:.1f} s to the run's first event")
+    _report(monitor, timeline, "training set-up", t_bench, results)
 
     # --- 2. reconstruction
     rec = ReconstructWidget(viewer)
@@ -303,6 +410,7 @@ def main(argv=None) -> int:
         clicks = _clicks(app, viewer, ex, timeline, args)
         _report(monitor, timeline, "explorer clicks", t_bench, results)
     monitor.stop()
+    timeline.gil.stop()
     summary = {
         "box": args.box,
         "canvas_render_ms": float(np.median(render_s) * 1000),

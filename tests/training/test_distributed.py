@@ -160,6 +160,7 @@ def test_a_killed_rank_stops_the_other_with_the_checkpoint_intact(tiny_sim, tiny
 
     # and the run resumes in one process (another number of ranks) from that checkpoint
     events = list(train_run(_config(tiny_config, tiny_sim, out, epochs=state["epoch"] + 1), out, resume=True))
+    events = [e for e in events if not isinstance(e, ev.SetupProgress)]
     assert events[0].start_epoch == state["epoch"] and isinstance(events[-1], ev.RunFinished)
 
 

@@ -158,6 +158,36 @@ def test_latent_inference_and_validation_halve_too(tiny_sim, tiny_config, tmp_pa
     _assert_close_runs(out_a, out_b)
 
 
+def test_the_variability_start_halves_its_micro_batch_too(whole_batch_run, tiny_sim, tiny_config, tmp_path,
+                                                          monkeypatch):
+    """The first latents (the variability start, in the set-up) run out of memory as a step would: its
+    batch of all 120 particles halves to 60, then 30; the run comes out the same, and keeps the 30."""
+    from napari_flex3d.training import variability
+
+    reference, _ = whole_batch_run
+    real = variability._residuals  # where a piece of the batch meets the model, in both passes
+    tried: list[int] = []
+
+    def limited(model, batch, *args, **kwargs):
+        tried.append(batch["images"].shape[0])
+        if tried[-1] > 50:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {tried[-1]} particles (injected)")
+        return real(model, batch, *args, **kwargs)
+
+    monkeypatch.setattr(variability, "_residuals", limited)
+    events = list(train_run(tiny_config(tiny_sim, tmp_path, **SMALL), tmp_path))
+    reduced = [e for e in events if isinstance(e, ev.MicroBatchReduced)]
+    assert [(e.where, e.batch, e.previous, e.micro_batch) for e in reduced] == [
+        ("latent initialisation", 40, 120, 60), ("latent initialisation", 40, 60, 30)
+    ]
+    kinds = [type(e).__name__ for e in events]
+    assert kinds.index("MicroBatchReduced") < kinds.index("RunStarted")  # said before the first step
+    assert max(tried[tried.index(30):]) == 30  # once halved, never tried larger again
+    assert format_event(reduced[-1]).startswith("set-up, latent initialisation: out of GPU memory")
+    _, b = _assert_close_runs(reference, tmp_path)
+    assert json.loads(b["config_json"])["micro_batch"] == 30  # the steps' pieces too, and after --resume
+
+
 def test_a_micro_batch_of_one_that_does_not_fit_stops_the_run(tiny_sim, tiny_config, tmp_path, monkeypatch):
     _oom_above(monkeypatch, 0)
     with pytest.raises(DeviceMemoryError, match="micro-batch of 1 particle") as info:
@@ -287,7 +317,8 @@ def test_a_batch_that_cannot_fit_is_refused_with_the_largest_that_does(tiny_sim,
 
     # the advice holds: either setting starts
     for out, change in (("b10", dict(batch=10)), ("micro", dict(micro_batch=micro))):
-        first = next(iter(train_run(dataclasses.replace(cfg, out=str(tmp_path / out), **change), tmp_path / out)))
+        events = train_run(dataclasses.replace(cfg, out=str(tmp_path / out), **change), tmp_path / out)
+        first = next(e for e in events if not isinstance(e, ev.SetupProgress))
         assert isinstance(first, ev.RunStarted)
     with pytest.raises(DeviceMemoryError, match="even one particle at a time does not fit"):
         monkeypatch.setattr(memory, "free_device_bytes", lambda device: 1000)

@@ -17,6 +17,7 @@ from napari_flex3d.io.particles import read_particles
 from napari_flex3d.training import events as ev
 from napari_flex3d.model.run import checkpoint_path
 from napari_flex3d.training.loop import train_run
+from napari_flex3d.training.progress import format_event
 
 
 def _final_state(run_dir):
@@ -48,8 +49,20 @@ def full_run(tiny_sim, tiny_config, tmp_path_factory):
 def test_event_stream_and_run_folder(full_run, tiny_sim):
     out, events = full_run
     kinds = [type(e).__name__ for e in events]
-    assert kinds[0] == "RunStarted" and kinds[-1] == "RunFinished"
-    start = events[0]
+    setup = events[: kinds.index("RunStarted")]  # the set-up's progress, then the run
+    assert {type(e) for e in setup} == {ev.SetupProgress} and kinds[-1] == "RunFinished"
+    stages = list(dict.fromkeys(e.stage for e in setup))
+    assert stages == ["reading particles", "checking images", "consensus map and mesh", "model", "noise spectra",
+                      "latent initialisation"]
+    scan = [(e.done, e.total) for e in setup if e.stage == "checking images"]
+    assert scan[0] == (0, 120) and scan[-1] == (120, 120)  # every image of the input read once
+    init = [(e.done, e.total) for e in setup if e.stage == "latent initialisation"]
+    assert init[0] == (0, 7 * 120) and init[-1] == (7 * 120, 7 * 120)  # 6 fitting passes and the coefficients
+    assert all(b[0] >= a[0] for a, b in zip(init, init[1:]))
+    lines = [format_event(e) for e in setup]
+    assert lines[:2] == ["set-up: reading particles", "set-up: checking images (120 images)"]
+    assert all((line is None) == bool(e.done) for e, line in zip(setup, lines))  # a line per stage, not per report
+    start = events[kinds.index("RunStarted")]
     steps = [e for e in events if isinstance(e, ev.StepLoss)]
     assert len(steps) == start.epochs * start.steps_per_epoch
     assert [s.phase for s in steps[: start.steps_per_epoch]] == ["warmup"] * start.steps_per_epoch
@@ -125,8 +138,26 @@ def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_confi
     gen.close()  # what napari's worker quit() does between yields
     state = load_checkpoint(checkpoint_path(tmp_path))
     assert state["epoch"] == 1
-    events = list(train_run(None, tmp_path, resume=True))
+    events = [e for e in train_run(None, tmp_path, resume=True) if not isinstance(e, ev.SetupProgress)]
     assert events[0].start_epoch == 1 and isinstance(events[-1], ev.RunFinished) and events[-1].epochs == 2
+
+
+def test_stopping_in_the_set_up_stops_it_at_its_next_stage(tiny_sim, tiny_config, tmp_path):
+    import threading
+    import time
+
+    def setting_up() -> bool:
+        return any(t.name == "flex3d-setup" for t in threading.enumerate())
+
+    gen = train_run(tiny_config(tiny_sim, tmp_path), tmp_path)
+    assert next(gen) == ev.SetupProgress("reading particles")
+    gen.close()  # the Stop button during the set-up (napari's worker quit())
+    for _ in range(600):
+        if not setting_up():
+            break
+        time.sleep(0.05)
+    assert not setting_up()
+    assert not (tmp_path / "mesh.npz").exists() and not checkpoint_path(tmp_path).exists()  # nothing built after
 
 
 def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, tmp_path):
@@ -162,10 +193,10 @@ def test_inference_at_a_smaller_box_resumes_identically(tiny_sim, tiny_config, t
         with pytest.raises(ValueError, match="latent_box"):
             latent_view(tiny_config(tiny_sim, tmp_path, latent_box=bad), fine, read_particles(cfg.particles), "cpu")
     with pytest.raises(ValueError, match="latent_box 26 must be even, >= 16 and <= the training box 24"):
-        next(train_run(tiny_config(tiny_sim, tmp_path / "d", latent_box=26), tmp_path / "d"))
+        list(train_run(tiny_config(tiny_sim, tmp_path / "d", latent_box=26), tmp_path / "d"))  # in the set-up
     assert not (tmp_path / "d" / "mesh.npz").exists()  # refused before anything was built
     with pytest.raises(ValueError, match="lr_final=1.5 must lie in"):
-        next(train_run(tiny_config(tiny_sim, tmp_path / "e", lr_final=1.5), tmp_path / "e"))
+        list(train_run(tiny_config(tiny_sim, tmp_path / "e", lr_final=1.5), tmp_path / "e"))
     assert not (tmp_path / "e" / "mesh.npz").exists()
 
 
@@ -250,7 +281,7 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(full_run, tiny_sim, 
     assert load_checkpoint(checkpoint_path(out))["epoch"] == 1
     threads = torch.get_num_threads()
     try:
-        events = list(train_run(None, out, resume=True))
+        events = [e for e in train_run(None, out, resume=True) if not isinstance(e, ev.SetupProgress)]
     finally:
         torch.set_num_threads(threads)
     assert events[0].start_epoch == 1
@@ -279,3 +310,28 @@ def test_motion_modes_of_a_run_against_the_simulators_truth(full_run, tiny_sim):
         assert np.all(np.diff(values) <= 1e-12) and np.all(values >= 0)
     # a hinge is a rotation: its true displacement over the particles has a curvature mode
     assert modes["true"][1] > 0.02
+
+
+def test_the_cli_shows_the_set_up_stages_with_a_bar_each(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from napari_flex3d.training.progress import consume_events
+
+    setup = [ev.SetupProgress("reading particles"), ev.SetupProgress("checking images", 0, 400, "images"),
+             ev.SetupProgress("checking images", 256, 400, "images"),
+             ev.SetupProgress("checking images", 400, 400, "images"),
+             ev.SetupProgress("model")]
+    started = ev.RunStarted(run_dir="RUN", n_particles=400, n_train=380, n_val=20, box=64, apix=3.0, device="cpu",
+                            epochs=1, steps_per_epoch=6, start_epoch=0, n_vertices=429)
+    consume_events(setup + [started], log_path=tmp_path / "train.log", progress=True)
+    out, err = capsys.readouterr()  # not a terminal (a batch job's output file): a line as each stage begins
+    stages = ["set-up: reading particles", "set-up: checking images (400 images)", "set-up: model"]
+    assert out.splitlines()[:3] == stages and "set-up" not in err
+    log = (tmp_path / "train.log").read_text().splitlines()
+    assert log[:3] == stages and log[3].startswith("run RUN: 400 particles")
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)  # on a terminal: tqdm's bars
+    consume_events(setup + [started], progress=True)
+    out, err = capsys.readouterr()  # one bar per stage, with the count where there is one
+    assert "reading particles (00:00)" in err and "checking images:   0%" in err and "0/400" in err and "model" in err
+    assert "set-up" not in out

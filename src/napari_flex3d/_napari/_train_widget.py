@@ -37,6 +37,7 @@ from qtpy.QtWidgets import (
 
 from ..config import TrainConfig
 from ..io.lock import folder_lock
+from ..training import RUN_IMPORTS
 from ._plots import CurvePlot, LatentScatter
 from ._data_widget import painted_mesh
 from ._paint_budget import paint_budget
@@ -139,7 +140,9 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.pending_previews = None  # prepared previews the canvas could not afford to paint yet
         self.budget = paint_budget(napari_viewer)
         self._previews = LatestOnly(prepare_previews, self._on_previews_ready)
-        self._schedule_preload("napari_flex3d.training.loop")
+        # what a run imports before its first step (torch's compiler among them: seconds of imports in
+        # stretches that hold the GIL), imported while the form is filled in, not in the run's set-up
+        self._schedule_preload(*RUN_IMPORTS)
 
         layout = QVBoxLayout(self)
         box = QGroupBox("Settings")
@@ -376,7 +379,15 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         if handler is not None:
             handler(ev)
 
+    def _on_SetupProgress(self, ev) -> None:
+        """The set-up before the first step (reading, checking images, mesh, first latents): its stage and count."""
+        self.progress.setRange(0, max(ev.total, 1))
+        self.progress.setValue(min(ev.done, ev.total))
+        count = f" {ev.done:,}/{ev.total:,} {ev.unit}" if ev.total else ""
+        self.progress.setFormat(f"set-up: {ev.stage}{count}")
+
     def _on_RunStarted(self, ev) -> None:
+        self._t_start = time.perf_counter()  # the ETA counts the steps, not the set-up
         self._start_epoch = ev.start_epoch
         self._steps_total = max(1, (ev.epochs - ev.start_epoch) * ev.steps_per_epoch)
         self.progress.setRange(0, self._steps_total)

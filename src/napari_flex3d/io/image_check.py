@@ -139,15 +139,20 @@ def _unusable_in_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return which, np.array(reasons, dtype=object)
 
 
-def scan_images(ps, chunk_bytes: int = _CHUNK_BYTES, progress: bool | None = None) -> UnusableImages:
+def scan_images(ps, chunk_bytes: int = _CHUNK_BYTES, progress=None) -> UnusableImages:
     """Read every image of ``ps`` once and find the unusable ones (see the module docstring).
 
     Stacks are read in file order, ``chunk_bytes`` of float32 images at a time. Stacks shorter
     than the metadata say, or of another box than the optics group's, raise ``ValueError`` with
-    the count and the first few. ``progress``: a tqdm bar (``None``: only on a terminal).
+    the count and the first few. ``progress``: a tqdm bar (``None``: only on a terminal), or a
+    callable ``progress(images done, images)`` called before the first read and after each one
+    (a training run's set-up events).
     """
     from tqdm.auto import tqdm
 
+    report = progress if callable(progress) else None
+    if report is not None:
+        progress = False
     n = len(ps)
     names = image_names(ps)
     ps.require_images()
@@ -155,6 +160,9 @@ def scan_images(ps, chunk_bytes: int = _CHUNK_BYTES, progress: bool | None = Non
     _check_lengths(ps, groups, names)
     bad_rows: list[np.ndarray] = []
     bad_reasons: list[np.ndarray] = []
+    done = 0
+    if report is not None:
+        report(0, n)
     with tqdm(total=n, unit="image", desc="checking images", disable=(not progress) if progress is not None else None,
               leave=False) as bar:
         for path, rows in groups:
@@ -172,6 +180,9 @@ def scan_images(ps, chunk_bytes: int = _CHUNK_BYTES, progress: bool | None = Non
                     bad_rows.append(part[which])
                     bad_reasons.append(reasons)
                 bar.update(part.size)
+                done += part.size
+                if report is not None:
+                    report(done, n)
     if not bad_rows:
         return UnusableImages(n, np.zeros(0, np.int64), (), ())
     rows = np.concatenate(bad_rows)
@@ -211,7 +222,7 @@ def _read_record(path: Path, key: str, n: int) -> UnusableImages | None:
 
 
 def exclude_unusable_images(ps, folder=None, *, max_fraction: float = MAX_UNUSABLE_FRACTION, read_only: bool = False,
-                            log=None, progress: bool | None = None):
+                            log=None, progress=None):
     """``(usable particles, UnusableImages)``: ``ps`` without its unusable images.
 
     ``folder``: where the scan's record lives (:data:`RECORD_NAME`; None: scan, keep nothing);
@@ -220,6 +231,7 @@ def exclude_unusable_images(ps, folder=None, *, max_fraction: float = MAX_UNUSAB
     ``max_fraction`` of the images unusable raises ``ValueError`` with the count and the
     first few names. Otherwise the line naming them is given to ``log(line)`` and warned
     (``UserWarning``), and the rest returned (``ps`` itself when every image is usable).
+    ``progress``: the scan's, as :func:`scan_images` takes it (none without a scan).
     """
     if not 0.0 <= max_fraction <= 1.0:
         raise ValueError(f"--max-bad-image-fraction must lie in [0, 1], got {max_fraction:g}")

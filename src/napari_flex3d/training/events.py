@@ -14,6 +14,7 @@ import numpy as np
 
 __all__ = [
     "Event",
+    "SetupProgress",
     "RunStarted",
     "StepLoss",
     "EpochSummary",
@@ -29,6 +30,18 @@ __all__ = [
 @dataclass(frozen=True)
 class Event:
     """Base of every training event."""
+
+
+@dataclass(frozen=True)
+class SetupProgress(Event):
+    """The run's set-up before ``RunStarted`` (reading the particles, checking their images, mesh and
+    model, noise spectra, first latents): its ``stage`` and ``done`` of ``total`` ``unit`` (0: no count).
+    A stage's first event has ``done == 0``; at most a few per second."""
+
+    stage: str
+    done: int = 0
+    total: int = 0
+    unit: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """The training loop: a generator of typed events (docs/model.md for the model and its training).
 
-:func:`train_run` prepares a run (or restores one from its last checkpoint), then for
+:func:`train_run` prepares a run (or restores one from its last checkpoint; the set-up's
+stages and counts as :class:`~.events.SetupProgress`, :func:`.run_state.prepared`), then for
 every minibatch: reads and Fourier-crops the particles to the training box, infers their
 latents with the model frozen (auto-decoder; :mod:`.latents`), injects latent noise, and
 takes one Adam step of the flow generator or of the canonical map as the schedule says
@@ -57,7 +58,7 @@ from .outputs import (
     write_epoch_files, write_final_outputs,
 )
 from .rigidity_choice import choose_rigidity_if_due
-from .run_state import RunState, new_run, restored_run
+from .run_state import RunState, new_run, prepared, restored_run
 from .schedule import band_limit, lr_factor, phase_of_step
 from .step import local_rows, read_batch, set_learning_rates, train_step
 
@@ -77,7 +78,8 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     out_dir = Path(out_dir)
     t_start = time.perf_counter()
     ctx = distributed.context_from_env()  # torchrun's RANK/WORLD_SIZE; inactive in one process
-    run = _open_run(config, out_dir, resume, ctx)
+    run = yield from _open_run(config, out_dir, resume, ctx)  # the set-up's progress as it goes
+    yield from _notices(run)  # the variability start's micro-batch halved
     if ctx.is_main:  # refuse a run whose outputs cannot fit before its first epoch
         check_output_space(out_dir, estimate_output_bytes(run), "a training run's checkpoints and outputs")
     estimate = memory.check_device_memory(run)  # and a batch that cannot fit the free GPU memory
@@ -99,14 +101,15 @@ def train_run(config: TrainConfig | None, out_dir, resume: bool = False, cli_arg
     yield ev.RunFinished(run_dir=str(out_dir), epochs=run.epoch, seconds=time.perf_counter() - t_start)
 
 
-def _open_run(config: TrainConfig | None, out_dir: Path, resume: bool, ctx: DistContext) -> RunState:
-    """The run restored from ``out_dir``'s checkpoint, or a new one in ``out_dir`` (refusing a folder holding a run)."""
+def _open_run(config: TrainConfig | None, out_dir: Path, resume: bool, ctx: DistContext) -> Iterator[ev.Event]:
+    """The run restored from ``out_dir``'s checkpoint, or a new one in ``out_dir`` (refusing a folder
+    holding a run), returned after yielding its set-up's :class:`~.events.SetupProgress`."""
     from .setup import resolve_device
 
     if resume:
         if not checkpoint_path(out_dir).is_file():
             raise ValueError(f"{out_dir}: no checkpoint to resume (checkpoints/{CHECKPOINT_NAME} missing)")
-        run = restored_run(config, out_dir)
+        run = yield from prepared(lambda progress: restored_run(config, out_dir, progress=progress))
     else:
         if config is None:
             raise ValueError("train_run needs a TrainConfig for a new run")
@@ -115,7 +118,9 @@ def _open_run(config: TrainConfig | None, out_dir: Path, resume: bool, ctx: Dist
         out_dir.mkdir(parents=True, exist_ok=True)
         if config.threads:
             torch.set_num_threads(config.threads)
-        run = new_run(config, out_dir, resolve_device(config.device), write_files=ctx.is_main)
+        device = resolve_device(config.device)
+        run = yield from prepared(lambda progress: new_run(config, out_dir, device, write_files=ctx.is_main,
+                                                           progress=progress))
     run.dist = ctx
     return run
 

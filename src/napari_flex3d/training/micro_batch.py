@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 
 from . import events as ev
 
-__all__ = ["DeviceMemoryError", "micro_batch_size", "in_micro_batches", "rows_of"]
+__all__ = ["DeviceMemoryError", "MicroBatchState", "micro_batch_size", "in_micro_batches", "rows_of"]
 
 T = TypeVar("T")
 
@@ -35,6 +36,21 @@ class DeviceMemoryError(ValueError):
     """A training setting that does not fit the device's memory (refused before the run, or a
     micro-batch of one particle that ran out of memory). A ``ValueError``: the user fixes it
     with a smaller batch or box, a latent box, or by freeing the GPU."""
+
+
+@dataclass
+class MicroBatchState:
+    """What :func:`in_micro_batches` reads and lowers, before a run's :class:`~.run_state.RunState`
+    exists (the set-up's variability start): its settings (``config.micro_batch``), device and
+    training box, and the :class:`~.events.MicroBatchReduced` it queues (``notices``). The run
+    takes the lowered settings and the events over."""
+
+    config: object  # TrainConfig
+    device: torch.device
+    box: int
+    epoch: int = 0
+    epoch_step: int = 0
+    notices: list = field(default_factory=list)
 
 
 def micro_batch_size(run, n: int) -> int:
@@ -55,7 +71,8 @@ def in_micro_batches(run, n: int, work: Callable[[slice], T], where: str, restar
     """``work(rows)`` over ``range(n)`` in pieces of :func:`micro_batch_size`, halving on out-of-memory.
 
     Args:
-        run: the :class:`~.run_state.RunState` (its ``config.micro_batch`` is read and lowered).
+        run: the :class:`~.run_state.RunState`, or a :class:`MicroBatchState` (its ``config.micro_batch``
+            is read and lowered).
         n: particles in the minibatch.
         work: ``rows (slice) -> result`` for one piece.
         where: what the pieces are, for the event (``"latent inference"``, ``"model update"``...).

@@ -8,6 +8,7 @@ Imports training's :mod:`.events` (and tqdm); nothing of the model.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Iterable
 from ..io.atomic import format_bytes, open_log
 from . import events as ev
@@ -17,6 +18,10 @@ __all__ = ["format_event", "consume_events"]
 
 def format_event(event: ev.Event) -> str | None:
     """One log line for an event (``None`` for events that only feed plots)."""
+    if isinstance(event, ev.SetupProgress):  # a line as each stage begins
+        if event.done:
+            return None
+        return f"set-up: {event.stage}" + (f" ({event.total:,} {event.unit})" if event.total else "")
     if isinstance(event, ev.RunStarted):
         resumed = f", resuming after epoch {event.start_epoch}" if event.start_epoch else ""
         if event.start_step:
@@ -54,16 +59,37 @@ def format_event(event: ev.Event) -> str | None:
             return f"checkpoint in epoch {event.epoch + 1} after step {event.step}: {event.path}"
         return f"checkpoint after epoch {event.epoch}: {event.path}"
     if isinstance(event, ev.MicroBatchReduced):
-        where = "validation" if event.where == "validation" else f"step {event.step + 1}, {event.where}"
+        where = f"epoch {event.epoch + 1} step {event.step + 1}, {event.where}"
+        if event.where == "validation":
+            where = f"epoch {event.epoch + 1} validation"
+        elif event.where == "latent initialisation":
+            where = "set-up, latent initialisation"
         pieces = -(-event.batch // event.micro_batch)
         return (
-            f"epoch {event.epoch + 1} {where}: out of GPU memory ({event.message or 'torch.OutOfMemoryError'}); "
+            f"{where}: out of GPU memory ({event.message or 'torch.OutOfMemoryError'}); "
             f"micro-batch {event.previous} -> {event.micro_batch} particles, each batch of {event.batch} now in "
             f"{pieces} pieces with its gradient accumulated (same result, slower); kept for the rest of the run"
         )
     if isinstance(event, ev.RunFinished):
         return f"finished {event.epochs} epochs in {event.seconds:.0f} s: {event.run_dir}"
     return None
+
+
+def _on_a_terminal() -> bool:
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def _setup_bar(bar, event: ev.SetupProgress, tqdm):
+    """The set-up's bar: a new one as each stage begins (with its count, if any), else moved on."""
+    if bar is None or event.stage != bar.desc:
+        if bar is not None:
+            bar.close()
+        plain = {} if event.total else {"bar_format": "{desc} ({elapsed})"}  # a stage without a count
+        bar = tqdm(total=event.total or None, unit=event.unit or "it", desc=event.stage, leave=False, **plain)
+    if event.total:
+        bar.update(event.done - bar.n)
+    return bar
 
 
 def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = True) -> list[ev.EpochSummary]:
@@ -86,7 +112,16 @@ def consume_events(events: Iterable[ev.Event], log_path=None, progress: bool = T
             line = format_event(event)
             if log is not None and line is not None:
                 log.write(line + "\n")
+            if isinstance(event, ev.SetupProgress):  # a bar per stage on a terminal, else a line as each begins
+                if progress and _on_a_terminal():
+                    bar = _setup_bar(bar, event, tqdm)
+                elif progress and line is not None:
+                    print(line, flush=True)
+                continue
             if isinstance(event, ev.RunStarted):
+                if bar is not None:  # the set-up's
+                    bar.close()
+                    bar = None
                 if progress:
                     total = event.epochs * event.steps_per_epoch
                     done = event.start_epoch * event.steps_per_epoch + event.start_step

@@ -186,13 +186,14 @@ def estimate_spectra(ps, idx: np.ndarray, box: int, device, chunk: int = 256) ->
     return estimate_noise_spectra(torch.cat(images), torch.cat(groups), len(ps.optics)).to(torch.float32)
 
 
-def usable_particles(ps, config: TrainConfig, folder=None, read_only: bool = False, log=None):
+def usable_particles(ps, config: TrainConfig, folder=None, read_only: bool = False, log=None, progress=None):
     """``ps`` without its images of NaN/Inf or constant pixels (:mod:`~napari_flex3d.io.image_check`).
 
     The check's record is kept in ``folder`` (the run's: a resumed run or its analysis reads it
     instead of the stacks; ``read_only``: read it, write nothing). The line counting and naming
     the images left out goes to ``log(line)``, by default appended to ``folder/train.log``; more
-    than ``config.max_bad_image_fraction`` of them refuses the run.
+    than ``config.max_bad_image_fraction`` of them refuses the run. ``progress(done, total)``: the
+    scan's progress (:func:`~napari_flex3d.io.image_check.scan_images`).
     """
     from pathlib import Path
 
@@ -205,7 +206,7 @@ def usable_particles(ps, config: TrainConfig, folder=None, read_only: bool = Fal
                 f.write(line + "\n")
 
     usable, _ = exclude_unusable_images(ps, folder, max_fraction=config.max_bad_image_fraction, read_only=read_only,
-                                        log=log or append_to_train_log)
+                                        log=log or append_to_train_log, progress=progress)
     return usable
 
 

@@ -11,7 +11,10 @@ the same convect-project splat. Every particle's coefficients are then solved fo
 own view (3DVA's E-step, :func:`coefficients_map`: least squares with the ``K x K`` Gram
 matrix of its projected volumes and an empirical Gaussian prior), and, standardised per
 axis, are the initial latents. Band-limited to low resolution.
-Imports core (ops, model) only.
+
+Every particle's share of both passes depends on that particle alone, so a batch is worked
+through in micro-batches (:mod:`.micro_batch`) that halve on a CUDA out-of-memory error, as
+a training step's are. Imports core (ops, model) and training's :mod:`.micro_batch`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["variability_latents", "coefficients_map"]
+__all__ = ["ITERATIONS", "variability_latents", "coefficients_map"]
+
+ITERATIONS = 6  # block power iterations: passes over the particles the volumes are fitted to
 
 
 def _whitening(box: int, spectra: torch.Tensor, max_freq_px: float) -> torch.Tensor:
@@ -59,15 +64,27 @@ def _inner(fa: torch.Tensor, fb: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (w * (fa.real * fb.real + fa.imag * fb.imag)).sum(dim=(-2, -1))
 
 
+def _in_pieces(micro, batch: dict, work):
+    """``[work(piece)]`` over the particles of ``batch``: in micro-batches of ``micro``'s size that halve
+    on running out of memory (:func:`~.micro_batch.in_micro_batches`), or whole (``micro`` None)."""
+    from .micro_batch import in_micro_batches, rows_of
+
+    if micro is None:
+        return [work(batch)]
+    n = batch["images"].shape[0]
+    return in_micro_batches(micro, n, lambda rows: work(rows_of(batch, rows)), "latent initialisation")
+
+
 def variability_latents(
     model,
     batches,
     spectra: torch.Tensor,
     latent_dim: int,
     band: float = 0.4,
-    iterations: int = 6,
+    iterations: int = ITERATIONS,
     seed: int = 0,
     final_batches=None,
+    micro=None,
 ) -> np.ndarray:
     """Standardised coefficients ``(n, K)`` of the particles on the top-``K`` variability volumes.
 
@@ -79,6 +96,8 @@ def variability_latents(
             the returned rows follow its ``idx``.
         spectra: ``(n_groups, n_shells)`` noise spectra.
         band: fraction of Nyquist to work at.
+        micro: the run's :class:`~.micro_batch.MicroBatchState` (or ``RunState``): batches in its
+            micro-batches, halved on out-of-memory; ``None``: each batch whole.
     """
     from ..model.canonical import bandlimit
 
@@ -97,27 +116,37 @@ def variability_latents(
         return q.T.contiguous()
 
     basis = orthonormal_bandlimited(basis)
+
+    def fit(batch: dict) -> torch.Tensor:  # this piece's sum_i c_ik A_i^T W r_i: (K, n_vox)
+        resid, w, s = _residuals(model, batch, spectra, max_freq_px)
+        u = basis.clone().requires_grad_(True)
+        proj = [s[:, None, None] * _project(model, u[k], batch) for k in range(latent_dim)]  # K x (b, N, N//2+1)
+        coeff = torch.stack([_inner(resid, p.detach(), w) for p in proj], dim=1)  # (b, K)
+        objective = sum((coeff[:, k] * _inner(resid, proj[k], w)).sum() for k in range(latent_dim))
+        (grad,) = torch.autograd.grad(objective, [u])  # sum_i c_ik A_i^T W r_i = C U
+        return grad
+
+    @torch.no_grad()
+    def solve(batch: dict) -> tuple[np.ndarray, np.ndarray]:  # this piece's (b (b, K), gram (b, K, K))
+        resid, w, s = _residuals(model, batch, spectra, max_freq_px)
+        proj = [s[:, None, None] * _project(model, basis[k], batch) for k in range(latent_dim)]
+        rhs = torch.stack([_inner(resid, p, w) for p in proj], 1)  # (b, K)
+        gram = torch.stack([torch.stack([_inner(p, q, w) for q in proj], 1) for p in proj], 1)  # (b, K, K)
+        return rhs.double().cpu().numpy(), gram.double().cpu().numpy()
+
     try:
         for _ in range(iterations):
             new = torch.zeros_like(basis)
             for _, batch in batches():
-                resid, w, s = _residuals(model, batch, spectra, max_freq_px)
-                u = basis.clone().requires_grad_(True)
-                proj = [s[:, None, None] * _project(model, u[k], batch) for k in range(latent_dim)]  # K x (b, N, N//2+1)
-                coeff = torch.stack([_inner(resid, p.detach(), w) for p in proj], dim=1)  # (b, K)
-                objective = sum((coeff[:, k] * _inner(resid, proj[k], w)).sum() for k in range(latent_dim))
-                (grad,) = torch.autograd.grad(objective, [u])  # sum_i c_ik A_i^T W r_i = C U
-                new += grad
+                for grad in _in_pieces(micro, batch, fit):
+                    new += grad
             basis = orthonormal_bandlimited(new)
         rows, rhs, grams = [], [], []
-        with torch.no_grad():
-            for idx, batch in (final_batches or batches)():
-                resid, w, s = _residuals(model, batch, spectra, max_freq_px)
-                proj = [s[:, None, None] * _project(model, basis[k], batch) for k in range(latent_dim)]
-                rhs.append(torch.stack([_inner(resid, p, w) for p in proj], 1).double().cpu().numpy())  # (b, K)
-                gram = torch.stack([torch.stack([_inner(p, q, w) for q in proj], 1) for p in proj], 1)  # (b, K, K)
-                grams.append(gram.double().cpu().numpy())
-                rows.append(np.asarray(idx))
+        for idx, batch in (final_batches or batches)():
+            for b_piece, g_piece in _in_pieces(micro, batch, solve):
+                rhs.append(b_piece)
+                grams.append(g_piece)
+            rows.append(np.asarray(idx))
     finally:
         model.max_freq_px = saved
     order = np.concatenate(rows)
