@@ -35,3 +35,26 @@ def formats_dir() -> Path:
     if FORMATS is None:
         pytest.skip("../shared/testdata/formats not found (set FLEX3D_TESTDATA)")
     return FORMATS
+
+
+@pytest.fixture(scope="session")
+def trained_hinge(tmp_path_factory) -> Path:
+    """The small trained hinge, simulated and trained once per session: 2,000 hinge particles at
+    box 48 (2 Å/px, SNR 0.3, seed 0) in ``sim/``, a run in ``run/`` trained at box 24 with K=1, 4
+    epochs (1 warm-up), batches of 100, the linear kernel and the rigidity floor at 0.5.
+
+    Used read-only by tests/reconstruct/test_trained_hinge.py and tests/analyze/test_trained_hinge_artefacts.py.
+    """
+    from napari_flex3d.config import TrainConfig
+    from napari_flex3d.simulate.dataset import simulate_dataset
+    from napari_flex3d.training.loop import train_run
+
+    root = tmp_path_factory.mktemp("trained_hinge")
+    sim = simulate_dataset(root / "sim", n_particles=2000, box=48, apix=2.0, snr=0.3, motion="hinge", seed=0)
+    config = TrainConfig(
+        particles=str(sim.particles_star), map=str(sim.consensus), out=str(root / "run"), box=24,
+        latent_dim=1, epochs=4, warmup_epochs=1, batch=100, kernel="linear", preview_every=0, rigidity_floor=0.5,
+    )
+    for _ in train_run(config, root / "run"):
+        pass
+    return root
