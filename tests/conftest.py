@@ -58,3 +58,31 @@ def trained_hinge(tmp_path_factory) -> Path:
     for _ in train_run(config, root / "run"):
         pass
     return root
+
+
+@pytest.fixture(scope="session")
+def oracle_hinge_halfmaps(tmp_path_factory):
+    """Flex and rigid half maps of a simulated hinge with the oracle flow, solved once per session:
+    1,500 hinge particles at box 64 (3 Å/px, SNR 1, seed 0) in ``sim/``, the flow fitted to the
+    simulator's true motion at box 32 (latents the true coordinates), 10 L-BFGS iterations per
+    half map with the arm and body masks, into ``rec/``.
+
+    Returns ``SimpleNamespace(root, events, masks)``; used read-only by
+    tests/reconstruct/test_moving_domain.py (whose docstring says why box 64) and test_halfmaps.py.
+    """
+    from types import SimpleNamespace
+
+    from napari_flex3d.io.particles import read_particles
+    from napari_flex3d.reconstruct.halfmaps import solve_half_maps
+    from napari_flex3d.simulate.dataset import simulate_dataset
+    from napari_flex3d.simulate.oracle import domain_mask, true_motion_model
+
+    box = 64
+    root = tmp_path_factory.mktemp("oracle_hinge")
+    sim = simulate_dataset(root / "sim", n_particles=1500, box=box, apix=3.0, snr=1.0, motion="hinge", seed=0)
+    torch.manual_seed(0)
+    model, latents = true_motion_model(root / "sim", box=32)
+    masks = {"arm": domain_mask(root / "sim", 2, box=box), "body": domain_mask(root / "sim", 0, box=box)}
+    ps = read_particles(sim.particles_star)
+    events = list(solve_half_maps(model, latents, ps, root / "rec", masks=masks, iterations=10))
+    return SimpleNamespace(root=root, events=events, masks=masks)
