@@ -90,7 +90,7 @@ def artefact_run(tmp_path_factory):
     """A K=3 run folder (last checkpoint only, a randomly initialised flow) on 240 simulated
     particles, whose latent z0 is made to track defocus (an artefact), z1 and z2 noise.
 
-    Returns ``SimpleNamespace(run_dir, particles_star, latents (n, 3), defocus_a (n,))``.
+    Returns ``SimpleNamespace(run_dir, particles_star, latents (n, 3), defocus_a (n,), box)``.
     """
     import json
 
@@ -128,4 +128,5 @@ def artefact_run(tmp_path_factory):
     save_checkpoint(checkpoint_path(run_dir), {"config_json": json.dumps(to_dict(config)), "epoch": 1, "box": box,
                                                "apix": apix, "model": model.state_dict(), "spectra": spectra,
                                                "latents": torch.from_numpy(latents)})
-    return SimpleNamespace(run_dir=run_dir, particles_star=sim.particles_star, latents=latents, defocus_a=defocus)
+    return SimpleNamespace(run_dir=run_dir, particles_star=sim.particles_star, latents=latents, defocus_a=defocus,
+                           box=box)

@@ -3,42 +3,12 @@ from ``flex3d generate --axis`` (``api.generate_series``) hold the same latents,
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
-import torch
 
 pytestmark = pytest.mark.gui
 
-BOX, APIX, K = 20, 5.0, 2
-
-
-@pytest.fixture(scope="module")
-def random_flow_run(tmp_path_factory):
-    """A run folder (last checkpoint only) of a two-blob map moved by a randomly initialised flow."""
-    from napari_flex3d.config import TrainConfig, to_dict
-    from napari_flex3d.io.checkpoint import save_checkpoint
-    from napari_flex3d.mesh.build import build_grid_mesh
-    from napari_flex3d.model.flex import FlexModel
-    from napari_flex3d.model.run import checkpoint_path
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("random_flow_run")
-    zyx = np.stack(np.meshgrid(*(np.arange(BOX) - BOX // 2,) * 3, indexing="ij"), axis=-1) * APIX  # (n, n, n, 3) Å
-    density = sum(np.exp(-((zyx - c) ** 2).sum(-1) / (2 * 7.0**2)) for c in ([0, 0, -12], [0, 6, 12]))
-    mask = density > 0.05
-    mesh = build_grid_mesh(mask, APIX, cell_size_a=20.0)
-    model = FlexModel.from_map(density.astype(np.float32), APIX, mesh, mask, latent_dim=K, hidden=8, layers=2,
-                               init_std_a=3.0)
-    config = TrainConfig(latent_dim=K, hidden=8, layers=2, epochs=1, band_start=1.0, band_end=1.0)
-    latents = torch.randn(30, K) * torch.tensor([1.0, 2.5])  # (n, K); axis 1 the wider
-    save_checkpoint(checkpoint_path(out), {"config_json": json.dumps(to_dict(config)), "epoch": 1, "box": BOX,
-                                           "apix": APIX, "model": model.state_dict(), "latents": latents})
-    return out
-
-
-def test_gui_and_cli_axis_series_are_the_same_maps_and_movie_frames(make_napari_viewer, qtbot, random_flow_run,
+def test_gui_and_cli_axis_series_are_the_same_maps_and_movie_frames(make_napari_viewer, qtbot, artefact_run,
                                                                      tmp_path):
     from napari_flex3d import api
     from napari_flex3d._napari._explore_widget import LatentExplorerWidget
@@ -47,11 +17,11 @@ def test_gui_and_cli_axis_series_are_the_same_maps_and_movie_frames(make_napari_
 
     frames = 5
     ex = LatentExplorerWidget(make_napari_viewer())
-    ex.open_run(random_flow_run)
+    ex.open_run(artefact_run.run_dir)
     ex.n_frames = frames
     ex.export_series(tmp_path / "gui", along="axis z1")
     qtbot.waitUntil(lambda: ex.worker is None and ex.series_written is not None, timeout=60_000)
-    cli = api.generate_series(random_flow_run, axis=1, frames=frames, out_dir=tmp_path / "cli")
+    cli = api.generate_series(artefact_run.run_dir, axis=1, frames=frames, out_dir=tmp_path / "cli")
 
     # the frames' latents: mean +- 1.5 sample standard deviations in both
     np.testing.assert_array_equal(ex.movie_latents("axis z1"), cli["latents"])
@@ -65,6 +35,6 @@ def test_gui_and_cli_axis_series_are_the_same_maps_and_movie_frames(make_napari_
     assert np.abs(volumes[-1] - volumes[0]).max() > 1e-3 * volumes.max()  # the flow moves the map
 
     # the movie along the same axis at the training box: the CLI's projections on the CLI's grey scale
-    ex.export_movie(tmp_path / "axis.gif", along="axis z1", box=BOX)
+    ex.export_movie(tmp_path / "axis.gif", along="axis z1", box=artefact_run.box)
     qtbot.waitUntil(lambda: ex.worker is None and ex.frames_written == frames, timeout=60_000)
     np.testing.assert_array_equal(ex.movie_images, to_uint8(projection_images(volumes)))

@@ -24,23 +24,24 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
     from napari_flex3d._napari._train_widget import PREVIEW_PREFIX, TrainWidget
     from napari_flex3d._napari._train_preview import PREVIEW_BOX
 
-    import time
+    import threading
 
     from qtpy.QtCore import Qt
 
     import napari_flex3d.training.loop as loop
 
     real_train_run = loop.train_run
+    stop_requested = threading.Event()
 
     def train_run_pausing_after_first_checkpoint(config, out_dir, resume=False, **kw):
-        """The real generator; after its first checkpoint it waits 3 s before going on, so the
-        GUI's stop request lands mid-run however fast the machine (no race in the test)."""
+        """The real generator; after its first checkpoint it waits (up to 30 s) until the GUI has
+        asked it to stop, so the stop request lands mid-run however fast the machine (no race)."""
         paused = resume
         for ev in real_train_run(config, out_dir, resume=resume, **kw):
             yield ev
             if type(ev).__name__ == "CheckpointWritten" and not paused:
                 paused = True
-                time.sleep(3.0)
+                stop_requested.wait(timeout=30.0)
 
     monkeypatch.setattr(loop, "train_run", train_run_pausing_after_first_checkpoint)
 
@@ -58,6 +59,7 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
         if type(ev).__name__ == "CheckpointWritten" and not seen_checkpoint:
             seen_checkpoint.append(ev.path)
             train.stop()
+            stop_requested.set()
 
     qtbot.mouseClick(train.start_btn, Qt.MouseButton.LeftButton)  # the button, as a user would
     assert train.state == "running" and not train.start_btn.isEnabled()

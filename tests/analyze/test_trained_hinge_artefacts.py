@@ -14,27 +14,18 @@ import numpy as np
 import pytest
 
 from napari_flex3d.analyze.covariates import ARTEFACT_SPEARMAN, particle_table, pose_artefacts
-from napari_flex3d.config import TrainConfig
 from napari_flex3d.evaluate.recovery import spearman
 from napari_flex3d.io.particles import read_particles
-from napari_flex3d.simulate.dataset import simulate_dataset
-from napari_flex3d.training.loop import train_run
 
 pytestmark = pytest.mark.slow
 
 
-def test_learned_hinge_is_not_flagged_and_defocus_is(tmp_path):
-    sim = simulate_dataset(tmp_path / "sim", n_particles=2000, box=48, apix=2.0, snr=0.3, motion="hinge", seed=0)
-    config = TrainConfig(
-        particles=str(sim.particles_star), map=str(sim.consensus), out=str(tmp_path / "run"), box=24,
-        latent_dim=1, epochs=4, warmup_epochs=1, batch=100, kernel="linear", preview_every=0, rigidity_floor=0.5,
-    )
-    for _ in train_run(config, tmp_path / "run"):
-        pass
-    latent = np.load(tmp_path / "run" / "latents.npy")[:, 0]
-    hinge = np.load(tmp_path / "sim" / "truth" / "coords.npy")[:, 0]
+def test_learned_hinge_is_not_flagged_and_defocus_is(trained_hinge):
+    sim = trained_hinge / "sim"  # the recipe above, simulated and trained once per session (tests/conftest.py)
+    latent = np.load(trained_hinge / "run" / "latents.npy")[:, 0]
+    hinge = np.load(sim / "truth" / "coords.npy")[:, 0]
     assert abs(spearman(latent, hinge)) >= 0.8  # it learned the motion
-    ps = read_particles(sim.particles_star)
+    ps = read_particles(sim / "particles.star")
     defocus = 0.5 * (ps.defocus_u_a + ps.defocus_v_a)
     fake = (defocus - defocus.mean()) / defocus.std() + 0.5 * np.random.default_rng(1).normal(size=len(ps))
     flags = pose_artefacts(particle_table(np.stack([latent, fake], axis=1), ps))

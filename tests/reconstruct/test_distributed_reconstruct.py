@@ -38,7 +38,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _run(sim, out, world: int) -> None:
+def _start(sim, out, world: int) -> list[subprocess.Popen]:
     port = _free_port()
     procs = []
     for rank in range(world):
@@ -51,6 +51,10 @@ def _run(sim, out, world: int) -> None:
                 env.pop(k, None)
         procs.append(subprocess.Popen([sys.executable, "-c", _CHILD, str(sim), str(out)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def _wait(procs: list[subprocess.Popen]) -> None:
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err[-2000:]
@@ -60,8 +64,8 @@ def _run(sim, out, world: int) -> None:
 def test_two_ranks_give_the_half_maps_of_one_process(tmp_path):
     sim = tmp_path / "sim"
     simulate_dataset(sim, n_particles=240, box=24, apix=8.0, snr=1.0, motion="hinge", seed=0)
-    _run(sim, tmp_path / "one", 1)
-    _run(sim, tmp_path / "two", 2)
+    # the single process (one thread) and the two ranks run at the same time: each its own output folder
+    _wait(_start(sim, tmp_path / "one", 1) + _start(sim, tmp_path / "two", 2))
     one = json.loads((tmp_path / "one" / "report.json").read_text())
     two = json.loads((tmp_path / "two" / "report.json").read_text())
     assert one["ranks"] == 1 and two["ranks"] == 2

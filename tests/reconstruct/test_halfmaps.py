@@ -2,7 +2,9 @@
 
 The flow generator is the oracle one (fitted to the simulator's true motion, latents =
 the true coordinates), so this tests the reconstruction itself: the same L-BFGS solver
-with and without the flow, at a box finer than the training box.
+with and without the flow, at a box finer than the training box. The half maps are the
+session's (tests/conftest.py ``oracle_hinge_halfmaps``: 1,500 particles at box 64, flow at
+box 32, 10 iterations), the ones tests/reconstruct/test_moving_domain.py checks inside masks.
 """
 
 from __future__ import annotations
@@ -14,25 +16,16 @@ import pytest
 import torch
 
 from napari_flex3d.io.mrc import read_map
-from napari_flex3d.io.particles import read_particles
-from napari_flex3d.reconstruct.halfmaps import HalfMapDone, ReconstructFinished, ReconstructProgress, solve_half_maps
+from napari_flex3d.reconstruct.halfmaps import HalfMapDone, ReconstructFinished, ReconstructProgress
 from napari_flex3d.reconstruct.validation import masked_fsc
-from napari_flex3d.simulate.dataset import simulate_dataset
-from napari_flex3d.simulate.oracle import domain_mask, true_motion_model
 
-BOX, APIX, TRAIN_BOX = 40, 4.8, 24
+BOX, APIX, TRAIN_BOX, N = 64, 3.0, 32, 1500
 
 
 @pytest.fixture(scope="module")
-def solved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("halfmaps")
-    sim = simulate_dataset(root / "sim", n_particles=800, box=BOX, apix=APIX, snr=1.0, motion="hinge", seed=0)
-    torch.manual_seed(0)
-    model, latents = true_motion_model(root / "sim", box=TRAIN_BOX)
-    ps = read_particles(sim.particles_star)
-    arm = domain_mask(root / "sim", 2, box=BOX)
-    events = list(solve_half_maps(model, latents, ps, root / "rec", masks={"arm": arm}, iterations=8))
-    return root, sim, events, arm
+def solved(oracle_hinge_halfmaps):
+    s = oracle_hinge_halfmaps
+    return s.root, s.root / "sim", s.events, s.masks["arm"]
 
 
 def _read(path):
@@ -48,7 +41,7 @@ def test_writes_the_promised_files_and_reports(solved):
     assert (rec / "fsc.csv").is_file() and (rec / "fsc.png").is_file()
     report = json.loads((rec / "report.json").read_text())
     assert report["box"] == BOX and report["training_box"] == TRAIN_BOX
-    assert report["particles_used"]["A"] + report["particles_used"]["B"] == 800
+    assert report["particles_used"]["A"] + report["particles_used"]["B"] == N
     header = (rec / "fsc.csv").read_text().splitlines()[0].split(",")
     assert {"fsc_flex", "fsc_rigid", "fsc_flex_arm", "fsc_rigid_arm"} <= set(header)
     assert any(isinstance(e, ReconstructProgress) for e in events)
@@ -68,7 +61,7 @@ def test_flex_explains_the_data_better_and_recovers_the_rest_state(solved):
     average = _read(truth / "average.mrc")
     flex = 0.5 * (_read(rec / "flex_half_A.mrc") + _read(rec / "flex_half_B.mrc"))
     rigid = 0.5 * (_read(rec / "rigid_half_A.mrc") + _read(rec / "rigid_half_B.mrc"))
-    shells = slice(4, 14)  # 48 Å to 14 Å, where there is signal
+    shells = slice(4, 14)  # 48 Å to 14 Å (a 192 Å box), where there is signal
     m = torch.as_tensor(arm)
     flex_rest = masked_fsc(flex, rest, APIX, mask=m).curve[shells]
     rigid_rest = masked_fsc(rigid, rest, APIX, mask=m).curve[shells]
@@ -83,6 +76,6 @@ def test_flex_half_maps_are_no_worse_globally_and_correlate_past_training_nyquis
     report = events[-1].report
     flex, rigid = report["maps"]["flex"]["global"], report["maps"]["rigid"]["global"]
     assert flex["fsc_0143_a"] <= rigid["fsc_0143_a"] * 1.05
-    # reconstructing at box 40 from a model trained at box 24 (Nyquist 16 Å)
+    # reconstructing at box 64 from a model trained at box 32 (Nyquist 12 Å)
     assert report["training_nyquist_a"] == pytest.approx(2 * APIX * BOX / TRAIN_BOX)
     assert flex["fsc_0143_a"] < report["training_nyquist_a"]

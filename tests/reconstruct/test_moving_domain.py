@@ -37,11 +37,7 @@ import pytest
 import torch
 
 from napari_flex3d.io.mrc import read_map
-from napari_flex3d.io.particles import read_particles
-from napari_flex3d.reconstruct.halfmaps import solve_half_maps
 from napari_flex3d.reconstruct.validation import masked_fsc
-from napari_flex3d.simulate.dataset import simulate_dataset
-from napari_flex3d.simulate.oracle import domain_mask, true_motion_model
 
 pytestmark = pytest.mark.slow
 
@@ -49,16 +45,13 @@ BOX, APIX, TRAIN_BOX = 64, 3.0, 32
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    root = tmp_path_factory.mktemp("moving_domain")
-    sim = simulate_dataset(root / "sim", n_particles=1500, box=BOX, apix=APIX, snr=1.0, motion="hinge", seed=0)
-    torch.manual_seed(0)
-    model, latents = true_motion_model(root / "sim", box=TRAIN_BOX)
-    masks = {"arm": domain_mask(root / "sim", 2, box=BOX), "body": domain_mask(root / "sim", 0, box=BOX)}
-    ps = read_particles(sim.particles_star)
-    events = list(solve_half_maps(model, latents, ps, root / "rec", masks=masks, iterations=10))
-    table = np.genfromtxt(root / "rec" / "fsc.csv", delimiter=",", names=True)
-    return events[-1].report, table, root, masks
+def report(oracle_hinge_halfmaps):
+    """The session's oracle-flow half maps (tests/conftest.py: this recipe), with their FSC table."""
+    solved = oracle_hinge_halfmaps
+    rep = solved.events[-1].report
+    assert rep["box"] == BOX and rep["training_box"] == TRAIN_BOX and rep["apix"] == pytest.approx(APIX)
+    table = np.genfromtxt(solved.root / "rec" / "fsc.csv", delimiter=",", names=True)
+    return rep, table, solved.root, solved.masks
 
 
 def _read(path) -> torch.Tensor:

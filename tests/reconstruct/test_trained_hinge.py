@@ -33,17 +33,14 @@ import numpy as np
 import pytest
 import torch
 
-from napari_flex3d.config import TrainConfig
 from napari_flex3d.io.mrc import read_map
 from napari_flex3d.io.particles import read_particles
 from napari_flex3d.reconstruct.halfmaps import solve_half_maps
 from napari_flex3d.reconstruct.validation import masked_fsc
-from napari_flex3d.simulate.dataset import simulate_dataset
 from napari_flex3d.simulate.molecule import deform
 from napari_flex3d.simulate.oracle import domain_mask, simulated_molecule
 from napari_flex3d.simulate.render import render_volume
 from napari_flex3d.model.run import load_run
-from napari_flex3d.training.loop import train_run
 from napari_flex3d.evaluate.recovery import spearman
 
 pytestmark = pytest.mark.slow
@@ -52,21 +49,16 @@ BOX, APIX, TRAIN_BOX = 48, 2.0, 24
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained_hinge")
-    sim = simulate_dataset(root / "sim", n_particles=2000, box=BOX, apix=APIX, snr=0.3, motion="hinge", seed=0)
-    config = TrainConfig(
-        particles=str(sim.particles_star), map=str(sim.consensus), out=str(root / "run"), box=TRAIN_BOX,
-        latent_dim=1, epochs=4, warmup_epochs=1, batch=100, kernel="linear", preview_every=0, rigidity_floor=0.5,
-    )
-    for _ in train_run(config, root / "run"):
-        pass
+def trained(trained_hinge, tmp_path_factory):
+    """The session's trained hinge (tests/conftest.py: this module's recipe), its half maps solved here."""
+    root = trained_hinge
     _, _, model = load_run(root / "run", device="cpu")
     latents = torch.as_tensor(np.load(root / "run" / "latents.npy"), dtype=torch.float32)
     arm = domain_mask(root / "sim", 2, box=BOX)
-    ps = read_particles(sim.particles_star)
-    events = list(solve_half_maps(model, latents, ps, root / "rec", masks={"arm": arm}, iterations=6))
-    return root, latents, arm, events[-1].report
+    ps = read_particles(root / "sim" / "particles.star")
+    rec = tmp_path_factory.mktemp("trained_hinge_rec")
+    events = list(solve_half_maps(model, latents, ps, rec, masks={"arm": arm}, iterations=6))
+    return root, latents, arm, events[-1].report, rec
 
 
 def _read(path) -> torch.Tensor:
@@ -74,7 +66,7 @@ def _read(path) -> torch.Tensor:
 
 
 def test_training_found_the_hinge(trained):
-    root, latents, _, _ = trained
+    root, latents, _, _, _ = trained
     coords = np.load(root / "sim" / "truth" / "coords.npy")[:, 0]
     assert abs(spearman(latents[:, 0].numpy(), coords)) >= 0.8
     # the control: the same statistic between the latent and a shuffled truth is near zero
@@ -96,7 +88,7 @@ def _single_states(sim_dir, coords: np.ndarray) -> list[torch.Tensor]:
 
 
 def test_trained_flex_is_a_sharper_state_than_rigid(trained):
-    root, _, arm, _ = trained
+    root, _, arm, _, rec = trained
     edges = np.linspace(-1.0, 1.0, 26)
     coords = 0.5 * (edges[1:] + edges[:-1])  # 25 states, -0.96 to +0.96
     states = _single_states(root / "sim", coords)
@@ -106,7 +98,7 @@ def test_trained_flex_is_a_sharper_state_than_rigid(trained):
     shells = slice(4, 12)  # 24 Å to 8.7 Å: where there is signal
     best, to_average = {}, {}
     for mode in ("flex", "rigid"):
-        v = 0.5 * (_read(root / "rec" / f"{mode}_half_A.mrc") + _read(root / "rec" / f"{mode}_half_B.mrc"))
+        v = 0.5 * (_read(rec / f"{mode}_half_A.mrc") + _read(rec / f"{mode}_half_B.mrc"))
         score = [float(masked_fsc(v, s, APIX, mask=m).curve[shells].mean()) for s in states]
         best[mode] = (max(score), float(coords[int(np.argmax(score))]))
         to_average[mode] = float(masked_fsc(v, average, APIX, mask=m).curve[shells].mean())

@@ -94,14 +94,19 @@ def test_shard_splits_a_batch_into_disjoint_parts_covering_it():
 
 
 def test_two_gloo_ranks_equal_one_process_with_the_same_global_batch(tiny_sim, tiny_config, tmp_path):
+    two = tmp_path / "two"
+    write_config_json(tmp_path / "two.json", _config(tiny_config, tiny_sim, two))
+    procs = _launch(tmp_path / "two.json", world=2)  # the two ranks train while this process trains the reference
     one = tmp_path / "one"
-    events = list(train_run(_config(tiny_config, tiny_sim, one), one))
+    try:
+        events = list(train_run(_config(tiny_config, tiny_sim, one), one))
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
     ref_steps = np.array([[e.epoch, e.step, e.loss, e.data_loss, e.rigidity_loss] for e in events if isinstance(e, ev.StepLoss)])
     ref_val = np.array([[e.epoch, e.val_loss] for e in events if isinstance(e, ev.EpochSummary)])
 
-    two = tmp_path / "two"
-    write_config_json(tmp_path / "two.json", _config(tiny_config, tiny_sim, two))
-    procs = _launch(tmp_path / "two.json", world=2)
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
