@@ -15,6 +15,13 @@ def simulate_small(out_dir: Path, n_particles: int, box: int, motion: str = "hin
 
 
 @pytest.fixture(scope="session")
+def simulate_small_into():
+    """``simulate_small`` for tests that simulate their own size (a fixture, not ``from conftest
+    import``: which ``conftest`` module that names depends on the order pytest collected the folders)."""
+    return simulate_small
+
+
+@pytest.fixture(scope="session")
 def tiny_sim(tmp_path_factory) -> Path:
     """120 hinge particles at box 24: enough to exercise every code path in seconds."""
     out = tmp_path_factory.mktemp("tiny_sim")

@@ -210,11 +210,9 @@ def _peak_tensor_bytes(fn) -> int:
 
 
 @pytest.fixture(scope="module")
-def box40_sim(tmp_path_factory):
-    from conftest import simulate_small
-
+def box40_sim(tmp_path_factory, simulate_small_into):
     out = tmp_path_factory.mktemp("box40")
-    simulate_small(out, n_particles=40, box=40)
+    simulate_small_into(out, n_particles=40, box=40)
     return out
 
 
