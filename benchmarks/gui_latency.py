@@ -316,15 +316,21 @@ def main(argv=None) -> int:
         on_event = train._on_event
         rng = np.random.default_rng(1)
 
+        def explore_click():  # the explorer in use
+            lo, hi = ex._xy.min(axis=0), ex._xy.max(axis=0)
+            ex.click(*(float(v) for v in lo + rng.random(2) * (hi - lo + 1e-3)))
+
+        ex.run_opened.connect(explore_click)
+
         def record(ev):
             on_event(ev)
             if type(ev).__name__ == "CheckpointWritten":  # the epoch's files and previews are in
                 if ex.run is None:
-                    ex.open_run(run_dir)
+                    if not ex.opening:  # as the Open button: read in a worker, clicked once shown
+                        ex.open_run(run_dir, wait=False)
                 else:
                     ex.set_latents(np.asarray(train.latents))
-                lo, hi = ex._xy.min(axis=0), ex._xy.max(axis=0)
-                ex.click(*(float(v) for v in lo + rng.random(2) * (hi - lo + 1e-3)))  # the explorer in use
+                    explore_click()
                 memory.append({"epoch": ev.epoch, "rss_mb": rss_bytes() / 2**20, "layers": len(viewer.layers)})
                 print(f"  after epoch {ev.epoch}: RSS {memory[-1]['rss_mb']:.0f} MB, {memory[-1]['layers']} layers")
 
@@ -378,7 +384,8 @@ def main(argv=None) -> int:
 
     # --- 3. movie export
     if ex.run is None:
-        ex.open_run(run_dir)
+        ex.open_run(run_dir, wait=False)  # as the Open button
+        _wait(app, lambda: ex.run is not None and ex.idle, 600)
     ex.n_frames = args.frames
     _settle(app, timeline)
     monitor.phase("movie")

@@ -261,7 +261,7 @@ def test_idle_waits_for_every_worker_of_the_explorer_and_its_boxes(make_napari_v
         gate.set()
         qtbot.waitUntil(lambda: ex.idle, timeout=60_000)
 
-    check("run_particle_table", lambda: ex.open_run(tiny_run))  # the colour table
+    check("read_particle_table", lambda: ex.open_run(tiny_run))  # the colour table
     check("_norms_job", lambda: ex.open_run(tiny_run))  # the outliers' latent norms
     assert ex.run_table is not None and ex.analysis.outliers.latent_norm is not None
     check("_compute_volume", lambda: ex.show_latent(ex.latents[0]))  # the preview

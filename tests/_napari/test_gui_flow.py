@@ -93,7 +93,8 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
     # --- explore: the run opens with its latents
     ex = LatentExplorerWidget(viewer)
     assert ex.run_dir_text == str(run_dir)  # filled in from the shared session
-    qtbot.mouseClick(ex.open_btn, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(ex.open_btn, Qt.MouseButton.LeftButton)  # the run is read in a worker
+    qtbot.waitUntil(lambda: ex.run is not None, timeout=60_000)
     assert ex.latents.shape == (96, 2) and len(ex._sliders) == 2
     # click a point: a preview then the refined volume appear as a layer
     ex.preview_box = 16

@@ -48,6 +48,14 @@ def colour_columns_of(table, latents: np.ndarray) -> dict[str, np.ndarray]:
     return cols
 
 
+def read_particle_table(run_dir, latents):
+    """Worker: ``analyze.run_table.run_particle_table``, its module imported here (pandas,
+    scipy: 0.4 s on the GUI thread once, measured when a run is opened)."""
+    from ..analyze.run_table import run_particle_table
+
+    return run_particle_table(run_dir, latents)
+
+
 def _bar_pixmap(palette: np.ndarray, width: int = 220, height: int = 12) -> QPixmap:
     """A horizontal colour bar of ``palette (m, 4)`` (the last, missing-value colour left out)."""
     pal = palette[:-1]
@@ -153,15 +161,13 @@ class ExplorerColour:
     # ------------------------------------------------------------------ columns
     def _colour_run_opened(self) -> None:
         """A run was opened: the latent axes at once, the particle table read in a worker."""
-        from ..analyze.run_table import run_particle_table
-
         self.particle_table = self.artefacts = self.run_table = None
         self.colour_columns = {}
         self._set_colour_columns(colour_columns_of(None, self.latents))
         self.artefact_label.setText("")
         self.residual_btn.setEnabled(False)
         self.colour_status.setText("reading the particle table…")
-        self.table_worker = self.background.start(run_particle_table, self.run_dir, self.latents,
+        self.table_worker = self.background.start(read_particle_table, self.run_dir, self.latents,
                                                   returned=self._table_ready, errored=self._table_failed)
 
     def _table_failed(self, exc) -> None:

@@ -2,7 +2,7 @@
 
 State: ``run_dir``, ``latents (n, K)``, ``axes`` (the two axes shown), ``use_pca``,
 ``z (K,)`` (current latent), ``mode`` ("volume" | "path" | "lasso"), ``path (m, K)``,
-``polygon`` (plot coordinates), ``preview_box``. Actions: ``open_run()``,
+``polygon`` (plot coordinates), ``preview_box``. Actions: ``open_run()`` (``run_opened``),
 ``click(x, y)``, ``refine_now()``, ``set_axis_value(k, v)``, ``set_selection(indices, source)`` (with its
 ``selection_changed`` signal), ``colour_by`` / ``colour_range`` / ``add_colour_columns``,
 ``compute_residual()``, ``load_comparison(source)``, ``open_3d_view()``, ``play_path()``,
@@ -53,11 +53,24 @@ __all__ = ["LatentExplorerWidget", "VOLUME_LAYER"]
 SIGMA_RANGE = 1.5  # an axis movie spans the mean +- this many standard deviations, as `flex3d generate --axis`
 
 
+def load_run(run_dir):
+    """The run's ``explore.generate.RunVolumes`` (config, model, latents read): a worker's job,
+    which imports the library (torch) too."""
+    from ..explore.generate import RunVolumes
+
+    run = RunVolumes(run_dir)
+    if run.latents.ndim != 2 or len(run.latents) == 0:
+        raise ValueError(f"the run has no latents to plot (shape {run.latents.shape})")
+    return run
+
+
 class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePreview, ExplorerExports, QWidget):
     """Scatter of the latents, one slider per axis, paths, movies, series and subsets."""
 
     #: the selected particles' indices (``np.ndarray``) or ``None``, after every ``set_selection``
     selection_changed = Signal(object)
+    #: a run was opened and its latents are shown (``open_run``)
+    run_opened = Signal()
 
     def __init__(self, napari_viewer, parent=None):
         super().__init__(parent)
@@ -115,6 +128,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self._play_frames: np.ndarray | None = None
         self._play_i = 0
         self.worker = None
+        self._open_seq = self._open_done = 0  # open_run's requests asked for / answered
         self.background = Background()  # every worker the explorer and its boxes start, but the LatestOnly ones
 
     def _build_run_box(self) -> QGroupBox:
@@ -122,7 +136,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         form = QFormLayout(box)
         self._run_edit = QLineEdit()
         self.open_btn = QPushButton("Open")
-        self.open_btn.clicked.connect(lambda: self.open_run())  # not clicked(bool) into run_dir
+        self.open_btn.clicked.connect(lambda: self.open_run(wait=False))  # read in a worker; not clicked(bool)
         form.addRow("run folder", hbox_row(self._run_edit, self.open_btn))
         self.info_label = QLabel("no run open")
         self.info_label.setWordWrap(True)
@@ -189,18 +203,52 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
             self.run_dir_text = str(self.session.run_dir)
 
     # ------------------------------------------------------------------ run
-    def open_run(self, run_dir=None) -> None:
-        """Open a trained run (``run_dir`` or the folder typed in the box) and plot its latents."""
-        from ..explore.generate import RunVolumes
+    def open_run(self, run_dir=None, wait: bool = True) -> None:
+        """Open a trained run (``run_dir`` or the folder typed in the box) and plot its latents.
 
+        The run (config, model, latents) is read by :func:`load_run`: here with ``wait``
+        (scripts, tests), else in a worker (the Open button), counted in ``idle``; the GUI
+        thread then only swaps it in. The last open asked for wins: a read still running
+        when another starts is dropped when it returns. ``run_opened`` is emitted once the
+        run is shown; a folder that cannot be opened says why in the widget.
+        """
         if run_dir is not None:
             self.run_dir_text = str(run_dir)
-        try:
-            self.run = RunVolumes(self.run_dir_text)
-        except Exception as exc:
-            show_error(f"napari-flex3d: cannot open run {self.run_dir_text!r}: {exc}")
+        path = self.run_dir_text
+        self._open_seq += 1
+        seq = self._open_seq
+        if wait:
+            try:
+                run = load_run(path)
+            except Exception as exc:  # noqa: BLE001 - any reason becomes the widget's message
+                self._open_failed(seq, path, exc)
+                return
+            self._run_loaded(seq, path, run)
             return
-        self.run_dir = Path(self.run_dir_text)
+        self.info_label.setText(f"opening {path}…")
+        self.background.start(load_run, path, returned=lambda run: self._run_loaded(seq, path, run),
+                              errored=lambda exc: self._open_failed(seq, path, exc, shown=True))
+
+    @property
+    def opening(self) -> bool:
+        """A run is being read in a worker (the last ``open_run(..., wait=False)`` has not returned)."""
+        return self._open_seq != self._open_done
+
+    def _open_failed(self, seq: int, path: str, exc: BaseException, shown: bool = False) -> None:
+        if seq != self._open_seq:
+            return  # another open was asked for meanwhile
+        self._open_done = seq
+        message = f"cannot open run {path!r}: {exc}"
+        self.info_label.setText(message if self.run is None else f"{message} (still showing {self.run_dir})")
+        if not shown:  # a worker's error is shown by start_worker
+            show_error(f"napari-flex3d: {message}")
+
+    def _run_loaded(self, seq: int, path: str, run) -> None:
+        if seq != self._open_seq:
+            return  # another open was asked for meanwhile: the last one wins
+        self._open_done = seq
+        self.run = run
+        self.run_dir = Path(path)
         self.set_latents(self.run.latents)
         self._colour_run_opened()
         self._compare_run_opened()
@@ -209,6 +257,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
         )
         self.prepare_view()  # a slow 3D canvas: the surface layer added now, not at the first click
+        self.run_opened.emit()
 
     def open_3d_view(self, viewer=None):
         """The latents in 3D (``_latent3d``) in ``viewer`` (default a new napari viewer); K >= 3."""
