@@ -40,7 +40,7 @@ def test_gui_and_cli_axis_series_are_the_same_maps_and_movie_frames(make_napari_
     np.testing.assert_array_equal(ex.movie_images, to_uint8(projection_images(volumes)))
 
 
-def test_open_reads_the_run_in_a_worker_and_the_last_open_wins(make_napari_viewer, qtbot, random_flow_run, tmp_path,
+def test_open_reads_the_run_in_a_worker_and_the_last_open_wins(make_napari_viewer, qtbot, artefact_run, tmp_path,
                                                               monkeypatch):
     """The Open button returns while the run is still being read (held in its worker by a gate),
     the latents appear once it returns; a second open while one is read wins over it; a folder
@@ -52,12 +52,14 @@ def test_open_reads_the_run_in_a_worker_and_the_last_open_wins(make_napari_viewe
     from napari_flex3d._napari._explore_widget import LatentExplorerWidget
     from napari_flex3d.explore import generate
 
+    run_dir = artefact_run.run_dir
+    n, k = artefact_run.latents.shape
     gate, threads = threading.Event(), []
 
     class HeldRunVolumes(generate.RunVolumes):
         def __init__(self, run_dir, device="cpu"):
             threads.append(threading.current_thread())
-            if str(run_dir) == str(random_flow_run):
+            if str(run_dir) == str(run_dir):
                 assert gate.wait(60)  # the GUI thread would never get past the click
             super().__init__(run_dir, device)
 
@@ -65,31 +67,31 @@ def test_open_reads_the_run_in_a_worker_and_the_last_open_wins(make_napari_viewe
     ex = LatentExplorerWidget(make_napari_viewer())
     opened = []
     ex.run_opened.connect(lambda: opened.append(ex.run_dir))
-    ex.run_dir_text = str(random_flow_run)
+    ex.run_dir_text = str(run_dir)
     qtbot.mouseClick(ex.open_btn, Qt.MouseButton.LeftButton)
     assert ex.opening and not ex.idle and ex.latents is None and ex.run is None  # still reading
     assert "opening" in ex.info_label.text()
     gate.set()
     qtbot.waitUntil(lambda: ex.idle, timeout=60_000)
     assert threads and threads[0] is not threading.main_thread()
-    assert not ex.opening and opened == [random_flow_run] and ex.latents.shape == (30, K)
-    assert ex.info_label.text().startswith("30 particles, K = 2")
+    assert not ex.opening and opened == [run_dir] and ex.latents.shape == (n, k)
+    assert ex.info_label.text().startswith(f"{n} particles, K = {k}")
     first = ex.run
 
     # an open still reading when another is asked for is dropped: the last one wins
     gate.clear()
-    ex.open_run(random_flow_run, wait=False)
+    ex.open_run(run_dir, wait=False)
     ex.run_dir_text = str(tmp_path / "not_a_run")
     qtbot.mouseClick(ex.open_btn, Qt.MouseButton.LeftButton)
     gate.set()
     qtbot.waitUntil(lambda: ex.idle, timeout=60_000)
-    assert ex.run is first and opened == [random_flow_run] and ex.run_dir == random_flow_run
+    assert ex.run is first and opened == [run_dir] and ex.run_dir == run_dir
     assert "cannot open run" in ex.info_label.text() and "not_a_run" in ex.info_label.text()
 
     # the programmatic open waits, and a bad folder is a message there too
     ex2 = LatentExplorerWidget(make_napari_viewer())
     ex2.open_run(tmp_path / "not_a_run")
     assert ex2.run is None and ex2.info_label.text().startswith("cannot open run")
-    ex2.open_run(random_flow_run)
-    assert ex2.latents.shape == (30, K) and ex2.run_dir == random_flow_run  # at once, no event loop
+    ex2.open_run(run_dir)
+    assert ex2.latents.shape == (n, k) and ex2.run_dir == run_dir  # at once, no event loop
     qtbot.waitUntil(lambda: ex.idle and ex2.idle, timeout=60_000)  # the particle tables' workers

@@ -92,7 +92,7 @@ def test_training_with_previews_never_freezes_and_stays_flat(make_napari_viewer,
     assert ex.shown_as == "surface", ex.shown_as
 
     # a 3D frame here takes seconds: the previews were shown as thumbnails and their layers wait
-    assert not train.budget.affordable()
+    assert not train.budget.affords_volumes()
     assert train.preview_panel.caption.text().startswith(f"epoch {EPOCHS}")
     assert train.pending_previews is not None and train.preview_panel.update_btn.isEnabled()
     qtbot.mouseClick(train.preview_panel.update_btn, Qt.MouseButton.LeftButton)

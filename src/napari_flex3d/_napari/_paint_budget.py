@@ -62,6 +62,16 @@ class PaintBudget:
             return not self.software_gl
         return max(self.frame_ms) < budget_ms
 
+    def affords_volumes(self, budget_ms: float = BUDGET_MS) -> bool:
+        """True if volume layers can be added or swapped now without a slow frame: a 2D canvas,
+        or a 3D one whose recent frames were cheap and that does not ray-cast on the CPU. Recent
+        frames alone do not tell: a 3D scene of surfaces paints fast under software OpenGL, and
+        the first volume added to it then takes seconds a frame."""
+        viewer = self._viewer()
+        if viewer is None or viewer.dims.ndisplay == 2:
+            return True
+        return self.affordable(budget_ms) and not self.volumes_slow(budget_ms)
+
     @property
     def software_gl(self) -> bool:
         """True if the canvas rasterises on the CPU (known after its first frame)."""

@@ -219,7 +219,7 @@ class ReconstructWidget(Preloads, WorkerControls, QWidget):
         for name, (freq, curve) in self.curves.items():
             self.fsc_plot.set_curve(name, freq, curve)
         self.pending_maps = result["maps"]
-        if self.budget.affordable():
+        if self.budget.affords_volumes():
             self.show_maps()
         lines = []
         for mode, entry in report.get("maps", {}).items():

@@ -435,7 +435,7 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
 
     def _on_previews_ready(self, prepared) -> None:
         self.preview_panel.show_thumbnails(prepared)
-        if self.budget.affordable():
+        if self.budget.affords_volumes():
             swap_into_layers(self.viewer, prepared)
             self.pending_previews = None
         else:  # a repaint would freeze the window for seconds: the user chooses when
