@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
-import sys
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: on a shared 2-core machine spinning
@@ -13,21 +11,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def _keep_freed_memory() -> None:
-    """glibc gives large freed blocks back to the OS and page-faults fresh ones in on the next
-    allocation: the half-map solver's per-chunk temporaries (over 32 MB) then cost about 1.8 M
-    minor faults and half as much system time as compute (measured on 800 particles at box 40,
-    3 iterations: user 7.5-8.3 s, sys 4.7-5.0 s; kept in the heap, sys 0.3 s). Keep blocks up to
-    1 GiB in the heap: in this process (mallopt) and in the processes tests start (glibc reads
-    the environment at start). Nothing else changes: the same arrays, the same arithmetic."""
-    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(1 << 30))
-    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
-    if sys.platform.startswith("linux"):
-        try:
-            libc = ctypes.CDLL("libc.so.6")
-            libc.mallopt(-3, 1 << 30)  # M_MMAP_THRESHOLD
-            libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-        except (OSError, AttributeError):  # not glibc: its defaults
-            pass
+    """What ``flex3d`` does at its start (``napari_flex3d._process``), for pytest itself and the
+    processes tests start: freed blocks up to 1 GiB stay in glibc's heap (the half-map solver's
+    per-chunk temporaries were page-faulted in again each chunk; the same arrays and arithmetic)."""
+    from napari_flex3d._process import keep_freed_memory
+
+    keep_freed_memory()
 
 
 _keep_freed_memory()

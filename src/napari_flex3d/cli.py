@@ -386,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import warnings
 
+    from ._process import keep_freed_memory
+
+    keep_freed_memory()  # the solver's and the residual's chunk temporaries are reused, not page-faulted in again
+
     python_format, warnings.formatwarning = warnings.formatwarning, one_line_warning(args.command)
     try:
         return int(args.func(args) or 0)
