@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-
-def _wait(app, condition, timeout_s: float = 120) -> None:
-    t0 = time.perf_counter()
-    while not condition():
-        app.processEvents()
-        time.sleep(0.02)
-        if time.perf_counter() - t0 > timeout_s:
-            raise TimeoutError("timed out")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_screenshots import _wait  # noqa: E402
 
 
 def _png(rgb: np.ndarray, path: Path) -> Path:
@@ -114,16 +109,16 @@ def main(argv=None) -> None:
         ex.resize(460, 1060)
         ex.show()
         ex.open_run(run_dir)
-        _wait(app, lambda: ex.run_table is not None)
+        _wait(app, lambda: ex.run_table is not None, 120, "the particle table")
         ex.colour_by = "defocus_a"
-        _wait(app, lambda: ex.idle)
+        _wait(app, lambda: ex.idle, 120, "the explorer's workers")
         app.processEvents()
         ex.resize(460, ex.sizeHint().height())
         app.processEvents()
         _png(_grab(ex), args.out / "explore_colour.png")
 
         ex.load_comparison(f"{other}::rlnDynaLatent")
-        _wait(app, lambda: ex.compare_worker is None)
+        _wait(app, lambda: ex.compare_worker is None, 120, "the comparison")
         ex.axes = (1, 2)
         app.processEvents()
         ex.resize(460, ex.sizeHint().height())
@@ -138,7 +133,6 @@ def main(argv=None) -> None:
         lo, hi = view.box
         view.box = (np.array([0.5, lo[1], lo[2]]), hi)  # the high-defocus end of z0
         view.select_box()
-        _wait(app, lambda: True)
         for _ in range(20):
             app.processEvents()
             time.sleep(0.05)

@@ -21,16 +21,15 @@ KEEP_FREED_BYTES = 1 << 30  # freed blocks up to 1 GiB stay in the heap
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 
 
-def keep_freed_memory(limit: int = KEEP_FREED_BYTES, children: bool = True) -> bool:
-    """Keep freed blocks up to ``limit`` bytes in this process's heap (glibc ``mallopt``); with
-    ``children``, also in the processes it starts (glibc reads ``MALLOC_*_THRESHOLD_`` at start).
+def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
+    """Keep freed blocks up to ``limit`` bytes in this process's heap (glibc ``mallopt``) and in the
+    processes it starts (glibc reads ``MALLOC_*_THRESHOLD_`` at their start).
     Returns False where the C library is not glibc (its defaults stay) or where the environment
     says ``FLEX3D_KEEP_FREED_MEMORY=0`` (resident memory then falls back sooner after a peak)."""
     if os.environ.get("FLEX3D_KEEP_FREED_MEMORY", "1") == "0":
         return False
-    if children:
-        os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(limit))
-        os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(limit))
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(limit))
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(limit))
     if not sys.platform.startswith("linux"):
         return False
     try:

@@ -65,15 +65,13 @@ def report_command(run_dir, out_dir, clusters="auto") -> list[str]:
                         clusters=None if clusters == "auto" else int(clusters), device="cpu")
 
 
-def run_inputs(run_dir, n_latents: int, moved_to: str = ""):
-    """Worker: ``(TrainConfig, ParticleSet)`` of a run, the particles it trained on (its settings'
-    file cut to its half set and limit, as ``flex3d analyze`` reads them), one per latent row.
-    ``moved_to``: the same particles' file elsewhere (the Data widget's), read when the run's
-    own file cannot be (a moved project)."""
+def run_inputs(config, n_latents: int, moved_to: str = ""):
+    """Worker: ``(config, ParticleSet)`` of a run trained with ``config`` (its ``TrainConfig``),
+    the particles it trained on (its settings' file cut to its half set and limit, as
+    ``flex3d analyze`` reads them), one per latent row. ``moved_to``: the same particles' file
+    elsewhere (the Data widget's), read when the run's own file cannot be (a moved project)."""
     from ..analyze.pipeline import read_run_particles
-    from ..model.run import load_run
 
-    config = load_run(run_dir).config
     try:
         ps, path = read_run_particles(config)
     except (OSError, ValueError):
@@ -180,13 +178,8 @@ class AnalysisBox(QGroupBox):
     def n_clusters(self, value) -> None:
         self.clusters_combo.setCurrentIndex(0 if value == "auto" else CLUSTER_CHOICES.index(str(int(value))))
 
-    @property
-    def show_density(self) -> bool:
-        return self.density_check.isChecked()
-
-    @show_density.setter
-    def show_density(self, value: bool) -> None:
-        self.density_check.setChecked(bool(value))
+    show_density = property(lambda self: self.density_check.isChecked(),
+                            lambda self, v: self.density_check.setChecked(bool(v)))
 
     @property
     def idle(self) -> bool:
@@ -292,7 +285,7 @@ class AnalysisBox(QGroupBox):
             then(*result)
 
         self.cluster_label.setText(reading)
-        ex.background.start(run_inputs, ex.run_dir, len(ex.latents), ex.session.particles_path, returned=done,
+        ex.background.start(run_inputs, ex.run.config, len(ex.latents), ex.session.particles_path, returned=done,
                             errored=lambda exc: self.cluster_label.setText(f"cannot read the run's particles: {exc}"))
 
     # ------------------------------------------------------------------ clusters

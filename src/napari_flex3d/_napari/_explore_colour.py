@@ -48,12 +48,12 @@ def colour_columns_of(table, latents: np.ndarray) -> dict[str, np.ndarray]:
     return cols
 
 
-def read_particle_table(run_dir, latents):
+def read_particle_table(run_dir, config, latents):
     """Worker: ``analyze.run_table.run_particle_table``, its module imported here (pandas,
     scipy: 0.4 s on the GUI thread once, measured when a run is opened)."""
     from ..analyze.run_table import run_particle_table
 
-    return run_particle_table(run_dir, latents)
+    return run_particle_table(run_dir, config, latents)
 
 
 def _bar_pixmap(palette: np.ndarray, width: int = 220, height: int = 12) -> QPixmap:
@@ -167,7 +167,7 @@ class ExplorerColour:
         self.artefact_label.setText("")
         self.residual_btn.setEnabled(False)
         self.colour_status.setText("reading the particle table…")
-        self.table_worker = self.background.start(read_particle_table, self.run_dir, self.latents,
+        self.table_worker = self.background.start(read_particle_table, self.run_dir, self.run.config, self.latents,
                                                   returned=self._table_ready, errored=self._table_failed)
 
     def _table_failed(self, exc) -> None:

@@ -142,21 +142,10 @@ class OutlierPanel(QWidget):
         layout.addWidget(self.outlier_label)
 
     # ------------------------------------------------------------------ state
-    @property
-    def residual_threshold(self) -> float:
-        return float(self.residual_plot.line.value())
-
-    @residual_threshold.setter
-    def residual_threshold(self, value: float) -> None:
-        self.residual_plot.line.setValue(float(value))
-
-    @property
-    def norm_threshold(self) -> float:
-        return float(self.norm_plot.line.value())
-
-    @norm_threshold.setter
-    def norm_threshold(self, value: float) -> None:
-        self.norm_plot.line.setValue(float(value))
+    residual_threshold = property(lambda self: float(self.residual_plot.line.value()),
+                                  lambda self, v: self.residual_plot.line.setValue(float(v)))
+    norm_threshold = property(lambda self: float(self.norm_plot.line.value()),
+                              lambda self, v: self.norm_plot.line.setValue(float(v)))
 
     @property
     def idle(self) -> bool:

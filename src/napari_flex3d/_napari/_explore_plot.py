@@ -141,13 +141,7 @@ class LatentPlot:
         self.axis_x.setCurrentIndex(int(value[0]))
         self.axis_y.setCurrentIndex(int(value[1]))
 
-    @property
-    def use_pca(self) -> bool:
-        return self.pca_check.isChecked()
-
-    @use_pca.setter
-    def use_pca(self, value: bool) -> None:
-        self.pca_check.setChecked(bool(value))
+    use_pca = property(lambda self: self.pca_check.isChecked(), lambda self, v: self.pca_check.setChecked(bool(v)))
 
     def set_latents(self, latents: np.ndarray) -> None:
         """Show ``latents (n, K)``: axes menus, sliders (±3 std of each axis), the scatter."""

@@ -53,7 +53,7 @@ __all__ = ["LatentExplorerWidget", "VOLUME_LAYER"]
 SIGMA_RANGE = 1.5  # an axis movie spans the mean +- this many standard deviations, as `flex3d generate --axis`
 
 
-def load_run(run_dir):
+def read_run_volumes(run_dir):
     """The run's ``explore.generate.RunVolumes`` (config, model, latents read): a worker's job,
     which imports the library (torch) too."""
     from ..explore.generate import RunVolumes
@@ -206,7 +206,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
     def open_run(self, run_dir=None, wait: bool = True) -> None:
         """Open a trained run (``run_dir`` or the folder typed in the box) and plot its latents.
 
-        The run (config, model, latents) is read by :func:`load_run`: here with ``wait``
+        The run (config, model, latents) is read by :func:`read_run_volumes`: here with ``wait``
         (scripts, tests), else in a worker (the Open button), counted in ``idle``; the GUI
         thread then only swaps it in. The last open asked for wins: a read still running
         when another starts is dropped when it returns. ``run_opened`` is emitted once the
@@ -219,14 +219,14 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         seq = self._open_seq
         if wait:
             try:
-                run = load_run(path)
+                run = read_run_volumes(path)
             except Exception as exc:  # noqa: BLE001 - any reason becomes the widget's message
                 self._open_failed(seq, path, exc)
                 return
             self._run_loaded(seq, path, run)
             return
         self.info_label.setText(f"opening {path}…")
-        self.background.start(load_run, path, returned=lambda run: self._run_loaded(seq, path, run),
+        self.background.start(read_run_volumes, path, returned=lambda run: self._run_loaded(seq, path, run),
                               errored=lambda exc: self._open_failed(seq, path, exc, shown=True))
 
     @property

@@ -126,13 +126,7 @@ class Latent3DView(QWidget):
             combo.blockSignals(False)
         self._rebuild()
 
-    @property
-    def use_pca(self) -> bool:
-        return self.pca_check.isChecked()
-
-    @use_pca.setter
-    def use_pca(self, value: bool) -> None:
-        self.pca_check.setChecked(bool(value))
+    use_pca = property(lambda self: self.pca_check.isChecked(), lambda self, v: self.pca_check.setChecked(bool(v)))
 
     @property
     def box(self) -> tuple[np.ndarray, np.ndarray]:

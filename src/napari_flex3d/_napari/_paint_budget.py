@@ -70,7 +70,7 @@ class PaintBudget:
         viewer = self._viewer()
         if viewer is None or viewer.dims.ndisplay == 2:
             return True
-        return self.affordable(budget_ms) and not self.volumes_slow(budget_ms)
+        return self.affordable(budget_ms) and not self.software_gl
 
     @property
     def software_gl(self) -> bool:

@@ -98,7 +98,7 @@ def analyze_run(run_dir, out_dir=None, *, particles=None, clusters="auto", compa
             head = read_header(labels)
             require_same_extent(f"{labels}: label volume", (head.nz, head.ny, head.nx), float(head.voxel_size_xyz[0]),
                                 volumes.box, volumes.apix)
-        config = _config(run_dir)
+        config = volumes.config
         ps, particle_file = read_run_particles(config, particles, run_dir, log=say)
         z = volumes.latents.astype(np.float64)
         if len(z) != len(ps):
@@ -154,12 +154,6 @@ class _Clock:
         wall = {k: round(v, 3) for k, v in self.wall.items()} | {"total": round(time.perf_counter() - self._start[0], 3)}
         cpu = {k: round(v, 3) for k, v in self.cpu.items()} | {"total": round(time.process_time() - self._start[1], 3)}
         return wall, cpu
-
-
-def _config(run_dir: Path):
-    from ..model.run import load_run
-
-    return load_run(run_dir).config
 
 
 def _artefacts(table, out, threshold, summary) -> list:

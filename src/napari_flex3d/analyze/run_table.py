@@ -54,17 +54,16 @@ def saved_residual(run_dir, latents: np.ndarray) -> tuple[np.ndarray | None, str
     return saved["residual"].to_numpy(np.float64), str(path)
 
 
-def run_particle_table(run_dir, latents: np.ndarray, particles=None,
+def run_particle_table(run_dir, config, latents: np.ndarray, particles=None,
                        threshold: float = ARTEFACT_SPEARMAN) -> RunTable:
-    """The particle table of the run in ``run_dir`` for ``latents (n, K)`` (its rows).
+    """The particle table of the run in ``run_dir`` (trained with ``config``, its ``TrainConfig``)
+    for ``latents (n, K)`` (its rows).
 
     ``particles``: the run's particle file when it moved (the same rows). Raises
     ``ValueError`` when the particles and the latents differ in number.
     """
-    from ..model.run import load_run
     from .pipeline import read_run_particles
 
-    config = load_run(run_dir).config
     ps, particle_file = read_run_particles(config, particles)
     z = np.asarray(latents, np.float64)
     if len(z) != len(ps):

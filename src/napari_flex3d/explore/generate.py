@@ -26,9 +26,15 @@ __all__ = [
 def load_generator(run_dir, device="cpu"):
     """``(model, latents (n, K) tensor)`` of a run, the model at the run's final band limit."""
     from ..model.run import load_run
+
+    return _generator(load_run(run_dir, device), run_dir)
+
+
+def _generator(run, run_dir):
+    """``(model, latents)`` of a loaded ``model.run.Run``: the model at its final band limit, in eval mode."""
     from ..training.schedule import band_limit
 
-    config, state, model = load_run(run_dir, device)
+    config, state, model = run
     band = band_limit(int(state["epoch"]), config.epochs, config.band_start, config.band_end, config.band_ramp_epochs)
     model.max_freq_px = band * model.box / 2
     model.eval()
@@ -50,11 +56,16 @@ def _resize(vol: torch.Tensor, apix: float, box: int | None) -> tuple[np.ndarray
 
 
 class RunVolumes:
-    """A trained run loaded once, for many volumes: ``latents (n, K)`` float32, ``box``, ``apix``."""
+    """A trained run loaded once, for many volumes: ``latents (n, K)`` float32, ``box``, ``apix``,
+    ``config`` (its ``TrainConfig``)."""
 
     def __init__(self, run_dir, device="cpu"):
+        from ..model.run import load_run
+
         self.run_dir = Path(run_dir)
-        self.model, latents = load_generator(run_dir, device)
+        run = load_run(run_dir, device)  # the checkpoint read once: its settings are kept too
+        self.config = run.config
+        self.model, latents = _generator(run, run_dir)
         self.latents = latents.cpu().numpy().astype(np.float32)
         self.box = int(self.model.box)
         self.apix = float(self.model.apix)
