@@ -99,62 +99,80 @@ def variability_latents(
         micro: the run's :class:`~.micro_batch.MicroBatchState` (or ``RunState``): batches in its
             micro-batches, halved on out-of-memory; ``None``: each batch whole.
     """
-    from ..model.canonical import bandlimit
-
-    box = model.box
-    max_freq_px = band * box / 2
-    saved = model.max_freq_px
-    model.max_freq_px = max_freq_px
-    n_vox = model.canonical.n_voxels
-    gen = torch.Generator().manual_seed(seed)
-    basis = torch.randn(latent_dim, n_vox, generator=gen).to(model.canonical.values)  # (K, n_vox)
-
-    def orthonormal_bandlimited(u: torch.Tensor) -> torch.Tensor:
-        full = model.canonical.to_volume(u)  # (K, N, N, N)
-        u = model.canonical.from_full(bandlimit(full, max_freq_px))  # (K, n_vox)
-        q, _ = torch.linalg.qr(u.T)  # (n_vox, K)
-        return q.T.contiguous()
-
-    basis = orthonormal_bandlimited(basis)
-
-    def fit(batch: dict) -> torch.Tensor:  # this piece's sum_i c_ik A_i^T W r_i: (K, n_vox)
-        resid, w, s = _residuals(model, batch, spectra, max_freq_px)
-        u = basis.clone().requires_grad_(True)
-        proj = [s[:, None, None] * _project(model, u[k], batch) for k in range(latent_dim)]  # K x (b, N, N//2+1)
-        coeff = torch.stack([_inner(resid, p.detach(), w) for p in proj], dim=1)  # (b, K)
-        objective = sum((coeff[:, k] * _inner(resid, proj[k], w)).sum() for k in range(latent_dim))
-        (grad,) = torch.autograd.grad(objective, [u])  # sum_i c_ik A_i^T W r_i = C U
-        return grad
-
-    @torch.no_grad()
-    def solve(batch: dict) -> tuple[np.ndarray, np.ndarray]:  # this piece's (b (b, K), gram (b, K, K))
-        resid, w, s = _residuals(model, batch, spectra, max_freq_px)
-        proj = [s[:, None, None] * _project(model, basis[k], batch) for k in range(latent_dim)]
-        rhs = torch.stack([_inner(resid, p, w) for p in proj], 1)  # (b, K)
-        gram = torch.stack([torch.stack([_inner(p, q, w) for q in proj], 1) for p in proj], 1)  # (b, K, K)
-        return rhs.double().cpu().numpy(), gram.double().cpu().numpy()
-
+    max_freq_px = band * model.box / 2
+    saved, model.max_freq_px = model.max_freq_px, max_freq_px
     try:
+        gen = torch.Generator().manual_seed(seed)
+        start = torch.randn(latent_dim, model.canonical.n_voxels, generator=gen).to(model.canonical.values)  # (K, n_vox)
+        basis = _orthonormal_bandlimited(model, start, max_freq_px)
         for _ in range(iterations):
-            new = torch.zeros_like(basis)
-            for _, batch in batches():
-                for grad in _in_pieces(micro, batch, fit):
-                    new += grad
-            basis = orthonormal_bandlimited(new)
-        rows, rhs, grams = [], [], []
-        for idx, batch in (final_batches or batches)():
-            for b_piece, g_piece in _in_pieces(micro, batch, solve):
-                rhs.append(b_piece)
-                grams.append(g_piece)
-            rows.append(np.asarray(idx))
+            basis = _power_iteration(model, basis, batches, spectra, max_freq_px, micro)
+        b, gram = _normal_equations(model, basis, final_batches or batches, spectra, max_freq_px, micro)
     finally:
         model.max_freq_px = saved
+    return _standardised(coefficients_map(b, gram))
+
+
+def _orthonormal_bandlimited(model, u: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+    """``u (K, n_vox)`` band-limited to ``max_freq_px`` and made orthonormal: ``(K, n_vox)``."""
+    from ..model.canonical import bandlimit
+
+    full = model.canonical.to_volume(u)  # (K, N, N, N)
+    u = model.canonical.from_full(bandlimit(full, max_freq_px))  # (K, n_vox)
+    q, _ = torch.linalg.qr(u.T)  # (n_vox, K)
+    return q.T.contiguous()
+
+
+def _power_iteration(model, basis: torch.Tensor, batches, spectra: torch.Tensor, max_freq_px: float, micro):
+    """One block power iteration: ``orth(sum_i A_i^T W r_i r_i^T W A_i U)`` over ``batches``, ``(K, n_vox)``."""
+    new = torch.zeros_like(basis)
+    for _, batch in batches():
+        for grad in _in_pieces(micro, batch, lambda piece: _residual_pull(model, basis, piece, spectra, max_freq_px)):
+            new += grad
+    return _orthonormal_bandlimited(model, new, max_freq_px)
+
+
+def _residual_pull(model, basis: torch.Tensor, batch: dict, spectra: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+    """A batch's ``sum_i c_ik A_i^T W r_i`` with ``c_ik = (A_i U_k)^T W r_i``: ``(K, n_vox)``, the
+    adjoint by autograd through the projection."""
+    resid, w, s = _residuals(model, batch, spectra, max_freq_px)
+    u = basis.clone().requires_grad_(True)
+    proj = [s[:, None, None] * _project(model, u_k, batch) for u_k in u]  # K x (b, N, N//2+1)
+    coeff = torch.stack([_inner(resid, p.detach(), w) for p in proj], dim=1)  # (b, K)
+    objective = sum((coeff[:, k] * _inner(resid, p, w)).sum() for k, p in enumerate(proj))
+    (grad,) = torch.autograd.grad(objective, [u])  # sum_i c_ik A_i^T W r_i = C U
+    return grad
+
+
+@torch.no_grad()
+def _projections_and_gram(model, basis: torch.Tensor, batch: dict, spectra: torch.Tensor, max_freq_px: float):
+    """A batch's ``b (b, K)`` (projected volumes against the residual) and ``gram (b, K, K)``, float64."""
+    resid, w, s = _residuals(model, batch, spectra, max_freq_px)
+    proj = [s[:, None, None] * _project(model, u_k, batch) for u_k in basis]
+    rhs = torch.stack([_inner(resid, p, w) for p in proj], 1)  # (b, K)
+    gram = torch.stack([torch.stack([_inner(p, q, w) for q in proj], 1) for p in proj], 1)  # (b, K, K)
+    return rhs.double().cpu().numpy(), gram.double().cpu().numpy()
+
+
+def _normal_equations(model, basis: torch.Tensor, batches, spectra: torch.Tensor, max_freq_px: float, micro):
+    """Every particle's ``b (n, K)`` and ``gram (n, K, K)`` on ``basis``, in the rows of ``batches``' ``idx``."""
+    rows, rhs, grams = [], [], []
+    for idx, batch in batches():
+        for b_piece, g_piece in _in_pieces(micro, batch, lambda piece: _projections_and_gram(
+                model, basis, piece, spectra, max_freq_px)):
+            rhs.append(b_piece)
+            grams.append(g_piece)
+        rows.append(np.asarray(idx))
     order = np.concatenate(rows)
-    b = np.empty((len(order), latent_dim))
-    g = np.empty((len(order), latent_dim, latent_dim))
-    b[order], g[order] = np.concatenate(rhs), np.concatenate(grams)
-    z = coefficients_map(b, g)
-    z -= z.mean(0)
+    k = basis.shape[0]
+    b, gram = np.empty((len(order), k)), np.empty((len(order), k, k))
+    b[order], gram[order] = np.concatenate(rhs), np.concatenate(grams)
+    return b, gram
+
+
+def _standardised(z: np.ndarray) -> np.ndarray:
+    """``z (n, K)`` centred and scaled to unit spread per axis (an axis without spread: centred only), float32."""
+    z = z - z.mean(0)
     z /= np.where(z.std(0) > 0, z.std(0), 1.0)
     return z.astype(np.float32)
 
