@@ -8,7 +8,9 @@ their CPU time went to the kernel: ``flex3d reconstruct`` of 600 particles, 3 it
 kept, 11.5-12.3 s wall against 15.7-17.2 s, the same peak memory (0.90-0.95 GB), the same maps
 (``benchmarks/RESULTS.md``, table malloc; ``benchmarks/malloc.py``). Kept blocks stay in the heap for reuse: a process's
 resident memory then falls back more slowly after a peak, which a command line that ends does not
-mind and which the napari process is not given (it calls nothing here).
+mind and which the napari process is not given (it calls nothing here). :func:`release_freed_memory` returns
+them at once: the training loop calls it at every epoch's end, so a long run in the napari process
+does not hold its largest epoch's freed blocks (``benchmarks/RESULTS.md``, table gui_latency).
 """
 
 from __future__ import annotations
@@ -37,3 +39,44 @@ def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
         return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
     except (OSError, AttributeError):  # musl or another C library: no mallopt
         return False
+
+
+class _Mallinfo2(ctypes.Structure):  # glibc >= 2.33 (malloc.h): every field a size_t
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def _glibc():
+    """glibc itself, or None (another platform or C library)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim  # noqa: B018 -- musl has no malloc_trim
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+def heap_bytes() -> tuple[int, int] | None:
+    """``(in use, free)``: the bytes of glibc's heap that live blocks hold (every arena and the
+    ``mmap``-ed blocks) and the freed bytes it holds for reuse (``mallinfo2``), or None where
+    the C library is not glibc 2.33 or newer. Resident memory is at most their sum plus what
+    does not come from ``malloc`` (the interpreter's code, the libraries, Python's own arenas
+    are ``malloc``-ed on Linux)."""
+    libc = _glibc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = _Mallinfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd, info.fordblks
+
+
+def release_freed_memory() -> bool:
+    """Return the heap's freed pages to the operating system now (glibc ``malloc_trim(0)``, every
+    arena): a process's resident memory falls back to what its live blocks hold. The blocks that
+    :func:`keep_freed_memory` keeps for reuse are faulted in again at their next use, so a loop
+    calls this once in a while (the training loop at every epoch's end), not in every chunk.
+    Returns whether memory was returned (False too where the C library is not glibc)."""
+    libc = _glibc()
+    return bool(libc.malloc_trim(0)) if libc is not None else False

@@ -130,16 +130,25 @@ def test_new_run_refuses_an_existing_run(full_run, tiny_sim, tiny_config):
         next(train_run(tiny_config(tiny_sim, out), out))
 
 
-def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_config, tmp_path):
+def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_config, tmp_path, monkeypatch):
+    from napari_flex3d.training import loop
+
+    seen = []  # the events and the loop's release of freed memory, in order
+    monkeypatch.setattr(loop, "release_freed_memory", lambda: seen.append("released"))
     gen = train_run(tiny_config(tiny_sim, tmp_path, epochs=2), tmp_path)
     for e in gen:
+        seen.append(e)
         if isinstance(e, ev.StepLoss) and e.epoch == 1 and e.step == 1:
             break
     gen.close()  # what napari's worker quit() does between yields
     state = load_checkpoint(checkpoint_path(tmp_path))
     assert state["epoch"] == 1
-    events = [e for e in train_run(None, tmp_path, resume=True) if not isinstance(e, ev.SetupProgress)]
+    events = [e for e in train_run(None, tmp_path, resume=True) if seen.append(e) or not isinstance(e, ev.SetupProgress)]
     assert events[0].start_epoch == 1 and isinstance(events[-1], ev.RunFinished) and events[-1].epochs == 2
+    # once per epoch, at its end (the resumed one included): just before its checkpoint's news
+    released = [i for i, e in enumerate(seen) if isinstance(e, str)]
+    epoch_ends = [i for i, e in enumerate(seen) if isinstance(e, ev.CheckpointWritten) and e.step == 0]
+    assert [i + 1 for i in released] == epoch_ends and len(released) == 2
 
 
 def test_stopping_in_the_set_up_stops_it_at_its_next_stage(tiny_sim, tiny_config, tmp_path):

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .._process import release_freed_memory
 from ..config import TrainConfig
 from ..io.atomic import check_output_space
 from ..io.prefetch import Prefetcher
@@ -203,6 +204,7 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     yield model_fsc(run)
     if preview_due(cfg, run.epoch):
         yield ev.PreviewVolumes(epoch=epoch, sigmas=(-1.0, 1.0), volumes=preview_volumes(run.model, run.latents), apix=run.apix)
+    release_freed_memory()  # the epoch's freed temporaries go back to the system: a long run stays flat
     yield ev.CheckpointWritten(epoch=run.epoch, path=str(path))
 
 
