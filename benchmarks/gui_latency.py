@@ -19,7 +19,11 @@ Run under a display (Xvfb with Mesa's software OpenGL is the hard case):
    (a worker holding the GIL): where the time went.
 2. ``--memory``: resident memory (RSS) and the number of napari layers after each epoch,
    with the explorer in use (a click on the latent plot after each epoch). Target: RSS
-   after the last epoch within 10 % of after epoch 2; layers bounded.
+   after the last epoch within 10 % of after epoch 2; layers bounded. Beside RSS, what it
+   holds: glibc's heap in live blocks and in freed ones (``mallinfo2``; freed blocks whose
+   pages were returned still count there) and the torch tensors alive; and what the
+   training loop's release of freed memory at each epoch's end costs its thread
+   (``--no-release``: without it, as before).
 3. Click -> volume (``--clicks``, 0 to skip): the explorer's ``click()`` to the layer
    holding the new map (preview box, linear kernel), to the first canvas frame that shows
    it, and to the refined map (training box, the run's kernel; where the automatic refine
@@ -206,6 +210,27 @@ def _report(monitor, timeline, phase: str, t0: float, results: dict) -> None:
             print(f"  stall of {length:.0f} ms at {start - t0:.1f} s: {timeline.explain(start, length)}")
 
 
+def _heap_mb() -> dict:
+    """What the resident memory holds: glibc's heap in live blocks and in freed blocks kept for
+    reuse (``napari_flex3d._process.heap_bytes``), and the bytes of the torch tensors alive."""
+    import gc
+
+    import torch
+
+    from napari_flex3d._process import heap_bytes
+
+    storages = {}
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor) and obj.device.type == "cpu" and obj.layout == torch.strided:
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    out = {"tensors_mb": sum(storages.values()) / 2**20}
+    heap = heap_bytes()
+    if heap is not None:
+        out["heap_in_use_mb"], out["heap_free_mb"] = heap[0] / 2**20, heap[1] / 2**20
+    return out
+
+
 def main(argv=None) -> int:
     p = parser(__doc__.splitlines()[0], device=None)
     p.add_argument("--box", type=int, default=64, help="box of the simulated dataset (and of the training)")
@@ -213,6 +238,8 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--max-particles", type=int, default=None, help="train on this many particles (a tiny run)")
     p.add_argument("--memory", action="store_true", help="RSS and layer count after each epoch, explorer in use")
+    p.add_argument("--no-release", action="store_true",
+                   help="with --memory: the training loop's release of freed memory at epoch ends off (as before gl12)")
     p.add_argument("--iterations", type=int, default=5, help="L-BFGS iterations of the reconstruction")
     p.add_argument("--frames", type=int, default=11, help="frames of the exported movie")
     p.add_argument("--preview-box", type=int, default=None, help="the explorer's preview box (default: the widget's)")
@@ -312,7 +339,21 @@ def main(argv=None) -> int:
     ex = LatentExplorerWidget(viewer)
     timeline.wrap(ex, "_on_volume", "explorer volume")
     memory: list[dict] = []
+    release_ms: list[float] = []
+    rss_released: list[float] = []  # RSS just after each epoch's release
     if args.memory:
+        from napari_flex3d.training import loop
+
+        release = loop.release_freed_memory
+
+        def timed_release():  # what returning the epoch's freed memory costs the training thread
+            t = time.perf_counter()
+            returned = False if args.no_release else release()
+            release_ms.append((time.perf_counter() - t) * 1000)
+            rss_released.append(rss_bytes() / 2**20)  # the training thread's view, before the GUI's share of the epoch
+            return returned
+
+        loop.release_freed_memory = timed_release
         on_event = train._on_event
         rng = np.random.default_rng(1)
 
@@ -331,8 +372,13 @@ def main(argv=None) -> int:
                 else:
                     ex.set_latents(np.asarray(train.latents))
                     explore_click()
-                memory.append({"epoch": ev.epoch, "rss_mb": rss_bytes() / 2**20, "layers": len(viewer.layers)})
-                print(f"  after epoch {ev.epoch}: RSS {memory[-1]['rss_mb']:.0f} MB, {memory[-1]['layers']} layers")
+                memory.append({"epoch": ev.epoch, "rss_mb": rss_bytes() / 2**20, "layers": len(viewer.layers),
+                               "rss_released_mb": rss_released[-1] if rss_released else None, **_heap_mb()})
+                m = memory[-1]
+                print(f"  after epoch {ev.epoch}: RSS {m['rss_mb']:.0f} MB ({m['rss_released_mb'] or 0:.0f} MB just after the "
+                      f"release), {m['layers']} layers; heap in use "
+                      f"{m.get('heap_in_use_mb', 0):.0f} MB, free {m.get('heap_free_mb', 0):.0f} MB; "
+                      f"tensors {m['tensors_mb']:.0f} MB")
 
         train._on_event = record
     started = []  # when the run's set-up ended (RunStarted reached the widget)
@@ -432,6 +478,10 @@ def main(argv=None) -> int:
         grow = memory[-1]["rss_mb"] / memory[min(1, len(memory) - 1)]["rss_mb"] - 1
         print(f"RSS after epoch {memory[-1]['epoch']} vs epoch {memory[min(1, len(memory) - 1)]['epoch']}: "
               f"{grow * 100:+.1f} % (target within 10 %); layers {[m['layers'] for m in memory]}")
+        if release_ms and not args.no_release:
+            summary["release_ms"] = release_ms
+            print(f"freed memory released at {len(release_ms)} epoch ends: median {np.median(release_ms):.0f} ms, "
+                  f"max {max(release_ms):.0f} ms (training thread)")
     print(json.dumps(summary, indent=2))
     viewer.close()
     return 0
