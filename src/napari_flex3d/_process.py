@@ -1,4 +1,5 @@
-"""Settings of the whole process that a command line sets once at its start (no imports of the library).
+"""Settings of the whole process that a command line sets once at its start, and the return of freed
+memory that a long loop asks for now and then (no imports of the library).
 
 glibc returns a freed block over its ``mmap`` threshold (32 MB at most by default) to the operating
 system and page-faults a fresh one in at the next allocation. The half-map solver and the residual
@@ -8,9 +9,10 @@ their CPU time went to the kernel: ``flex3d reconstruct`` of 600 particles, 3 it
 kept, 11.5-12.3 s wall against 15.7-17.2 s, the same peak memory (0.90-0.95 GB), the same maps
 (``benchmarks/RESULTS.md``, table malloc; ``benchmarks/malloc.py``). Kept blocks stay in the heap for reuse: a process's
 resident memory then falls back more slowly after a peak, which a command line that ends does not
-mind and which the napari process is not given (it calls nothing here). :func:`release_freed_memory` returns
-them at once: the training loop calls it at every epoch's end, so a long run in the napari process
-does not hold its largest epoch's freed blocks (``benchmarks/RESULTS.md``, table gui_latency).
+mind and which the napari process is not given (it calls nothing here). There glibc's own thresholds hold
+freed blocks in its arenas all the same, and :func:`release_freed_memory` returns them: the
+training loop calls it at every epoch's end, so a long run in the napari process does not hold
+its largest epoch's freed blocks (``benchmarks/RESULTS.md``, table gui_latency, gl12).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import sys
 
 KEEP_FREED_BYTES = 1 << 30  # freed blocks up to 1 GiB stay in the heap
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+_keeping = False  # keep_freed_memory is in effect in this process
 
 
 def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
@@ -34,11 +37,13 @@ def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(limit))
     if not sys.platform.startswith("linux"):
         return False
+    global _keeping
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
+        _keeping = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
     except (OSError, AttributeError):  # musl or another C library: no mallopt
         return False
+    return _keeping
 
 
 class _Mallinfo2(ctypes.Structure):  # glibc >= 2.33 (malloc.h): every field a size_t
@@ -74,9 +79,12 @@ def heap_bytes() -> tuple[int, int] | None:
 
 def release_freed_memory() -> bool:
     """Return the heap's freed pages to the operating system now (glibc ``malloc_trim(0)``, every
-    arena): a process's resident memory falls back to what its live blocks hold. The blocks that
-    :func:`keep_freed_memory` keeps for reuse are faulted in again at their next use, so a loop
-    calls this once in a while (the training loop at every epoch's end), not in every chunk.
-    Returns whether memory was returned (False too where the C library is not glibc)."""
-    libc = _glibc()
+    arena): the process's resident memory falls back to what its live blocks hold. A loop calls
+    it once in a while (the training loop at every epoch's end), not in every chunk: a released
+    page is faulted in again at its next use. Where :func:`keep_freed_memory` is in effect (a
+    ``flex3d`` command) it does nothing: the command keeps its freed blocks for the next epoch
+    (``flex3d train``, 12 epochs: 2.1-2.4 M minor page faults and 5.1-5.7 s of system time with
+    the release against 0.3-0.6 M and 1.0-2.0 s without; ``benchmarks/RESULTS.md``, gl12c).
+    Returns whether memory was returned."""
+    libc = None if _keeping else _glibc()
     return bool(libc.malloc_trim(0)) if libc is not None else False

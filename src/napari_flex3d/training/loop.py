@@ -204,7 +204,7 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     yield model_fsc(run)
     if preview_due(cfg, run.epoch):
         yield ev.PreviewVolumes(epoch=epoch, sigmas=(-1.0, 1.0), volumes=preview_volumes(run.model, run.latents), apix=run.apix)
-    release_freed_memory()  # the epoch's freed temporaries go back to the system: a long run stays flat
+    release_freed_memory()  # the epoch's freed blocks go back to the system (napari; a flex3d command keeps them)
     yield ev.CheckpointWritten(epoch=run.epoch, path=str(path))
 
 
