@@ -478,6 +478,9 @@ def main(argv=None) -> int:
         grow = memory[-1]["rss_mb"] / memory[min(1, len(memory) - 1)]["rss_mb"] - 1
         print(f"RSS after epoch {memory[-1]['epoch']} vs epoch {memory[min(1, len(memory) - 1)]['epoch']}: "
               f"{grow * 100:+.1f} % (target within 10 %); layers {[m['layers'] for m in memory]}")
+        with open("/proc/self/status") as fh:  # the release lowers what is held between epochs, not an epoch's peak
+            summary["peak_rss_mb"] = next(int(line.split()[1]) for line in fh if line.startswith("VmHWM")) / 1024
+        print(f"peak RSS over the whole benchmark {summary['peak_rss_mb']:.0f} MB")
         if release_ms and not args.no_release:
             summary["release_ms"] = release_ms
             print(f"freed memory released at {len(release_ms)} epoch ends: median {np.median(release_ms):.0f} ms, "

@@ -143,7 +143,11 @@ def test_stopping_between_yields_leaves_the_last_checkpoint(tiny_sim, tiny_confi
     gen.close()  # what napari's worker quit() does between yields
     state = load_checkpoint(checkpoint_path(tmp_path))
     assert state["epoch"] == 1
-    events = [e for e in train_run(None, tmp_path, resume=True) if seen.append(e) or not isinstance(e, ev.SetupProgress)]
+    events = []
+    for e in train_run(None, tmp_path, resume=True):
+        seen.append(e)
+        if not isinstance(e, ev.SetupProgress):
+            events.append(e)
     assert events[0].start_epoch == 1 and isinstance(events[-1], ev.RunFinished) and events[-1].epochs == 2
     # once per epoch, at its end (the resumed one included): just before its checkpoint's news
     released = [i for i, e in enumerate(seen) if isinstance(e, str)]
