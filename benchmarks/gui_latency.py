@@ -313,8 +313,8 @@ def main(argv=None) -> int:
     ex = LatentExplorerWidget(viewer)
     timeline.wrap(ex, "_on_volume", "explorer volume")
     timeline.wrap(ex, "_run_loaded", "explorer run")
-    if hasattr(ex, "_show_run"):  # the run's layers in an event-loop turn of their own
-        timeline.wrap(ex, "_show_run", "explorer layers")
+    if hasattr(ex, "_show_latents"):  # the run's latents in an event-loop turn of their own
+        timeline.wrap(ex, "_show_latents", "explorer latents")
     memory: list[dict] = []
     if args.memory:
         on_event = train._on_event

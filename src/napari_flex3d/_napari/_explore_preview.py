@@ -15,7 +15,7 @@ whose frame costs about what an empty canvas does; other 3D volume layers are hi
 or a slider shows the preview-box map only (one frame per update, not two); the "Refine"
 button (``refine_now``) asks for the training box. There the surface layer is built with
 the run, in the worker that reads it (``placeholder_surface``), and added once, unselected,
-in an event-loop turn of its own: the GUI thread pays only napari's insertion. Imports Qt
+in an event-loop turn before the latents: the GUI thread pays only napari's insertion. Imports Qt
 only through ``._workers``; scikit-image (a napari dependency) in the worker.
 """
 

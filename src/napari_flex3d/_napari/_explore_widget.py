@@ -222,7 +222,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         The run (config, model, latents) is read by :func:`read_run_volumes`: here with ``wait``
         (scripts, tests), else in a worker (the Open button), counted in ``idle``, which also
         builds the surface layer a slow 3D canvas needs (``prepare_view``); the GUI thread
-        then only swaps them in, the latents and the layer in two event-loop turns. The last
+        then only swaps them in, the layer and the latents in two event-loop turns. The last
         open asked for wins: a read still running when another starts is dropped when it
         returns. ``run_opened`` is emitted once the run is shown; a folder that cannot be
         opened says why in the widget.
@@ -260,13 +260,27 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
             show_error(f"napari-flex3d: {message}")
 
     def _run_loaded(self, seq: int, path: str, run, surface=None, later: bool = False) -> None:
-        """Show the run read for open ``seq``; its layers (``surface``, built in the worker) now,
-        or with ``later`` in the next event-loop turn: two short stalls, not one long."""
+        """Show the run read for open ``seq``: its surface layer (``surface``, built in the
+        worker; ``prepare_view``), then its latents. With ``later`` the latents wait for the
+        next event-loop turn: two short stalls, not one long, and napari's insertion of the
+        layer does not share the GIL with the run's table workers, which the latents start."""
         if seq != self._open_seq:
             return  # another open was asked for meanwhile: the last one wins
         self._open_done = seq
         self.run = run
         self.run_dir = Path(path)
+        self.prepare_view(surface)  # a slow 3D canvas: the surface layer added now, not at the first click
+        if not later:
+            self._show_latents(run)
+            return
+        self._views_pending += 1
+        QTimer.singleShot(0, lambda: self._show_latents(run, pending=True))
+
+    def _show_latents(self, run, pending: bool = False) -> None:
+        if pending:
+            self._views_pending -= 1
+        if run is not self.run:
+            return  # another run was opened meanwhile
         self.set_latents(self.run.latents)
         self._colour_run_opened()
         self._compare_run_opened()
@@ -274,18 +288,6 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self.info_label.setText(
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
         )
-        if not later:
-            self._show_run(run, surface)
-            return
-        self._views_pending += 1
-        QTimer.singleShot(0, lambda: self._show_run(run, surface, pending=True))
-
-    def _show_run(self, run, surface, pending: bool = False) -> None:
-        if pending:
-            self._views_pending -= 1
-        if run is not self.run:
-            return  # another run was shown meanwhile: its own turn prepares the view
-        self.prepare_view(surface)  # a slow 3D canvas: the surface layer added now, not at the first click
         self.run_opened.emit()
 
     def open_3d_view(self, viewer=None):
