@@ -274,7 +274,9 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
             self._show_latents(run)
             return
         self._views_pending += 1
-        QTimer.singleShot(0, lambda: self._show_latents(run, pending=True))
+        # a timer, not a 0 ms call (a posted event, run in the same pass): the canvas's frame of
+        # the new layer and input due meanwhile come first
+        QTimer.singleShot(1, lambda: self._show_latents(run, pending=True))
 
     def _show_latents(self, run, pending: bool = False) -> None:
         if pending:
