@@ -141,7 +141,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self._play_i = 0
         self.worker = None
         self._open_seq = self._open_done = 0  # open_run's requests asked for / answered
-        self._views_pending = 0  # opened runs whose layers wait for their own event-loop turn
+        self._views_pending = 0  # opened runs whose latents wait for their own event-loop turn
         self.background = Background()  # every worker the explorer and its boxes start, but the LatestOnly ones
 
     def _build_run_box(self) -> QGroupBox:
