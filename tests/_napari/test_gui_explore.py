@@ -95,3 +95,46 @@ def test_open_reads_the_run_in_a_worker_and_the_last_open_wins(make_napari_viewe
     ex2.open_run(run_dir)
     assert ex2.latents.shape == (n, k) and ex2.run_dir == run_dir  # at once, no event loop
     qtbot.waitUntil(lambda: ex.idle and ex2.idle, timeout=60_000)  # the particle tables' workers
+
+
+def test_slow_canvas_gets_its_surface_layer_built_in_the_worker_and_added_unselected(make_napari_viewer, qtbot,
+                                                                                     artefact_run, monkeypatch):
+    """Software OpenGL (Xvfb): the Open button's worker builds the explorer's surface layer with
+    the run; the GUI thread only adds it, leaving the user's selected layer selected. A click's
+    triangles come from a worker too and are swapped into that same layer (no layer built in
+    the GUI thread). Checked by recording the thread every napari Surface is built in."""
+    import threading
+
+    import napari.layers
+
+    from napari_flex3d._napari import _explore_preview
+    from napari_flex3d._napari._explore_widget import LatentExplorerWidget
+    from napari_flex3d._napari._stalls import settle
+
+    built, meshed = [], []  # the threads Surface layers were built in / iso-surfaces extracted in
+    init, iso = napari.layers.Surface.__init__, _explore_preview.iso_surface
+
+    def recording_init(self, *args, **kwargs):
+        built.append(threading.current_thread())
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(napari.layers.Surface, "__init__", recording_init)
+    monkeypatch.setattr(_explore_preview, "iso_surface", lambda *a, **k: meshed.append(threading.current_thread())
+                        or iso(*a, **k))
+    viewer = make_napari_viewer(show=True)
+    mine = viewer.add_image(np.zeros((8, 8, 8), np.float32), name="the user's map")
+    viewer.dims.ndisplay = 3
+    ex = LatentExplorerWidget(viewer)
+    ex.preview_box = 16
+    settle(viewer)
+    assert ex.budget.software_gl, ex.budget.renderer  # Xvfb: Mesa's llvmpipe, the case this test is about
+    ex.open_run(artefact_run.run_dir, wait=False)
+    qtbot.waitUntil(lambda: ex.run is not None and ex.idle, timeout=60_000)
+    layer = viewer.layers[_explore_preview.SURFACE_LAYER]
+    assert len(built) == 1 and built[0] is not threading.main_thread()
+    assert viewer.layers.selection.active is mine and not mine.visible  # still selected; hidden (a slow frame)
+    lo, hi = ex._xy.min(axis=0), ex._xy.max(axis=0)
+    ex.click(*(float(v) for v in (lo + hi) / 2))
+    qtbot.waitUntil(lambda: ex.volumes_shown == 1 and ex.idle, timeout=60_000)
+    assert viewer.layers[_explore_preview.SURFACE_LAYER] is layer and len(layer.data[1]) > 1 and len(built) == 1
+    assert meshed and threading.main_thread() not in meshed

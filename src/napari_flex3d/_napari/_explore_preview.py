@@ -13,8 +13,10 @@ iso-surface (marching cubes) and the GUI thread swaps its triangles into a surfa
 whose frame costs about what an empty canvas does; other 3D volume layers are hidden once
 (each visible one would cost seconds a frame) and the status line says so. There a click
 or a slider shows the preview-box map only (one frame per update, not two); the "Refine"
-button (``refine_now``) asks for the training box. Imports Qt only
-through ``._workers``; scikit-image (a napari dependency) in the worker.
+button (``refine_now``) asks for the training box. There the surface layer is built with
+the run, in the worker that reads it (``placeholder_surface``), and added once, unselected,
+in an event-loop turn before the latents: the GUI thread pays only napari's insertion. Imports Qt
+only through ``._workers``; scikit-image (a napari dependency) in the worker.
 """
 
 from __future__ import annotations
@@ -28,6 +30,33 @@ from ._workers import LatestOnly
 VOLUME_LAYER = "latent volume"
 SURFACE_LAYER = "latent surface"
 SURFACE_MAX_BOX = 64  # marching cubes steps over voxels of bigger maps: a frame stays cheap
+SURFACE_STYLE = {"name": SURFACE_LAYER, "colormap": "bop orange", "contrast_limits": (0, 1), "shading": "smooth"}
+
+
+def placeholder_surface(box: int, apix: float):
+    """The surface layer before its first map: a napari ``Surface`` of one degenerate triangle
+    mid-map (``box / 2 * apix`` Å on each axis). Built off the GUI thread (a worker's job);
+    only adding it to the viewer must be in the GUI thread."""
+    from napari.layers import Surface
+
+    centre = np.full((3, 3), box / 2 * apix, np.float32)  # (3 vertices, z y x) Å
+    return Surface((centre, np.array([[0, 1, 2]], np.int32), np.ones(3, np.float32)), **SURFACE_STYLE)
+
+
+def add_unselected(viewer, layer) -> None:
+    """``viewer.add_layer(layer)`` without making it the selected layer: napari selects a new
+    layer and swaps the layer controls to it, a third of what adding a surface costs the GUI
+    thread; the user's selection stays. (``_activate_on_insert`` is napari's own switch for
+    that; where a napari lacks it the layer is selected as usual.)"""
+    layers = viewer.layers
+    activate = getattr(layers, "_activate_on_insert", None)
+    if activate is not None:
+        layers._activate_on_insert = False
+    try:
+        viewer.add_layer(layer)
+    finally:
+        if activate is not None:
+            layers._activate_on_insert = activate
 
 
 def iso_surface(vol: np.ndarray, level: float, apix: float, max_box: int = SURFACE_MAX_BOX):
@@ -134,18 +163,21 @@ class VolumePreview:
             iso_threshold=default_iso_threshold(vol),
         )
 
-    def prepare_view(self) -> None:
-        """On a canvas that draws volumes slowly, add the surface layer now (one empty triangle,
-        mid-map), in 3D, and hide the 3D volume layers: adding a layer and the first frame of
-        a surface (its shaders compiled) cost the GUI thread up to a second, paid when a run
-        is opened rather than at the first click."""
-        if not self.budget.volumes_slow() or SURFACE_LAYER in self.viewer.layers or self.run is None:
+    def surface_wanted(self) -> bool:
+        """The surface layer is to be added when a run opens (decided in the GUI thread)."""
+        return self.budget.volumes_slow() and SURFACE_LAYER not in self.viewer.layers
+
+    def prepare_view(self, surface=None) -> None:
+        """On a canvas that draws volumes slowly, add the surface layer now, in 3D, and hide
+        the 3D volume layers: adding a layer and the first frame of a surface (its shaders
+        compiled) cost the GUI thread a frame or more, paid when a run is opened rather than at
+        the first click. ``surface``: the layer ``placeholder_surface`` built in a worker
+        (else built here)."""
+        if not self.surface_wanted() or self.run is None:
             return
         self._hide_volumes()
         self.viewer.dims.ndisplay = 3
-        centre = np.full((3, 3), self.run.box / 2 * self.run.apix, np.float32)
-        self.viewer.add_surface((centre, np.array([[0, 1, 2]], np.int32), np.ones(3, np.float32)),
-                                name=SURFACE_LAYER, colormap="bop orange", contrast_limits=(0, 1), shading="smooth")
+        add_unselected(self.viewer, surface if surface is not None else placeholder_surface(self.run.box, self.run.apix))
 
     def _show_surface(self, mesh, level: float):
         """Swap the triangles into the surface layer (added on first use, other volumes hidden then)."""
@@ -159,8 +191,7 @@ class VolumePreview:
             layer.data = data
         else:
             self.viewer.dims.ndisplay = 3
-            layer = self.viewer.add_surface(data, name=SURFACE_LAYER, colormap="bop orange", contrast_limits=(0, 1),
-                                            shading="smooth")
+            layer = self.viewer.add_surface(data, **SURFACE_STYLE)
         layer.metadata["iso_level"] = float(level)
         return layer
 

@@ -55,13 +55,25 @@ SIGMA_RANGE = 1.5  # an axis movie spans the mean +- this many standard deviatio
 
 def read_run_volumes(run_dir):
     """The run's ``explore.generate.RunVolumes`` (config, model, latents read): a worker's job,
-    which imports the library (torch) too."""
+    which imports the library (torch) too, and ``analyze``: the run's table workers start
+    together once it returns, and two threads importing that package at once deadlock in its
+    circular imports (Python then hands one a half-imported module: an ImportError)."""
+    from .. import analyze  # noqa: F401 - imported here, in one thread, before the workers that use it
     from ..explore.generate import RunVolumes
 
     run = RunVolumes(run_dir)
     if run.latents.ndim != 2 or len(run.latents) == 0:
         raise ValueError(f"the run has no latents to plot (shape {run.latents.shape})")
     return run
+
+
+def read_run_for_view(run_dir, surface: bool):
+    """A worker's job: ``(read_run_volumes(run_dir), layer)``, ``layer`` the explorer's surface
+    layer for that run (``placeholder_surface``) if ``surface``, else ``None``."""
+    from ._explore_preview import placeholder_surface
+
+    run = read_run_volumes(run_dir)
+    return run, (placeholder_surface(run.box, run.apix) if surface else None)
 
 
 class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePreview, ExplorerExports, QWidget):
@@ -129,6 +141,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self._play_i = 0
         self.worker = None
         self._open_seq = self._open_done = 0  # open_run's requests asked for / answered
+        self._views_pending = 0  # opened runs whose latents wait for their own event-loop turn
         self.background = Background()  # every worker the explorer and its boxes start, but the LatestOnly ones
 
     def _build_run_box(self) -> QGroupBox:
@@ -196,7 +209,7 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         """All background work finished: no worker of the explorer or of its boxes (table,
         residual, comparison, exports, clusters, outliers) runs, the preview and density
         renders have nothing queued, and no outlier selection waits on its timer."""
-        return self._render.idle and self.background.idle and self.analysis.idle
+        return self._render.idle and self.background.idle and self.analysis.idle and not self._views_pending
 
     def _on_session(self, name: str) -> None:
         if name == "run_dir" and self.session.run_dir is not None and not self.run_dir_text:
@@ -207,10 +220,12 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         """Open a trained run (``run_dir`` or the folder typed in the box) and plot its latents.
 
         The run (config, model, latents) is read by :func:`read_run_volumes`: here with ``wait``
-        (scripts, tests), else in a worker (the Open button), counted in ``idle``; the GUI
-        thread then only swaps it in. The last open asked for wins: a read still running
-        when another starts is dropped when it returns. ``run_opened`` is emitted once the
-        run is shown; a folder that cannot be opened says why in the widget.
+        (scripts, tests), else in a worker (the Open button), counted in ``idle``, which also
+        builds the surface layer a slow 3D canvas needs (``prepare_view``); the GUI thread
+        then only swaps them in, the layer and the latents in two event-loop turns. The last
+        open asked for wins: a read still running when another starts is dropped when it
+        returns. ``run_opened`` is emitted once the run is shown; a folder that cannot be
+        opened says why in the widget.
         """
         if run_dir is not None:
             self.run_dir_text = str(run_dir)
@@ -226,7 +241,8 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
             self._run_loaded(seq, path, run)
             return
         self.info_label.setText(f"opening {path}…")
-        self.background.start(read_run_volumes, path, returned=lambda run: self._run_loaded(seq, path, run),
+        self.background.start(read_run_for_view, path, self.surface_wanted(),
+                              returned=lambda result: self._run_loaded(seq, path, *result, later=True),
                               errored=lambda exc: self._open_failed(seq, path, exc, shown=True))
 
     @property
@@ -243,12 +259,30 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         if not shown:  # a worker's error is shown by start_worker
             show_error(f"napari-flex3d: {message}")
 
-    def _run_loaded(self, seq: int, path: str, run) -> None:
+    def _run_loaded(self, seq: int, path: str, run, surface=None, later: bool = False) -> None:
+        """Show the run read for open ``seq``: its surface layer (``surface``, built in the
+        worker; ``prepare_view``), then its latents. With ``later`` the latents wait for the
+        next event-loop turn: two short stalls, not one long, and napari's insertion of the
+        layer does not share the GIL with the run's table workers, which the latents start."""
         if seq != self._open_seq:
             return  # another open was asked for meanwhile: the last one wins
         self._open_done = seq
         self.run = run
         self.run_dir = Path(path)
+        self.prepare_view(surface)  # a slow 3D canvas: the surface layer added now, not at the first click
+        if not later:
+            self._show_latents(run)
+            return
+        self._views_pending += 1
+        # a timer, not a 0 ms call (a posted event, run in the same pass): the canvas's frame of
+        # the new layer and input due meanwhile come first
+        QTimer.singleShot(1, lambda: self._show_latents(run, pending=True))
+
+    def _show_latents(self, run, pending: bool = False) -> None:
+        if pending:
+            self._views_pending -= 1
+        if run is not self.run:
+            return  # another run was opened meanwhile
         self.set_latents(self.run.latents)
         self._colour_run_opened()
         self._compare_run_opened()
@@ -256,7 +290,6 @@ class LatentExplorerWidget(LatentPlot, ExplorerColour, ExplorerCompare, VolumePr
         self.info_label.setText(
             f"{len(self.latents):,} particles, K = {k}, box {self.run.box} at {self.run.apix:.2f} Å"
         )
-        self.prepare_view()  # a slow 3D canvas: the surface layer added now, not at the first click
         self.run_opened.emit()
 
     def open_3d_view(self, viewer=None):

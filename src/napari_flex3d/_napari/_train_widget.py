@@ -124,6 +124,26 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.session = session_for(napari_viewer)
+        self._init_state()
+        self.budget = paint_budget(napari_viewer)
+        self._previews = LatestOnly(prepare_previews, self._on_previews_ready)
+        # what a run imports before its first step (torch's compiler among them: seconds of imports in
+        # stretches that hold the GIL), imported while the form is filled in, not in the run's set-up
+        self._schedule_preload(*RUN_IMPORTS)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self._build_settings_box())
+        layout.addWidget(self._build_buttons_row())
+        self.progress = QProgressBar()
+        self.progress.setFormat("idle")
+        self.progress.setTextVisible(True)
+        layout.addWidget(self.progress)
+        self.status_label = QLabel("")
+        self.status_label.setWordWrap(True)
+        layout.addWidget(self.status_label)
+        layout.addWidget(self._build_tabs(napari_viewer))
+        self._update_buttons()
+
+    def _init_state(self) -> None:
         self.state = "idle"
         self.worker = None
         self.run_dir: Path | None = None
@@ -138,13 +158,9 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self._start_epoch = 0
         self._heavy: dict[str, int] = {}  # event name -> index in ``events`` of the newest one
         self.pending_previews = None  # prepared previews the canvas could not afford to paint yet
-        self.budget = paint_budget(napari_viewer)
-        self._previews = LatestOnly(prepare_previews, self._on_previews_ready)
-        # what a run imports before its first step (torch's compiler among them: seconds of imports in
-        # stretches that hold the GIL), imported while the form is filled in, not in the run's set-up
-        self._schedule_preload(*RUN_IMPORTS)
 
-        layout = QVBoxLayout(self)
+    def _build_settings_box(self) -> QGroupBox:
+        """The TrainConfig form (scrolling) and the device menu."""
         box = QGroupBox("Settings")
         bl = QVBoxLayout(box)
         self.form = config_form(TrainConfig, skip=FROM_SESSION + ("device",))
@@ -159,8 +175,10 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.device_box = ComboBox(name="device", choices=self._devices(), value="auto", label="device")
         dev_row = Container(widgets=[self.device_box], labels=True)
         bl.addWidget(dev_row.native)
-        layout.addWidget(box)
+        return box
 
+    def _build_buttons_row(self) -> QWidget:
+        """Start, Stop, Resume and the command button."""
         row = QWidget()
         hl = QHBoxLayout(row)
         hl.setContentsMargins(0, 0, 0, 0)
@@ -173,15 +191,10 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         self.command_btn = CommandButton()
         for b in (self.start_btn, self.stop_btn, self.resume_btn, self.command_btn):
             hl.addWidget(b)
-        layout.addWidget(row)
-        self.progress = QProgressBar()
-        self.progress.setFormat("idle")
-        self.progress.setTextVisible(True)
-        layout.addWidget(self.progress)
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
-        layout.addWidget(self.status_label)
+        return row
 
+    def _build_tabs(self, napari_viewer) -> QTabWidget:
+        """The Loss, FSC, Latents and Preview tabs."""
         tabs = QTabWidget()
         # the residual per Fourier coefficient (1 = only noise left), not the loss: the loss grows
         # whenever frequency marching lets more coefficients into the data term
@@ -199,8 +212,7 @@ class TrainWidget(Preloads, WorkerControls, QWidget):
         tabs.addTab(self.preview_panel, "Preview")
         tabs.setMinimumHeight(220)
         self.tabs = tabs
-        layout.addWidget(tabs)
-        self._update_buttons()
+        return tabs
 
     # ------------------------------------------------------------------ setup
     @staticmethod
