@@ -127,6 +127,12 @@ def test_dispatch_takes_the_torch_path_on_the_cpu_and_when_switched_off(monkeypa
     monkeypatch.setenv("FLEX3D_TRITON", "0")
     assert not ts.use_triton(values, None)
     assert not ts.use_triton(values.double(), None) and not ts.use_triton(values.half(), None)
+    monkeypatch.delenv("FLEX3D_TRITON")
+    monkeypatch.setattr(ts, "_VERDICT", {})
+    monkeypatch.setitem(sys.modules, "triton", None)  # as where triton is not installed: no check, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not ts.use_triton(values, None)
 
 
 def test_dispatch_uses_the_kernels_after_their_first_use_check(monkeypatch):
