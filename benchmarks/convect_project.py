@@ -361,7 +361,7 @@ def triton_comparison(boxes, batches, kernel: str, device: str) -> dict:
     try:
         import triton  # noqa: F401
     except ImportError:
-        raise SystemExit("--triton: triton is not installed (pip install triton, or the project's [triton] extra)")
+        raise SystemExit("--triton: triton is not installed (torch's CUDA builds bring it; pip install triton)")
     from napari_flex3d.ops import triton_splat
 
     summary: dict = {"device": torch.cuda.get_device_name(), "kernel": kernel}
