@@ -18,6 +18,14 @@ splat kernels; the last line is one JSON object.
 
     python benchmarks/convect_project.py --quick          # a few minutes on 2 cores
     python benchmarks/convect_project.py --device cuda    # on a GPU
+
+``--triton`` (a GPU only) times the splat alone, ``convect_project`` forward and
+forward + backward, through the Triton kernels (``ops/triton_splat.py``) against the torch
+path (``FLEX3D_TRITON=0``) on the molecule's masked voxels, each particle's points moved
+by its own smooth flow, and prints the ratio, peak memory, GPU kernel launches per
+forward + backward and how closely the two paths agree:
+
+    python benchmarks/convect_project.py --device cuda --triton --boxes 128
 """
 
 from __future__ import annotations
@@ -40,7 +48,7 @@ import torch.nn.functional as F
 from napari_flex3d.conventions import euler_to_matrix, voxel_grid_xyz_a
 from napari_flex3d.ops.fourier import frequency_radius_grid
 from napari_flex3d.ops.splat import convect_project, convect_volume
-from _common import rss_bytes, sync
+from _common import reset_peak_memory, rss_bytes, sync, timings
 
 APIX_AT_64 = 3.0  # Å per voxel at box 64 (a ~190 Å box); box 128 halves it
 
@@ -92,14 +100,19 @@ def make_batch(model, b: int, seed: int = 0):
 
     device = model.vertices_a.device
     rng = np.random.default_rng(seed)
-    angles = rng.uniform([-180, 0, -180], [180, 180, 180], size=(b, 3))
-    rotations = torch.tensor(euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]), dtype=torch.float32, device=device)
-    shifts = torch.tensor(rng.normal(0, 2.0, size=(b, 2)), dtype=torch.float32, device=device)
+    rotations, shifts = random_poses(rng, b, device)
     z = torch.tensor(rng.normal(size=(b, model.latent_dim)), dtype=torch.float32, device=device)
     du = torch.tensor(rng.uniform(8000, 20000, size=b), dtype=torch.float32, device=device)
     ctf = ctf_2d(model.box, model.apix, du, du - 300.0, torch.full_like(du, 30.0), 300.0, 2.7, 0.1, device=device)
     target = torch.randn(b, model.box, model.box, device=device)
     return barycentric_csr(model), z, rotations, shifts, ctf, target
+
+
+def random_poses(rng, b: int, device):
+    """Uniformly random poses ``(b, 3, 3)`` and shifts ``(b, 2)`` Å (2 Å standard deviation)."""
+    angles = rng.uniform([-180, 0, -180], [180, 180, 180], size=(b, 3))
+    rotations = torch.tensor(euler_to_matrix(angles[:, 0], angles[:, 1], angles[:, 2]), dtype=torch.float32, device=device)
+    return rotations, torch.tensor(rng.normal(0, 2.0, size=(b, 2)), dtype=torch.float32, device=device)
 
 
 def _apply_ctf(images, ctf):
@@ -300,6 +313,94 @@ def _frc(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return num / torch.sqrt(pa * pb)
 
 
+# ----------------------------------------------------------------------------- Triton against torch
+
+
+def splat_inputs(box: int, b: int, device: str, seed: int = 0):
+    """The molecule's masked voxels (values ``(n,)``, points ``(b, n, 3)`` Å, each particle's moved by a
+    smooth flow of about 1 Å), poses ``(b, 3, 3)``, shifts ``(b, 2)`` Å and weights ``(b, box, box)``."""
+    from napari_flex3d.mesh.masks import solvent_mask
+
+    apix = APIX_AT_64 * 64 / box
+    smooth, vol = two_domain_molecule(box)
+    mask = solvent_mask(smooth, apix, threshold=0.5, lowpass_a=None, dilate_a=2.0, soft_pad_a=0.0).binary
+    gen = torch.Generator().manual_seed(seed)
+    rest = voxel_grid_xyz_a(box, apix)[torch.from_numpy(mask)].to(device)  # (n, 3)
+    waves = (torch.randn(b, 3, 3, generator=gen) / (0.2 * box * apix)).to(device)  # (b, 3 waves, xyz) 1/Å
+    points = rest + torch.sin(rest @ waves.transpose(1, 2))  # (b, n, 3): ~1 Å of flow, per particle
+    rotations, shifts = random_poses(np.random.default_rng(seed), b, device)
+    target = torch.randn(b, box, box, device=device)
+    values = torch.from_numpy(vol[mask]).to(device)
+    return values, points, rotations, shifts, target, apix
+
+
+def splat_pass(path: str, inputs, box: int, kernel: str, backward: bool):
+    """One ``convect_project`` through ``path`` ("torch" or "triton"); with ``backward`` the gradients of
+    ``<images, target>`` for the values and the points. Returns ``[images, (grads)]``."""
+    values, points, rotations, shifts, target, apix = inputs
+    os.environ["FLEX3D_TRITON"] = "0" if path == "torch" else "1"
+    v, p = values.detach().requires_grad_(backward), points.detach().requires_grad_(backward)
+    images = convect_project(v, p, rotations, shifts, box, apix, kernel)
+    if not backward:
+        return [images]
+    return [images.detach(), *torch.autograd.grad((images * target).sum(), (v, p))]
+
+
+def gpu_launches(fn) -> int:
+    """GPU kernels ``fn()`` launches, counted by the profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def triton_comparison(boxes, batches, kernel: str, device: str) -> dict:
+    """Time the splat alone through the Triton kernels and through the torch path (see the docstring)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise SystemExit("--triton: triton is not installed (torch's CUDA builds bring it; pip install triton)")
+    from napari_flex3d.ops import triton_splat
+
+    summary: dict = {"device": torch.cuda.get_device_name(), "kernel": kernel}
+    print(f"device: {summary['device']}; kernel {kernel}; torch {torch.__version__}")
+    print(f"  {'box':>4s} {'batch':>5s} {'voxels':>8s} {'path':6s} {'fwd ms':>8s} {'fwd+bwd ms':>10s} {'peak MiB':>9s} {'launches':>8s}")
+    for box in boxes:
+        for b in batches:
+            inputs = splat_inputs(box, b, device)
+            n = inputs[0].shape[0]
+            out = {}
+            for path in ("torch", "triton"):
+                row = {}
+                for backward in (False, True):
+                    times = timings(lambda: splat_pass(path, inputs, box, kernel, backward), device, repeats=5)
+                    row["fwd+bwd" if backward else "fwd"] = float(np.median(times))
+                reset_peak_memory(device)
+                base = torch.cuda.memory_allocated()
+                result = splat_pass(path, inputs, box, kernel, True)
+                row["peak_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+                row["launches"] = gpu_launches(lambda: splat_pass(path, inputs, box, kernel, True))
+                out[path] = (row, result)
+                print(f"  {box:4d} {b:5d} {n:8d} {path:6s} {1e3 * row['fwd']:8.2f} {1e3 * row['fwd+bwd']:10.2f} "
+                      f"{row['peak_mib']:9.1f} {row['launches']:8d}")
+            if not triton_splat._VERDICT.get((inputs[0].device, torch.float32), False):
+                raise SystemExit("the Triton kernels failed their first-use check on this GPU (see the warning above)")
+            agree = [float((t - r).abs().max() / r.abs().max()) for t, r in zip(out["triton"][1], out["torch"][1])]
+            ratio = out["torch"][0]["fwd+bwd"] / out["triton"][0]["fwd+bwd"]
+            print(f"  speed-up triton / torch (fwd+bwd) {ratio:.2f}x, forward {out['torch'][0]['fwd'] / out['triton'][0]['fwd']:.2f}x;"
+                  f" largest difference / largest value: images {agree[0]:.1e}, d/dvalues {agree[1]:.1e}, d/dpoints {agree[2]:.1e}")
+            key = f"box{box}_b{b}"
+            summary[f"speedup_triton_{key}"] = round(ratio, 2)
+            for path, (row, _) in out.items():
+                summary[f"{path}_{key}"] = {k: round(v, 5) if isinstance(v, float) else v for k, v in row.items()}
+            summary[f"agreement_{key}"] = [float(f"{a:.2e}") for a in agree]
+    del os.environ["FLEX3D_TRITON"]
+    print(json.dumps(summary))
+    return summary
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -316,6 +417,8 @@ def main(argv=None) -> dict:
         "every op slows ~10x; 0 keeps torch's default)",
     )
     parser.add_argument("--boxes", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--triton", action="store_true",
+                        help="time the splat through the Triton kernels against the torch path (needs a CUDA GPU)")
     parser.add_argument("--_memory-child", nargs=3, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads > 0:
@@ -327,6 +430,11 @@ def main(argv=None) -> dict:
         return {}
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     on_gpu = device.startswith("cuda")
+    if args.triton:
+        if not (on_gpu and torch.cuda.is_available()):
+            parser.error("--triton times the Triton kernels on a GPU: it needs --device cuda and a CUDA GPU "
+                         "(on the CPU, tests/ops/test_triton_splat.py checks them under TRITON_INTERPRET=1)")
+        return triton_comparison(args.boxes, [64, 256], args.kernel, device)
     if args.quick:
         batches = {64: [16], 128: [8]}
         repeats = {64: 2, 128: 2}

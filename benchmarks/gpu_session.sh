@@ -18,6 +18,11 @@
 #  1. the 20,000-particle --motion both simulation at box 128 (half maps on the GPU), with the
 #     CUDA-parametrised tests of the suite beside it;
 #  2. gpu_scale at training box 128: particles/s and peak memory of a training step (about 25 s);
+#  2b. the Triton splat against the torch path (convect_project.py --triton, box 128, batches 64 and 256):
+#     times, peak memory, launches and agreement of the splat alone. Where triton imports, every
+#     CUDA step of this session (gpu_scale, smoke, recovery) splats through the Triton kernels
+#     (ops/triton_splat.py; a failed first-use check warns in the logs and keeps torch); FLEX3D_TRITON=0
+#     gives the torch path;
 #  3. smoke, which also measures the rate: the whole recovery path (train, write, evaluate) on the
 #     first SMOKE_N particles of that simulation for 3 epochs at batch 256;
 #  4. recovery at box 128, inference at box 64, EPOCHS (16) epochs on as many particles as the
@@ -57,7 +62,7 @@ echo "== set-up done at $(el) s"
 # 1. the simulation, with the CUDA tests beside it
 ( OMP_NUM_THREADS=2 timeout 150 python3 -m pytest -q -p no:cacheprovider -o 'filterwarnings=ignore::DeprecationWarning' \
     tests/model/test_flow.py tests/ops tests/mesh/test_mesh_rigidity.py tests/mesh/test_mesh_barycentric.py \
-    tests/reconstruct/test_rigid.py -k cuda > "$OUT/pytest_cuda.log" 2>&1; echo "pytest rc=$? at $(el) s" >> "$OUT/pytest_cuda.log" ) &
+    tests/reconstruct/test_rigid.py -k "cuda or triton" > "$OUT/pytest_cuda.log" 2>&1; echo "pytest rc=$? at $(el) s" >> "$OUT/pytest_cuda.log" ) &
 timeout 200 python3 -m napari_flex3d.cli simulate --out "$SIM" --n-particles "$SIM_N" --box 128 --apix 1.5 --snr 0.05 \
     --motion both --seed 0 --quiet --device "$DEVICE" > "$OUT/sim.log" 2>&1
 rc=$?
@@ -70,6 +75,12 @@ OMP_NUM_THREADS=8 timeout 90 python3 benchmarks/gpu_scale.py --mesh-dir "$M" --t
     --no-reconstruction --device "$DEVICE" > "$OUT/gpu_scale.log" 2>&1
 echo "== gpu_scale rc=$? at $(el) s"
 grep -E "train box|bandwidth|device" "$OUT/gpu_scale.log"
+
+# 2b. the Triton splat against the torch path: the splat alone, forward and forward + backward
+OMP_NUM_THREADS=8 timeout 90 python3 benchmarks/convect_project.py --device "$DEVICE" --triton --boxes 128 \
+    > "$OUT/triton.log" 2>&1
+echo "== triton splat rc=$? at $(el) s"
+grep -E "^  |first-use" "$OUT/triton.log" | tail -8
 
 # 3. smoke and rate: 3 epochs of the first SMOKE_N particles, evaluated as the full run is
 OMP_NUM_THREADS=8 timeout 150 python3 benchmarks/recovery.py --out /tmp/smoke --sim "$SIM" --max-particles "$SMOKE_N" \

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up napari-flex3d on a fresh Debian/Ubuntu machine: system libraries for the napari GUI
 # (and its tests under Xvfb), a virtual environment in .venv, the CPU build of torch 2.13.0,
-# then the project with its test extras. Safe to run again.
+# then the project with its test extras (triton 3.6 among them, ~190 MB, so that the Triton splat's
+# tests run on the CPU under its interpreter). Safe to run again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

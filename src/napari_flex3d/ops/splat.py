@@ -55,6 +55,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .fourier import frequency_axes
+from .triton_splat import triton_splat, use_triton
 
 __all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS", "temporary_bytes"]
 
@@ -434,7 +435,8 @@ def convect_project(
         offset = shifts_a.to(dtype)
     v = values if values.ndim == 2 else values[None]  # (1|b, n)
     p = points_xyz_a if points_xyz_a.ndim == 3 else points_xyz_a[None]  # (1|b, n, 3)
-    images = _ConvectSplat.apply(v, p, matrix, offset, int(box), float(apix), kernel)  # (b, box, box)
+    splat = triton_splat if use_triton(v, _ConvectSplat.apply) else _ConvectSplat.apply  # CUDA: ops/triton_splat.py
+    images = splat(v, p, matrix, offset, int(box), float(apix), kernel)  # (b, box, box)
     return _deconvolve(images, 2, kernel) if deconvolve else images
 
 
