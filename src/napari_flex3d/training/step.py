@@ -69,14 +69,16 @@ def data_terms(
 
 def model_data_terms(
     run: RunState, batch: dict, z: torch.Tensor, max_freq_px: float, view: LatentView | None = None,
-    values: torch.Tensor | None = None,
+    values: torch.Tensor | None = None, displacements: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`data_terms` of the whole ``batch`` in one piece."""
+    """:func:`data_terms` of the whole ``batch`` in one piece (``displacements (b, v, 3)``: the flow
+    generator's at ``z``, if the caller made them for its rigidity term too)."""
     from ..model.loss import spectral_data_loss
 
     model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
     # the model's spectrum, CTF applied there: no transform back to images and forward again
-    pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"], values=values)
+    pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"], values=values,
+                                  displacements=displacements)
     noise = spectra[batch["optics_group"]]  # (b, n_shells)
     return spectral_data_loss(pred, _target_spectrum(batch), noise, model.box, max_freq_px=max_freq_px)
 
@@ -87,27 +89,29 @@ def _target_spectrum(batch: dict) -> torch.Tensor:
     return torch.fft.rfft2(batch["images"], norm="ortho") if spectrum is None else spectrum
 
 
-_PER_PARTICLE = ("spectrum", "rotations", "shifts_a", "ctf", "optics_group")  # what model_data_terms reads
-
-
-def _tiled(batch: dict, copies: int) -> dict:
-    """``batch`` with its :data:`_PER_PARTICLE` entries repeated ``copies`` times along the first axis: row
-    ``c * b + i`` is particle ``i`` (``b`` particles); the rest (the images, which the spectrum stands
-    for, the indices) as they are."""
-    out = dict(batch)
-    for key in _PER_PARTICLE if copies > 1 else ():
-        out[key] = batch[key].repeat((copies,) + (1,) * (batch[key].ndim - 1))
-    return out
+def _tiled(batch: dict, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rotations (copies * b, 3, 3), shifts_a (copies * b, 2))``: the batch's poses repeated ``copies``
+    times, row ``c * b + i`` particle ``i`` (``b`` particles), for one splat of every candidate."""
+    return tuple(torch.cat([batch[key]] * copies) for key in ("rotations", "shifts_a"))  # cat: 4 operator calls, repeat 33
 
 
 def stacked_data_terms(
     run: RunState, batch: dict, max_freq_px: float, view: LatentView | None, values: torch.Tensor
 ):
     """``z (g, b, K) -> (g, b)``: :func:`data_terms` at ``g`` candidate latents per particle, as few
-    calls of the model as :data:`_STACK_ELEMENTS` allows (the batch tiled once, reused)."""
-    model = run.model if view is None else view.model
+    calls of the model as :data:`_STACK_ELEMENTS` allows. The poses are tiled once per call size and
+    reused; the particles' spectra, CTFs and noise spectra are not tiled: the ``(g, b)`` model spectra
+    broadcast against them (the same numbers as :func:`model_data_terms` of a tiled batch)."""
+    from ..model.loss import spectral_data_loss
+
+    model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
     b = batch["images"].shape[0]
-    batch = dict(batch, spectrum=_target_spectrum(batch))  # the particles transformed once
+    spectrum = _target_spectrum(batch)  # (b, N, N//2+1) the particles transformed once
+    noise = spectra[batch["optics_group"]]  # (b, n_shells)
+    ctf = batch["ctf"]
+    if ctf.shape != (b, model.box, model.box // 2 + 1):
+        raise ValueError(f"ctf must be ({b}, {model.box}, {model.box // 2 + 1}), got {tuple(ctf.shape)}")
+    ctf = ctf.to(values)
     per_row = 3 * values.shape[0] + 12 * model.box**2  # the moved points and the image-sized temporaries
     rows = _STACK_ELEMENTS.get(values.device.type, _STACK_ELEMENTS["cuda"]) // per_row
     tiles: dict = {}
@@ -121,7 +125,9 @@ def stacked_data_terms(
             if c not in tiles:
                 tiles[c] = _tiled(batch, c)
             flat = z[start : start + c].reshape(c * b, k_dim)
-            out.append(model_data_terms(run, tiles[c], flat, max_freq_px, view, values=values).reshape(c, b))
+            pred = model.project_spectrum(flat, *tiles[c], values=values)  # (c * b, N, N//2+1)
+            pred = pred.view((c,) + spectrum.shape) * ctf  # (c, b, N, N//2+1): the CTF broadcast
+            out.append(spectral_data_loss(pred, spectrum, noise, model.box, max_freq_px=max_freq_px))  # (c, b)
         return torch.cat(out) if len(out) > 1 else out[0]
 
     return loss_fn
@@ -231,13 +237,14 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
             whole = rows.stop - rows.start == len(idx)
             part = rows_of(batch, rows)
             z_part = z_noisy[rows]
-            data = model_data_terms(run, part, z_part, max_freq_px)  # (m,)
+            d = model.displacements(z_part)  # (m, v, 3): once for both terms
+            data = model_data_terms(run, part, z_part, max_freq_px, displacements=d)  # (m,)
             if phase == STRUCTURE:
                 with torch.no_grad():
-                    rigid = model.rigidity(z_part)
+                    rigid = model.rigidity(z_part, displacements=d)
                 lam = 0.0
             else:
-                rigid = model.rigidity(z_part)  # (m,)
+                rigid = model.rigidity(z_part, displacements=d)  # (m,)
                 lam = cfg.rigidity_weight()
             if ctx.active or not whole:  # this piece's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
