@@ -212,6 +212,12 @@ def _corners(k_dim: int, n_grid: int, device: torch.device) -> tuple[torch.Tenso
     return bits, place
 
 
+def _logsumexp(x: np.ndarray) -> float:
+    """``log(sum(exp(x)))`` of a vector, without overflow."""
+    top = float(x.max())
+    return top + math.log(float(np.exp(x - top).sum())) if math.isfinite(top) else top
+
+
 class GridPrior:
     """A latent prior learned from the data: a log density on the joint grid of inference.
 
@@ -291,43 +297,46 @@ class GridPrior:
         Of all priors with those moments, the one closest to ``log_p`` (least Kullback-Leibler
         divergence) is ``log_p + sum_k a_k z_k + b_k z_k^2`` up to a constant; ``a, b``
         minimise the convex dual ``logsumexp(log_p + F theta) - theta . target`` (Newton's
-        method with backtracking, on the CPU in float64: ``2K`` numbers once an epoch). The
+        method with backtracking, on the host in float64: ``2K`` numbers once an epoch). The
         moments anchor the latents' scale and centre as the Gaussian does (an auto-decoder's
         latents are otherwise free to drift in scale, the flow generator following them); the
         shape is the data's. With 2 points per axis the variance is fixed by the grid, and
         only the mean is matched.
         """
-        points = self._points(self.k_dim, self.n_grid, self.z_range).to(torch.float64)  # (G, K)
-        feats = torch.cat([points, points**2], 1)  # (G, 2K)
-        target = self._gaussian_weights() @ feats  # (2K,) the starting Gaussian's moments
-        base = log_p.detach().to("cpu", torch.float64)
-        theta = torch.zeros(2 * self.k_dim, dtype=torch.float64)
-        ridge = 1e-9 * torch.eye(2 * self.k_dim, dtype=torch.float64)
+        # NumPy: a few dozen tiny host operations a step of Newton, no device and no torch operator calls
+        points = self._points(self.k_dim, self.n_grid, self.z_range).to(torch.float64).numpy()  # (G, K)
+        feats = np.concatenate([points, points**2], 1)  # (G, 2K)
+        target = self._gaussian_weights().numpy() @ feats  # (2K,) the starting Gaussian's moments
+        base = log_p.detach().to("cpu", torch.float64).numpy()
+        theta = np.zeros(2 * self.k_dim)
+        ridge = 1e-9 * np.eye(2 * self.k_dim)
 
         def dual(th):
-            return torch.logsumexp(base + feats @ th, 0) - th @ target
+            return _logsumexp(base + feats @ th) - th @ target
 
         value = dual(theta)
         for _ in range(iterations):
-            p = torch.softmax(base + feats @ theta, 0)  # (G,)
+            logits = base + feats @ theta
+            p = np.exp(logits - _logsumexp(logits))  # (G,) softmax
             grad = p @ feats - target  # (2K,)
-            if float(grad.abs().max()) < 1e-10:
+            if np.abs(grad).max() < 1e-10:
                 break
             centred = feats - p @ feats
-            step = torch.linalg.solve(centred.T @ (p[:, None] * centred) + ridge, grad)
-            t = min(1.0, 1.0 / float(step.abs().max()))  # no jump into a flat, saturated corner
+            step = np.linalg.solve(centred.T @ (p[:, None] * centred) + ridge, grad)
+            t = min(1.0, 1.0 / float(np.abs(step).max()))  # no jump into a flat, saturated corner
             if t * float(grad @ step) < 1e-14:  # a decrease the dual's rounding hides: the minimum, to 1e-14
                 theta = theta - t * step
                 break
             while t > 1e-12:  # backtracking (Armijo): full Newton steps overshoot on peaked priors
                 trial = dual(theta - t * step)
-                if float(trial) <= float(value) - 1e-4 * t * float(grad @ step):
+                if trial <= value - 1e-4 * t * float(grad @ step):
                     break
                 t *= 0.5
             else:
                 break
             theta, value = theta - t * step, trial
-        return torch.log_softmax(base + feats @ theta, 0).to(log_p)
+        logits = base + feats @ theta
+        return torch.from_numpy(logits - _logsumexp(logits)).to(log_p)
 
 
 # --------------------------------------------------------------------------- inference

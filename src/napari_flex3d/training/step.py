@@ -41,10 +41,10 @@ def _trainable(model: torch.nn.Module, params: list):
 
 
 #: The most (candidate rows x elements per row) one stacked evaluation of latent inference
-#: holds (the moved points and about 12 image-sized temporaries, float32): 256 MiB on the
-#: CPU, 1 GiB on a GPU. (1 GiB on the CPU took latent inference from 6 model calls a minibatch to 3 at box 32, but
-#: its larger operations made a training run 1.4x slower there: benchmarks/RESULTS.md, op4.)
-_STACK_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 28}
+#: holds (the moved points and about 12 image-sized temporaries, float32): 1 GiB. At box 32 a
+#: minibatch's inference is then 3 model calls instead of 6 (256 MiB); on the CPU that once made
+#: a run 1.4x slower, until freed memory was kept in the heap (benchmarks/RESULTS.md, op4 and op5).
+_STACK_ELEMENTS = {"cpu": 1 << 28, "cuda": 1 << 28}
 
 
 def data_terms(
@@ -133,9 +133,12 @@ def stacked_data_terms(
     return loss_fn
 
 
-def infer_batch_latents(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+def infer_batch_latents(
+    run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float, values: torch.Tensor | None = None
+) -> torch.Tensor:
     """Latents ``(b, K)`` refined with the model frozen (at ``run.latent_view``'s box if there is one),
-    in micro-batches (:mod:`.micro_batch`): each particle's latents depend on its own images alone."""
+    in micro-batches (:mod:`.micro_batch`): each particle's latents depend on its own images alone.
+    ``values``: the model's :meth:`canonical_values` at ``max_freq_px``, if the caller has them (without a view)."""
     cfg, view = run.config, run.latent_view
     if cfg.latent_inference == "none":
         return z0
@@ -148,8 +151,9 @@ def infer_batch_latents(run: RunState, batch: dict, z0: torch.Tensor, max_freq_p
         if cfg.latent_inference == "grid":
             if run.latent_prior is not None and run.latent_mass is None:
                 run.latent_mass = torch.zeros_like(run.latent_prior.log_density)
-            with torch.no_grad():  # the map is frozen: band-limit it once, not once per candidate
-                values = (run.model if view is None else view.model).canonical_values()
+            if values is None or view is not None:
+                with torch.no_grad():  # the map is frozen: band-limit it once, not once per candidate
+                    values = (run.model if view is None else view.model).canonical_values()
 
             def infer(part: dict, z_part: torch.Tensor) -> torch.Tensor:
                 return infer_latents_grid(
