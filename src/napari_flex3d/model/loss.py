@@ -263,7 +263,8 @@ def spectral_data_loss(
     particles' ``(b, box, box//2+1)`` and ``(b, n_shells)`` gives ``(g, b)`` (candidates of latent inference)."""
     half_w = _weights(box, noise_spectrum, max_freq_px, pred_ft.device, pred_ft.dtype.to_real(), scale=0.5)  # (.., h, w//2+1)
     fp, ft = torch.view_as_real(pred_ft), torch.view_as_real(target_ft)  # (b, h, w//2+1, 2)
-    resid = ft - _fit_scale(half_w, fp, ft)[..., None, None, None] * fp
+    scale = _fit_scale(half_w, fp, ft)  # (..., b)
+    resid = ft - scale.view(scale.shape + (1, 1, 1)) * fp
     # 0.5 sits in the weights (a power of two: the same numbers as halving the sum)
     return (half_w * resid.square().sum(-1)).sum(dim=(-2, -1))
 
