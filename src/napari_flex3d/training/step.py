@@ -72,14 +72,25 @@ def model_data_terms(
     values: torch.Tensor | None = None, displacements: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """:func:`data_terms` of the whole ``batch`` in one piece (``displacements (b, v, 3)``: the flow
-    generator's at ``z``, if the caller made them for its rigidity term too)."""
+    generator's at ``z``, if the caller made them for its rigidity term too).
+
+    With ``batch``'s poses tiled ``g`` times (:func:`_tiled`: row ``c * b + i`` is particle ``i`` of
+    ``b``) and ``z (g * b, K)``, the ``g`` candidates of each particle: ``(g, b)``, its CTF, spectrum
+    and noise not tiled but broadcast (the same numbers as a tiled batch's)."""
     from ..model.loss import spectral_data_loss
 
     model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
-    # the model's spectrum, CTF applied there: no transform back to images and forward again
-    pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"], values=values,
-                                  displacements=displacements)
+    ctf = batch["ctf"]
     noise = spectra[batch["optics_group"]]  # (b, n_shells)
+    if batch["rotations"].shape[0] == ctf.shape[0]:
+        # the model's spectrum, CTF applied there: no transform back to images and forward again
+        pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], ctf=ctf, values=values,
+                                      displacements=displacements)  # (b, N, N//2+1)
+    else:
+        pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], values=values)  # (g * b, N, N//2+1)
+        if ctf.shape[1:] != pred.shape[1:] or pred.shape[0] % ctf.shape[0]:
+            raise ValueError(f"ctf {tuple(ctf.shape)} does not fit {pred.shape[0]} model spectra {tuple(pred.shape[1:])}")
+        pred = pred.view((-1,) + tuple(ctf.shape)) * ctf.to(pred.dtype.to_real())  # (g, b, N, N//2+1)
     return spectral_data_loss(pred, _target_spectrum(batch), noise, model.box, max_freq_px=max_freq_px)
 
 
@@ -89,10 +100,12 @@ def _target_spectrum(batch: dict) -> torch.Tensor:
     return torch.fft.rfft2(batch["images"], norm="ortho") if spectrum is None else spectrum
 
 
-def _tiled(batch: dict, copies: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(rotations (copies * b, 3, 3), shifts_a (copies * b, 2))``: the batch's poses repeated ``copies``
-    times, row ``c * b + i`` particle ``i`` (``b`` particles), for one splat of every candidate."""
-    return tuple(torch.cat([batch[key]] * copies) for key in ("rotations", "shifts_a"))  # cat: 4 operator calls, repeat 33
+def _tiled(batch: dict, copies: int) -> dict:
+    """``batch`` with its poses (rotations, shifts) repeated ``copies`` times along the first axis: row
+    ``c * b + i`` is particle ``i`` (``b`` particles), for one splat of every candidate; the rest as it is."""
+    if copies == 1:
+        return batch
+    return dict(batch, **{key: torch.cat([batch[key]] * copies) for key in ("rotations", "shifts_a")})  # cat: 4 operator calls, repeat 33
 
 
 def stacked_data_terms(
@@ -100,18 +113,10 @@ def stacked_data_terms(
 ):
     """``z (g, b, K) -> (g, b)``: :func:`data_terms` at ``g`` candidate latents per particle, as few
     calls of the model as :data:`_STACK_ELEMENTS` allows. The poses are tiled once per call size and
-    reused; the particles' spectra, CTFs and noise spectra are not tiled: the ``(g, b)`` model spectra
-    broadcast against them (the same numbers as :func:`model_data_terms` of a tiled batch)."""
-    from ..model.loss import spectral_data_loss
-
-    model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
+    reused; the particles' spectra, CTFs and noise spectra are not tiled (:func:`model_data_terms`)."""
+    model = run.model if view is None else view.model
     b = batch["images"].shape[0]
-    spectrum = _target_spectrum(batch)  # (b, N, N//2+1) the particles transformed once
-    noise = spectra[batch["optics_group"]]  # (b, n_shells)
-    ctf = batch["ctf"]
-    if ctf.shape != (b, model.box, model.box // 2 + 1):
-        raise ValueError(f"ctf must be ({b}, {model.box}, {model.box // 2 + 1}), got {tuple(ctf.shape)}")
-    ctf = ctf.to(values)
+    batch = dict(batch, spectrum=_target_spectrum(batch))  # the particles transformed once
     per_row = 3 * values.shape[0] + 12 * model.box**2  # the moved points and the image-sized temporaries
     rows = _STACK_ELEMENTS.get(values.device.type, _STACK_ELEMENTS["cuda"]) // per_row
     tiles: dict = {}
@@ -125,9 +130,7 @@ def stacked_data_terms(
             if c not in tiles:
                 tiles[c] = _tiled(batch, c)
             flat = z[start : start + c].reshape(c * b, k_dim)
-            pred = model.project_spectrum(flat, *tiles[c], values=values)  # (c * b, N, N//2+1)
-            pred = pred.view((c,) + spectrum.shape) * ctf  # (c, b, N, N//2+1): the CTF broadcast
-            out.append(spectral_data_loss(pred, spectrum, noise, model.box, max_freq_px=max_freq_px))  # (c, b)
+            out.append(model_data_terms(run, tiles[c], flat, max_freq_px, view, values=values).view(c, b))
         return torch.cat(out) if len(out) > 1 else out[0]
 
     return loss_fn
