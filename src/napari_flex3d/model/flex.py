@@ -256,7 +256,8 @@ class FlexModel(nn.Module):
         shifts_a = torch.as_tensor(shifts_a).to(values)
         if z is not None and z.shape[0] != b:
             raise ValueError(f"z has {z.shape[0]} rows but there are {b} rotations")
-        points = self.canonical.points_xyz_a if z is None else self.voxel_points(z, displacements)  # (n_vox, 3) | (b, n_vox, 3)
+        # (n_vox, 3) | (b, n_vox, 3)
+        points = self.canonical.points_xyz_a if z is None else self.voxel_points(z, displacements)
         images = convect_project(
             values, points, rotations, shifts_a, self.box, self.apix, kernel=kernel or self.kernel,
             deconvolve=self.deconvolve,

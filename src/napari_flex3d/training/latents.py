@@ -272,7 +272,7 @@ class GridPrior:
         t = (inside + r) / h  # (..., K) grid coordinates
         i0 = t.floor().clamp_(0, g - 2)
         frac = t.sub_(i0).unsqueeze(-2)  # (..., 1, K)
-        bits, place, upper = _corners(self.k_dim, g, z.device)  # (2**K, K) 0/1, (K,) the flat index's strides, bits.bool()
+        bits, place, upper = _corners(self.k_dim, g, z.device)  # (2**K, K) 0/1, (K,) strides, (2**K, K) bool
         # the 2**K corners of each point's grid cell at once: flat index and multilinear weight
         index = (i0.long().unsqueeze(-2) + bits).mul_(place).sum(-1)  # (..., 2**K)
         weight = torch.where(upper, frac, 1.0 - frac).prod(-1)  # (..., 2**K)

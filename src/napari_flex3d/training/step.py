@@ -89,7 +89,7 @@ def model_data_terms(
     else:
         pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], values=values)  # (g * b, N, N//2+1)
         if ctf.shape[1:] != pred.shape[1:] or pred.shape[0] % ctf.shape[0]:
-            raise ValueError(f"ctf {tuple(ctf.shape)} does not fit {pred.shape[0]} model spectra {tuple(pred.shape[1:])}")
+            raise ValueError(f"ctf {tuple(ctf.shape)} does not fit {pred.shape[0]} model spectra of {tuple(pred.shape[1:])}")
         pred = pred.view((-1,) + tuple(ctf.shape)) * ctf.to(pred.dtype.to_real())  # (g, b, N, N//2+1)
     return spectral_data_loss(pred, _target_spectrum(batch), noise, model.box, max_freq_px=max_freq_px)
 
@@ -105,7 +105,8 @@ def _tiled(batch: dict, copies: int) -> dict:
     ``c * b + i`` is particle ``i`` (``b`` particles), for one splat of every candidate; the rest as it is."""
     if copies == 1:
         return batch
-    return dict(batch, **{key: torch.cat([batch[key]] * copies) for key in ("rotations", "shifts_a")})  # cat: 4 operator calls, repeat 33
+    # cat: 4 operator calls, repeat 33
+    return dict(batch, **{key: torch.cat([batch[key]] * copies) for key in ("rotations", "shifts_a")})
 
 
 def stacked_data_terms(
