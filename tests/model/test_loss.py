@@ -141,3 +141,16 @@ def test_residual_per_coefficient_is_one_for_pure_noise_at_any_band():
     assert losses == sorted(losses) and losses[-1] > 20 * losses[0]
     np.testing.assert_allclose(residuals, 1.0, atol=0.03)
     assert band_coefficients(box) == box * box - 1  # every real coefficient but DC
+
+
+def test_band_coefficients_count_the_loss_weights_at_every_band():
+    """The cached NumPy count equals the loss's own weights summed in torch, at bands on and beside every
+    coefficient's radius (a band is compared in float32 as the weights compare it)."""
+    from napari_flex3d.model.loss import _band_plane, band_coefficients
+
+    for box in (16, 31, 48):
+        radii = np.unique(radial_frequency_2d(box).double().numpy())
+        bands = np.concatenate([radii, np.nextafter(radii, 0), np.nextafter(radii, np.inf), [0.3, 7.77]])
+        for band in [None, *map(float, bands)]:
+            plane_w, _ = _band_plane(box, band, n_shells_2d(box), torch.device("cpu"), torch.float32)
+            assert band_coefficients(box, band) == float(plane_w.double().sum()), (box, band)

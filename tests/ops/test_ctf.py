@@ -79,3 +79,17 @@ def test_particle_ctf_from_star(formats_dir):
     small = particle_ctf(ps, [0], box=32)  # Fourier-cropped box: pixel 2 x 3.54 Å
     torch.testing.assert_close(small, ctf_2d(32, 7.08, t.rlnDefocusU.values[:1], t.rlnDefocusV.values[:1],
                                              t.rlnDefocusAngle.values[:1], 200.0, 1.4, 0.1))
+
+
+def test_per_particle_table_equals_tensor_arguments():
+    """NumPy arguments go in as one table; tensors one by one: the same CTFs bit for bit (float32 and 64)."""
+    rng = np.random.default_rng(4)
+    b = 9
+    du, dv = rng.uniform(5e3, 3e4, b), rng.uniform(5e3, 3e4, b)
+    angle, phase = rng.uniform(-180, 180, b), rng.uniform(0, 90, b)
+    for dtype in (torch.float32, torch.float64):
+        table = ctf_2d(40, 1.7, du, dv, angle, 300.0, 2.7, np.full(b, 0.1), phase, dtype=dtype)
+        du_t = torch.as_tensor(du, dtype=dtype)
+        tensors = ctf_2d(40, 1.7, du_t, dv, angle, 300.0, 2.7, np.full(b, 0.1), phase, dtype=dtype)
+        assert table.shape == (b, 40, 21) and table.dtype == dtype
+        assert torch.equal(table, tensors)

@@ -206,9 +206,10 @@ class FlexModel(nn.Module):
         """Vertex displacements ``(b, v, 3)`` xyz Å (masked) for latents ``z (b, K)``."""
         return self.flow(z)
 
-    def voxel_flow(self, z: torch.Tensor) -> torch.Tensor:
-        """Flow ``u = B (m * d)`` at every mask voxel, ``(b, n_vox, 3)`` Å."""
-        d = self.displacements(z)
+    def voxel_flow(self, z: torch.Tensor, displacements: torch.Tensor | None = None) -> torch.Tensor:
+        """Flow ``u = B (m * d)`` at every mask voxel, ``(b, n_vox, 3)`` Å (``displacements``: ``d``
+        at ``z`` if already made)."""
+        d = self.displacements(z) if displacements is None else displacements
         return interpolate_vertex_flow(d, self.bary_index, self.bary_weight, fem=self._fem(d.dtype))
 
     def _fem(self, dtype: torch.dtype) -> torch.Tensor:
@@ -220,12 +221,12 @@ class FlexModel(nn.Module):
             self.__dict__["_fem_cache"] = cached
         return cached[1]
 
-    def voxel_points(self, z: torch.Tensor | None) -> torch.Tensor:
+    def voxel_points(self, z: torch.Tensor | None, displacements: torch.Tensor | None = None) -> torch.Tensor:
         """Moved voxel centres ``y + u(y)``: ``(b, n_vox, 3)`` xyz Å (``z=None``: ``(1, n_vox, 3)`` rest)."""
         rest = self.canonical.points_xyz_a
         if z is None:
             return rest[None]
-        return rest[None] + self.voxel_flow(z)
+        return rest[None] + self.voxel_flow(z, displacements)
 
     def project(
         self,
@@ -235,13 +236,15 @@ class FlexModel(nn.Module):
         ctf: torch.Tensor | None = None,
         kernel: str | None = None,
         values: torch.Tensor | None = None,
+        displacements: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Model images ``(b, N, N)``: convect + project ``V`` (one splat), then the CTF.
 
         ``z (b, K)`` latents or ``None`` (rigid); ``rotations (b, 3, 3)`` RELION ``A``;
         ``shifts_a (b, 2)`` (RELION origin, Å; ``None`` = 0); ``ctf (b, N, N//2+1)`` rfft
         layout or ``None``; ``values (n_vox,)`` the map to project, if not
-        :meth:`canonical_values` (computed once for many calls with the map frozen).
+        :meth:`canonical_values` (computed once for many calls with the map frozen);
+        ``displacements (b, v, 3)``: :meth:`displacements` at ``z``, if already made.
         """
         from ..ops.splat import convect_project
 
@@ -253,7 +256,8 @@ class FlexModel(nn.Module):
         shifts_a = torch.as_tensor(shifts_a).to(values)
         if z is not None and z.shape[0] != b:
             raise ValueError(f"z has {z.shape[0]} rows but there are {b} rotations")
-        points = self.canonical.points_xyz_a if z is None else self.voxel_points(z)  # (n_vox, 3) | (b, n_vox, 3)
+        # (n_vox, 3) | (b, n_vox, 3)
+        points = self.canonical.points_xyz_a if z is None else self.voxel_points(z, displacements)
         images = convect_project(
             values, points, rotations, shifts_a, self.box, self.apix, kernel=kernel or self.kernel,
             deconvolve=self.deconvolve,
@@ -271,12 +275,13 @@ class FlexModel(nn.Module):
         shifts_a: torch.Tensor | None = None,
         ctf: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
+        displacements: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``rfft2(project(...), norm="ortho")`` ``(b, N, N//2+1)`` complex, the CTF applied there without
         the transform back (what the data loss needs: ``model.loss.spectral_data_loss``). The same
         inside ``|k| < N/2``; on the Nyquist row and column :meth:`project`'s round trip makes an
         astigmatic CTF's product Hermitian, this keeps it as it is (no loss band reaches past ``N/2``)."""
-        images = self.project(z, rotations, shifts_a, values=values)
+        images = self.project(z, rotations, shifts_a, values=values, displacements=displacements)
         spectrum = torch.fft.rfft2(images, norm="ortho")
         return spectrum if ctf is None else spectrum * self._checked_ctf(ctf, images)
 
@@ -344,9 +349,10 @@ class FlexModel(nn.Module):
         self.canonical.values.copy_(self.canonical.from_full(fourier_crop_3d(full, self.box)))
         self.max_freq_px = None
 
-    def rigidity(self, z: torch.Tensor) -> torch.Tensor:
-        """Local non-rigidity ``E_rigid (b,)`` = ``sum_j w_j sum_l (s_l(F_j) - 1)^2`` (signed ``s``)."""
-        d = self.displacements(z)  # (b, v, 3)
+    def rigidity(self, z: torch.Tensor, displacements: torch.Tensor | None = None) -> torch.Tensor:
+        """Local non-rigidity ``E_rigid (b,)`` = ``sum_j w_j sum_l (s_l(F_j) - 1)^2`` (signed ``s``);
+        ``displacements (b, v, 3)``: :meth:`displacements` at ``z``, if already made."""
+        d = self.displacements(z) if displacements is None else displacements  # (b, v, 3)
         return rigidity_energy(self.vertices_a, d, self.cells, self.rigidity_weights, rest_inv=self.rest_inv.to(d))
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
 from ..ops.fourier import frequency_radius_grid
@@ -256,10 +257,14 @@ def spectral_data_loss(
     max_freq_px: float | None = None,
 ) -> torch.Tensor:
     """:func:`data_loss` with ``scale="fit"`` from both images' orthonormal ``rfft2`` ``(b, box, box//2+1)``
-    (complex): a model made in Fourier space (the CTF applied there) needs no transform back and forth."""
+    (complex): a model made in Fourier space (the CTF applied there) needs no transform back and forth.
+
+    ``pred_ft`` may carry leading axes the rest broadcast over: ``(g, b, box, box//2+1)`` against the
+    particles' ``(b, box, box//2+1)`` and ``(b, n_shells)`` gives ``(g, b)`` (candidates of latent inference)."""
     half_w = _weights(box, noise_spectrum, max_freq_px, pred_ft.device, pred_ft.dtype.to_real(), scale=0.5)  # (.., h, w//2+1)
     fp, ft = torch.view_as_real(pred_ft), torch.view_as_real(target_ft)  # (b, h, w//2+1, 2)
-    resid = ft - _fit_scale(half_w, fp, ft).view(-1, 1, 1, 1) * fp
+    scale = _fit_scale(half_w, fp, ft)  # (..., b)
+    resid = ft - scale.view(scale.shape + (1, 1, 1)) * fp
     # 0.5 sits in the weights (a power of two: the same numbers as halving the sum)
     return (half_w * resid.square().sum(-1)).sum(dim=(-2, -1))
 
@@ -271,11 +276,18 @@ def band_coefficients(box: int, max_freq_px: float | None = None) -> float:
     an image of pure noise with the estimated spectrum, whatever the band (a fit that
     explains the signal approaches 1 from above).
     """
-    k = radial_frequency_2d(box, "cpu")
+    k, plane_w = _plane_radius(int(box))
     allowed = k > 0
     if max_freq_px is not None:
-        allowed = allowed & (k <= max_freq_px)
-    return float((rfft_plane_weights(box, "cpu") * allowed).sum())
+        allowed = allowed & (k <= np.float32(max_freq_px))  # in float32, as the loss's weights compare
+    return float((plane_w * allowed).sum())
+
+
+@functools.lru_cache(maxsize=16)
+def _plane_radius(box: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(|k| float32, plane weights float64)``, both ``(box, box//2+1)``, made once per box: the loop asks
+    :func:`band_coefficients` every step at a new band, and NumPy counts without torch operator calls."""
+    return radial_frequency_2d(box, "cpu").numpy(), rfft_plane_weights(box, "cpu").double().numpy()
 
 
 def total_loss(

@@ -14,6 +14,7 @@ The closed form here is checked against ``torch_ctf.calculate_ctf_2d`` in the te
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -66,33 +67,43 @@ def ctf_2d(
     -------
     ``(b, box, box // 2 + 1)`` real tensor (differentiable in every tensor argument).
     """
-    for x in (defocus_u_a, defocus_v_a, defocus_angle_deg, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg):
+    args = (defocus_u_a, defocus_v_a, defocus_angle_deg, voltage_kv, cs_mm, amplitude_contrast, phase_shift_deg)
+    for x in args:
         if isinstance(x, torch.Tensor):
             device = x.device if device is None else device
             if x.is_floating_point():
                 dtype = x.dtype if x.dtype == torch.float64 else dtype
             break
-    if not isinstance(voltage_kv, torch.Tensor):
-        wavelength = torch.as_tensor(electron_wavelength_a(np.asarray(voltage_kv, dtype=np.float64)), device=device)
-        wavelength = wavelength.to(dtype).reshape(-1)
+    if not any(isinstance(x, torch.Tensor) for x in args):
+        # every per-particle number in one table: one transfer and one cast, not one per argument
+        columns = [np.asarray(x, dtype=np.float64).reshape(-1) for x in args]
+        columns[3] = electron_wavelength_a(columns[3])
+        table = np.stack(np.broadcast_arrays(*columns))[:, :, None, None]  # (7, b, 1, 1)
+        du, dv, angle_deg, lam, cs_mm, w, phase_deg = torch.as_tensor(table, device=device).to(dtype)
     else:
-        v = voltage_kv.to(device, dtype).reshape(-1) * 1e3
-        wavelength = 12.2642598 / torch.sqrt(v * (1 + 0.978466e-6 * v))
-    du = _as_batch(defocus_u_a, device, dtype)
-    dv = _as_batch(defocus_v_a, device, dtype)
-    angle = torch.deg2rad(_as_batch(defocus_angle_deg, device, dtype))
-    cs_a = _as_batch(cs_mm, device, dtype) * 1e7
-    w = _as_batch(amplitude_contrast, device, dtype)
-    phase = torch.deg2rad(_as_batch(phase_shift_deg, device, dtype))
+        du, dv, angle_deg, cs_mm, w, phase_deg = (
+            _as_batch(x, device, dtype)[:, None, None]
+            for x in (defocus_u_a, defocus_v_a, defocus_angle_deg, cs_mm, amplitude_contrast, phase_shift_deg)
+        )  # (b, 1, 1)
+        if not isinstance(voltage_kv, torch.Tensor):
+            lam = torch.as_tensor(electron_wavelength_a(np.asarray(voltage_kv, dtype=np.float64)), device=device)
+            lam = lam.to(dtype).reshape(-1, 1, 1)
+        else:
+            v = voltage_kv.to(device, dtype).reshape(-1, 1, 1) * 1e3
+            lam = 12.2642598 / torch.sqrt(v * (1 + 0.978466e-6 * v))  # (b, 1, 1) wavelength, Å
 
+    k2, theta = _polar_grid(int(box), float(apix), bool(rfft), torch.device(device or "cpu"), dtype)  # (h, w')
+    df = (du + dv) / 2 + (du - dv) / 2 * torch.cos(2 * (theta - torch.deg2rad(angle_deg)))  # (b, h, w')
+    chi = math.pi * lam * df * k2 - (math.pi / 2) * (cs_mm * 1e7) * lam**3 * k2**2 + torch.deg2rad(phase_deg)
+    return torch.sqrt(1 - w**2) * torch.sin(chi) + w * torch.cos(chi)
+
+
+@functools.lru_cache(maxsize=16)
+def _polar_grid(box: int, apix: float, rfft: bool, device: torch.device, dtype: torch.dtype):
+    """``(|k|^2, direction of (kx, ky))``, both ``(h, w')`` in 1/Å^2 and radians, made once per box,
+    pixel size, layout, device and dtype (every minibatch's CTF). Read only."""
     ky, kx = frequency_axes((box, box), d=apix, rfft=rfft, device=device, dtype=dtype)  # (h, 1), (1, w') 1/Å
-    k2 = kx**2 + ky**2
-    theta = torch.atan2(ky, kx)  # (h, w') direction of (kx, ky)
-    b = lambda t: t[:, None, None]  # noqa: E731  (b,) -> (b, 1, 1)
-    df = b((du + dv) / 2) + b((du - dv) / 2) * torch.cos(2 * (theta - b(angle)))  # (b, h, w')
-    lam = b(wavelength)
-    chi = math.pi * lam * df * k2 - (math.pi / 2) * b(cs_a) * lam**3 * k2**2 + b(phase)
-    return torch.sqrt(1 - b(w) ** 2) * torch.sin(chi) + b(w) * torch.cos(chi)
+    return kx**2 + ky**2, torch.atan2(ky, kx)
 
 
 def apply_ctf(images: torch.Tensor, ctf: torch.Tensor) -> torch.Tensor:

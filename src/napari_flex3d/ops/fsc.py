@@ -59,7 +59,8 @@ def _shell_correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     fa = torch.fft.rfftn(a, dim=(-3, -2, -1)).flatten(-3)  # (..., F)
     fb = torch.fft.rfftn(b, dim=(-3, -2, -1)).flatten(-3)
     terms = torch.stack([(fa * fb.conj()).real, fa.abs() ** 2, fb.abs() ** 2])  # (3, ..., F)
-    terms = terms.repeat((1,) * (terms.ndim - 1) + (2,)) * weight.to(terms.dtype)  # (3, ..., 2F): below, above
+    # (3, ..., 2F): below, above (cat: 4 operator calls, repeat 33)
+    terms = torch.cat([terms, terms], -1) * weight.to(terms.dtype)
     sums = terms.new_zeros(terms.shape[:-1] + (n + 1,)).index_add_(-1, shell, terms)  # (3, ..., n + 1)
     cross, norm = sums[0, ..., :n], sums[1, ..., :n].sqrt() * sums[2, ..., :n].sqrt()
     out = torch.where(norm > 0, cross / norm, torch.zeros_like(cross))

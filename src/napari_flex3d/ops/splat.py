@@ -49,6 +49,7 @@ Speed and memory against a materialise-rotate-sum path: see the benchmark.
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -173,8 +174,15 @@ def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, rev
     first = first.clamp_(0, box + k).long()  # (D, c, n) padded pixel of the first tap
     base = (first * strides).sum(0)  # (c, n) flat index in a particle's padded grid
     grid = pad_box**ndim
-    base += torch.arange(lead, lead + c * grid, grid, device=base.device)[:, None]
+    base += _grid_starts(c, grid, lead, base.device)
     return base, weights.view((-1, k) + coord.shape)
+
+
+@functools.lru_cache(maxsize=64)
+def _grid_starts(c: int, grid: int, lead: int, device: torch.device) -> torch.Tensor:
+    """``(c, 1)`` int64: where each of ``c`` stacked grids of ``grid`` floats starts after ``lead``; made
+    once per chunk size (every chunk of a splat but the last has the same). Read only."""
+    return torch.arange(lead, lead + c * grid, grid, device=device)[:, None]
 
 
 def _outer_taps(ndim: int, inner: int, pad_box: int, k: int):

@@ -204,12 +204,19 @@ def _joint_grid(k_dim: int, offsets: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
-def _corners(k_dim: int, n_grid: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(bits (2**K, K) long, place (K,) long)``: the corners of a grid cell as 0/1 offsets per axis
-    (first axis slowest, as :func:`_joint_grid`), and each axis's stride in the flat grid. Read only."""
+def _corners(k_dim: int, n_grid: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(bits (2**K, K) long, place (K,) long, upper (2**K, K) bool)``: the corners of a grid cell as 0/1
+    offsets per axis (first axis slowest, as :func:`_joint_grid`), each axis's stride in the flat grid,
+    and the bits as a mask. Read only."""
     bits = torch.tensor([[(c >> (k_dim - 1 - k)) & 1 for k in range(k_dim)] for c in range(2**k_dim)], device=device)
     place = torch.tensor([n_grid ** (k_dim - 1 - k) for k in range(k_dim)], device=device)
-    return bits, place
+    return bits, place, bits.bool()
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    """``log(sum(exp(x)))`` of a vector, without overflow."""
+    top = float(x.max())
+    return top + math.log(float(np.exp(x - top).sum())) if math.isfinite(top) else top
 
 
 class GridPrior:
@@ -263,16 +270,15 @@ class GridPrior:
         h = 2.0 * r / (g - 1)
         inside = z.clamp(-r, r)
         t = (inside + r) / h  # (..., K) grid coordinates
-        i0 = t.floor().clamp(0, g - 2)
-        frac = t - i0  # (..., K)
-        bits, place = _corners(self.k_dim, g, z.device)  # (2**K, K) 0/1, (K,) the flat index's strides
+        i0 = t.floor().clamp_(0, g - 2)
+        frac = t.sub_(i0).unsqueeze(-2)  # (..., 1, K)
+        bits, place, upper = _corners(self.k_dim, g, z.device)  # (2**K, K) 0/1, (K,) strides, (2**K, K) bool
         # the 2**K corners of each point's grid cell at once: flat index and multilinear weight
-        index = ((i0.long()[..., None, :] + bits) * place).sum(-1)  # (..., 2**K)
-        frac = frac[..., None, :]  # (..., 1, K)
-        weight = torch.where(bits.bool(), frac, 1.0 - frac).prod(-1)  # (..., 2**K)
+        index = (i0.long().unsqueeze(-2) + bits).mul_(place).sum(-1)  # (..., 2**K)
+        weight = torch.where(upper, frac, 1.0 - frac).prod(-1)  # (..., 2**K)
         inner = (weight * self.log_density.to(z)[index]).sum(-1)
-        tail = 0.5 * self.gaussian_weight * ((z**2).sum(-1) - (inside**2).sum(-1))
-        return tail - inner
+        tail = (z * z).sum(-1).sub_((inside * inside).sum(-1)).mul_(0.5 * self.gaussian_weight)
+        return tail.sub_(inner)
 
     def updated(self, mass: torch.Tensor) -> "GridPrior":
         """One EM step: the new prior is ``mass`` (the summed posterior weights of the grid's
@@ -291,43 +297,46 @@ class GridPrior:
         Of all priors with those moments, the one closest to ``log_p`` (least Kullback-Leibler
         divergence) is ``log_p + sum_k a_k z_k + b_k z_k^2`` up to a constant; ``a, b``
         minimise the convex dual ``logsumexp(log_p + F theta) - theta . target`` (Newton's
-        method with backtracking, on the CPU in float64: ``2K`` numbers once an epoch). The
+        method with backtracking, on the host in float64: ``2K`` numbers once an epoch). The
         moments anchor the latents' scale and centre as the Gaussian does (an auto-decoder's
         latents are otherwise free to drift in scale, the flow generator following them); the
         shape is the data's. With 2 points per axis the variance is fixed by the grid, and
         only the mean is matched.
         """
-        points = self._points(self.k_dim, self.n_grid, self.z_range).to(torch.float64)  # (G, K)
-        feats = torch.cat([points, points**2], 1)  # (G, 2K)
-        target = self._gaussian_weights() @ feats  # (2K,) the starting Gaussian's moments
-        base = log_p.detach().to("cpu", torch.float64)
-        theta = torch.zeros(2 * self.k_dim, dtype=torch.float64)
-        ridge = 1e-9 * torch.eye(2 * self.k_dim, dtype=torch.float64)
+        # NumPy: a few dozen tiny host operations a step of Newton, no device and no torch operator calls
+        points = self._points(self.k_dim, self.n_grid, self.z_range).to(torch.float64).numpy()  # (G, K)
+        feats = np.concatenate([points, points**2], 1)  # (G, 2K)
+        target = self._gaussian_weights().numpy() @ feats  # (2K,) the starting Gaussian's moments
+        base = log_p.detach().to("cpu", torch.float64).numpy()
+        theta = np.zeros(2 * self.k_dim)
+        ridge = 1e-9 * np.eye(2 * self.k_dim)
 
         def dual(th):
-            return torch.logsumexp(base + feats @ th, 0) - th @ target
+            return _logsumexp(base + feats @ th) - th @ target
 
         value = dual(theta)
         for _ in range(iterations):
-            p = torch.softmax(base + feats @ theta, 0)  # (G,)
+            logits = base + feats @ theta
+            p = np.exp(logits - _logsumexp(logits))  # (G,) softmax
             grad = p @ feats - target  # (2K,)
-            if float(grad.abs().max()) < 1e-10:
+            if np.abs(grad).max() < 1e-10:
                 break
             centred = feats - p @ feats
-            step = torch.linalg.solve(centred.T @ (p[:, None] * centred) + ridge, grad)
-            t = min(1.0, 1.0 / float(step.abs().max()))  # no jump into a flat, saturated corner
+            step = np.linalg.solve(centred.T @ (p[:, None] * centred) + ridge, grad)
+            t = min(1.0, 1.0 / float(np.abs(step).max()))  # no jump into a flat, saturated corner
             if t * float(grad @ step) < 1e-14:  # a decrease the dual's rounding hides: the minimum, to 1e-14
                 theta = theta - t * step
                 break
             while t > 1e-12:  # backtracking (Armijo): full Newton steps overshoot on peaked priors
                 trial = dual(theta - t * step)
-                if float(trial) <= float(value) - 1e-4 * t * float(grad @ step):
+                if trial <= value - 1e-4 * t * float(grad @ step):
                     break
                 t *= 0.5
             else:
                 break
             theta, value = theta - t * step, trial
-        return torch.log_softmax(base + feats @ theta, 0).to(log_p)
+        logits = base + feats @ theta
+        return torch.from_numpy(logits - _logsumexp(logits)).to(log_p)
 
 
 # --------------------------------------------------------------------------- inference
@@ -464,7 +473,7 @@ class _GridSearch:
         axis at a time; an axis's candidates differ from the best only on that axis, so they are one block."""
         for k in range(self.z.shape[1]):
             centre = torch.zeros_like(self.z[:, k]) if from_origin else self.z[:, k]  # (b,)
-            cand = self.z[None].repeat(len(offsets), 1, 1)  # (g, b, K)
+            cand = self.z.expand(len(offsets), -1, -1).contiguous()  # (g, b, K) (a copy: 6 operator calls, repeat 33)
             cand[:, :, k] = centre[None, :] + offsets[:, None]
             self.keep(cand, self.objective(cand))
 

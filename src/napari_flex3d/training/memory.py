@@ -67,7 +67,7 @@ _INFER_PER_PIXEL, _INFER_PER_VOXEL = 15.5, 13.0
 #: The splat's chunk bound (particles x points) and the stacked inference's bound (rows x
 #: elements per row), per device type: ``ops.splat`` and ``training.step`` use these.
 _SPLAT_CHUNK = {"cpu": 1 << 21, "cuda": 1 << 22}
-_STACK = {"cpu": 1 << 26, "cuda": 1 << 28}
+_STACK = {"cpu": 1 << 28, "cuda": 1 << 28}
 
 #: A GPU needs this much more than the estimate: the caching allocator's rounding and
 #: fragmentation, cuFFT's plans and work areas.

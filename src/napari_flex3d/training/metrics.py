@@ -41,7 +41,7 @@ def validation_losses(run: RunState, band: float) -> np.ndarray:
         idx = val_idx[s : s + run.config.batch]
         batch = read_batch(run, idx)
         rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
-        z = infer_batch_latents(run, batch, run.latents[rows], max_freq_px)
+        z = infer_batch_latents(run, batch, run.latents[rows], max_freq_px, values=values)
         run.latents[rows] = z.detach()
         slots = host_to_device(torch.as_tensor(where[s : s + len(idx)], dtype=torch.long), run.device)
         with torch.no_grad():

@@ -41,10 +41,10 @@ def _trainable(model: torch.nn.Module, params: list):
 
 
 #: The most (candidate rows x elements per row) one stacked evaluation of latent inference
-#: holds (the moved points and about 12 image-sized temporaries, float32): 256 MiB on the
-#: CPU, 1 GiB on a GPU. (1 GiB on the CPU took latent inference from 6 model calls a minibatch to 3 at box 32, but
-#: its larger operations made a training run 1.4x slower there: benchmarks/RESULTS.md, op4.)
-_STACK_ELEMENTS = {"cpu": 1 << 26, "cuda": 1 << 28}
+#: holds (the moved points and about 12 image-sized temporaries, float32): 1 GiB. At box 32 a
+#: minibatch's inference is then 3 model calls instead of 6 (256 MiB); on the CPU that once made
+#: a run 1.4x slower, until freed memory was kept in the heap (benchmarks/RESULTS.md, op4 and op5).
+_STACK_ELEMENTS = {"cpu": 1 << 28, "cuda": 1 << 28}
 
 
 def data_terms(
@@ -69,15 +69,28 @@ def data_terms(
 
 def model_data_terms(
     run: RunState, batch: dict, z: torch.Tensor, max_freq_px: float, view: LatentView | None = None,
-    values: torch.Tensor | None = None,
+    values: torch.Tensor | None = None, displacements: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """:func:`data_terms` of the whole ``batch`` in one piece."""
+    """:func:`data_terms` of the whole ``batch`` in one piece (``displacements (b, v, 3)``: the flow
+    generator's at ``z``, if the caller made them for its rigidity term too).
+
+    With ``batch``'s poses tiled ``g`` times (:func:`_tiled`: row ``c * b + i`` is particle ``i`` of
+    ``b``) and ``z (g * b, K)``, the ``g`` candidates of each particle: ``(g, b)``, its CTF, spectrum
+    and noise not tiled but broadcast (the same numbers as a tiled batch's)."""
     from ..model.loss import spectral_data_loss
 
     model, spectra = (run.model, run.spectra) if view is None else (view.model, view.spectra)
-    # the model's spectrum, CTF applied there: no transform back to images and forward again
-    pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], ctf=batch["ctf"], values=values)
+    ctf = batch["ctf"]
     noise = spectra[batch["optics_group"]]  # (b, n_shells)
+    if batch["rotations"].shape[0] == ctf.shape[0]:
+        # the model's spectrum, CTF applied there: no transform back to images and forward again
+        pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], ctf=ctf, values=values,
+                                      displacements=displacements)  # (b, N, N//2+1)
+    else:
+        pred = model.project_spectrum(z, batch["rotations"], batch["shifts_a"], values=values)  # (g * b, N, N//2+1)
+        if ctf.shape[1:] != pred.shape[1:] or pred.shape[0] % ctf.shape[0]:
+            raise ValueError(f"ctf {tuple(ctf.shape)} does not fit {pred.shape[0]} model spectra of {tuple(pred.shape[1:])}")
+        pred = pred.view((-1,) + tuple(ctf.shape)) * ctf.to(pred.dtype.to_real())  # (g, b, N, N//2+1)
     return spectral_data_loss(pred, _target_spectrum(batch), noise, model.box, max_freq_px=max_freq_px)
 
 
@@ -87,24 +100,21 @@ def _target_spectrum(batch: dict) -> torch.Tensor:
     return torch.fft.rfft2(batch["images"], norm="ortho") if spectrum is None else spectrum
 
 
-_PER_PARTICLE = ("spectrum", "rotations", "shifts_a", "ctf", "optics_group")  # what model_data_terms reads
-
-
 def _tiled(batch: dict, copies: int) -> dict:
-    """``batch`` with its :data:`_PER_PARTICLE` entries repeated ``copies`` times along the first axis: row
-    ``c * b + i`` is particle ``i`` (``b`` particles); the rest (the images, which the spectrum stands
-    for, the indices) as they are."""
-    out = dict(batch)
-    for key in _PER_PARTICLE if copies > 1 else ():
-        out[key] = batch[key].repeat((copies,) + (1,) * (batch[key].ndim - 1))
-    return out
+    """``batch`` with its poses (rotations, shifts) repeated ``copies`` times along the first axis: row
+    ``c * b + i`` is particle ``i`` (``b`` particles), for one splat of every candidate; the rest as it is."""
+    if copies == 1:
+        return batch
+    # cat: 4 operator calls, repeat 33
+    return dict(batch, **{key: torch.cat([batch[key]] * copies) for key in ("rotations", "shifts_a")})
 
 
 def stacked_data_terms(
     run: RunState, batch: dict, max_freq_px: float, view: LatentView | None, values: torch.Tensor
 ):
     """``z (g, b, K) -> (g, b)``: :func:`data_terms` at ``g`` candidate latents per particle, as few
-    calls of the model as :data:`_STACK_ELEMENTS` allows (the batch tiled once, reused)."""
+    calls of the model as :data:`_STACK_ELEMENTS` allows. The poses are tiled once per call size and
+    reused; the particles' spectra, CTFs and noise spectra are not tiled (:func:`model_data_terms`)."""
     model = run.model if view is None else view.model
     b = batch["images"].shape[0]
     batch = dict(batch, spectrum=_target_spectrum(batch))  # the particles transformed once
@@ -121,15 +131,18 @@ def stacked_data_terms(
             if c not in tiles:
                 tiles[c] = _tiled(batch, c)
             flat = z[start : start + c].reshape(c * b, k_dim)
-            out.append(model_data_terms(run, tiles[c], flat, max_freq_px, view, values=values).reshape(c, b))
+            out.append(model_data_terms(run, tiles[c], flat, max_freq_px, view, values=values).view(c, b))
         return torch.cat(out) if len(out) > 1 else out[0]
 
     return loss_fn
 
 
-def infer_batch_latents(run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float) -> torch.Tensor:
+def infer_batch_latents(
+    run: RunState, batch: dict, z0: torch.Tensor, max_freq_px: float, values: torch.Tensor | None = None
+) -> torch.Tensor:
     """Latents ``(b, K)`` refined with the model frozen (at ``run.latent_view``'s box if there is one),
-    in micro-batches (:mod:`.micro_batch`): each particle's latents depend on its own images alone."""
+    in micro-batches (:mod:`.micro_batch`): each particle's latents depend on its own images alone.
+    ``values``: the model's :meth:`canonical_values` at ``max_freq_px``, if the caller has them (without a view)."""
     cfg, view = run.config, run.latent_view
     if cfg.latent_inference == "none":
         return z0
@@ -142,8 +155,9 @@ def infer_batch_latents(run: RunState, batch: dict, z0: torch.Tensor, max_freq_p
         if cfg.latent_inference == "grid":
             if run.latent_prior is not None and run.latent_mass is None:
                 run.latent_mass = torch.zeros_like(run.latent_prior.log_density)
-            with torch.no_grad():  # the map is frozen: band-limit it once, not once per candidate
-                values = (run.model if view is None else view.model).canonical_values()
+            if values is None or view is not None:
+                with torch.no_grad():  # the map is frozen: band-limit it once, not once per candidate
+                    values = (run.model if view is None else view.model).canonical_values()
 
             def infer(part: dict, z_part: torch.Tensor) -> torch.Tensor:
                 return infer_latents_grid(
@@ -231,13 +245,14 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
             whole = rows.stop - rows.start == len(idx)
             part = rows_of(batch, rows)
             z_part = z_noisy[rows]
-            data = model_data_terms(run, part, z_part, max_freq_px)  # (m,)
+            d = model.displacements(z_part)  # (m, v, 3): once for both terms
+            data = model_data_terms(run, part, z_part, max_freq_px, displacements=d)  # (m,)
             if phase == STRUCTURE:
                 with torch.no_grad():
-                    rigid = model.rigidity(z_part)
+                    rigid = model.rigidity(z_part, displacements=d)
                 lam = 0.0
             else:
-                rigid = model.rigidity(z_part)  # (m,)
+                rigid = model.rigidity(z_part, displacements=d)  # (m,)
                 lam = cfg.rigidity_weight()
             if ctx.active or not whole:  # this piece's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
