@@ -1,27 +1,30 @@
-"""Choosing the rigidity weight per data set by validation loss (``TrainConfig.rigidity_choice``).
+"""Choosing the rigidity weight per data set (``TrainConfig.rigidity_choice="validation"``, the default).
 
-No fixed weight suits every motion, mesh and data set: on a 40° domain closure the default
-2.0 held the flow to 17 % of the excursion while 0.125 reached 39 % and lowered the
-validation loss (benchmarks/RESULTS.md, closure). But a lower validation loss is not a
-sharper map: on a small trained hinge the trials preferred the weakest weights by 4-9 standard
-errors, and the flexible maps came out less sharp than the rigid ones (RESULTS, rigidity choice),
-so the choice stays an option. The warm-up trains at the ladder's
-geometric middle (``config.RIGIDITY_WARMUP_FRACTION`` of ``rigidity_lambda``: a trial that
-starts from a state fitted at its own weight was favoured by the short trials, measured), and
-once it is over (the flow and map fitted at the latents' start, latents about to be
-inferred) the run takes the same start through short trials of the weights of a ladder,
-``rigidity_lambda * (1, 1/4, 1/16, 1/64)``, the weakest first: each :data:`TRIAL_FRACTION`
-of an epoch's minibatches (the same particles for every weight, at least
-:data:`MIN_TRIAL_STEPS`), alternating flow and map updates as training does, then the
-validation loss of each held-out particle (data term at its inferred latent). The trials are
-compared particle by particle: the next stronger weight is tried until one's losses exceed the
-best trial's by more than :data:`MIN_Z` standard errors of the paired mean difference, and the
-strongest weight not that clearly worse than the best is kept (ties go to the stronger prior:
-the trials' mean losses often differ in the 4th digit, within their noise). The run
-goes on from that trial's state (its steps are not wasted), so the choice costs the other
-trials and the validation passes: ``benchmarks/RESULTS.md`` states the ratio. The trials and their
-losses go to ``rigidity_choice.json``; the settings saved with the checkpoint then hold the
-chosen weight with ``rigidity_choice="fixed"``, so a resumed run keeps it.
+No fixed weight suits every motion, mesh and data set: on a 40° domain closure the fixed 2.0
+held the flow to 17 % of the excursion while 0.125 reached 39 % and lowered the validation
+loss (benchmarks/RESULTS.md, closure). But the validation loss at the band the trials train
+at is not a sharper map: on a small trained hinge it preferred the weakest weights by 4-9
+standard errors and their flexible maps came out less sharp than the rigid one. The same
+trials scored at the final band (``band_end``, where the map is still the consensus's start)
+rank the hinge's weights the other way, strongest best, while on closures, hinges and twists
+where weaker weights reach further they agree with the trial band or tie (RESULTS, rigidity
+choice, ch12-ch15). So the final band guards and the trial band decides.
+
+The warm-up trains at ``rigidity_lambda`` (``config.RIGIDITY_WARMUP_FRACTION``: a weaker
+warm-up let the hinge's flow warp the canonical frame, measured). Once it is over (the flow and
+map fitted at the latents' start, latents about to be inferred) the run takes the same start
+through short trials of the weights of a ladder, ``rigidity_lambda * (1, 1/4, 1/16, 1/64)``,
+the strongest first: each :data:`TRIAL_FRACTION` of an epoch's minibatches (the same particles
+for every weight, at least :data:`MIN_TRIAL_STEPS`), alternating flow and map updates as
+training does, then each held-out particle's validation loss (data term at its inferred latent)
+and its data term at the final band with that latent (:func:`held_out_losses_at`). The ladder
+stops at a weight whose final-band losses exceed the best trial's there by more than
+:data:`MIN_Z` standard errors of the paired mean difference; of the weights not that clearly
+worse there, the one with the lowest validation loss is kept. The run goes on from that
+trial's state (its steps are not wasted), so the choice costs the other trials and the
+held-out passes: ``benchmarks/RESULTS.md`` states the ratio. The trials and their losses go to
+``rigidity_choice.json``; the settings saved with the checkpoint then hold the chosen weight
+with ``rigidity_choice="fixed"``, so a resumed run keeps it.
 
 Imports config, io and training's own modules below the loop; the loop calls
 :func:`choose_rigidity_if_due` at the start of each epoch.
@@ -54,8 +57,8 @@ LADDER = RIGIDITY_LADDER
 TRIAL_FRACTION = 0.5
 #: The fewest minibatches of a trial (two flow updates at the default alternation).
 MIN_TRIAL_STEPS = 4
-#: A stronger weight loses to the best trial only when its per-particle validation losses are higher by
-#: more than this many standard errors of the paired mean.
+#: A weaker weight is clearly worse than the best trial when its held-out losses at the final band are
+#: higher than the best's there by more than this many standard errors of the paired mean.
 MIN_Z = RIGIDITY_CHOICE_MIN_Z
 #: What the run folder records of the choice.
 CHOICE_FILE = "rigidity_choice.json"
