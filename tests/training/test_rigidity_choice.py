@@ -15,7 +15,7 @@ from napari_flex3d.model.run import load_run
 from napari_flex3d.training.loop import train_run
 from napari_flex3d.training.metrics import validation_loss, validation_losses
 from napari_flex3d.training.rigidity_choice import CHOICE_FILE, MIN_Z, _restore, _snapshot, _trial_batches, rigidity_ladder
-from napari_flex3d.training.rigidity_choice import choose_rigidity, paired_excess
+from napari_flex3d.training.rigidity_choice import choose_rigidity, held_out_losses_at, paired_excess
 from napari_flex3d.training.run_state import new_run
 from napari_flex3d.training.schedule import band_limit, phase_of_step
 from napari_flex3d.training.step import data_terms, read_batch, train_step
@@ -27,8 +27,8 @@ CHOICE = dict(rigidity_choice="validation", rigidity_scale="volume")  # the expe
 def test_ladder_and_the_warm_up_weight():
     assert rigidity_ladder(2.0) == (2.0, 0.5, 0.125, 0.03125)
     assert rigidity_ladder(0.0) == (0.0,)
-    assert TrainConfig(rigidity_choice="validation").rigidity_weight() == 0.25  # before the choice: the ladder's middle
-    assert TrainConfig().rigidity_weight() == 2.0  # the default: a fixed weight
+    assert TrainConfig(rigidity_choice="validation").rigidity_weight() == 2.0  # before the choice: the ladder's top
+    assert TrainConfig().rigidity_weight() == 2.0  # the default: the choice, warming up at the top
     assert TrainConfig(rigidity_choice="fixed", rigidity_lambda=0.7).rigidity_weight() == 0.7
 
 
@@ -38,26 +38,29 @@ def test_settings_saved_before_the_choice_keep_a_fixed_per_cell_weight():
     c = from_dict(TrainConfig, old)
     assert (c.rigidity_lambda, c.rigidity_choice, c.rigidity_scale) == (2.0, "fixed", "cell")
     new = TrainConfig(rigidity_choice="validation", rigidity_scale="volume")
-    assert (TrainConfig().rigidity_choice, TrainConfig().rigidity_scale) == ("fixed", "cell")  # the defaults
+    assert (TrainConfig().rigidity_choice, TrainConfig().rigidity_scale) == ("validation", "cell")  # the defaults
     assert from_dict(TrainConfig, to_dict(new)) == new
 
 
-def test_a_run_keeps_the_strongest_weight_not_clearly_worse_than_the_best(tiny_sim, tiny_config, tmp_path):
+def test_a_run_keeps_the_best_weight_among_those_not_clearly_worse_at_the_final_band(tiny_sim, tiny_config, tmp_path):
     out = tmp_path / "run"
     for _ in train_run(tiny_config(tiny_sim, out, epochs=2, **CHOICE), out):
         pass
     record = json.loads((out / CHOICE_FILE).read_text())
     assert record["ladder"] == [2.0, 0.5, 0.125, 0.03125] and record["epoch"] == 1
-    tried, losses, paired = record["weights"], record["validation_loss"], record["paired"]
-    assert tried == record["ladder"][::-1][: len(tried)] and len(losses) == len(tried) >= 2  # the weakest first
-    assert all(np.isfinite(losses)) and [p["weight"] for p in paired] == tried[1:]
-    for i, p in enumerate(paired, start=1):  # each compared with the lowest mean loss among those before it
-        assert p["best"] == tried[int(np.argmin(losses[:i]))]
-        assert p["excess"] == pytest.approx(losses[i] - min(losses[:i]), rel=1e-6, abs=1e-9)
+    tried, losses, at_end, paired = (record[k] for k in ("weights", "validation_loss", "final_band_loss",
+                                                         "paired_final_band"))
+    assert tried == record["ladder"][: len(tried)] and len(losses) == len(at_end) == len(paired) == len(tried)  # strongest first
+    assert all(np.isfinite(losses)) and all(np.isfinite(at_end)) and record["final_band_nyquist"] == 0.8
+    best = tried[int(np.argmin(at_end))]
+    for p, loss in zip(paired, at_end):  # each compared at the final band with the lowest mean loss there
+        assert p["best"] == best
+        assert p["excess"] == pytest.approx(loss - min(at_end), rel=1e-6, abs=1e-9)
     clearly_worse = [p["excess"] > MIN_Z * p["se"] for p in paired]
     assert not any(clearly_worse[:-1])  # the ladder stops at the first clearly worse weight, or runs out
     assert clearly_worse[-1] or len(tried) == 4
-    assert record["chosen"] == (tried[-2] if clearly_worse[-1] else tried[-1])
+    kept = [i for i, worse in enumerate(clearly_worse) if not worse]
+    assert record["chosen"] == tried[min(kept, key=lambda i: losses[i])]  # the lowest loss at the trial's band
     saved = load_run(out).config  # the checkpoint's settings hold the choice: a resumed run keeps it
     assert (saved.rigidity_lambda, saved.rigidity_choice, saved.rigidity_scale) == (record["chosen"], "fixed", "volume")
 
@@ -87,6 +90,26 @@ def test_per_particle_validation_losses_are_each_particles_data_term(tiny_sim, t
     np.testing.assert_allclose(per_particle, direct.double().numpy(), rtol=1e-5)
     run.latents.copy_(latents)
     assert validation_loss(run, 0.5) == pytest.approx(float(per_particle.mean()), rel=1e-9)
+
+
+def test_held_out_losses_at_a_band_keep_the_stored_latents(tiny_sim, tiny_config, tmp_path):
+    """The final band's losses are each held-out particle's data term at its stored latent (no
+    inference), with the map band-limited there; at the trial's own band they equal the losses
+    validation gave after inferring those latents."""
+    config = tiny_config(tiny_sim, tmp_path / "f", warmup_epochs=0, preview_every=0, batch=5)
+    run = new_run(config, tmp_path / "f", torch.device("cpu"))
+    run.latents.copy_(torch.linspace(-1, 1, len(run.latents))[:, None])
+    latents = run.latents.clone()
+    at_end = held_out_losses_at(run, 0.8)
+    torch.testing.assert_close(run.latents, latents, rtol=0, atol=0)  # nothing inferred
+    with torch.no_grad():
+        run.model.max_freq_px = 0.8 * run.box / 2
+        direct = data_terms(run, read_batch(run, run.val_idx), run.latents[run.val_idx], 0.8 * run.box / 2)
+    np.testing.assert_allclose(at_end, direct.double().numpy(), rtol=1e-5)
+    assert at_end.shape == (len(run.val_idx),) and len(run.val_idx) > 2 * config.batch
+    inferred = validation_losses(run, 0.5)
+    np.testing.assert_allclose(held_out_losses_at(run, 0.5), inferred, rtol=1e-5)
+    assert at_end.mean() > held_out_losses_at(run, 0.5).mean()  # more coefficients beyond the trial's band
 
 
 def test_the_run_goes_on_from_the_chosen_trial(tiny_sim, tiny_config, tmp_path):

@@ -1,27 +1,30 @@
-"""Choosing the rigidity weight per data set by validation loss (``TrainConfig.rigidity_choice``).
+"""Choosing the rigidity weight per data set (``TrainConfig.rigidity_choice="validation"``, the default).
 
-No fixed weight suits every motion, mesh and data set: on a 40° domain closure the default
-2.0 held the flow to 17 % of the excursion while 0.125 reached 39 % and lowered the
-validation loss (benchmarks/RESULTS.md, closure). But a lower validation loss is not a
-sharper map: on a small trained hinge the trials preferred the weakest weights by 4-9 standard
-errors, and the flexible maps came out less sharp than the rigid ones (RESULTS, rigidity choice),
-so the choice stays an option. The warm-up trains at the ladder's
-geometric middle (``config.RIGIDITY_WARMUP_FRACTION`` of ``rigidity_lambda``: a trial that
-starts from a state fitted at its own weight was favoured by the short trials, measured), and
-once it is over (the flow and map fitted at the latents' start, latents about to be
-inferred) the run takes the same start through short trials of the weights of a ladder,
-``rigidity_lambda * (1, 1/4, 1/16, 1/64)``, the weakest first: each :data:`TRIAL_FRACTION`
-of an epoch's minibatches (the same particles for every weight, at least
-:data:`MIN_TRIAL_STEPS`), alternating flow and map updates as training does, then the
-validation loss of each held-out particle (data term at its inferred latent). The trials are
-compared particle by particle: the next stronger weight is tried until one's losses exceed the
-best trial's by more than :data:`MIN_Z` standard errors of the paired mean difference, and the
-strongest weight not that clearly worse than the best is kept (ties go to the stronger prior:
-the trials' mean losses often differ in the 4th digit, within their noise). The run
-goes on from that trial's state (its steps are not wasted), so the choice costs the other
-trials and the validation passes: ``benchmarks/RESULTS.md`` states the ratio. The trials and their
-losses go to ``rigidity_choice.json``; the settings saved with the checkpoint then hold the
-chosen weight with ``rigidity_choice="fixed"``, so a resumed run keeps it.
+No fixed weight suits every motion, mesh and data set: on a 40° domain closure the fixed 2.0
+held the flow to 17 % of the excursion while 0.125 reached 39 % and lowered the validation
+loss (benchmarks/RESULTS.md, closure). But the validation loss at the band the trials train
+at is not a sharper map: on a small trained hinge it preferred the weakest weights by 4-9
+standard errors and their flexible maps came out less sharp than the rigid one. The same
+trials scored at the final band (``band_end``, where the map is still the consensus's start)
+rank the hinge's weights the other way, strongest best, while on closures, hinges and twists
+where weaker weights reach further they agree with the trial band or tie (RESULTS, rigidity
+choice, ch12-ch15). So the final band guards and the trial band decides.
+
+The warm-up trains at ``rigidity_lambda`` (``config.RIGIDITY_WARMUP_FRACTION``: a weaker
+warm-up let the hinge's flow warp the canonical frame, measured). Once it is over (the flow and
+map fitted at the latents' start, latents about to be inferred) the run takes the same start
+through short trials of the weights of a ladder, ``rigidity_lambda * (1, 1/4, 1/16, 1/64)``,
+the strongest first: each :data:`TRIAL_FRACTION` of an epoch's minibatches (the same particles
+for every weight, at least :data:`MIN_TRIAL_STEPS`), alternating flow and map updates as
+training does, then each held-out particle's validation loss (data term at its inferred latent)
+and its data term at the final band with that latent (:func:`held_out_losses_at`). The ladder
+stops at a weight whose final-band losses exceed the best trial's there by more than
+:data:`MIN_Z` standard errors of the paired mean difference; of the weights not that clearly
+worse there, the one with the lowest validation loss is kept. The run goes on from that
+trial's state (its steps are not wasted), so the choice costs the other trials and the
+held-out passes: ``benchmarks/RESULTS.md`` states the ratio. The trials and their losses go to
+``rigidity_choice.json``; the settings saved with the checkpoint then hold the chosen weight
+with ``rigidity_choice="fixed"``, so a resumed run keeps it.
 
 Imports config, io and training's own modules below the loop; the loop calls
 :func:`choose_rigidity_if_due` at the start of each epoch.
@@ -35,16 +38,18 @@ import math
 import time
 
 import numpy as np
+import torch
 
 from ..config import RIGIDITY_CHOICE_MIN_Z, RIGIDITY_LADDER
+from ..io.prefetch import host_to_device
 from .metrics import validation_losses
 from .run_state import RunState
 from .schedule import band_limit, phase_of_step
-from .step import train_step
+from .step import data_terms, local_rows, read_batch, train_step
 
 __all__ = ["LADDER", "TRIAL_FRACTION", "MIN_TRIAL_STEPS", "CHOICE_FILE", "rigidity_ladder", "choose_rigidity_if_due",
            "choose_rigidity",
-           "MIN_Z", "paired_excess"]
+           "MIN_Z", "paired_excess", "held_out_losses_at"]
 
 #: The weights tried, as fractions of ``rigidity_lambda`` (the strongest first).
 LADDER = RIGIDITY_LADDER
@@ -52,8 +57,8 @@ LADDER = RIGIDITY_LADDER
 TRIAL_FRACTION = 0.5
 #: The fewest minibatches of a trial (two flow updates at the default alternation).
 MIN_TRIAL_STEPS = 4
-#: A stronger weight loses to the best trial only when its per-particle validation losses are higher by
-#: more than this many standard errors of the paired mean.
+#: A weaker weight is clearly worse than the best trial when its held-out losses at the final band are
+#: higher than the best's there by more than this many standard errors of the paired mean.
 MIN_Z = RIGIDITY_CHOICE_MIN_Z
 #: What the run folder records of the choice.
 CHOICE_FILE = "rigidity_choice.json"
@@ -115,17 +120,41 @@ def paired_excess(trial: np.ndarray, best: np.ndarray) -> tuple[float, float]:
     return float(diff.mean()), se
 
 
+def held_out_losses_at(run: RunState, band: float) -> np.ndarray:
+    """The data term of each held-out particle ``(n_val,)``, float64, at its stored latent (not
+    inferred again), the map and the data band-limited at ``band``; under torchrun each rank fills
+    its share."""
+    max_freq_px = band * run.box / 2
+    run.model.max_freq_px = max_freq_px
+    losses = torch.zeros(len(run.val_idx), dtype=torch.float64, device=run.device)
+    val_idx = local_rows(run, run.val_idx)
+    where = np.searchsorted(run.val_idx, val_idx)
+    with torch.no_grad():
+        values = run.model.canonical_values()
+        for s in range(0, len(val_idx), run.config.batch):
+            idx = val_idx[s : s + run.config.batch]
+            rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
+            slots = host_to_device(torch.as_tensor(where[s : s + len(idx)], dtype=torch.long), run.device)
+            losses[slots] = data_terms(run, read_batch(run, idx), run.latents[rows], max_freq_px, values=values).double()
+    if run.dist.active:
+        from .distributed import all_reduce_sum
+
+        losses = all_reduce_sum(losses)
+    return losses.cpu().numpy()
+
+
 def choose_rigidity(run: RunState) -> dict:
     """Try the ladder's weights from the run's present state, keep one (module notes).
 
-    The weakest is tried first, then each stronger one until a weight's per-particle validation
-    losses are higher than the best trial's by more than :data:`MIN_Z` standard errors of the
-    paired mean (the loss is taken to rise on the strong side of its minimum). The weight kept is
-    the strongest tried that is not that clearly worse than the best: the stronger prior wins
-    every tie. Leaves ``run`` in the kept trial's state with ``run.config.rigidity_lambda`` set to
-    its weight and ``rigidity_choice`` to ``"fixed"``; returns (and, on the main rank, writes to
-    ``rigidity_choice.json``) the weights tried, their validation losses, the paired comparisons
-    and the choice.
+    The strongest is tried first, then each weaker one until a weight's held-out losses at the
+    final band (:func:`held_out_losses_at` ``band_end``, latents as inferred at the trial's band)
+    are higher than the best trial's there by more than :data:`MIN_Z` standard errors of the
+    paired mean (the loss beyond the trial's band is taken to rise on the weak side of its
+    minimum). Of the weights not that clearly worse there, the one with the lowest validation loss
+    at the trial's band is kept. Leaves ``run`` in the kept trial's state with
+    ``run.config.rigidity_lambda`` set to its weight and ``rigidity_choice`` to ``"fixed"``;
+    returns (and, on the main rank, writes to ``rigidity_choice.json``) the weights tried, their
+    validation losses at both bands, the paired comparisons at the final band and the choice.
     """
     cfg = run.config
     weights = rigidity_ladder(cfg.rigidity_lambda)
@@ -135,35 +164,43 @@ def choose_rigidity(run: RunState) -> dict:
                 "reason": "no validation particles" if len(weights) > 1 else "a weight of 0 leaves nothing to try"}
     batches = _trial_batches(run)
     band = band_limit(run.epoch, cfg.epochs, cfg.band_start, cfg.band_end, cfg.band_ramp_epochs)
-    start, tried, losses, compared = _snapshot(run), [], [], []
-    best, kept, chosen = None, None, None
+    start = _snapshot(run)
+    tried, losses, at_end, states, stop = [], [], [], [], "the ladder ran out"
     t0, c0 = time.perf_counter(), time.process_time()
-    for weight in weights[::-1]:  # the weakest first
+    for weight in weights:  # the strongest first
         if tried:
             _restore(run, start)
         run.config = dataclasses.replace(cfg, rigidity_lambda=weight, rigidity_choice="fixed")
         for s, idx in enumerate(batches):
             phase = phase_of_step(cfg.warmup_epochs, s, cfg.warmup_epochs, cfg.flow_batches, cfg.structure_batches)
             train_step(run, idx, phase, band)
-        per_particle = validation_losses(run, band)
+        losses.append(float(validation_losses(run, band).mean()))
+        at_end.append(held_out_losses_at(run, cfg.band_end))
         tried.append(weight)
-        losses.append(float(per_particle.mean()))
-        if best is not None:
-            excess, se = paired_excess(per_particle, best[1])
-            compared.append({"weight": weight, "best": best[0], "excess": excess, "se": se})
-            if excess > MIN_Z * se:  # clearly worse than the best: the kept trial's state goes on
-                _restore(run, kept)
-                break
-        if best is None or losses[-1] < float(best[1].mean()):
-            best = (weight, per_particle)
-        chosen = weight  # the strongest so far that is not clearly worse than the best
-        kept = _snapshot(run) if len(tried) < len(weights) else None
+        best = int(np.argmin([a.mean() for a in at_end]))
+        excess, se = paired_excess(at_end[-1], at_end[best])
+        if excess > MIN_Z * se:  # clearly worse beyond the trial's band: the weaker ones are not tried
+            stop = f"{weight:g} is clearly worse than {tried[best]:g} at the final band"
+            break
+        states.append(_snapshot(run) if weight != weights[-1] else None)
+    best = int(np.argmin([a.mean() for a in at_end]))
+    compared = []
+    for i, weight in enumerate(tried):
+        excess, se = paired_excess(at_end[i], at_end[best]) if i != best else (0.0, 0.0)
+        compared.append({"weight": weight, "best": tried[best], "excess": excess, "se": se})
+    kept = [i for i in range(len(states)) if compared[i]["excess"] <= MIN_Z * compared[i]["se"]]
+    k = min(kept, key=lambda i: losses[i])
+    chosen = tried[k]
+    if not (k == len(tried) - 1 and states[k] is None):  # else the run is in that trial's state already
+        _restore(run, states[k])
     run.config = dataclasses.replace(cfg, rigidity_lambda=chosen, rigidity_choice="fixed")
     record = {
-        "epoch": run.epoch, "weights": tried, "validation_loss": losses, "paired": compared, "min_z": MIN_Z,
-        "chosen": chosen, "ladder": list(weights), "trial_steps": len(batches), "batch": cfg.batch,
-        "n_validation": len(run.val_idx), "band_limit_nyquist": band, "rigidity_scale": cfg.rigidity_scale,
-        "seconds": time.perf_counter() - t0, "cpu_seconds": time.process_time() - c0,
+        "epoch": run.epoch, "weights": tried, "validation_loss": losses,
+        "final_band_loss": [float(a.mean()) for a in at_end], "paired_final_band": compared, "min_z": MIN_Z,
+        "stopped": stop, "chosen": chosen, "ladder": list(weights), "trial_steps": len(batches), "batch": cfg.batch,
+        "n_validation": len(run.val_idx), "band_limit_nyquist": band, "final_band_nyquist": cfg.band_end,
+        "rigidity_scale": cfg.rigidity_scale, "seconds": time.perf_counter() - t0,
+        "cpu_seconds": time.process_time() - c0,
     }
     if run.dist.is_main:
         from ..io.atomic import write_json
