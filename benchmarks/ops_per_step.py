@@ -54,6 +54,7 @@ def config(data: Path, out: Path, args):
     return TrainConfig(
         particles=str(data / "particles.star"), map=str(data / "consensus.mrc"), out=str(out), epochs=args.epochs,
         warmup_epochs=args.warmup, device=args.device, preview_every=0, seed=0,
+        **({} if args.rigidity_choice is None else {"rigidity_choice": args.rigidity_choice}),
     )
 
 
@@ -157,6 +158,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "flex3d_ops_per_step"))
     p.add_argument("--no-timing", action="store_true", help="skip the unprofiled run (particles/s)")
+    p.add_argument("--rigidity-choice", choices=("validation", "fixed"), default=None,
+                   help="TrainConfig.rigidity_choice (default: TrainConfig's); fixed leaves out the choice's trials")
     args = p.parse_args()
     import torch
 

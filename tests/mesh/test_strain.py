@@ -98,3 +98,25 @@ def test_exact_mirror_costs_four():
     mirror = torch.as_tensor(Rotation.random(8, random_state=5).as_matrix()) * FLIP
     assert torch.allclose(strain_energy((mirror - EYE)[None], EYE.expand(8, 3, 3)), torch.full((1, 8), 4.0, dtype=torch.float64),
                           rtol=1e-12, atol=0)
+
+
+def test_energy_and_gradient_match_svd_and_cofactors_match_inverse():
+    # the energy sum (s^_l - 1)^2 and its gradient by autograd through the SVD (distinct singular
+    # values: the SVD's gradient is defined), and cof F = det F F^-T, to 1e-10 in float64
+    from napari_flex3d.mesh.strain import _cofactors, _components
+
+    for name in ("moderate", "random", "inverted"):
+        F = _cases(200)[name]
+        ref = F.clone().requires_grad_(True)
+        s = torch.linalg.svdvals(ref)
+        signed = torch.cat([s[:, :2], (torch.sign(torch.linalg.det(F)) * s[:, 2])[:, None]], 1)
+        ((signed - 1.0) ** 2).sum().backward()
+        dD = (F - EYE)[None].clone().requires_grad_(True)
+        energy = strain_energy(dD, EYE.expand(len(F), 3, 3))
+        energy.sum().backward()
+        scale = ((signed.detach() - 1.0) ** 2).sum(1).clamp_min(1.0)
+        assert ((energy[0].detach() - ((signed.detach() - 1.0) ** 2).sum(1)).abs() / scale).max() < 1e-10, name
+        assert ((dD.grad[0] - ref.grad).abs().amax((1, 2)) / scale).max() < 1e-10, name
+        cof = _cofactors(_components(F)).permute(2, 0, 1)
+        expected = torch.linalg.det(F)[:, None, None] * torch.linalg.inv(F).transpose(-1, -2)
+        assert ((cof - expected).abs().amax((1, 2)) / F.abs().amax((1, 2)) ** 2).max() < 1e-10, name

@@ -156,6 +156,8 @@ def _energy(rest_inv: torch.Tensor, disp: torch.Tensor, cells: torch.Tensor, wei
         if w is not None:
             per_cell = per_cell * w.to(per_cell.dtype)
         out.append(per_cell.sum(-1))
+    if len(out) == 1:
+        return out[0]
     return torch.cat(out) if out else disp.new_zeros(0)  # (b,)
 
 

@@ -57,6 +57,14 @@ def _constants(device, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     return _CONSTANTS[key]
 
 
+def _next_rows(device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``([1, 2, 0], [2, 0, 1])``: each row's next two rows, made once per device."""
+    key = (device, "rows")
+    if key not in _CONSTANTS:
+        _CONSTANTS[key] = (torch.tensor([1, 2, 0], device=device), torch.tensor([2, 0, 1], device=device))
+    return _CONSTANTS[key]
+
+
 def _components(M: torch.Tensor) -> torch.Tensor:
     """``(..., 3, 3) -> (3, 3, n)``, contiguous, the cells flattened."""
     return M.reshape(-1, 3, 3).permute(1, 2, 0).contiguous()
@@ -68,10 +76,10 @@ def _determinant(M: torch.Tensor) -> torch.Tensor:
 
 
 def _cofactors(M: torch.Tensor) -> torch.Tensor:
-    """``cof M (3, 3, n)`` (``d det / dM``): each row the cross product of the other two."""
-    r0, r1, r2 = M[0], M[1], M[2]
-    return torch.stack([torch.linalg.cross(r1, r2, dim=0), torch.linalg.cross(r2, r0, dim=0),
-                        torch.linalg.cross(r0, r1, dim=0)])
+    """``cof M (3, 3, n)`` (``d det / dM``): each row the cross product of the next two (one cross
+    product of the rows taken in turn: 17 operator calls, against 24 for three crosses stacked)."""
+    after, after_next = _next_rows(M.device)
+    return torch.linalg.cross(M.index_select(0, after), M.index_select(0, after_next), dim=1)
 
 
 def _strain_eigenvalues(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,11 +90,11 @@ def _strain_eigenvalues(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     E = G + G.transpose(0, 1) + (G[:, :, None] * G[:, None, :]).sum(0)  # (G^T G)_jk = sum_i G_ij G_ik
     m = (E[0, 0] + E[1, 1] + E[2, 2]) / 3.0
     B = E - m * eye
-    q = B.square().sum((0, 1)) / 6.0
+    q = (B * B).sum((0, 1)) / 6.0
     root_q = q.sqrt()
     # q = 0 (all eigenvalues equal): det B = 0 too, and any phase gives m
     r = (_determinant(B) / (2.0 * q * root_q).clamp_min(_TINY)).clamp(-1.0, 1.0)
-    return m + 2.0 * root_q * torch.cos(torch.acos(r) / 3.0 + phases), r >= 0
+    return m + 2.0 * root_q * torch.cos(torch.acos(r) / 3.0 + phases), r >= 0.0  # a float 0: one operator call
 
 
 def _trace(F: torch.Tensor, mu: torch.Tensor, top: torch.Tensor):
@@ -98,9 +106,10 @@ def _trace(F: torch.Tensor, mu: torch.Tensor, top: torch.Tensor):
     separated singular value plus the pair's sum, and the energy ``(s^ - 1)^2 + S - 2 pair + 2``
     (exact, but losing digits to cancellation at small strains).
     """
-    det = _determinant(F)
-    i1 = F.square().sum((0, 1))
-    i2 = _cofactors(F).square().sum((0, 1))
+    cof = _cofactors(F)
+    det = (F[0] * cof[0]).sum(0)
+    i1 = (F * F).sum((0, 1))
+    i2 = (cof * cof).sum((0, 1))
     l1 = (1.0 + mu[0]).clamp_min(_TINY)
     s1 = l1.sqrt()
     l3 = (1.0 + mu[1]).clamp_min(0.0)
@@ -109,7 +118,8 @@ def _trace(F: torch.Tensor, mu: torch.Tensor, top: torch.Tensor):
     squares = torch.where(top, (i2 - det * det / l1) / l1, rest)  # S: the pair's squares summed
     single = torch.where(top, s1, det / root_p.clamp_min(_TINY))  # the separated singular value, signed
     pair = (squares + torch.where(top, 2.0 * det / s1, 2.0 * root_p)).clamp_min(0.0).sqrt()
-    return single + pair, det, (single - 1.0).square() + squares - 2.0 * pair + 2.0
+    single_strain = single - 1.0
+    return single + pair, det, single_strain * single_strain + squares - 2.0 * pair + 2.0
 
 
 def _slope_floor(i1: torch.Tensor) -> torch.Tensor:
@@ -126,7 +136,7 @@ def _trace_gradient(F: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     ``dp/dF = (4 (p^2 - I1) F + 8 (I1 F - F F^T F) + 8 p cof F) / q_p``,
     ``q_p = 4 p (p^2 - I1) - 8 det = 8 (s1 + s2)(s1 + s^3)(s2 + s^3)``.
     """
-    i1 = F.square().sum((0, 1))
+    i1 = (F * F).sum((0, 1))
     cof = _cofactors(F)
     det = (F[0] * cof[0]).sum(0)
     C = (F[:, :, None] * F[:, None, :]).sum(0)  # F^T F
@@ -169,7 +179,8 @@ class _StrainEnergy(torch.autograd.Function):
         ctx.save_for_backward(G, rest_inv, p)
         s = (1.0 + mu).clamp_min(0.0).sqrt()  # (3, n) singular values, the smallest at 1
         strain = mu / (1.0 + s)  # s - 1 without cancellation
-        small = strain.square().sum(0) + 4.0 * s[1] * (det < 0)  # an inverted cell: (-s3 - 1)^2 = (s3 - 1)^2 + 4 s3
+        small = (strain * strain).sum(0)
+        small = torch.where(det < 0.0, small + 4.0 * s[1], small)  # an inverted cell: (-s3 - 1)^2 = (s3 - 1)^2 + 4 s3
         return torch.where(mu.abs().amax(0) <= SMALL_STRAIN, small, large).reshape(dD.shape[:-2])
 
     @staticmethod
