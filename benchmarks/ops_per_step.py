@@ -21,6 +21,7 @@ under ``torch.profiler.profile`` (CPU activity), and prints
 * with ``--device cuda``, kernel launches per step (``cudaLaunchKernel`` calls).
 
     python benchmarks/ops_per_step.py                  # box 32, 400 particles, 2 epochs (a few minutes on 2 cores)
+    python benchmarks/ops_per_step.py --rigidity-choice fixed   # the step alone: no rigidity choice's trials
 
 The last line is one JSON object.
 """
