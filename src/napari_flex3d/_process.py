@@ -18,6 +18,7 @@ its largest epoch's freed blocks (``benchmarks/RESULTS.md``, table gui_latency, 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import sys
 
@@ -35,14 +36,11 @@ def keep_freed_memory(limit: int = KEEP_FREED_BYTES) -> bool:
         return False
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", str(limit))
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", str(limit))
-    if not sys.platform.startswith("linux"):
+    libc = _glibc()
+    if libc is None:
         return False
     global _keeping
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        _keeping = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
-    except (OSError, AttributeError):  # musl or another C library: no mallopt
-        return False
+    _keeping = bool(libc.mallopt(_M_MMAP_THRESHOLD, limit)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, limit))
     return _keeping
 
 
@@ -51,8 +49,10 @@ class _Mallinfo2(ctypes.Structure):  # glibc >= 2.33 (malloc.h): every field a s
                 ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
+@functools.cache
 def _glibc():
-    """glibc itself, or None (another platform or C library)."""
+    """glibc itself, or None (another platform or C library: musl has neither mallopt's thresholds
+    nor malloc_trim)."""
     if not sys.platform.startswith("linux"):
         return None
     try:

@@ -381,7 +381,7 @@ def test_stacked_data_terms_equal_one_call_per_candidate(tiny_sim, tiny_config, 
     with torch.no_grad():
         values = model.canonical_values()
         per_row = 3 * values.shape[0] + 12 * model.box**2
-        monkeypatch.setitem(step._STACK_ELEMENTS, "cpu", 2 * 7 * per_row)  # 2 candidates per call
+        monkeypatch.setattr(step, "STACK_ELEMENTS", 2 * 7 * per_row)  # 2 candidates per call
         z = torch.randn(5, 7, 2, generator=torch.Generator().manual_seed(0))
         got = step.stacked_data_terms(run, batch, max_freq_px, view, values)(z)  # (5, 7)
         want = torch.stack([step.data_terms(run, batch, c, max_freq_px, view) for c in z])

@@ -64,10 +64,13 @@ _RIGIDITY_PIECE_BYTES = 1 << 27  # the largest (particles x cells x 3 x 3) float
 #: counted by ``ops.splat.temporary_bytes``.
 _INFER_PER_PIXEL, _INFER_PER_VOXEL = 15.5, 13.0
 
-#: The splat's chunk bound (particles x points) and the stacked inference's bound (rows x
-#: elements per row), per device type: ``ops.splat`` and ``training.step`` use these.
+#: The splat's chunk bound (particles x points), per device type (``ops.splat``'s), and the
+#: stacked latent inference's bound (candidate rows x elements per row: the moved points and about
+#: 12 image-sized temporaries, float32; 1 GiB on every device), which ``training.step`` uses. At
+#: box 32 a minibatch's inference is then 3 model calls instead of 6 (256 MiB); on the CPU that once
+#: made a run 1.4x slower, until freed memory was kept in the heap (benchmarks/RESULTS.md, op4, op5).
 _SPLAT_CHUNK = {"cpu": 1 << 21, "cuda": 1 << 22}
-_STACK = {"cpu": 1 << 28, "cuda": 1 << 28}
+STACK_ELEMENTS = 1 << 28
 
 #: A GPU needs this much more than the estimate: the caching allocator's rounding and
 #: fragmentation, cuFFT's plans and work areas.
@@ -151,7 +154,7 @@ def _grid_inference_bytes(m: int, size: ModelSize, config: TrainConfig, device_t
     joint = config.latent_steps > 0 and config.latent_grid**config.latent_dim <= 100
     g = 1 + config.latent_grid**config.latent_dim if joint else config.latent_grid
     per_row = 3 * size.n_voxels + 12 * size.box**2  # training.step's own count of a row's elements
-    rows_max = _STACK.get(device_type, _STACK["cuda"]) // per_row
+    rows_max = STACK_ELEMENTS // per_row
     rows = max(1, min(g, rows_max // max(m, 1))) * m
     kept = rows * (_INFER_PER_PIXEL * size.box**2 + _INFER_PER_VOXEL * size.n_voxels)
     return kept + temporary_bytes(rows, size.n_voxels, size.box, config.kernel, device_type)

@@ -24,8 +24,9 @@ def validation_loss(run: RunState, band: float) -> float:
     return float(validation_losses(run, band).mean())
 
 
-def validation_losses(run: RunState, band: float) -> np.ndarray:
-    """The data loss of each held-out particle ``(n_val,)``, float64, at its inferred latent (stored).
+def validation_losses(run: RunState, band: float, infer: bool = True) -> np.ndarray:
+    """The data loss of each held-out particle ``(n_val,)``, float64, at its inferred latent (stored;
+    ``infer=False``: at its stored latent, not inferred again).
 
     Under torchrun each rank fills its share ``val_idx[rank::world]`` and the vectors are added
     over ranks; read from the device once.
@@ -41,8 +42,10 @@ def validation_losses(run: RunState, band: float) -> np.ndarray:
         idx = val_idx[s : s + run.config.batch]
         batch = read_batch(run, idx)
         rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
-        z = infer_batch_latents(run, batch, run.latents[rows], max_freq_px, values=values)
-        run.latents[rows] = z.detach()
+        z = run.latents[rows]
+        if infer:
+            z = infer_batch_latents(run, batch, z, max_freq_px, values=values)
+            run.latents[rows] = z.detach()
         slots = host_to_device(torch.as_tensor(where[s : s + len(idx)], dtype=torch.long), run.device)
         with torch.no_grad():
             losses[slots] = data_terms(run, batch, z, max_freq_px, values=values).double()

@@ -38,14 +38,12 @@ import math
 import time
 
 import numpy as np
-import torch
 
 from ..config import RIGIDITY_CHOICE_MIN_Z, RIGIDITY_LADDER
-from ..io.prefetch import host_to_device
 from .metrics import validation_losses
 from .run_state import RunState
 from .schedule import band_limit, phase_of_step
-from .step import data_terms, local_rows, read_batch, train_step
+from .step import train_step
 
 __all__ = ["LADDER", "TRIAL_FRACTION", "MIN_TRIAL_STEPS", "CHOICE_FILE", "rigidity_ladder", "choose_rigidity_if_due",
            "choose_rigidity",
@@ -124,23 +122,7 @@ def held_out_losses_at(run: RunState, band: float) -> np.ndarray:
     """The data term of each held-out particle ``(n_val,)``, float64, at its stored latent (not
     inferred again), the map and the data band-limited at ``band``; under torchrun each rank fills
     its share."""
-    max_freq_px = band * run.box / 2
-    run.model.max_freq_px = max_freq_px
-    losses = torch.zeros(len(run.val_idx), dtype=torch.float64, device=run.device)
-    val_idx = local_rows(run, run.val_idx)
-    where = np.searchsorted(run.val_idx, val_idx)
-    with torch.no_grad():
-        values = run.model.canonical_values()
-        for s in range(0, len(val_idx), run.config.batch):
-            idx = val_idx[s : s + run.config.batch]
-            rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
-            slots = host_to_device(torch.as_tensor(where[s : s + len(idx)], dtype=torch.long), run.device)
-            losses[slots] = data_terms(run, read_batch(run, idx), run.latents[rows], max_freq_px, values=values).double()
-    if run.dist.active:
-        from .distributed import all_reduce_sum
-
-        losses = all_reduce_sum(losses)
-    return losses.cpu().numpy()
+    return validation_losses(run, band, infer=False)
 
 
 def choose_rigidity(run: RunState) -> dict:

@@ -19,6 +19,7 @@ import torch
 from ..io.prefetch import host_to_device
 from .latent_state import LatentView
 from .latents import infer_latents_gradient, infer_latents_grid
+from .memory import STACK_ELEMENTS
 from .micro_batch import in_micro_batches, rows_of
 from .run_state import RunState
 from .schedule import FLOW, STRUCTURE, WARMUP
@@ -38,13 +39,6 @@ def _trainable(model: torch.nn.Module, params: list):
     finally:
         for p, k in zip(model.parameters(), keep):
             p.requires_grad_(k)
-
-
-#: The most (candidate rows x elements per row) one stacked evaluation of latent inference
-#: holds (the moved points and about 12 image-sized temporaries, float32): 1 GiB. At box 32 a
-#: minibatch's inference is then 3 model calls instead of 6 (256 MiB); on the CPU that once made
-#: a run 1.4x slower, until freed memory was kept in the heap (benchmarks/RESULTS.md, op4 and op5).
-_STACK_ELEMENTS = {"cpu": 1 << 28, "cuda": 1 << 28}
 
 
 def data_terms(
@@ -113,13 +107,13 @@ def stacked_data_terms(
     run: RunState, batch: dict, max_freq_px: float, view: LatentView | None, values: torch.Tensor
 ):
     """``z (g, b, K) -> (g, b)``: :func:`data_terms` at ``g`` candidate latents per particle, as few
-    calls of the model as :data:`_STACK_ELEMENTS` allows. The poses are tiled once per call size and
+    calls of the model as :data:`.memory.STACK_ELEMENTS` allows. The poses are tiled once per call size and
     reused; the particles' spectra, CTFs and noise spectra are not tiled (:func:`model_data_terms`)."""
     model = run.model if view is None else view.model
     b = batch["images"].shape[0]
     batch = dict(batch, spectrum=_target_spectrum(batch))  # the particles transformed once
     per_row = 3 * values.shape[0] + 12 * model.box**2  # the moved points and the image-sized temporaries
-    rows = _STACK_ELEMENTS.get(values.device.type, _STACK_ELEMENTS["cuda"]) // per_row
+    rows = STACK_ELEMENTS // per_row
     tiles: dict = {}
 
     def loss_fn(z: torch.Tensor) -> torch.Tensor:
