@@ -238,6 +238,12 @@ class TrainConfig(_Settings):
         "(map); the mean needs the joint first sweep (latent_grid ** K <= 100), else the best point is kept",
         choices=("mean", "map"),
     )
+    latent_window: int | None = _f(
+        None,
+        "a warm start for grid inference once the latents have had an epoch of it: the joint first sweep tries only "
+        "the window**K grid points around each particle's latent, not all latent_grid**K (None: the whole grid). "
+        "Cheaper, and the same where a particle's posterior lies inside the window; broad posteriors lose the mass outside",
+    )
     lr_latent: float = _f(0.1, "step size of gradient latent inference (Adam)")
     latent_noise: float = _f(0.15, "standard deviation of the noise injected into the latents during the model update")
     latent_prior: float = _f(
@@ -295,6 +301,7 @@ class TrainConfig(_Settings):
             check_number(name, getattr(self, name), low=low, integer=True)
         for name in ("threads", "max_particles", "micro_batch"):
             check_number(name, getattr(self, name), low=1, integer=True, optional=True)
+        check_number("latent_window", self.latent_window, low=2, integer=True, optional=True)
         for name in ("rigidity_lambda", "flow_init_a", "mask_dilate_a", "latent_noise", "latent_prior"):
             check_number(name, getattr(self, name), low=0)
         for name in ("lr_flow", "lr_canonical", "lr_latent", "latent_range"):

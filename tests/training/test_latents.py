@@ -274,9 +274,13 @@ def test_learned_prior_keeps_the_gaussians_mean_and_variance(k_dim, n_grid):
         assert flat[edges.bool()].sum() > start[edges.bool()].sum()
 
 
-def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, estimate="map", grid_mass=None):
+def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, estimate="map", grid_mass=None,
+                    window=None):
     """The grid search one candidate at a time (the code before candidates were evaluated in
-    blocks): the oracle that the block evaluation must reproduce."""
+    blocks): the oracle that the block evaluation must reproduce. With ``window``, the joint
+    sweep skips, per particle, the grid points outside its block of ``window`` values per axis
+    around ``z0``'s nearest grid value (moved inside the grid at its edges)."""
+    import itertools
     import math
 
     def objective(c):
@@ -287,17 +291,21 @@ def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, es
     log_mass, moment = torch.full((b,), -math.inf), torch.zeros_like(z0)
     grid_best, grid_objs = torch.full((b,), math.inf), []
 
-    def accumulate(cand, obj):
+    def accumulate(cand, obj, tried=None):
         nonlocal log_mass, moment
         new = torch.logaddexp(log_mass, -obj)
-        moment = moment * torch.exp(log_mass - new)[:, None] + torch.exp(-obj - new)[:, None] * cand
-        log_mass = new
+        updated = moment * torch.exp(log_mass - new)[:, None] + torch.exp(-obj - new)[:, None] * cand
+        if tried is not None:  # the particles that skip this point keep their sums
+            new, updated = torch.where(tried, new, log_mass), torch.where(tried[:, None], updated, moment)
+        moment, log_mass = updated, new
 
-    def try_(cand, joint=False):
+    def try_(cand, joint=False, tried=None):
         nonlocal z, best, grid_best
         obj = objective(cand)
+        if tried is not None:
+            obj = torch.where(tried, obj, math.inf)
         if joint:
-            accumulate(cand, obj)
+            accumulate(cand, obj, tried)
             grid_best = torch.minimum(grid_best, obj)
             grid_objs.append(obj)
         better = obj < best
@@ -308,8 +316,14 @@ def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, es
     for sweep in range(sweeps):
         offsets = torch.linspace(-half, half, n_grid)
         if sweep == 0 and joint:
-            for point in torch.cartesian_prod(*([offsets] * k_dim)).reshape(-1, k_dim):
-                try_(point.expand(b, k_dim).clone(), joint=True)
+            low = None
+            if window is not None:  # per particle and axis: the block's first grid index
+                nearest = (z0[:, :, None] - offsets).abs().argmin(-1)  # (b, K)
+                low = (nearest - window // 2).clamp(0, n_grid - window)
+            for index in itertools.product(range(n_grid), repeat=k_dim):  # first axis slowest
+                point = offsets[list(index)]
+                tried = None if low is None else ((torch.tensor(index) >= low) & (torch.tensor(index) < low + window)).all(1)
+                try_(point.expand(b, k_dim).clone(), joint=True, tried=tried)
         else:
             for k in range(k_dim):
                 centre = torch.zeros(b) if sweep == 0 else z[:, k].clone()
@@ -359,6 +373,35 @@ def test_grid_search_in_blocks_equals_one_candidate_at_a_time(k_dim, estimate, l
     assert (got != z0).any()  # the search moved (the test can fail)
 
 
+@pytest.mark.parametrize("k_dim", [1, 2])
+@pytest.mark.parametrize("estimate", ["map", "mean"])
+def test_windowed_joint_sweep_equals_one_candidate_at_a_time_in_each_block(k_dim, estimate):
+    """A warm start (``window``): each particle's joint sweep tries only its block of the grid around
+    ``z0``, moved inside at the edges (latents at both ends here), and its posterior mean, latents and
+    grid mass are those of trying the block's points one at a time; a window as wide as the grid
+    is the whole grid."""
+    gen = torch.Generator().manual_seed(10 + k_dim)
+    b = 40
+    target = 1.5 * torch.randn(b, k_dim, generator=gen, dtype=torch.float64)
+
+    def loss(z):  # (..., K) -> (...): a broad valley around each particle's target
+        return 0.8 * ((z - target) ** 2).sum(-1)
+
+    z0 = (target + 0.4 * torch.randn(b, k_dim, generator=gen, dtype=torch.float64)).clamp(-3.0, 3.0)
+    prior = GridPrior.gaussian(k_dim, 9, 2.5).updated(torch.rand(9**k_dim, generator=gen, dtype=torch.float64))
+    kwargs = dict(sweeps=2, n_grid=9, z_range=2.5, estimate=estimate, prior=prior)
+    mass, mass_ref, mass_all = (torch.zeros(9**k_dim, dtype=torch.float64) for _ in range(3))
+    got = infer_latents_grid(loss, z0, grid_mass=mass, stacked=True, window=3, **kwargs)
+    want = _reference_grid(loss, z0, grid_mass=mass_ref, window=3, **kwargs)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(mass, mass_ref, rtol=0, atol=1e-10)
+    assert mass.sum() == pytest.approx(b)  # each particle's weights, normalised on its block
+    whole = infer_latents_grid(loss, z0, grid_mass=mass_all, stacked=True, **kwargs)
+    torch.testing.assert_close(infer_latents_grid(loss, z0, stacked=True, window=9, **kwargs), whole, rtol=0, atol=0)
+    if estimate == "mean":  # the mass outside the blocks is missing: the means differ (the test can fail)
+        assert (got - whole).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("latent_box", [None, 16])
 def test_stacked_data_terms_equal_one_call_per_candidate(tiny_sim, tiny_config, tmp_path, monkeypatch, latent_box):
     """The loss of latent inference at ``g`` candidates per particle in few calls (the batch tiled,
@@ -388,3 +431,27 @@ def test_stacked_data_terms_equal_one_call_per_candidate(tiny_sim, tiny_config, 
     assert got.shape == (5, 7)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
     assert want.std(0).max() > 1e-2  # the candidates' losses differ (the test can fail)
+
+
+def test_window_starts_after_the_first_epoch_of_inference(tiny_sim, tiny_config, tmp_path, monkeypatch):
+    """``latent_window`` is a warm start: the first epoch after warm-up searches the whole joint grid
+    (the latents are still the start's), later epochs the window around each particle's latent."""
+    from napari_flex3d.training import step
+    from napari_flex3d.training.run_state import new_run
+
+    cfg = tiny_config(tiny_sim, tmp_path / "run", latent_dim=2, latent_window=5, warmup_epochs=1)
+    run = new_run(cfg, tmp_path / "run", torch.device("cpu"))
+    windows = []
+
+    def recording(loss_fn, z0, **kwargs):
+        windows.append(kwargs["window"])
+        return z0
+
+    monkeypatch.setattr(step, "infer_latents_grid", recording)
+    batch = step.read_batch(run, np.arange(4))
+    for epoch in (1, 2):
+        run.epoch = epoch
+        step.infer_batch_latents(run, batch, run.latents[:4], 0.5 * run.box / 2)
+    assert windows == [None, 5]
+    with pytest.raises(ValueError, match="--latent-window must be >= 2"):
+        tiny_config(tiny_sim, tmp_path / "bad", latent_window=1).validate()

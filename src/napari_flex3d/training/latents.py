@@ -213,6 +213,13 @@ def _corners(k_dim: int, n_grid: int, device: torch.device) -> tuple[torch.Tenso
     return bits, place, bits.bool()
 
 
+@functools.lru_cache(maxsize=32)
+def _scalars(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:
+    """``values`` as 0-dim tensors: an operator with a Python number records 5 operator calls (the
+    number wrapped and copied), with a 0-dim tensor of the operand's dtype 1; the same numbers. Read only."""
+    return tuple(torch.tensor(v, device=device, dtype=dtype) for v in values)
+
+
 def _logsumexp(x: np.ndarray) -> float:
     """``log(sum(exp(x)))`` of a vector, without overflow."""
     top = float(x.max())
@@ -267,17 +274,17 @@ class GridPrior:
     def energy(self, z: torch.Tensor) -> torch.Tensor:
         """``-log p(z)`` up to a constant, ``(..., K) -> (...)``."""
         g, r = self.n_grid, self.z_range
-        h = 2.0 * r / (g - 1)
+        r_t, h_t, one, half_w = _scalars((r, 2.0 * r / (g - 1), 1.0, 0.5 * self.gaussian_weight), z.device, z.dtype)
         inside = z.clamp(-r, r)
-        t = (inside + r) / h  # (..., K) grid coordinates
+        t = (inside + r_t) / h_t  # (..., K) grid coordinates
         i0 = t.floor().clamp_(0, g - 2)
         frac = t.sub_(i0).unsqueeze(-2)  # (..., 1, K)
         bits, place, upper = _corners(self.k_dim, g, z.device)  # (2**K, K) 0/1, (K,) strides, (2**K, K) bool
         # the 2**K corners of each point's grid cell at once: flat index and multilinear weight
         index = (i0.long().unsqueeze(-2) + bits).mul_(place).sum(-1)  # (..., 2**K)
-        weight = torch.where(upper, frac, 1.0 - frac).prod(-1)  # (..., 2**K)
+        weight = torch.where(upper, frac, one - frac).prod(-1)  # (..., 2**K)
         inner = (weight * self.log_density.to(z)[index]).sum(-1)
-        tail = (z * z).sum(-1).sub_((inside * inside).sum(-1)).mul_(0.5 * self.gaussian_weight)
+        tail = (z * z).sum(-1).sub_((inside * inside).sum(-1)).mul_(half_w)
         return tail.sub_(inner)
 
     def updated(self, mass: torch.Tensor) -> "GridPrior":
@@ -355,6 +362,7 @@ def infer_latents_grid(
     prior: GridPrior | None = None,
     grid_mass: torch.Tensor | None = None,
     stacked: bool = False,
+    window: int | None = None,
 ) -> torch.Tensor:
     """Grid search over ``z``: a joint grid over all axes first when small enough, then
     coordinate descent, one axis at a time, on grids that narrow every sweep.
@@ -388,6 +396,12 @@ def infer_latents_grid(
             returns ``(g, b)``: a sweep's candidates (the joint grid, with ``z0``, or one axis's
             values) are then evaluated in one call instead of one call each (a GPU's kernel
             launches, a CPU's operator overhead), with the same result.
+        window: a warm start: the joint sweep tries, per particle, only the ``window**K`` points of
+            the joint grid nearest ``z0`` (a block of ``window`` values per axis around ``z0``'s
+            nearest grid value, moved inside the grid at its edges) instead of all ``n_grid**K``;
+            the posterior mean and ``grid_mass`` count the block's points alone (the points
+            outside get no weight). For particles whose ``z0`` is already near their posterior
+            (an earlier epoch's inference); ``None`` or ``>= n_grid``: the whole grid.
     Returns:
         ``(b, K)`` refined latents (``"map"``: never worse than ``z0`` by the objective).
     """
@@ -405,8 +419,13 @@ def infer_latents_grid(
         return data + (0.5 * prior_weight * (cand**2).sum(-1) if prior is None else prior.energy(cand))
 
     joint = sweeps > 0 and n_grid**k_dim <= max_joint
-    grid = torch.linspace(-z_range, z_range, n_grid, device=z0.device, dtype=z0.dtype)  # (g,) the first sweep's
-    search = _GridSearch(objective, z0.clone(), _joint_grid(k_dim, grid) if joint else None, grid_mass is not None)
+    grid, joint_points = _first_sweep(k_dim, n_grid, float(z_range), z0.device, z0.dtype)  # (g,), (g**K, K)
+    points = flat = None
+    if joint and window is not None and window < n_grid:
+        points, flat = _window_points(z0, grid, int(window))  # (W, b, K), (W, b)
+    elif joint:
+        points = joint_points[:, None, :].expand(-1, z0.shape[0], k_dim)  # (G, b, K)
+    search = _GridSearch(objective, z0.clone(), points, grid_mass is not None)
     half_width = float(z_range)
     for sweep in range(sweeps):
         if sweep > 0 or not joint:
@@ -414,10 +433,36 @@ def infer_latents_grid(
             search.axis_sweep(offsets, from_origin=sweep == 0)
         half_width = 2.0 * half_width / max(n_grid - 1, 1)  # one previous grid spacing
     if grid_mass is not None and search.grid_objs is not None:
-        grid_mass += torch.softmax(-search.grid_objs.T, 1).sum(0).to(grid_mass)  # (g^K,)
+        weights = torch.softmax(-search.grid_objs.T, 1)  # (b, G | W) each particle's posterior on the points tried
+        if flat is None:
+            grid_mass += weights.sum(0).to(grid_mass)  # (g^K,)
+        else:
+            grid_mass.index_add_(0, flat.T.reshape(-1), weights.reshape(-1).to(grid_mass))
     if estimate == "mean" and joint:
         return search.posterior_mean()
     return search.z
+
+
+@functools.lru_cache(maxsize=16)
+def _first_sweep(k_dim: int, n_grid: int, z_range: float, device: torch.device, dtype: torch.dtype):
+    """``(grid (g,), joint (g**K, K))``: the first sweep's values per axis and the joint grid's points,
+    made once (every minibatch asks). Read only."""
+    grid = torch.linspace(-z_range, z_range, n_grid, device=device, dtype=dtype)
+    return grid, _joint_grid(k_dim, grid)
+
+
+def _window_points(z0: torch.Tensor, grid: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(points (W, b, K), flat (W, b) long)``: per particle the ``W = window**K`` joint-grid points of the
+    block of ``window`` values per axis around ``z0 (b, K)``'s nearest value of ``grid (g,)`` (moved inside the
+    grid at its edges), first axis slowest as :func:`_joint_grid`, and their indices in the flat joint grid."""
+    n_grid, k_dim = grid.shape[0], z0.shape[1]
+    step = (grid[-1] - grid[0]) / (n_grid - 1)
+    nearest = ((z0 - grid[0]) / step).round_().clamp_(0, n_grid - 1).long()  # (b, K)
+    low = (nearest - window // 2).clamp_(0, n_grid - window)  # (b, K) the block's first index per axis
+    offsets = _joint_grid(k_dim, torch.arange(window, device=z0.device))  # (W, K)
+    index = low[None] + offsets[:, None, :]  # (W, b, K) per-axis indices
+    _, place, _ = _corners(k_dim, n_grid, z0.device)  # (K,) each axis's stride in the flat grid
+    return grid[index], (index * place).sum(-1)
 
 
 class _GridSearch:
@@ -431,9 +476,9 @@ class _GridSearch:
     """
 
     def __init__(self, objective: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, joint_points, keep_grid: bool):
-        """``joint_points (G, K)`` (or ``None``): the joint sweep's grid, evaluated with ``z`` in one block."""
+        """``joint_points (G, b, K)`` (or ``None``): the joint sweep's points per particle, evaluated with ``z`` in one block."""
         self.objective = objective  # (g, b, K) -> (g, b)
-        b, k_dim = z.shape
+        b = z.shape[0]
         self.z = z  # (b, K)
         self.log_mass = z.new_full((b,), -math.inf)  # (b,) log sum exp(-obj)
         self.moment = torch.zeros_like(z)  # (b, K) sum exp(-obj - log_mass) * z
@@ -442,7 +487,7 @@ class _GridSearch:
         if joint_points is None:
             self.best = objective(z[None])[0]  # (b,)
             return
-        cand = torch.cat([z[None], joint_points[:, None, :].expand(-1, b, k_dim)])  # (1 + G, b, K)
+        cand = torch.cat([z[None], joint_points])  # (1 + G, b, K)
         obj = objective(cand)  # (1 + G, b)
         self.best = obj[0]
         cand, obj = cand[1:], obj[1:]

@@ -12,7 +12,7 @@ import torch
 from ..io.prefetch import host_to_device
 from . import events as ev
 from .run_state import RunState
-from .step import data_terms, infer_batch_latents, local_rows, read_batch
+from .step import data_terms, infer_batch_latents, local_rows, read_batch, with_spectrum
 
 __all__ = ["validation_loss", "validation_losses", "model_fsc", "peak_memory_mb"]
 
@@ -40,7 +40,7 @@ def validation_losses(run: RunState, band: float, infer: bool = True) -> np.ndar
     where = np.searchsorted(run.val_idx, val_idx)  # val_idx is sorted (setup.split_train_val)
     for s in range(0, len(val_idx), run.config.batch):
         idx = val_idx[s : s + run.config.batch]
-        batch = read_batch(run, idx)
+        batch = with_spectrum(read_batch(run, idx))  # transformed once, for the inference and the loss
         rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
         z = run.latents[rows]
         if infer:

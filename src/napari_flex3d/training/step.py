@@ -24,7 +24,8 @@ from .micro_batch import in_micro_batches, rows_of
 from .run_state import RunState
 from .schedule import FLOW, STRUCTURE, WARMUP
 
-__all__ = ["train_step", "infer_batch_latents", "data_terms", "model_data_terms", "stacked_data_terms", "read_batch", "local_rows", "set_learning_rates"]
+__all__ = ["train_step", "infer_batch_latents", "data_terms", "model_data_terms", "stacked_data_terms", "read_batch",
+           "with_spectrum", "local_rows", "set_learning_rates"]
 
 
 @contextlib.contextmanager
@@ -94,6 +95,12 @@ def _target_spectrum(batch: dict) -> torch.Tensor:
     return torch.fft.rfft2(batch["images"], norm="ortho") if spectrum is None else spectrum
 
 
+def with_spectrum(batch: dict) -> dict:
+    """``batch`` with its particles' ``rfft2`` as ``"spectrum"``, for callers that evaluate it more than once
+    (inference, then the loss at the latents found); a latent view crops the images and drops it."""
+    return dict(batch, spectrum=_target_spectrum(batch))
+
+
 def _tiled(batch: dict, copies: int) -> dict:
     """``batch`` with its poses (rotations, shifts) repeated ``copies`` times along the first axis: row
     ``c * b + i`` is particle ``i`` (``b`` particles), for one splat of every candidate; the rest as it is."""
@@ -111,7 +118,7 @@ def stacked_data_terms(
     reused; the particles' spectra, CTFs and noise spectra are not tiled (:func:`model_data_terms`)."""
     model = run.model if view is None else view.model
     b = batch["images"].shape[0]
-    batch = dict(batch, spectrum=_target_spectrum(batch))  # the particles transformed once
+    batch = with_spectrum(batch)  # the particles transformed once
     per_row = 3 * values.shape[0] + 12 * model.box**2  # the moved points and the image-sized temporaries
     rows = STACK_ELEMENTS // per_row
     tiles: dict = {}
@@ -142,7 +149,7 @@ def infer_batch_latents(
         return z0
     if view is not None:
         view.model.copy_canonical_from(run.model)  # the training map as it is now, cropped
-        batch = view.batch(batch)
+        batch = view.batch({key: value for key, value in batch.items() if key != "spectrum"})  # at the view's box
         max_freq_px = min(max_freq_px, view.max_freq_px)
 
     with _trainable(run.model, []), (contextlib.nullcontext() if view is None else _trainable(view.model, [])):
@@ -153,11 +160,15 @@ def infer_batch_latents(
                 with torch.no_grad():  # the map is frozen: band-limit it once, not once per candidate
                     values = (run.model if view is None else view.model).canonical_values()
 
+            # a warm start once every particle has had an epoch of inference (the first after warm-up)
+            window = cfg.latent_window if run.epoch > cfg.warmup_epochs else None
+
             def infer(part: dict, z_part: torch.Tensor) -> torch.Tensor:
                 return infer_latents_grid(
                     stacked_data_terms(run, part, max_freq_px, view, values), z_part, sweeps=cfg.latent_steps,
                     n_grid=cfg.latent_grid, z_range=cfg.latent_range, prior_weight=cfg.latent_prior,
                     estimate=cfg.latent_estimate, prior=run.latent_prior, grid_mass=run.latent_mass, stacked=True,
+                    window=window,
                 )
         else:
 
