@@ -22,6 +22,7 @@ under ``torch.profiler.profile`` (CPU activity), and prints
 
     python benchmarks/ops_per_step.py                  # box 32, 400 particles, 2 epochs (a few minutes on 2 cores)
     python benchmarks/ops_per_step.py --rigidity-choice fixed   # the step alone: no rigidity choice's trials
+    python benchmarks/ops_per_step.py --rigidity-choice fixed --epochs 3 --latent-window 5   # the warm start
 
 The last line is one JSON object.
 """
@@ -56,6 +57,7 @@ def config(data: Path, out: Path, args):
         particles=str(data / "particles.star"), map=str(data / "consensus.mrc"), out=str(out), epochs=args.epochs,
         warmup_epochs=args.warmup, device=args.device, preview_every=0, seed=0,
         **({} if args.rigidity_choice is None else {"rigidity_choice": args.rigidity_choice}),
+        **({} if args.latent_window is None else {"latent_window": args.latent_window}),
     )
 
 
@@ -161,6 +163,9 @@ def main() -> None:
     p.add_argument("--no-timing", action="store_true", help="skip the unprofiled run (particles/s)")
     p.add_argument("--rigidity-choice", choices=("validation", "fixed"), default=None,
                    help="TrainConfig.rigidity_choice (default: TrainConfig's); fixed leaves out the choice's trials")
+    p.add_argument("--latent-window", type=int, default=None,
+                   help="TrainConfig.latent_window: the joint sweep's warm-start window (from the second epoch of "
+                        "inference, so with --epochs 3 or more)")
     args = p.parse_args()
     import torch
 
@@ -198,7 +203,7 @@ def main() -> None:
         "steps": steps, "aten_per_step": round(per["total"], 1), "aten_top_per_step": round(per["top"], 1),
         "aten_run_per_step": round(per["run_total"], 1), "launches_per_step": round(per["launches"], 1),
         "phases_per_step": {k: round(v / steps, 1) for k, v in c["phases"].items()}, "particles_per_s": round(rate, 2),
-        "device": args.device,
+        "device": args.device, "latent_window": args.latent_window,
     }))
 
 
