@@ -72,7 +72,10 @@ class FlowGenerator(nn.Module):
         """Displacements ``(b, v, 3)`` xyz Å of every vertex for latents ``z (b, K)``."""
         if z.ndim != 2 or z.shape[-1] != self.latent_dim:
             raise ValueError(f"z must have shape (b, {self.latent_dim}), got {tuple(z.shape)}")
-        out = self.out(self.hidden(z))  # (b, 3 v)
+        x = z
+        for layer in self.hidden[::2]:  # each Linear then ReLU, as addmm + relu_: F.linear's numbers in fewer calls
+            x = torch.addmm(layer.bias, x, layer.weight.T).relu_()  # (b, H)
+        out = x @ self.out.weight.T  # (b, 3 v)
         d = out.reshape(z.shape[0], self.n_vertices, 3)  # (b, v, 3)
         return d * self.vertex_mask[:, None]
 
