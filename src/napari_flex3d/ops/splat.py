@@ -134,45 +134,46 @@ def temporary_bytes(particles: int, n_points: int, box: int, kernel: str, device
     return int(min(particles, chunk) * per_particle * itemsize)
 
 
-def _pixel_frame(matrix: torch.Tensor, offset: torch.Tensor, apix: float, box: int, kernel: str) -> torch.Tensor:
-    """``frame (b, D, 4)``, ``[rows | bias]``: a point ``p`` (Å) has padded-grid coordinate
+def _pixel_frame(matrix: torch.Tensor, offset: torch.Tensor, apix: float, box: int, kernel: str):
+    """``(rows (b, D, 3), bias (b, D, 1))``: a point ``p`` (Å) has padded-grid coordinate
     ``rows @ p + bias`` along each axis, shifted so that its first tap is at the coordinate's floor
     (``(matrix @ p - offset) / apix + box // 2``, plus the padding ``K``, minus :data:`_BEFORE`).
-    Divided by ``(apix, apix, apix, -apix)`` and shifted by one cached pair of rows: the same numbers
-    as dividing each part by the scalar, in 3 operator calls instead of a dozen."""
-    key = ("frame", apix, box, kernel, matrix.device, matrix.dtype)
+    """
+    divisor, negative, shift = _scalars(apix, box, kernel, matrix.device, matrix.dtype)
+    return matrix / divisor, (offset / negative).add_(shift)[:, :, None]
+
+
+def _scalars(apix: float, box: int, kernel: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``apix``, ``-apix`` and the first tap's shift as 0-d tensors, made once per key: the same numbers as
+    the Python scalars, whose wrapping costs the CPU 4 operator calls an operation."""
+    key = ("scalars", apix, box, kernel, device, dtype)
     if key not in _CONSTANTS:
         shift = box // 2 + KERNELS[kernel] - _BEFORE[kernel]
-        _CONSTANTS[key] = (
-            torch.tensor([apix, apix, apix, -apix], dtype=torch.float64).to(matrix.device, matrix.dtype),  # (4,)
-            torch.tensor([0.0, 0.0, 0.0, shift], dtype=torch.float64).to(matrix.device, matrix.dtype),  # (4,)
-        )
-    divisor, shift = _CONSTANTS[key]
-    return torch.cat([matrix, offset[:, :, None]], 2).div_(divisor).add_(shift)  # (b, D, 4)
+        _CONSTANTS[key] = tuple(torch.tensor(x, dtype=torch.float64).to(device, dtype) for x in (apix, -apix, shift))
+    return _CONSTANTS[key]
 
 
-def _chunk_taps(points, frame, box: int, kernel: str, derivative: bool, reverse: bool, lead: int = 0):
+def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, reverse: bool, lead: int = 0):
     """Each point's first tap, as a flat index into ``c`` stacked padded grids, and its kernel weights.
 
-    points ``(1|c, n, 3)`` xyz Å (any strides); frame ``(c, D, 4)`` from :func:`_pixel_frame`.
+    points ``(1|c, n, 3)`` xyz Å (any strides); rows ``(c, D, 3)``, bias ``(c, D, 1)`` from :func:`_pixel_frame`.
     Returns ``base (c, n)`` int64 (plus ``lead``) and ``weights (1|2, K, c, D, n)``: along
     every axis (x first) the ``K`` taps' weights (in reverse order if ``reverse``) and, with
     ``derivative``, their derivatives d w / d coordinate (natural order). A point whose first tap
     is outside ``[0, box + K]`` is clamped there: all its taps land in the padding, which is
     cropped, so dropping is exact.
     """
-    c, ndim = frame.shape[0], frame.shape[1]
+    c, ndim = rows.shape[0], rows.shape[1]
     k = KERNELS[kernel]
     pad_box = box + 2 * k
-    constant, coef, strides = _constants(kernel, derivative, reverse, ndim, pad_box, frame.device, frame.dtype)
-    rows = frame[..., :3]  # (c, D, 3)
+    constant, coef, strides = _constants(kernel, derivative, reverse, ndim, pad_box, rows.device, rows.dtype)
     # (c*D, 3) @ (3, n): BLAS reads the transposed points in place; the other order, (n, 3) @ (3, D),
     # is a slow matrix-vector path (~10x on the CPU)
     if points.shape[0] == 1:
         coord = torch.mm(rows.reshape(c * ndim, 3), points[0].T).view(c, ndim, -1)  # (c, D, n)
     else:
         coord = torch.bmm(rows, points.transpose(1, 2))  # (c, D, n)
-    coord.add_(frame[..., 3:])
+    coord.add_(bias)
     first = torch.floor(coord)
     frac = coord.sub_(first)  # (c, D, n) in [0, 1)
     if kernel == "cubic":
@@ -224,7 +225,7 @@ def _splat_chunk(base, weights, vals, pad_box: int, k: int, inner: int) -> torch
         src = src[:, None] * w[None, :, :, 0]  # (K, K, c, n): (y, x) taps
     planes = (k,) * inner
     length = c * grid + lead
-    buf = w.new_zeros(planes + (length,))
+    buf = torch.zeros(planes + (length,), dtype=w.dtype, device=w.device)
     rows = base.view(-1)  # (c*n,)
     for offset, taps in _outer_taps(ndim, inner, pad_box, k):
         scale = _prod([w[k - 1 - t, :, inner + a] for a, t in enumerate(taps)])  # (c, n): the outer taps' weight
@@ -292,7 +293,7 @@ class _ConvectSplat(torch.autograd.Function):
         n = values.shape[-1]
         k = KERNELS[kernel]
         pad_box = box + 2 * k
-        frame = _pixel_frame(matrix, offset, apix, box, kernel)  # (b, D, 4)
+        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)  # (b, D, 3), (b, D, 1)
         chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device, backward=False)
         lead = _lead(pad_box, k, inner)
         grids = []
@@ -301,12 +302,15 @@ class _ConvectSplat(torch.autograd.Function):
             whole = stop - start == b  # one chunk: no slicing
             pts = points if whole or points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
             vals = values if whole or values.shape[0] == 1 else values[start:stop]  # (1|c, n)
-            base, weights = _chunk_taps(pts, frame if whole else frame[start:stop], box, kernel, False, True, lead)
+            frame = (rows, bias) if whole else (rows[start:stop], bias[start:stop])
+            base, weights = _chunk_taps(pts, *frame, box, kernel, False, True, lead)
             grids.append(_splat_chunk(base, weights, vals, pad_box, k, inner))
         ctx.save_for_backward(values, points, matrix, offset)
         ctx.box, ctx.apix, ctx.kernel = box, apix, kernel
-        out = (torch.cat(grids) if len(grids) > 1 else grids[0]).view((b,) + (pad_box,) * ndim)
-        return out[(slice(None),) + (slice(k, k + box),) * ndim]
+        out = torch.cat(grids) if len(grids) > 1 else grids[0]  # (b * pad_box**D,)
+        # the box inside the padding: one strided view of the padded grids
+        return out.as_strided((b,) + (box,) * ndim, (pad_box**ndim,) + tuple(pad_box**a for a in reversed(range(ndim))),
+                              k * sum(pad_box**a for a in range(ndim)))
 
     @staticmethod
     @once_differentiable
@@ -324,20 +328,21 @@ class _ConvectSplat(torch.autograd.Function):
         padded = grad_out.new_zeros(b * grid_size + (k - 1) * sum(pad_box**a for a in range(ndim)))
         padded[: b * grid_size].view((b,) + (pad_box,) * ndim)[(slice(None),) + (slice(k, k + box),) * ndim] = grad_out
 
-        frame = _pixel_frame(matrix, offset, apix, box, kernel)  # (b, D, 4)
+        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)  # (b, D, 3), (b, D, 1)
         chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device)
         shared_p = points.shape[0] == 1
         g_values = torch.zeros_like(values) if need_v and values.shape[0] == 1 else None
         g_points = torch.zeros_like(points) if need_p and (shared_p or chunk < b) else None
         g_values_rows, g_matrix, g_offset = [], [], []
-        scaled = values / apix if need_coords else None  # (1|b, n)
+        scaled = values / _scalars(apix, box, kernel, values.device, values.dtype)[0] if need_coords else None  # (1|b, n)
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             c = stop - start
             whole = c == b  # one chunk: no slicing
             pts = points if whole or points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
             mat = matrix if whole else matrix[start:stop]
-            base, weights = _chunk_taps(pts, frame if whole else frame[start:stop], box, kernel, need_coords, False)
+            frame = (rows, bias) if whole else (rows[start:stop], bias[start:stop])
+            base, weights = _chunk_taps(pts, *frame, box, kernel, need_coords, False)
             g_w, g_c = _gather_chunk(padded, start * grid_size, base, weights, pad_box, k, inner)
             if need_v:
                 if values.shape[0] == 1:
