@@ -283,6 +283,13 @@ def _accumulate(total, term, factor):
     return term if total is None else total.add_(term)
 
 
+def _inside(padded: torch.Tensor, b: int, box: int, pad_box: int, k: int, ndim: int) -> torch.Tensor:
+    """``(b, box, ..)``: the boxes inside the padding of ``b`` flat padded grids (``(b * pad_box**D + ..,)``),
+    one strided view (one operator call, against two per axis for slices)."""
+    strides = (pad_box**ndim,) + tuple(pad_box**a for a in reversed(range(ndim)))
+    return padded.as_strided((b,) + (box,) * ndim, strides, padded.storage_offset() + k * sum(pad_box**a for a in range(ndim)))
+
+
 class _ConvectSplat(torch.autograd.Function):
     """Splat ``values`` at ``(matrix @ points - offset) / apix + box // 2`` into a D-dim grid."""
 
@@ -307,10 +314,7 @@ class _ConvectSplat(torch.autograd.Function):
             grids.append(_splat_chunk(base, weights, vals, pad_box, k, inner))
         ctx.save_for_backward(values, points, matrix, offset)
         ctx.box, ctx.apix, ctx.kernel = box, apix, kernel
-        out = torch.cat(grids) if len(grids) > 1 else grids[0]  # (b * pad_box**D,)
-        # the box inside the padding: one strided view of the padded grids
-        return out.as_strided((b,) + (box,) * ndim, (pad_box**ndim,) + tuple(pad_box**a for a in reversed(range(ndim))),
-                              k * sum(pad_box**a for a in range(ndim)))
+        return _inside(torch.cat(grids) if len(grids) > 1 else grids[0], b, box, pad_box, k, ndim)
 
     @staticmethod
     @once_differentiable
@@ -325,13 +329,14 @@ class _ConvectSplat(torch.autograd.Function):
         need_v, need_p, need_m, need_o = ctx.needs_input_grad[:4]
         need_coords = need_p or need_m or need_o
         # the padded gradient, with room for every tap of the last grid's last pixel
-        padded = grad_out.new_zeros(b * grid_size + (k - 1) * sum(pad_box**a for a in range(ndim)))
-        padded[: b * grid_size].view((b,) + (pad_box,) * ndim)[(slice(None),) + (slice(k, k + box),) * ndim] = grad_out
+        padded = torch.zeros(b * grid_size + (k - 1) * sum(pad_box**a for a in range(ndim)), dtype=grad_out.dtype,
+                             device=grad_out.device)
+        _inside(padded, b, box, pad_box, k, ndim).copy_(grad_out)
 
         rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)  # (b, D, 3), (b, D, 1)
         chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device)
         shared_p = points.shape[0] == 1
-        g_values = torch.zeros_like(values) if need_v and values.shape[0] == 1 else None
+        g_values = torch.zeros_like(values) if need_v and values.shape[0] == 1 and chunk < b else None
         g_points = torch.zeros_like(points) if need_p and (shared_p or chunk < b) else None
         g_values_rows, g_matrix, g_offset = [], [], []
         scaled = values / _scalars(apix, box, kernel, values.device, values.dtype)[0] if need_coords else None  # (1|b, n)
@@ -345,7 +350,9 @@ class _ConvectSplat(torch.autograd.Function):
             base, weights = _chunk_taps(pts, *frame, box, kernel, need_coords, False)
             g_w, g_c = _gather_chunk(padded, start * grid_size, base, weights, pad_box, k, inner)
             if need_v:
-                if values.shape[0] == 1:
+                if values.shape[0] == 1 and whole:
+                    g_values = g_w.sum(0, keepdim=True)  # (1, n)
+                elif values.shape[0] == 1:
                     g_values += g_w.sum(0, keepdim=True)
                 else:
                     g_values_rows.append(g_w)  # (c, n)
