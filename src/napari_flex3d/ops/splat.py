@@ -64,8 +64,8 @@ __all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS", "t
 KERNELS = {"cubic": 4, "linear": 2}
 
 # The most temporaries (floats) one chunk of particles may hold: ~256 MB on the CPU, ~512 MB
-# on a GPU, whatever the batch. A chunk costs about 40 operator calls (kernel launches on a
-# GPU) whatever its size, so larger chunks mean fewer.
+# on a GPU, whatever the batch. A further chunk of a forward costs about 22 operator calls on the
+# CPU (fewer kernel launches on a GPU: some are views) whatever its size, so larger chunks mean fewer.
 _CHUNK_FLOATS = {"cpu": 1 << 26, "cuda": 1 << 27}
 
 #: The kernels' weights of the taps at ``first + j`` and their derivatives, as polynomials in the
