@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_flex3d.model.flow import FlowGenerator, interpolate_vertex_flow, sparse_to_barycentric
+from napari_flex3d.model.flow import FlowGenerator, fem_matrix, interpolate_vertex_flow, sparse_to_barycentric
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -110,6 +110,29 @@ def test_sparse_matrix_rows_match_dense_product():
     dense = torch.einsum("nv,bvd->bnd", b.to_dense(), d)
     torch.testing.assert_close(interpolate_vertex_flow(d, i2, w2), dense)
     assert (w2[n:] == 0).all()
+
+
+def test_fem_product_with_its_transpose_made_once():
+    """The FEM product's gradient through the transpose made once: the dense adjoint's numbers (float64),
+    and torch.sparse.mm's own gradient bit for bit (float32); the flow MLP as F.linear + ReLU, bit for bit."""
+    vertices, cells, pts, _, _ = _two_tets()
+    idx, w = _manual_barycentric(vertices, cells, pts)
+    for dtype in (torch.float64, torch.float32):
+        fem = fem_matrix(idx, w, 5, dtype)
+        d = torch.randn(3, 5, 3, dtype=dtype, requires_grad=True)
+        g = torch.randn(3, pts.shape[0], 3, dtype=dtype)
+        u = interpolate_vertex_flow(d, idx, w, fem=fem, fem_t=fem.t())
+        (grad,) = torch.autograd.grad(u, d, g)
+        (builtin,) = torch.autograd.grad(interpolate_vertex_flow(d, idx, w, fem=fem), d, g)
+        dense = torch.einsum("nv,bnd->bvd", fem.to_dense(), g)  # B^T g
+        torch.testing.assert_close(grad, dense, rtol=1e-12 if dtype == torch.float64 else 1e-5, atol=0)
+        assert torch.equal(grad, builtin)
+    flow = FlowGenerator(2, 30, hidden=8, layers=3)
+    z = torch.randn(5, 2)
+    x = z
+    for m in flow.hidden:
+        x = m(x)
+    assert torch.equal(flow(z), torch.nn.functional.linear(x, flow.out.weight).reshape(5, 30, 3))
 
 
 def test_gradients_reach_every_layer():

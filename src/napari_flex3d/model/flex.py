@@ -210,14 +210,17 @@ class FlexModel(nn.Module):
         """Flow ``u = B (m * d)`` at every mask voxel, ``(b, n_vox, 3)`` Å (``displacements``: ``d``
         at ``z`` if already made)."""
         d = self.displacements(z) if displacements is None else displacements
-        return interpolate_vertex_flow(d, self.bary_index, self.bary_weight, fem=self._fem(d.dtype))
+        fem, fem_t = self._fem(d.dtype)
+        return interpolate_vertex_flow(d, self.bary_index, self.bary_weight, fem=fem, fem_t=fem_t)
 
-    def _fem(self, dtype: torch.dtype) -> torch.Tensor:
-        """The sparse FEM matrix ``B``, made once (again when the barycentric buffers move or change)."""
+    def _fem(self, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The sparse FEM matrix ``B`` and its transpose, made once (again when the barycentric buffers move
+        or change)."""
         key = tuple((t.data_ptr(), t._version, t.device) for t in (self.bary_index, self.bary_weight)) + (dtype,)
         cached = self.__dict__.get("_fem_cache")
         if cached is None or cached[0] != key:
-            cached = (key, fem_matrix(self.bary_index, self.bary_weight, self.vertices_a.shape[0], dtype))
+            fem = fem_matrix(self.bary_index, self.bary_weight, self.vertices_a.shape[0], dtype)
+            cached = (key, (fem, fem.t()))
             self.__dict__["_fem_cache"] = cached
         return cached[1]
 

@@ -248,8 +248,9 @@ def data_loss(
     if scale is not None:
         pred = pred * torch.as_tensor(scale, dtype=pred.dtype, device=pred.device).reshape(-1, 1, 1)
     resid = torch.view_as_real(torch.fft.rfft2(target - pred, norm="ortho"))  # (b, h, w//2+1, 2)
-    # 0.5 sits in the weights (a power of two: the same numbers as halving the sum)
-    return (half_w * resid.square().sum(-1)).sum(dim=(-2, -1))
+    # 0.5 sits in the weights (a power of two: the same numbers as halving the sum); r * r: square()'s numbers and
+    # gradient (2 (g r) = g (2 r)) in fewer calls
+    return (half_w * (resid * resid).sum(-1)).sum(dim=(-2, -1))
 
 
 def spectral_data_loss(
@@ -265,8 +266,9 @@ def spectral_data_loss(
     fp, ft = torch.view_as_real(pred_ft), torch.view_as_real(target_ft)  # (b, h, w//2+1, 2)
     scale = _fit_scale(half_w, fp, ft)  # (..., b)
     resid = ft - scale.view(scale.shape + (1, 1, 1)) * fp
-    # 0.5 sits in the weights (a power of two: the same numbers as halving the sum)
-    return (half_w * resid.square().sum(-1)).sum(dim=(-2, -1))
+    # 0.5 sits in the weights (a power of two: the same numbers as halving the sum); r * r: square()'s numbers and
+    # gradient (2 (g r) = g (2 r)) in fewer calls
+    return (half_w * (resid * resid).sum(-1)).sum(dim=(-2, -1))
 
 
 def band_coefficients(box: int, max_freq_px: float | None = None) -> float:

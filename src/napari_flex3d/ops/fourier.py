@@ -88,9 +88,17 @@ def lowpass(x: torch.Tensor, cutoff: float, edge_width: float = 0.0, ndim: int =
     """
     shape = tuple(x.shape[-ndim:])
     dims = tuple(range(-ndim, 0))
-    k = _radius_grid(shape, float(d), x.device, x.dtype)  # (*shape[:-1], n//2+1)
-    filt = raised_cosine((k - cutoff) / edge_width) if edge_width > 0 else (k <= cutoff).to(k.dtype)
+    filt = _lowpass_filter(shape, float(d), float(cutoff), float(edge_width), x.device, x.dtype)  # (*shape[:-1], n//2+1)
     return torch.fft.irfftn(torch.fft.rfftn(x, dim=dims) * filt, s=shape, dim=dims)
+
+
+@functools.lru_cache(maxsize=2)  # the band of the step at hand (and one before): two maps' worth at most
+def _lowpass_filter(shape: tuple, d: float, cutoff: float, edge_width: float, device: torch.device,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """:func:`lowpass`'s filter on the rfft grid, made once per cutoff (a training step band-limits
+    the map several times at its band). Read only."""
+    k = _radius_grid(shape, d, device, dtype)
+    return raised_cosine((k - cutoff) / edge_width) if edge_width > 0 else (k <= cutoff).to(k.dtype)
 
 
 def _freq_index_map(n_in: int, n_out: int, device) -> tuple[torch.Tensor, torch.Tensor]:

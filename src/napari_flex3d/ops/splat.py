@@ -64,8 +64,8 @@ __all__ = ["convect_project", "convect_volume", "kernel_transfer", "KERNELS", "t
 KERNELS = {"cubic": 4, "linear": 2}
 
 # The most temporaries (floats) one chunk of particles may hold: ~256 MB on the CPU, ~512 MB
-# on a GPU, whatever the batch. A chunk costs about 40 operator calls (kernel launches on a
-# GPU) whatever its size, so larger chunks mean fewer.
+# on a GPU, whatever the batch. A further chunk of a forward costs about 22 operator calls on the
+# CPU (fewer kernel launches on a GPU: some are views) whatever its size, so larger chunks mean fewer.
 _CHUNK_FLOATS = {"cpu": 1 << 26, "cuda": 1 << 27}
 
 #: The kernels' weights of the taps at ``first + j`` and their derivatives, as polynomials in the
@@ -94,7 +94,7 @@ def _taps(kernel: str) -> int:
 
 
 def _constants(kernel: str, derivative: bool, reverse: bool, ndim: int, pad_box: int, device, dtype):
-    """``(constant (K | 2K, 1), coefficients (K | 2K, deg), axis strides (D, 1, 1) int64)``, made once per
+    """``(constant (K | 2K, 1), coefficients (K | 2K, deg), axis strides (D, 1) int64)``, made once per
     kernel, device and dtype: the weights' polynomial in ``f, f^2, ..`` (taps in reverse order if
     ``reverse``) and each axis's stride in a flat padded grid (x fastest)."""
     key = (kernel, derivative, reverse, ndim, pad_box, device, dtype)
@@ -103,7 +103,7 @@ def _constants(kernel: str, derivative: bool, reverse: bool, ndim: int, pad_box:
         poly = torch.tensor(_POLY[kernel], dtype=torch.float64)  # (deg + 1, 2K)
         w = poly[:, :k].flip(1) if reverse else poly[:, :k]
         coef = torch.cat([w, poly[:, k:]], 1) if derivative else w
-        strides = torch.tensor([pad_box**a for a in range(ndim)], dtype=torch.long, device=device)[:, None, None]
+        strides = torch.tensor([pad_box**a for a in range(ndim)], dtype=torch.long, device=device)[:, None]
         coef = coef.T.to(device, dtype)  # (K | 2K, deg + 1)
         _CONSTANTS[key] = (coef[:, :1].contiguous(), coef[:, 1:].contiguous(), strides)
     return _CONSTANTS[key]
@@ -135,44 +135,55 @@ def temporary_bytes(particles: int, n_points: int, box: int, kernel: str, device
 
 
 def _pixel_frame(matrix: torch.Tensor, offset: torch.Tensor, apix: float, box: int, kernel: str):
-    """``(rows (D, b, 3), bias (D, b, 1))``: a point ``p`` (Å) has padded-grid coordinate
+    """``(rows (b, D, 3), bias (b, D, 1))``: a point ``p`` (Å) has padded-grid coordinate
     ``rows @ p + bias`` along each axis, shifted so that its first tap is at the coordinate's floor
-    (``(matrix @ p - offset) / apix + box // 2``, plus the padding ``K``, minus :data:`_BEFORE`)."""
-    bias = (offset.T / -apix).add_(box // 2 + KERNELS[kernel] - _BEFORE[kernel])
-    return matrix.transpose(0, 1) / apix, bias[:, :, None]
+    (``(matrix @ p - offset) / apix + box // 2``, plus the padding ``K``, minus :data:`_BEFORE`).
+    """
+    divisor, negative, shift = _scalars(apix, box, kernel, matrix.device, matrix.dtype)
+    return matrix / divisor, (offset / negative).add_(shift)[:, :, None]
+
+
+def _scalars(apix: float, box: int, kernel: str, device, dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``apix``, ``-apix`` and the first tap's shift as 0-d tensors, made once per key: the same numbers as
+    the Python scalars, whose wrapping costs the CPU 4 operator calls an operation."""
+    key = ("scalars", apix, box, kernel, device, dtype)
+    if key not in _CONSTANTS:
+        shift = box // 2 + KERNELS[kernel] - _BEFORE[kernel]
+        _CONSTANTS[key] = tuple(torch.tensor(x, dtype=torch.float64).to(device, dtype) for x in (apix, -apix, shift))
+    return _CONSTANTS[key]
 
 
 def _chunk_taps(points, rows, bias, box: int, kernel: str, derivative: bool, reverse: bool, lead: int = 0):
     """Each point's first tap, as a flat index into ``c`` stacked padded grids, and its kernel weights.
 
-    points ``(1|c, n, 3)`` xyz Å (any strides); rows ``(D, c, 3)``, bias ``(D, c, 1)`` from
-    :func:`_pixel_frame`. Returns ``base (c, n)`` int64 (plus ``lead``) and ``weights (1|2, K, D, c, n)``: along
+    points ``(1|c, n, 3)`` xyz Å (any strides); rows ``(c, D, 3)``, bias ``(c, D, 1)`` from :func:`_pixel_frame`.
+    Returns ``base (c, n)`` int64 (plus ``lead``) and ``weights (1|2, K, c, D, n)``: along
     every axis (x first) the ``K`` taps' weights (in reverse order if ``reverse``) and, with
     ``derivative``, their derivatives d w / d coordinate (natural order). A point whose first tap
     is outside ``[0, box + K]`` is clamped there: all its taps land in the padding, which is
     cropped, so dropping is exact.
     """
-    ndim, c = rows.shape[0], rows.shape[1]
+    c, ndim = rows.shape[0], rows.shape[1]
     k = KERNELS[kernel]
     pad_box = box + 2 * k
     constant, coef, strides = _constants(kernel, derivative, reverse, ndim, pad_box, rows.device, rows.dtype)
-    # (D*c, 3) @ (3, n): BLAS reads the transposed points in place; the other order, (n, 3) @ (3, D),
+    # (c*D, 3) @ (3, n): BLAS reads the transposed points in place; the other order, (n, 3) @ (3, D),
     # is a slow matrix-vector path (~10x on the CPU)
     if points.shape[0] == 1:
-        coord = torch.mm(rows.reshape(ndim * c, 3), points[0].T).view(ndim, c, -1)  # (D, c, n)
+        coord = torch.mm(rows.reshape(c * ndim, 3), points[0].T).view(c, ndim, -1)  # (c, D, n)
     else:
-        coord = torch.bmm(rows.transpose(0, 1), points.transpose(1, 2)).transpose(0, 1)  # (D, c, n)
+        coord = torch.bmm(rows, points.transpose(1, 2))  # (c, D, n)
     coord.add_(bias)
     first = torch.floor(coord)
-    frac = coord.sub_(first)  # (D, c, n) in [0, 1)
+    frac = coord.sub_(first)  # (c, D, n) in [0, 1)
     if kernel == "cubic":
         square = frac * frac
-        powers = torch.stack([frac, square, square * frac])  # (3, D, c, n)
+        powers = torch.stack([frac, square, square * frac])  # (3, c, D, n)
     else:
-        powers = frac[None]  # (1, D, c, n)
-    weights = torch.addmm(constant, coef, powers.reshape(powers.shape[0], -1))  # (K | 2K, D*c*n)
-    first = first.clamp_(0, box + k).long()  # (D, c, n) padded pixel of the first tap
-    base = (first * strides).sum(0)  # (c, n) flat index in a particle's padded grid
+        powers = frac[None]  # (1, c, D, n)
+    weights = torch.addmm(constant, coef, powers.view(powers.shape[0], -1))  # (K | 2K, c*D*n)
+    first = first.clamp_(0, box + k).long()  # (c, D, n) padded pixel of the first tap
+    base = (first * strides).sum(1)  # (c, n) flat index in a particle's padded grid
     grid = pad_box**ndim
     base += _grid_starts(c, grid, lead, base.device)
     return base, weights.view((-1, k) + coord.shape)
@@ -199,25 +210,25 @@ def _lead(pad_box: int, k: int, inner: int) -> int:
 def _splat_chunk(base, weights, vals, pad_box: int, k: int, inner: int) -> torch.Tensor:
     """``(c * pad_box**D,)``: ``c`` particles' padded grids, each point's taps weighted by ``vals (1|c, n)``.
 
-    ``base (c, n)``: each point's first tap plus :func:`_lead`; ``weights (1, K, D, c, n)`` in
+    ``base (c, n)``: each point's first tap plus :func:`_lead`; ``weights (1, K, c, D, n)`` in
     reverse tap order (:func:`_chunk_taps`). Every point adds the
     weights of all its taps along the ``inner`` fastest axes to one row (its first tap) of a
     buffer with ``K**inner`` planes, in one scatter per tap of the other axes; a strided sum
     reads each pixel's taps back from the rows ``t`` pixels before it, plane ``t``.
     """
-    ndim, c, n = weights.shape[2], weights.shape[3], weights.shape[4]
+    c, ndim, n = weights.shape[2], weights.shape[3], weights.shape[4]
     grid = pad_box**ndim
-    w = weights[0]  # (K, D, c, n)
+    w = weights[0]  # (K, c, D, n)
     lead = _lead(pad_box, k, inner)
-    src = w[:, inner - 1] * vals  # (K, c, n): the values folded in once
+    src = w[:, :, inner - 1] * vals  # (K, c, n): the values folded in once
     if inner == 2:
-        src = src[:, None] * w[None, :, 0]  # (K, K, c, n): (y, x) taps
+        src = src[:, None] * w[None, :, :, 0]  # (K, K, c, n): (y, x) taps
     planes = (k,) * inner
     length = c * grid + lead
-    buf = w.new_zeros(planes + (length,))
+    buf = torch.zeros(planes + (length,), dtype=w.dtype, device=w.device)
     rows = base.view(-1)  # (c*n,)
     for offset, taps in _outer_taps(ndim, inner, pad_box, k):
-        scale = _prod([w[k - 1 - t, inner + a] for a, t in enumerate(taps)])  # (c, n): the outer taps' weight
+        scale = _prod([w[k - 1 - t, :, inner + a] for a, t in enumerate(taps)])  # (c, n): the outer taps' weight
         part = src if scale is None else src * scale
         index = (rows if offset == 0 else rows + offset).expand(planes + (-1,))
         buf.scatter_add_(inner, index, part.view(planes + (-1,)))
@@ -227,41 +238,41 @@ def _splat_chunk(base, weights, vals, pad_box: int, k: int, inner: int) -> torch
 
 def _gather_chunk(padded, start: int, base, weights, pad_box: int, k: int, inner: int):
     """The adjoint of :func:`_splat_chunk`: per point, ``sum_taps g * w`` and, with derivatives in
-    ``weights (2, K, D, c, n)`` (natural tap order), ``sum_taps g * dw/dcoord`` along each axis.
+    ``weights (2, K, c, D, n)`` (natural tap order), ``sum_taps g * dw/dcoord`` along each axis.
 
     ``padded``: the flat padded gradient of all particles (the chunk's first grid at ``start``),
-    long enough that every tap of the last pixel is in it. Returns ``g_w (c*n,)`` and a list of
-    ``D`` tensors ``(c*n,)`` (or ``None`` without derivatives).
+    long enough that every tap of the last pixel is in it. Returns ``g_w (c, n)`` and a list of
+    ``D`` tensors ``(c, n)`` (or ``None`` without derivatives).
     """
-    cols, ndim, c, n = weights.shape[0], weights.shape[2], weights.shape[3], weights.shape[4]
-    m = c * n
+    cols, c, ndim, n = weights.shape[0], weights.shape[2], weights.shape[3], weights.shape[4]
     grid = pad_box**ndim
-    w = weights[0]  # (K, D, c, n)
-    x_taps = weights[:, :, 0].reshape(cols, 1, k, m) if inner == 2 else weights[:, :, 0].reshape(cols, k, m)
+    w = weights[0]  # (K, c, D, n)
+    x_taps = weights[:, :, :, 0]  # (1|2, K, c, n)
+    if inner == 2:
+        x_taps = x_taps[:, None]  # (1|2, 1, K, c, n)
     g_w, g_c = None, [None] * ndim
     index = base.view(-1)
     for offset, taps in _outer_taps(ndim, inner, pad_box, k):
-        # the gradient at every tap of the inner axes, from each point's first tap: (K[, K], m) (y, x)
+        # the gradient at every tap of the inner axes, from each point's first tap: (K[, K], c, n) (y, x)
         unfolded = padded.as_strided(
             (k,) * inner + (c * grid,), tuple(pad_box**a for a in reversed(range(inner))) + (1,), start + offset
         )
-        g_taps = unfolded.index_select(inner, index)
+        g_taps = unfolded.index_select(inner, index).view((k,) * inner + (c, n))
         if inner == 2:
-            along_x = (g_taps * x_taps).sum(2)  # (1|2, K, m): [w_x, dw_x] summed over the x-taps
-            y_taps = weights[:, :, 1].reshape(cols, 1, k, m)
-            sums = (y_taps * along_x).sum(2)  # (1|2, 1|2, m): [w_y, dw_y] x [w_x, dw_x]
+            along_x = (g_taps * x_taps).sum(2)  # (1|2, K, c, n): [w_x, dw_x] summed over the x-taps
+            sums = (weights[:, None, :, :, 1] * along_x).sum(2)  # (1|2, 1|2, c, n): [w_y, dw_y] x [w_x, dw_x]
             s, ds = sums[0, 0], ([sums[0, 1], sums[1, 0]] if cols == 2 else None)
         else:
-            sums = (g_taps * x_taps).sum(1)  # (1|2, m)
+            sums = (g_taps * x_taps).sum(1)  # (1|2, c, n)
             s, ds = sums[0], ([sums[1]] if cols == 2 else None)
-        outer = [w[t, inner + a].reshape(m) for a, t in enumerate(taps)]
+        outer = [w[t, :, inner + a] for a, t in enumerate(taps)]  # (c, n) each
         prod = _prod(outer)
         g_w = _accumulate(g_w, s, prod)
         if ds is not None:
             for a in range(inner):
                 g_c[a] = _accumulate(g_c[a], ds[a], prod)
             for i, t in enumerate(taps):
-                factor = _prod([weights[1, t, inner + i].reshape(m)] + [o for j, o in enumerate(outer) if j != i])
+                factor = _prod([weights[1, t, :, inner + i]] + [o for j, o in enumerate(outer) if j != i])
                 g_c[inner + i] = _accumulate(g_c[inner + i], s, factor)
     return g_w, (g_c if cols == 2 else None)
 
@@ -270,6 +281,13 @@ def _accumulate(total, term, factor):
     """``total + term * factor`` (``factor`` None: 1; ``total`` None: 0)."""
     term = term if factor is None else term * factor
     return term if total is None else total.add_(term)
+
+
+def _inside(padded: torch.Tensor, b: int, box: int, pad_box: int, k: int, ndim: int) -> torch.Tensor:
+    """``(b, box, ..)``: the boxes inside the padding of ``b`` flat padded grids (``(b * pad_box**D + ..,)``),
+    one strided view (one operator call, against two per axis for slices)."""
+    strides = (pad_box**ndim,) + tuple(pad_box**a for a in reversed(range(ndim)))
+    return padded.as_strided((b,) + (box,) * ndim, strides, padded.storage_offset() + k * sum(pad_box**a for a in range(ndim)))
 
 
 class _ConvectSplat(torch.autograd.Function):
@@ -282,20 +300,21 @@ class _ConvectSplat(torch.autograd.Function):
         n = values.shape[-1]
         k = KERNELS[kernel]
         pad_box = box + 2 * k
-        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)
+        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)  # (b, D, 3), (b, D, 1)
         chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device, backward=False)
         lead = _lead(pad_box, k, inner)
         grids = []
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
-            pts = points if points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
-            vals = values if values.shape[0] == 1 else values[start:stop]  # (1|c, n)
-            base, weights = _chunk_taps(pts, rows[:, start:stop], bias[:, start:stop], box, kernel, False, True, lead)
+            whole = stop - start == b  # one chunk: no slicing
+            pts = points if whole or points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
+            vals = values if whole or values.shape[0] == 1 else values[start:stop]  # (1|c, n)
+            frame = (rows, bias) if whole else (rows[start:stop], bias[start:stop])
+            base, weights = _chunk_taps(pts, *frame, box, kernel, False, True, lead)
             grids.append(_splat_chunk(base, weights, vals, pad_box, k, inner))
         ctx.save_for_backward(values, points, matrix, offset)
         ctx.box, ctx.apix, ctx.kernel = box, apix, kernel
-        out = (torch.cat(grids) if len(grids) > 1 else grids[0]).view((b,) + (pad_box,) * ndim)
-        return out[(slice(None),) + (slice(k, k + box),) * ndim]
+        return _inside(torch.cat(grids) if len(grids) > 1 else grids[0], b, box, pad_box, k, ndim)
 
     @staticmethod
     @once_differentiable
@@ -310,32 +329,41 @@ class _ConvectSplat(torch.autograd.Function):
         need_v, need_p, need_m, need_o = ctx.needs_input_grad[:4]
         need_coords = need_p or need_m or need_o
         # the padded gradient, with room for every tap of the last grid's last pixel
-        padded = grad_out.new_zeros(b * grid_size + (k - 1) * sum(pad_box**a for a in range(ndim)))
-        padded[: b * grid_size].view((b,) + (pad_box,) * ndim)[(slice(None),) + (slice(k, k + box),) * ndim] = grad_out
+        padded = torch.zeros(b * grid_size + (k - 1) * sum(pad_box**a for a in range(ndim)), dtype=grad_out.dtype,
+                             device=grad_out.device)
+        _inside(padded, b, box, pad_box, k, ndim).copy_(grad_out)
 
-        g_values = torch.zeros_like(values) if need_v and values.shape[0] == 1 else None
-        g_points = torch.zeros_like(points) if need_p else None
-        g_values_rows, g_matrix, g_offset = [], [], []
-        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)
+        rows, bias = _pixel_frame(matrix, offset, apix, box, kernel)  # (b, D, 3), (b, D, 1)
         chunk, inner = _chunk_plan(n, pad_box, k, ndim, values.device)
+        shared_p = points.shape[0] == 1
+        g_values = torch.zeros_like(values) if need_v and values.shape[0] == 1 and chunk < b else None
+        g_points = torch.zeros_like(points) if need_p and (shared_p or chunk < b) else None
+        g_values_rows, g_matrix, g_offset = [], [], []
+        scaled = values / _scalars(apix, box, kernel, values.device, values.dtype)[0] if need_coords else None  # (1|b, n)
         for start in range(0, b, chunk):
             stop = min(b, start + chunk)
             c = stop - start
-            pts = points if points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
-            mat = matrix[start:stop]
-            base, weights = _chunk_taps(pts, rows[:, start:stop], bias[:, start:stop], box, kernel, need_coords, False)
+            whole = c == b  # one chunk: no slicing
+            pts = points if whole or points.shape[0] == 1 else points[start:stop]  # (1|c, n, 3), any strides
+            mat = matrix if whole else matrix[start:stop]
+            frame = (rows, bias) if whole else (rows[start:stop], bias[start:stop])
+            base, weights = _chunk_taps(pts, *frame, box, kernel, need_coords, False)
             g_w, g_c = _gather_chunk(padded, start * grid_size, base, weights, pad_box, k, inner)
             if need_v:
-                if values.shape[0] == 1:
-                    g_values += g_w.view(c, n).sum(0, keepdim=True)
+                if values.shape[0] == 1 and whole:
+                    g_values = g_w.sum(0, keepdim=True)  # (1, n)
+                elif values.shape[0] == 1:
+                    g_values += g_w.sum(0, keepdim=True)
                 else:
-                    g_values_rows.append(g_w.view(c, n))
+                    g_values_rows.append(g_w)  # (c, n)
             if need_coords:
-                vals = values if values.shape[0] == 1 else values[start:stop]
-                g_q = torch.stack([gc.view(c, n) for gc in g_c], dim=1) * (vals / apix)[:, None, :]  # (c, D, n) d/d (A p)
+                vals = scaled if whole or scaled.shape[0] == 1 else scaled[start:stop]  # (1|c, n)
+                g_q = torch.stack(g_c, dim=1) * vals[:, None, :]  # (c, D, n) d/d (A p)
                 if need_p:
-                    if points.shape[0] == 1:
+                    if shared_p:
                         g_points[0] += torch.mm(g_q.reshape(c * ndim, n).T, mat.reshape(c * ndim, 3))  # (n, 3)
+                    elif whole:
+                        g_points = torch.bmm(mat.transpose(1, 2), g_q).transpose(1, 2)  # (b, n, 3)
                     else:
                         g_points[start:stop] = torch.bmm(mat.transpose(1, 2), g_q).transpose(1, 2)  # (c, n, 3)
                 if need_m:
