@@ -1,0 +1,44 @@
+"""The default minibatch: chosen from the training particles so that an epoch makes enough updates."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from napari_flex3d.config import BATCH_MAX, BATCH_MIN, MINIBATCHES_PER_EPOCH, TrainConfig
+from napari_flex3d.training import events as ev
+from napari_flex3d.training.loop import train_run
+
+
+@pytest.mark.parametrize("n_train", [1, 100, 1023, 1024, 1900, 5000, 8192, 8193, 19000, 10**6])
+def test_default_minibatch_gives_enough_updates_an_epoch(n_train):
+    batch = TrainConfig().minibatch(n_train)
+    assert BATCH_MIN <= batch <= BATCH_MAX and batch % 8 == 0
+    steps = math.ceil(n_train / batch)
+    if batch == BATCH_MAX:  # many particles: the earlier fixed 256 (its updates are enough already)
+        assert n_train > BATCH_MAX * (MINIBATCHES_PER_EPOCH - 1)
+    elif batch > BATCH_MIN:  # the largest multiple of 8 of which the particles hold that many
+        assert steps >= MINIBATCHES_PER_EPOCH and n_train < MINIBATCHES_PER_EPOCH * (batch + 8)
+    assert TrainConfig(batch=100).minibatch(n_train) == 100  # a batch given is kept
+    assert TrainConfig().minibatch(1900) == 56  # 2,000 particles, 5 % held out: 34 updates an epoch, not 8
+
+
+def test_batch_none_is_resolved_saved_and_kept_on_resume(tiny_sim, tiny_config, tmp_path):
+    """A new run stores the number it chose (108 training particles: the smallest batch), so a
+    resumption, which takes the checkpoint's settings, goes on with it."""
+    threads = torch.get_num_threads()
+    try:
+        quick = dict(batch=None, preview_every=0, latent_init="zero", latent_inference="none")
+        config = tiny_config(tiny_sim, tmp_path, epochs=1, **quick)
+        started = [e for e in train_run(config, tmp_path) if isinstance(e, ev.RunStarted)]
+        assert started[0].n_train == 108 and started[0].steps_per_epoch == math.ceil(108 / BATCH_MIN)
+        saved = json.loads((tmp_path / "config.json").read_text())["settings"]
+        assert saved["batch"] == BATCH_MIN
+        resumed = [e for e in train_run(tiny_config(tiny_sim, tmp_path, epochs=2, **quick), tmp_path, resume=True)
+                   if isinstance(e, ev.RunStarted)]
+        assert resumed[0].steps_per_epoch == started[0].steps_per_epoch and resumed[0].start_epoch == 1
+    finally:
+        torch.set_num_threads(threads)
