@@ -75,7 +75,7 @@ RIGIDITY_CHOICE_MIN_Z = 3.0
 #: ``TrainConfig.batch=None`` (the default): a new run's minibatch is the training particles over
 #: this many, rounded down to a multiple of 8 and kept within ``BATCH_MIN``..``BATCH_MAX``. The flow
 #: and map are updated once a minibatch, so a fixed 256 gave 2,000 particles 8 updates an epoch and
-#: the flow stopped at 0.44 of a closure's excursion; 32 an epoch reached 0.83 (RESULTS, closure).
+#: the flow stopped at 0.44 of a closure's excursion; 34 an epoch (56 each) reached 0.87 (RESULTS, closure).
 #: From 8,192 training particles on it is the fixed 256 of earlier runs (theirs is saved with them).
 MINIBATCHES_PER_EPOCH = 32
 BATCH_MIN, BATCH_MAX = 32, 256
