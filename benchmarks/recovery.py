@@ -60,7 +60,10 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=16)
     p.add_argument("--max-particles", type=int, default=None, help="train on the first N particles only (reduced runs)")
     p.add_argument("--warmup-epochs", type=int, default=None)
-    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--batch", type=int, default=None, help="particles per minibatch (default: training's)")
+    p.add_argument("--flow-batches", type=int, default=None, help="flow updates per cycle (default: training's)")
+    p.add_argument("--structure-batches", type=int, default=None, help="map updates per cycle (default: training's)")
+    p.add_argument("--lr-flow", type=float, default=None, help="the flow's learning rate (default: training's)")
     p.add_argument("--train-box", type=int, default=None, help="training box (default: the particles' box up to 128)")
     p.add_argument("--latent-box", type=int, default=None,
                    help="box of latent inference, Fourier-cropped from the training box (default: the training box)")
@@ -119,12 +122,13 @@ def main(argv=None) -> int:
     k = args.latent_dim or len(truth["coordinate_names"])
     run_dir = out / "run"
     settings = dict(particles=str(sim_dir / "particles.star"), map=str(sim_dir / "consensus.mrc"), out=str(run_dir),
-                    latent_dim=k, epochs=args.epochs, batch=args.batch, box=args.train_box, latent_box=args.latent_box,
+                    latent_dim=k, epochs=args.epochs, box=args.train_box, latent_box=args.latent_box,
                     kernel=args.kernel, device=args.device, threads=args.threads, preview_every=0,
                     max_particles=args.max_particles)
     for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
                  "rigidity_floor", "latent_estimate", "latent_grid", "latent_prior_shape", "seed", "rigidity_lambda",
-                 "rigidity_choice", "rigidity_scale"):  # the training's own defaults unless given here
+                 "rigidity_choice", "rigidity_scale", "batch", "flow_batches", "structure_batches",
+                 "lr_flow"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = TrainConfig(**settings)
