@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from .._process import release_freed_memory
-from ..config import BATCH_MAX, TrainConfig
+from ..config import TrainConfig
 from ..io.atomic import check_output_space
 from ..io.prefetch import Prefetcher
 from ..model.loss import band_coefficients
@@ -120,18 +120,9 @@ def _open_run(config: TrainConfig | None, out_dir: Path, resume: bool, ctx: Dist
         if config.threads:
             torch.set_num_threads(config.threads)
         device = resolve_device(config.device)
-        run = yield from prepared(lambda progress: _new_run(config, out_dir, device, ctx.is_main, progress))
+        run = yield from prepared(lambda progress: new_run(config, out_dir, device, write_files=ctx.is_main,
+                                                           progress=progress))
     run.dist = ctx
-    return run
-
-
-def _new_run(config: TrainConfig, out_dir: Path, device, write_files: bool, progress) -> RunState:
-    """:func:`.run_state.new_run` with its minibatch chosen from its training particles
-    (:meth:`TrainConfig.minibatch`; ``new_run`` itself sees ``BATCH_MAX`` for ``None``: its variability start
-    reads in chunks of at least that). The run's settings hold the number, so a resumed run keeps it."""
-    run = new_run(dataclasses.replace(config, batch=config.batch or BATCH_MAX), out_dir, device,
-                  write_files=write_files, progress=progress)
-    run.config = dataclasses.replace(run.config, batch=config.minibatch(len(run.train_idx)))
     return run
 
 

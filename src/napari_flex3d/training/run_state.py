@@ -156,6 +156,8 @@ def new_run(config: TrainConfig, out_dir: Path, device: torch.device, write_file
     torch.manual_seed(config.seed)  # the flow generator's initial weights
     model = build_model(consensus, apix, mask, mesh, config).to(device)
     train_idx, val_idx = split_train_val(len(ps), config.val_fraction, config.seed)
+    # the minibatch chosen from the training particles (``batch=None``); the run's settings keep the number
+    config = dataclasses.replace(config, batch=config.minibatch(len(train_idx)))
     spectrum_idx = np.arange(min(len(ps), 2048))
     progress("noise spectra")
     spectra = estimate_spectra(ps, spectrum_idx, box, device)  # (n_groups, n_shells) on the device
