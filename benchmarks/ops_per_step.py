@@ -11,7 +11,8 @@ under ``torch.profiler.profile`` (CPU activity), and prints
 * **aten ops per optimizer step**: every ``aten::`` call the profiler records (nested ones
   included: ``aten::linear`` and the ``aten::addmm`` inside it count 2), outside the run's
   setup (``loop._open_run``: reading, mesh, spectra, the initial latents, once per run),
-  divided by the number of optimizer steps; also the same for the whole run (setup
+  divided by the number of optimizer steps (every ``train_step``: the run's and, by default, the
+  rigidity choice's trial steps, which op1-op7 left out of the count); also the same for the whole run (setup
   included) and the top-level count (aten calls not inside another aten call);
 * the same per phase, by which of the loop's functions an op ran in: latent inference
   (``step.infer_batch_latents`` called by a training step), model update (the rest of
@@ -62,14 +63,20 @@ def config(data: Path, out: Path, args):
     )
 
 
+#: Optimizer steps taken under the profiler: every ``train_step`` call, the rigidity choice's trials included.
+OPTIMIZER_STEPS = [0]
+
+
 def _phases_marked():
-    """Wraps the loop's phases in ``record_function`` ranges (the library stays unmarked)."""
+    """Wraps the loop's phases in ``record_function`` ranges (the library stays unmarked), and
+    counts every optimizer step (``train_step`` called by the loop or by the rigidity choice's trials)."""
     import torch
 
-    from napari_flex3d.training import loop, step
+    from napari_flex3d.training import loop, rigidity_choice, step
 
-    def marked(fn, name):
+    def marked(fn, name, counts=False):
         def wrapper(*a, **k):
+            OPTIMIZER_STEPS[0] += counts
             with torch.profiler.record_function(f"phase: {name}"):
                 return fn(*a, **k)
 
@@ -77,7 +84,8 @@ def _phases_marked():
 
     patches = [
         (step, "infer_batch_latents", marked(step.infer_batch_latents, "latent inference")),
-        (loop, "train_step", marked(loop.train_step, "model update")),
+        (loop, "train_step", marked(loop.train_step, "model update", counts=True)),
+        (rigidity_choice, "train_step", marked(rigidity_choice.train_step, "model update", counts=True)),
         (loop, "validation_loss", marked(loop.validation_loss, "validation")),
         (loop, "_open_run", marked(loop._open_run, "setup")),
     ]
@@ -183,14 +191,15 @@ def main() -> None:
         saved = _phases_marked()
         try:
             cfg = config(data, Path(tmp) / "profiled", args)
-            _, steps, prof = train(cfg, Path(tmp) / "profiled", profile=True)
+            _, run_steps, prof = train(cfg, Path(tmp) / "profiled", profile=True)
+            steps = OPTIMIZER_STEPS[0]  # the run's steps and the rigidity choice's trial steps
         finally:
             for mod, name, fn in saved:
                 setattr(mod, name, fn)
     c = count(prof)
     per = {k: c[k] / steps for k in ("total", "top", "run_total", "launches")}
     print(f"box {args.box}, {args.particles} particles, {args.epochs} epochs ({args.warmup} warm-up), "
-          f"{steps} optimizer steps, torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"{steps} optimizer steps ({run_steps} of the run, {steps - run_steps} of the rigidity choice's trials), torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"aten ops per optimizer step: {per['total']:,.0f} (all recorded calls, nested included, setup excluded); "
           f"top-level {per['top']:,.0f}; whole run with setup {per['run_total']:,.0f}")
     for phase in ("latent inference", "model update", "validation", "other"):
@@ -203,7 +212,7 @@ def main() -> None:
         print(f"  {name:40s} {n / steps:9,.1f}")
     print(json.dumps({
         "benchmark": "ops_per_step", "box": args.box, "particles": args.particles, "epochs": args.epochs,
-        "steps": steps, "aten_per_step": round(per["total"], 1), "aten_top_per_step": round(per["top"], 1),
+        "steps": steps, "run_steps": run_steps, "aten_per_step": round(per["total"], 1), "aten_top_per_step": round(per["top"], 1),
         "aten_run_per_step": round(per["run_total"], 1), "launches_per_step": round(per["launches"], 1),
         "phases_per_step": {k: round(v / steps, 1) for k, v in c["phases"].items()}, "particles_per_s": round(rate, 2),
         "device": args.device, "latent_window": args.latent_window, "batch": args.batch or None,
