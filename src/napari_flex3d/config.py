@@ -210,8 +210,9 @@ class TrainConfig(_Settings):
     epochs: int = _f(16, "passes over the training particles")
     batch: int | None = _f(
         None,
-        f"particles per minibatch (None: chosen from the training particles so that an epoch makes at least "
-        f"{MINIBATCHES_PER_EPOCH} updates, between {BATCH_MIN} and {BATCH_MAX}; the paper uses >= 500 on real data)",
+        f"particles per minibatch (None: the training particles over {MINIBATCHES_PER_EPOCH}, a multiple of 8 between "
+        f"{BATCH_MIN} and {BATCH_MAX}, so that an epoch makes at least {MINIBATCHES_PER_EPOCH} updates from "
+        f"{BATCH_MIN * MINIBATCHES_PER_EPOCH} training particles on; the paper uses >= 500 on real data)",
     )
     micro_batch: int | None = _f(
         None,

@@ -24,6 +24,9 @@ def test_default_minibatch_gives_enough_updates_an_epoch(n_train):
     elif batch > BATCH_MIN:  # the largest multiple of 8 of which the particles hold that many
         assert steps >= MINIBATCHES_PER_EPOCH and n_train < MINIBATCHES_PER_EPOCH * (batch + 8)
     assert TrainConfig(batch=100).minibatch(n_train) == 100  # a batch given is kept
+
+
+def test_default_minibatch_of_two_thousand_particles():
     assert TrainConfig().minibatch(1900) == 56  # 2,000 particles, 5 % held out: 34 updates an epoch, not 8
 
 
