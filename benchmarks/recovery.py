@@ -12,7 +12,9 @@ K=2) unless ``--sim`` names an existing simulation, trains, and prints:
   once a bent latent space is forgiven), and the best |Spearman| per true coordinate;
 - the motion modes: singular values of the vertex displacements of the first 2,000
   particles, of the trained flow and of the true motion on the run's mesh (a flow whose
-  third value falls far below the truth's is missing a rotation's curvature);
+  third value falls far below the truth's is missing a rotation's curvature; taken at the
+  particles' latents, they move with the particles' spread along the flow, so read the
+  path figures below before blaming the flow);
 - FSC resolution (0.143 and 0.5) of the convected map at each true state against the true
   density, next to the consensus map's against the same density, and inside the moving
   domain (a soft mask around linker + arm) the mask-weighted real-space correlation with
@@ -20,8 +22,8 @@ K=2) unless ``--sim`` names an existing simulation, trains, and prints:
   states (the control: pure motion blur, which the masked FSC does not see, so the
   correlation decides "better in the moving domain");
 - wall and CPU time per epoch and peak memory;
-- with ``--motion closure`` (or ``--oracle``): whether the ends are reached
-  (:mod:`napari_flex3d.evaluate.closure`): |Spearman|, the moving domain's correlation with
+- for a motion of one coordinate (closure, hinge, twist) or with ``--oracle``: whether the
+  ends are reached (:mod:`napari_flex3d.evaluate.closure`): |Spearman|, the moving domain's correlation with
   the truth at the open end / middle / closed end, the learned excursion as a fraction of
   the true one, the span of true states the maps at the latent's 3rd / 97th percentiles
   match, and the curvature mode as a fraction of the truth's; with ``--oracle`` the same
@@ -179,7 +181,7 @@ def main(argv=None) -> int:
     avg = [r["average_moving_a"] for r in rows]
     print(f"  moving-domain masked FSC 0.143 at least as fine as the consensus's at {fsc_finer} of {len(rows)}; the "
           f"control (pure motion blur) reaches {min(avg):.2f}-{max(avg):.2f} Å there: that FSC does not see blur")
-    if truth["motion"] == "closure" or args.oracle:
+    if len(truth["coordinate_names"]) == 1 or args.oracle:  # the path figures: excursion, curvature
         _closure_report(run_dir, sim_dir, args, run_config, truth)
     history = json.loads((run_dir / "history.json").read_text())  # every epoch, also those of earlier sessions
     wall = [h["seconds"] for h in history]
