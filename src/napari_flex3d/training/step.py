@@ -201,6 +201,9 @@ def local_rows(run: RunState, idx: np.ndarray) -> np.ndarray:
     return idx[shard(idx, run.dist)]
 
 
+_PATH_RNG: dict = {}
+
+
 def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict | None = None) -> torch.Tensor:
     """One minibatch: latent inference (after warm-up), noise injection, one Adam step.
 
@@ -259,6 +262,12 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
             else:
                 rigid = model.rigidity(z_part, displacements=d)  # (m,)
                 lam = cfg.rigidity_weight()
+                if getattr(cfg, "rigidity_path", False) and len(z_part) > 1:
+                    g = torch.Generator().manual_seed(int(_PATH_RNG.setdefault(id(run), np.random.default_rng(cfg.seed + 12345)).integers(2**62)))
+                    partner = torch.randperm(len(z_part), generator=g)
+                    u = torch.rand((len(z_part), 1), generator=g).to(z_part)
+                    z_path = z_part + u * (z_part[partner.to(z_part.device)] - z_part)
+                    rigid = 0.5 * (rigid + model.rigidity(z_path.detach()))
             if ctx.active or not whole:  # this piece's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
             else:
