@@ -201,7 +201,17 @@ def local_rows(run: RunState, idx: np.ndarray) -> np.ndarray:
     return idx[shard(idx, run.dist)]
 
 
-_PATH_RNG: dict = {}
+def path_latents(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``(m, K)`` latents on the segments between each of ``z (m, K)`` and a random other row,
+    at a uniform random fraction of the way (``generator``: the run's CPU generator, so a run
+    stays reproducible): where ``--rigidity-path`` evaluates half the rigidity prior, so that
+    the states between the particles' own (few, when most particles sit at two ends) are
+    held locally rigid too; a chord between the ends of a rotation is not."""
+    m = len(z)
+    partner = (torch.arange(m) + torch.randint(1, m, (m,), generator=generator)) % m  # never the row itself
+    u = torch.rand((m, 1), generator=generator)
+    partner, u = host_to_device(partner, z.device), host_to_device(u, z.device).to(z.dtype)
+    return (z + u * (z[partner] - z)).detach()
 
 
 def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict | None = None) -> torch.Tensor:
@@ -262,12 +272,8 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
             else:
                 rigid = model.rigidity(z_part, displacements=d)  # (m,)
                 lam = cfg.rigidity_weight()
-                if getattr(cfg, "rigidity_path", False) and len(z_part) > 1:
-                    g = torch.Generator().manual_seed(int(_PATH_RNG.setdefault(id(run), np.random.default_rng(cfg.seed + 12345)).integers(2**62)))
-                    partner = torch.randperm(len(z_part), generator=g)
-                    u = torch.rand((len(z_part), 1), generator=g).to(z_part)
-                    z_path = z_part + u * (z_part[partner.to(z_part.device)] - z_part)
-                    rigid = 0.5 * (rigid + model.rigidity(z_path.detach()))
+                if cfg.rigidity_path and len(z_part) > 1:  # half the prior between particles' latents
+                    rigid = 0.5 * (rigid + model.rigidity(path_latents(z_part, run.generator)))
             if ctx.active or not whole:  # this piece's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
             else:
