@@ -65,6 +65,7 @@ def main(argv=None) -> int:
     p.add_argument("--batch", type=int, default=None, help="particles per minibatch (default: training's)")
     p.add_argument("--flow-batches", type=int, default=None, help="flow updates per cycle (default: training's)")
     p.add_argument("--structure-batches", type=int, default=None, help="map updates per cycle (default: training's)")
+    p.add_argument("--rigidity-path", action="store_true", default=None, help="experiment: rigidity also between latents")
     p.add_argument("--lr-flow", type=float, default=None, help="the flow's learning rate (default: training's)")
     p.add_argument("--train-box", type=int, default=None, help="training box (default: the particles' box up to 128)")
     p.add_argument("--latent-box", type=int, default=None,
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
     for name in ("mesh", "warmup_epochs", "latent_inference", "latent_init_band", "mesh_cell_size_a", "lr_final",
                  "rigidity_floor", "latent_estimate", "latent_grid", "latent_prior_shape", "seed", "rigidity_lambda",
                  "rigidity_choice", "rigidity_scale", "batch", "flow_batches", "structure_batches",
-                 "lr_flow"):  # the training's own defaults unless given here
+                 "lr_flow", "rigidity_path"):  # the training's own defaults unless given here
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     config = TrainConfig(**settings)

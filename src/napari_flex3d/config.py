@@ -194,6 +194,9 @@ class TrainConfig(_Settings):
     mesh_cell_size_a: float | None = _f(
         None, "mesh cell size in Å (None: 20 cells across the box, cryoSPARC's default, but at least 4 voxels)"
     )
+    rigidity_path: bool = _f(
+        False, "evaluate half the rigidity prior at latents between random pairs of the minibatch's particles "
+        "(the states between crowded end states held locally rigid too; off: at the particles' latents only)")
     rigidity_floor: float = _f(
         RIGIDITY_FLOOR, "smallest rigidity weight of a mesh cell (the weight of empty cells; cryoSPARC uses 0.5)"
     )

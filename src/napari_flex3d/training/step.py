@@ -201,6 +201,19 @@ def local_rows(run: RunState, idx: np.ndarray) -> np.ndarray:
     return idx[shard(idx, run.dist)]
 
 
+def path_latents(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """``(m, K)`` latents on the segments between each of ``z (m, K)`` and a random other row,
+    at a uniform random fraction of the way (``generator``: the run's CPU generator, so a run
+    stays reproducible): where ``--rigidity-path`` evaluates half the rigidity prior, so that
+    the states between the particles' own (few, when most particles sit at two ends) are
+    held locally rigid too; a chord between the ends of a rotation is not."""
+    m = len(z)
+    partner = (torch.arange(m) + torch.randint(1, m, (m,), generator=generator)) % m  # never the row itself
+    u = torch.rand((m, 1), generator=generator)
+    partner, u = host_to_device(partner, z.device), host_to_device(u, z.device).to(z.dtype)
+    return (z + u * (z[partner] - z)).detach()
+
+
 def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: dict | None = None) -> torch.Tensor:
     """One minibatch: latent inference (after warm-up), noise injection, one Adam step.
 
@@ -259,6 +272,8 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
             else:
                 rigid = model.rigidity(z_part, displacements=d)  # (m,)
                 lam = cfg.rigidity_weight()
+                if cfg.rigidity_path and len(z_part) > 1:  # half the prior between particles' latents
+                    rigid = 0.5 * (rigid + model.rigidity(path_latents(z_part, run.generator)))
             if ctx.active or not whole:  # this piece's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
             else:
