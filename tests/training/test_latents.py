@@ -464,3 +464,20 @@ def test_window_starts_after_the_first_epoch_of_inference(tiny_sim, tiny_config,
     assert windows == [None, 5]
     with pytest.raises(ValueError, match="--latent-window must be >= 2"):
         tiny_config(tiny_sim, tmp_path / "bad", latent_window=1).validate()
+
+
+@pytest.mark.parametrize("k_dim, calls", [(1, 3), (2, 3), (3, 10)])
+def test_each_refinement_after_a_joint_sweep_is_one_block(k_dim, calls):
+    """Stacked grid inference with 3 sweeps calls the loss once for the joint sweep (with ``z0``) and once
+    per later sweep (K=2: the sub-cells of the best's cell, 16 candidates; K=1: the axis), and once per
+    axis and sweep plus once for ``z0`` without a joint sweep (K=3)."""
+    blocks = []
+
+    def loss(z):  # (g, b, K) -> (g, b)
+        blocks.append(z.shape[0])
+        return ((z - 0.3) ** 2).sum(-1)
+
+    infer_latents_grid(loss, torch.zeros(5, k_dim), sweeps=3, stacked=True)
+    assert len(blocks) == calls
+    if k_dim == 2:
+        assert blocks == [82, 16, 16]
