@@ -25,16 +25,17 @@ KEEP_VALIDATION_BYTES = 1 << 26
 _KEPT: dict = {}  # id(run) -> its validation minibatches, dropped with the run
 
 
-def validation_loss(run: RunState, band: float) -> float:
-    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any."""
+def validation_loss(run: RunState, band: float, values: torch.Tensor | None = None) -> float:
+    """Mean data loss per held-out particle at inferred latents (which are stored); ``nan`` without any.
+    ``values``: the model's :meth:`canonical_values` at ``band``, if the caller has them."""
     if len(run.val_idx) == 0:
         return float("nan")
-    return float(validation_losses(run, band).mean())
+    return float(validation_losses(run, band, values=values).mean())
 
 
-def validation_losses(run: RunState, band: float, infer: bool = True) -> np.ndarray:
+def validation_losses(run: RunState, band: float, infer: bool = True, values: torch.Tensor | None = None) -> np.ndarray:
     """The data loss of each held-out particle ``(n_val,)``, float64, at its inferred latent (stored;
-    ``infer=False``: at its stored latent, not inferred again).
+    ``infer=False``: at its stored latent, not inferred again; ``values``: as :func:`validation_loss`).
 
     Under torchrun each rank fills its share ``val_idx[rank::world]`` and the vectors are added
     over ranks; read from the device once.
@@ -42,8 +43,9 @@ def validation_losses(run: RunState, band: float, infer: bool = True) -> np.ndar
     max_freq_px = band * run.box / 2
     run.model.max_freq_px = max_freq_px
     losses = torch.zeros(len(run.val_idx), dtype=torch.float64, device=run.device)  # filled on the device
-    with torch.no_grad():  # the map is frozen here: band-limit it once, not once per minibatch
-        values = run.model.canonical_values()
+    if values is None:
+        with torch.no_grad():  # the map is frozen here: band-limit it once, not once per minibatch
+            values = run.model.canonical_values()
     for rows, slots, batch in _validation_batches(run):
         z = run.latents[rows]
         if infer:
@@ -94,11 +96,12 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 @torch.no_grad()
-def model_fsc(run: RunState) -> ev.FSCCurve:
-    """FSC of the canonical map against the consensus map, both at the training box (the epoch just ended)."""
+def model_fsc(run: RunState, values: torch.Tensor | None = None) -> ev.FSCCurve:
+    """FSC of the canonical map against the consensus map, both at the training box (the epoch just ended;
+    ``values``: the model's :meth:`canonical_values`, if the caller has them)."""
     from ..ops.fsc import fsc, fsc_resolution, shell_frequencies_inv_a
 
-    vol = run.model.canonical.to_volume(run.model.canonical_values())
+    vol = run.model.canonical.to_volume(run.model.canonical_values() if values is None else values)
     curve = fsc(vol, run.consensus).cpu().numpy()
     return ev.FSCCurve(
         epoch=run.epoch - 1,
