@@ -76,10 +76,12 @@ def _validation_batches(run: RunState) -> list[tuple[torch.Tensor, torch.Tensor,
         rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
         slots = host_to_device(torch.as_tensor(where[s : s + len(idx)], dtype=torch.long), run.device)
         batches.append((rows, slots, with_spectrum(read_batch(run, idx))))
-    if 10 * len(val_idx) * run.box**2 <= KEEP_VALIDATION_BYTES:
-        if id(run) not in _KEPT:
-            weakref.finalize(run, _KEPT.pop, id(run), None)
-        _KEPT[id(run)] = (key, batches)
+    if 10 * len(val_idx) * run.box**2 > KEEP_VALIDATION_BYTES:
+        _KEPT.pop(id(run), None)
+        return batches
+    if id(run) not in _KEPT:
+        weakref.finalize(run, _KEPT.pop, id(run), None)
+    _KEPT[id(run)] = (key, batches)
     return batches
 
 
