@@ -25,6 +25,11 @@ under ``torch.profiler.profile`` (CPU activity), and prints
     python benchmarks/ops_per_step.py                  # box 32, 400 particles, 2 epochs (a few minutes on 2 cores)
     python benchmarks/ops_per_step.py --rigidity-choice fixed   # the step alone: no rigidity choice's trials
     python benchmarks/ops_per_step.py --rigidity-choice fixed --epochs 3 --latent-window 5   # the warm start
+    python benchmarks/ops_per_step.py --no-timing --rigidity-choice fixed --particles 4000   # 15 steps an epoch
+
+Once-an-epoch work (validation, the learned prior, the FSC, the epoch's files) is divided by the
+steps of an epoch: 2 at the default 400 particles, 15 at 4,000, hundreds at users' 10^5 particles,
+so ``--particles`` shows how the figure approaches a long run's (an optimizer step means the same).
 
 The last line is one JSON object.
 """
@@ -198,8 +203,8 @@ def main() -> None:
                 setattr(mod, name, fn)
     c = count(prof)
     per = {k: c[k] / steps for k in ("total", "top", "run_total", "launches")}
-    print(f"box {args.box}, {args.particles} particles, {args.epochs} epochs ({args.warmup} warm-up), "
-          f"{steps} optimizer steps ({run_steps} of the run, {steps - run_steps} of the rigidity choice's trials), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"box {args.box}, {args.particles} particles, {args.epochs} epochs ({args.warmup} warm-up) of "
+          f"{run_steps // args.epochs} steps, {steps} optimizer steps ({run_steps} of the run, {steps - run_steps} of the rigidity choice's trials), torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"aten ops per optimizer step: {per['total']:,.0f} (all recorded calls, nested included, setup excluded); "
           f"top-level {per['top']:,.0f}; whole run with setup {per['run_total']:,.0f}")
     for phase in ("latent inference", "model update", "validation", "other"):

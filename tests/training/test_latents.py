@@ -277,7 +277,9 @@ def test_learned_prior_keeps_the_gaussians_mean_and_variance(k_dim, n_grid):
 def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, estimate="map", grid_mass=None,
                     window=None):
     """The grid search one candidate at a time (the code before candidates were evaluated in
-    blocks): the oracle that the block evaluation must reproduce. With ``window``, the joint
+    blocks): the oracle that the block evaluation must reproduce. After a joint first sweep at
+    K >= 2 each later sweep tries the centres of the 4**K sub-cells of the best's cell in the grid before
+    (+-half its spacing), the next sweep one sub-cell. With ``window``, the joint
     sweep skips, per particle, the grid points outside its block of ``window`` values per axis
     around ``z0``'s nearest grid value (moved inside the grid at its edges)."""
     import itertools
@@ -324,6 +326,12 @@ def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, es
                 point = offsets[list(index)]
                 tried = None if low is None else ((torch.tensor(index) >= low) & (torch.tensor(index) < low + window)).all(1)
                 try_(point.expand(b, k_dim).clone(), joint=True, tried=tried)
+        elif sweep > 0 and joint and k_dim > 1:  # all axes at once: the centres of the best's cell's 4**K sub-cells
+            best_z = z.clone()  # half is the spacing of the grid before
+            for index in itertools.product((-3, -1, 1, 3), repeat=k_dim):  # first axis slowest
+                try_(best_z + torch.tensor(index, dtype=z.dtype) * half / 8)
+            half = half / 4
+            continue
         else:
             for k in range(k_dim):
                 centre = torch.zeros(b) if sweep == 0 else z[:, k].clone()
@@ -345,9 +353,10 @@ def _reference_grid(loss_fn, z0, sweeps=2, n_grid=9, z_range=2.5, prior=None, es
 @pytest.mark.parametrize("estimate", ["map", "mean"])
 @pytest.mark.parametrize("learned", [False, True])
 def test_grid_search_in_blocks_equals_one_candidate_at_a_time(k_dim, estimate, learned):
-    """Candidates evaluated in blocks (``stacked``: the joint grid with ``z0`` in one call, each
-    axis's values in one) give the latents, posterior means and grid masses of trying them one
-    after the other; K=3 has no joint sweep (9**3 > 100) and runs coordinate descent only."""
+    """Candidates evaluated in blocks (``stacked``: the joint grid with ``z0`` in one call, then each
+    local grid (K=2) or each axis's values (K=1, 3) in one) give the latents, posterior means and grid
+    masses of trying them one after the other; K=3 has no joint sweep (9**3 > 100) and runs coordinate
+    descent only."""
     gen = torch.Generator().manual_seed(k_dim)
     b = 40
     target = torch.randn(b, k_dim, generator=gen, dtype=torch.float64)
@@ -455,3 +464,20 @@ def test_window_starts_after_the_first_epoch_of_inference(tiny_sim, tiny_config,
     assert windows == [None, 5]
     with pytest.raises(ValueError, match="--latent-window must be >= 2"):
         tiny_config(tiny_sim, tmp_path / "bad", latent_window=1).validate()
+
+
+@pytest.mark.parametrize("k_dim, calls", [(1, 3), (2, 3), (3, 10)])
+def test_each_refinement_after_a_joint_sweep_is_one_block(k_dim, calls):
+    """Stacked grid inference with 3 sweeps calls the loss once for the joint sweep (with ``z0``) and once
+    per later sweep (K=2: the sub-cells of the best's cell, 16 candidates; K=1: the axis), and once per
+    axis and sweep plus once for ``z0`` without a joint sweep (K=3)."""
+    blocks = []
+
+    def loss(z):  # (g, b, K) -> (g, b)
+        blocks.append(z.shape[0])
+        return ((z - 0.3) ** 2).sum(-1)
+
+    infer_latents_grid(loss, torch.zeros(5, k_dim), sweeps=3, stacked=True)
+    assert len(blocks) == calls
+    if k_dim == 2:
+        assert blocks == [82, 16, 16]

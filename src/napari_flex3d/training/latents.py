@@ -365,13 +365,18 @@ def infer_latents_grid(
     window: int | None = None,
 ) -> torch.Tensor:
     """Grid search over ``z``: a joint grid over all axes first when small enough, then
-    coordinate descent, one axis at a time, on grids that narrow every sweep.
+    refinements on grids that narrow every sweep.
 
     Sweep 0 tries ``n_grid`` values spread over ``[-z_range, z_range]`` on each axis (and
     the current value): jointly, all ``n_grid**K`` combinations, when that is at most
     ``max_joint`` (``K = 1``, or ``K = 2`` with ``n_grid <= 10``), else one axis at a time.
-    Each later sweep tries ``n_grid`` values per axis around the current best within one
-    grid spacing of the previous sweep, one axis at a time. The objective per particle is
+    After a joint sweep at ``K >= 2``, each later sweep tries, all axes at once, a local grid
+    around the current best: the centres of the sub-cells of its cell in the grid before
+    (``+-`` half a spacing), :data:`LOCAL_SUBDIVISION` per axis (16 at ``K = 2``), in one block
+    (one model call) instead of one per axis; the next sweep's cell is one sub-cell. Otherwise (``K = 1``,
+    or no joint sweep) each later sweep tries ``n_grid`` values per axis around the current
+    best within one grid spacing of the previous sweep, one axis at a time (coordinate
+    descent). The objective per particle is
     ``loss_fn(z) + prior_weight/2 |z|^2``, or ``loss_fn(z) + prior.energy(z)`` with a
     learned :class:`GridPrior`.
 
@@ -428,6 +433,11 @@ def infer_latents_grid(
     search = _GridSearch(objective, z0.clone(), points, grid_mass is not None)
     half_width = float(z_range)
     for sweep in range(sweeps):
+        if joint and k_dim > 1 and sweep > 0:  # one block: the local grid around the best, all axes at once
+            # half_width is now the spacing of the grid before
+            search.keep_best(_local_offsets(k_dim, half_width, z0.device, z0.dtype))
+            half_width = half_width / LOCAL_SUBDIVISION  # the next sweep's cell: one sub-cell
+            continue
         if sweep > 0 or not joint:
             offsets = torch.linspace(-half_width, half_width, n_grid, device=z0.device, dtype=z0.dtype)  # (g,)
             search.axis_sweep(offsets, from_origin=sweep == 0)
@@ -449,6 +459,21 @@ def _first_sweep(k_dim: int, n_grid: int, z_range: float, device: torch.device, 
     made once (every minibatch asks). Read only."""
     grid = torch.linspace(-z_range, z_range, n_grid, device=device, dtype=dtype)
     return grid, _joint_grid(k_dim, grid)
+
+
+#: A refinement sweep after a joint first sweep (``K >= 2``) divides the best point's cell of the grid
+#: before into this many sub-cells per axis and tries their centres.
+LOCAL_SUBDIVISION = 4
+
+
+@functools.lru_cache(maxsize=32)
+def _local_offsets(k_dim: int, spacing: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``(s**K, K)``: the offsets a refinement sweep adds to the best latents, ``s = LOCAL_SUBDIVISION``: the
+    centres of the ``s**K`` sub-cells of the cell ``+-spacing / 2`` around it (the best point's cell of
+    a grid of ``spacing``), ``(2 i + 1 - s) / (2 s) * spacing`` per axis, first axis slowest. Read only."""
+    s = LOCAL_SUBDIVISION
+    centres = (2 * torch.arange(s, dtype=torch.float64) + 1 - s) / (2 * s)  # (s,) in units of the spacing
+    return (_joint_grid(k_dim, centres) * spacing).to(device, dtype)
 
 
 def _window_points(z0: torch.Tensor, grid: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -478,11 +503,8 @@ class _GridSearch:
     def __init__(self, objective: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor, joint_points, keep_grid: bool):
         """``joint_points (G, b, K)`` (or ``None``): the joint sweep's points per particle, evaluated with ``z`` in one block."""
         self.objective = objective  # (g, b, K) -> (g, b)
-        b = z.shape[0]
         self.z = z  # (b, K)
-        self.log_mass = z.new_full((b,), -math.inf)  # (b,) log sum exp(-obj)
-        self.moment = torch.zeros_like(z)  # (b, K) sum exp(-obj - log_mass) * z
-        self.grid_best = z.new_full((b,), math.inf)  # (b,) the joint grid's lowest objective
+        self.log_mass = self.moment = self.grid_best = None  # the joint grid's quadrature and lowest objective
         self.grid_objs = None  # (G, b) the joint grid's objectives, for grid_mass
         if joint_points is None:
             self.best = objective(z[None])[0]  # (b,)
@@ -491,19 +513,12 @@ class _GridSearch:
         obj = objective(cand)  # (1 + G, b)
         self.best = obj[0]
         cand, obj = cand[1:], obj[1:]
-        self.accumulate(cand, obj)
-        self.grid_best = obj.min(0).values
+        self.log_mass = torch.logsumexp(-obj, 0)  # (b,) log sum exp(-obj)
+        self.moment = (torch.exp(-obj - self.log_mass)[..., None] * cand).sum(0)  # (b, K) sum exp(-obj - log_mass) * z
+        self.grid_best = obj.min(0).values  # (b,)
         if keep_grid:
             self.grid_objs = obj
         self.keep(cand, obj)
-
-    def accumulate(self, cand: torch.Tensor, obj: torch.Tensor) -> None:
-        """Adds the points ``cand (g, b, K)`` with objectives ``obj (g, b)`` to the posterior quadrature."""
-        new_mass = torch.logaddexp(self.log_mass, torch.logsumexp(-obj, 0))  # (b,)
-        keep = torch.exp(self.log_mass - new_mass)  # (b,) 0 at the first block
-        weights = torch.exp(-obj - new_mass)  # (g, b)
-        self.moment = self.moment * keep[:, None] + (weights[..., None] * cand).sum(0)
-        self.log_mass = new_mass
 
     def keep(self, cand: torch.Tensor, obj: torch.Tensor) -> None:
         """Keeps the best of ``cand (g, b, K)`` for the particles it improves (``torch.where``: no host sync)."""
@@ -512,6 +527,11 @@ class _GridSearch:
         picked = cand.gather(0, first[None, :, None].expand(1, -1, cand.shape[-1]))[0]  # (b, K)
         self.z = torch.where(better[:, None], picked, self.z)
         self.best = torch.where(better, low, self.best)
+
+    def keep_best(self, offsets: torch.Tensor) -> None:
+        """Tries ``best + offsets (P, K)`` for every particle in one block, all axes at once."""
+        cand = self.z[None] + offsets[:, None, :]  # (P, b, K)
+        self.keep(cand, self.objective(cand))
 
     def axis_sweep(self, offsets: torch.Tensor, from_origin: bool) -> None:
         """Coordinate descent: ``offsets (g,)`` about 0 (``from_origin``) or about the current best, one
@@ -527,8 +547,8 @@ class _GridSearch:
         # the refined minimum adds exp(-best) - exp(-grid_best): nothing when the grid already
         # sat at the minimum, nearly all when the posterior is narrow
         excess = -self.best + torch.log1p(-torch.exp((self.best - self.grid_best).clamp(max=0.0)).clamp(max=1.0 - 1e-7))
-        self.accumulate(self.z[None], -excess[None])
-        return self.moment
+        new_mass = torch.logaddexp(self.log_mass, excess)  # (b,)
+        return self.moment * torch.exp(self.log_mass - new_mass)[:, None] + torch.exp(excess - new_mass)[:, None] * self.z
 
 
 def infer_latents_gradient(

@@ -175,7 +175,10 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     losses, residuals = run.epoch_losses, run.epoch_residuals
     run.epoch_order, run.latents_before = None, None  # the epoch's steps are done: its checkpoint is an epoch end
     band = _band(cfg, epoch + 1)
-    val_loss = validation_loss(run, band)
+    run.model.max_freq_px = band * run.box / 2
+    with torch.no_grad():  # the epoch's map, band-limited once for validation and the FSC
+        values = run.model.canonical_values()
+    val_loss = validation_loss(run, band, values)
     yield from _notices(run)
     update_latent_prior(run, epoch)
     if ctx.active:  # each particle was processed by one rank this epoch: assemble the full table
@@ -201,7 +204,7 @@ def _epoch(run: RunState) -> Iterator[ev.Event]:
     distributed.barrier(ctx)
     yield summary
     yield ev.LatentSnapshot(epoch=epoch, latents=latents_after)
-    yield model_fsc(run)
+    yield model_fsc(run, values)
     if preview_due(cfg, run.epoch):
         yield ev.PreviewVolumes(epoch=epoch, sigmas=(-1.0, 1.0), volumes=preview_volumes(run.model, run.latents), apix=run.apix)
     release_freed_memory()  # the epoch's freed blocks go back to the system (napari; a flex3d command keeps them)
