@@ -89,8 +89,8 @@ def _strain_eigenvalues(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     eigenvalues of ``E = G + G^T + G^T G`` (largest, smallest, middle), whether the largest is the
     better separated one (else the smallest is), and ``E`` itself. See the module notes."""
     eye, phases = _constants(G.device, G.dtype)
-    E = G + G.transpose(0, 1) + (G[:, :, None] * G[:, None, :]).sum(0)  # (G^T G)_jk = sum_i G_ij G_ik
-    m = (E[0, 0] + E[1, 1] + E[2, 2]) / 3.0
+    E = G + G.transpose(0, 1) + (G.unsqueeze(2) * G.unsqueeze(1)).sum(0)  # (G^T G)_jk = sum_i G_ij G_ik
+    m = E.diagonal(0, 0, 1).sum(-1) / 3.0  # tr E / 3: one reduction, not three selections added
     B = E - m * eye
     q = (B * B).sum((0, 1)) / 6.0
     root_q = q.sqrt()
@@ -99,8 +99,9 @@ def _strain_eigenvalues(G: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, to
     return m + 2.0 * root_q * torch.cos(torch.acos(r) / 3.0 + phases), r >= 0.0, E  # a float 0: one operator call
 
 
-def _trace(F: torch.Tensor, mu: torch.Tensor, top: torch.Tensor):
-    """``(p, det F, energy, cof F, I1)`` of component-major float64 ``F (3, 3, n)``, from :func:`_strain_eigenvalues`.
+def _trace(F: torch.Tensor, lam: torch.Tensor, top: torch.Tensor):
+    """``(p, det F, energy, cof F, I1)`` of component-major float64 ``F (3, 3, n)``, from the eigenvalues
+    ``lam = 1 + mu (3, n)`` of ``F^T F`` and ``top`` of :func:`_strain_eigenvalues`.
 
     Largest ``l1 = 1 + mu_1`` better separated (``top``): ``P = det^2 / l1``, ``S = (I2 - P) / l1``,
     the pair's signed sum ``sqrt(S + 2 det / s1)`` (``2 det / s1 = +-2 s2 s3``). Else the smallest
@@ -112,9 +113,9 @@ def _trace(F: torch.Tensor, mu: torch.Tensor, top: torch.Tensor):
     det = (F[0] * cof[0]).sum(0)
     i1 = (F * F).sum((0, 1))
     i2 = (cof * cof).sum((0, 1))
-    l1 = (1.0 + mu[0]).clamp_min(_TINY)
+    l1 = lam[0].clamp_min(_TINY)
     s1 = l1.sqrt()
-    l3 = (1.0 + mu[1]).clamp_min(0.0)
+    l3 = lam[1].clamp_min(0.0)
     rest = i1 - l3
     root_p = (i2 - l3 * rest).clamp_min(0.0).sqrt()
     squares = torch.where(top, (i2 - det * det / l1) / l1, rest)  # S: the pair's squares summed
@@ -132,7 +133,7 @@ def _trace_gradient(F: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     """``dp/dF (3, 3, n)`` at ``p = max_R tr(R^T F)`` (component-major ``F``): the polar rotation of ``F``
     (:func:`_polar_rotation`, its invariants made here)."""
     cof = _cofactors(F)
-    C = (F[:, :, None] * F[:, None, :]).sum(0)  # F^T F
+    C = (F.unsqueeze(2) * F.unsqueeze(1)).sum(0)  # F^T F
     return _polar_rotation(F, p, cof, (F[0] * cof[0]).sum(0), (F * F).sum((0, 1)), C)
 
 
@@ -147,7 +148,7 @@ def _polar_rotation(F: torch.Tensor, p: torch.Tensor, cof: torch.Tensor, det: to
     ``dp/dF = (4 (p^2 - I1) F + 8 (I1 F - F F^T F) + 8 p cof F) / q_p``,
     ``q_p = 4 p (p^2 - I1) - 8 det = 8 (s1 + s2)(s1 + s^3)(s2 + s^3)``.
     """
-    FC = (F[:, :, None] * C[None]).sum(1)  # (F F^T F)_ik = sum_j F_ij C_jk
+    FC = (F.unsqueeze(2) * C).sum(1)  # (F F^T F)_ik = sum_j F_ij C_jk
     excess = p * p - i1
     slope = (4.0 * excess * p - 8.0 * det).clamp_min(_slope_floor(i1))
     return ((4.0 * excess + 8.0 * i1) * F - 8.0 * FC + 8.0 * p * cof) / slope
@@ -161,7 +162,7 @@ class _RotationTrace(torch.autograd.Function):
         Fc = _components(F)
         eye, _ = _constants(F.device, F.dtype)
         mu, top, _ = _strain_eigenvalues(Fc - eye)
-        p = _trace(Fc, mu, top)[0]
+        p = _trace(Fc, 1.0 + mu, top)[0]
         ctx.save_for_backward(Fc, p)
         return p.reshape(F.shape[:-2])
 
@@ -178,13 +179,14 @@ def _energy_terms(G: torch.Tensor, gradient: bool) -> tuple[torch.Tensor, torch.
     invariants (``cof F``, ``det F``, ``|F|^2``, ``F^T F = I + E``) the energy needs."""
     eye, _ = _constants(G.device, G.dtype)
     mu, top, E = _strain_eigenvalues(G)
+    lam = 1.0 + mu  # (3, n) eigenvalues of F^T F
     F = G + eye
-    p, det, large, cof, i1 = _trace(F, mu, top)
-    s = (1.0 + mu).clamp_min(0.0).sqrt()  # (3, n) singular values, the smallest at 1
+    p, det, large, cof, i1 = _trace(F, lam, top)
+    s = lam.clamp_min(0.0).sqrt()  # (3, n) singular values, the smallest at 1
     strain = mu / (1.0 + s)  # s - 1 without cancellation
     small = (strain * strain).sum(0)
     small = torch.where(det < 0.0, small + 4.0 * s[1], small)  # an inverted cell: (-s3 - 1)^2 = (s3 - 1)^2 + 4 s3
-    energy = torch.where(mu.abs().amax(0) <= SMALL_STRAIN, small, large)
+    energy = torch.where(torch.linalg.vector_norm(mu, math.inf, 0) <= SMALL_STRAIN, small, large)  # max |mu|
     if not gradient:
         return energy, None
     return energy, 2.0 * (F - _polar_rotation(F, p, cof, det, i1, E + eye))

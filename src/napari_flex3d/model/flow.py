@@ -87,8 +87,8 @@ def _mlp(z: torch.Tensor, params: list) -> list:
     each hidden layer ``addmm + relu_`` (``F.linear``'s numbers in fewer calls), then ``x_L W_out^T (b, 3 v)``."""
     xs = [z]
     for k in range(0, len(params) - 1, 2):
-        xs.append(torch.addmm(params[k + 1], xs[-1], params[k].t()).relu_())  # (b, H)
-    xs.append(xs[-1] @ params[-1].t())  # (b, 3 v)
+        xs.append(torch.addmm(params[k + 1], xs[-1], params[k].t()).relu_())  # (b, H): one GEMM with its bias on a GPU
+    xs.append(torch.mm(xs[-1], params[-1].t()))  # (b, 3 v)
     return xs
 
 
