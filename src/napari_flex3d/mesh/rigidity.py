@@ -17,7 +17,8 @@ strains ``s - 1`` formed without cancellation) in about 60 elementwise operation
 whole batch of cells, in float64, and writes out the gradient (``sum_l (s^_l - 1)^2 =
 |F|^2 - 2 p + 3`` with ``p = s1 + s2 + sign(det F) s3 = max_R tr(R^T F)``, whose gradient is
 the polar rotation of ``F``: exactly zero at ``F = I``; not unique where a cell collapses or
-is inverted with ``s2 = s3``). The energy's backward pass keeps only ``F - I`` and ``p``.
+is inverted with ``s2 = s3``). The energy's backward pass keeps only its gradient with respect
+to ``F``, made in the forward pass.
 
 ``w_j`` is the cell's mean canonical density scaled so the densest cell is 1, floored at
 a minimum (cryoSPARC: 0.5), then raised for cells the user marked rigid.

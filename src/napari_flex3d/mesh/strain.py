@@ -5,8 +5,11 @@ A room of ``mesh``; it imports torch only.
 For ``F = I + G`` with singular values ``s1 >= s2 >= s3`` and the sign of ``det F`` carried
 onto the smallest (``s^``), :func:`strain_energy` gives ``sum_l (s^_l - 1)^2`` per cell and
 :func:`rotation_trace` gives ``p = s1 + s2 + sign(det F) s3 = max_R tr(R^T F)``, both in a fixed
-number of elementwise operations (no SVD, no LU, no iterations: about 60 operator calls for a
-whole batch of cells, a few kernel launches on a GPU), in float64.
+number of elementwise operations (no SVD, no LU, no iterations: a fixed count of operator calls
+for a whole batch of cells, whatever its size), in float64. :func:`displacement_strain_energy`
+gives the weighted energy summed over a mesh's cells straight from vertex displacements: every
+cell's ``G = dD D^-1`` is one sparse product with them (:func:`strain_operator`, made once per
+mesh), and its gradient one product back.
 
 * The eigenvalues ``mu`` of ``E = F^T F - I = G + G^T + G^T G`` (``s^2 = 1 + mu``) come from the
   trigonometric solution of the characteristic cubic (Smith 1961): ``m = tr E / 3``,
@@ -21,8 +24,9 @@ whole batch of cells, a few kernel launches on a GPU), in float64.
   ``S`` and product ``P``, which the invariants ``I1 = |F|^2``, ``I2 = |cof F|^2`` and
   ``det F`` give without cancellation (:func:`_trace`).
 * ``dp/dF`` is the polar rotation of ``F``, written out by the implicit function theorem on
-  the quartic whose largest root ``p`` is (:func:`_trace_gradient`), so the backward pass keeps
-  only ``G`` and ``p``.
+  the quartic whose largest root ``p`` is (:func:`_polar_rotation`). The energy's gradient
+  ``2 (F - dp/dF)`` is made in the forward pass from the invariants the energy already has, so
+  the backward pass keeps only that gradient (9 numbers a cell, as ``G`` and ``p`` were).
 
 Matrices are held component-major, ``(3, 3, ...)`` with the cells innermost, so every
 operation runs over contiguous memory (3-4x faster on the CPU than ``(..., 3, 3)``).
