@@ -21,7 +21,6 @@ import math
 
 import numpy as np
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..ops.fourier import frequency_radius_grid
 
@@ -265,46 +264,11 @@ def spectral_data_loss(
     particles' ``(b, box, box//2+1)`` and ``(b, n_shells)`` gives ``(g, b)`` (candidates of latent inference)."""
     half_w = _weights(box, noise_spectrum, max_freq_px, pred_ft.device, pred_ft.dtype.to_real(), scale=0.5)  # (.., h, w//2+1)
     fp, ft = torch.view_as_real(pred_ft), torch.view_as_real(target_ft)  # (b, h, w//2+1, 2)
-    if torch.is_grad_enabled() and fp.requires_grad and not (ft.requires_grad or half_w.requires_grad):
-        return _FittedLoss.apply(fp, ft, half_w)  # its gradient written out: a few calls, not autograd's ~80
-    return _fitted_loss(half_w, fp, ft)[0]
-
-
-def _fitted_loss(half_w: torch.Tensor, fp: torch.Tensor, ft: torch.Tensor):
-    """``(loss (..., b), scale (..., b), residual (..., b, h, w//2+1, 2))`` of :func:`spectral_data_loss` from the
-    half weights and both spectra as real views."""
     scale = _fit_scale(half_w, fp, ft)  # (..., b)
     resid = ft - scale.view(scale.shape + (1, 1, 1)) * fp
     # 0.5 sits in the weights (a power of two: the same numbers as halving the sum); r * r: square()'s numbers and
     # gradient (2 (g r) = g (2 r)) in fewer calls
-    return (half_w * (resid * resid).sum(-1)).sum(dim=(-2, -1)), scale, resid
-
-
-class _FittedLoss(torch.autograd.Function):
-    """:func:`spectral_data_loss` of the model's spectrum ``fp`` (a real view), its gradient written out.
-
-    The loss is ``min_s sum w |ft - s fp|^2`` and ``s`` its minimiser, so (envelope theorem) its gradient
-    is that at ``s`` held: ``-2 s w (ft - s fp)``; autograd through the fit adds ``dL/ds ds/dfp`` with
-    ``dL/ds = 0`` up to rounding. The same gradient as autograd's to float32 rounding, from the
-    residual the forward pass made (kept as autograd keeps its own)."""
-
-    @staticmethod
-    def forward(ctx, fp: torch.Tensor, ft: torch.Tensor, half_w: torch.Tensor) -> torch.Tensor:
-        loss, scale, resid = _fitted_loss(half_w, fp, ft)
-        ctx.save_for_backward(half_w, scale, resid)
-        ctx.fp_shape = fp.shape
-        return loss
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        half_w, scale, resid = ctx.saved_tensors
-        twice = grad * scale  # (..., b)
-        twice = (twice + twice).neg_()  # -2 s g: exact doubling and sign, no Python scalar to wrap
-        grad_fp = (resid * half_w.unsqueeze(-1)).mul_(twice.view(twice.shape + (1, 1, 1)))
-        if grad_fp.shape != ctx.fp_shape:  # fp broadcast against ft
-            grad_fp = grad_fp.sum_to_size(ctx.fp_shape)
-        return grad_fp, None, None
+    return (half_w * (resid * resid).sum(-1)).sum(dim=(-2, -1))
 
 
 def band_coefficients(box: int, max_freq_px: float | None = None) -> float:
