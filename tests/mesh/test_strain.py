@@ -120,3 +120,41 @@ def test_energy_and_gradient_match_svd_and_cofactors_match_inverse():
         cof = _cofactors(_components(F)).permute(2, 0, 1)
         expected = torch.linalg.det(F)[:, None, None] * torch.linalg.inv(F).transpose(-1, -2)
         assert ((cof - expected).abs().amax((1, 2)) / F.abs().amax((1, 2)) ** 2).max() < 1e-10, name
+
+
+def _random_cells(t: int = 7, v: int = 9, seed: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    cells = torch.stack([torch.randperm(v, generator=g)[:4] for _ in range(t)])  # (t, 4) distinct vertices
+    vertices = 10.0 * torch.randn(v, 3, dtype=torch.float64, generator=g)
+    edges = (vertices[cells[:, 1:]] - vertices[cells[:, :1]]).transpose(-1, -2)  # (t, 3, 3) columns = edges
+    return vertices, cells, torch.linalg.inv(edges), g
+
+
+def test_displacement_energy_equals_the_edge_form_with_its_gradient():
+    # the sparse operator (F - I of every cell from the vertex displacements, mesh/strain.py) and the
+    # written-out gradient against the edge matrices' form and autograd through its gather, float64,
+    # with a translation of 100 Å: the operator sums each cell's four vertices' products, so it
+    # loses about eps * |translation| / |strain| relative (2e-9 here at strains of 1e-6)
+    from napari_flex3d.mesh.strain import displacement_strain_energy, strain_operator
+
+    vertices, cells, inv, g = _random_cells()
+    w = torch.rand(len(cells), dtype=torch.float64, generator=g) + 0.5
+    op = strain_operator(inv, cells, len(vertices))
+    assert strain_operator(inv, cells, len(vertices)) is op  # made once
+    for scale in (1e-6, 0.3, 3.0):
+        d = scale * torch.randn(4, len(vertices), 3, dtype=torch.float64, generator=g) + 100.0
+        mine = d.clone().requires_grad_(True)
+        energy = displacement_strain_energy(mine, op, w)
+        (energy * torch.arange(1.0, 5.0, dtype=torch.float64)).sum().backward()
+        ref = d.clone().requires_grad_(True)
+        dD = (ref[:, cells[:, 1:]] - ref[:, cells[:, :1]]).transpose(-1, -2)  # (b, t, 3, 3)
+        expected = (strain_energy(dD, inv) * w).sum(-1)
+        (expected * torch.arange(1.0, 5.0, dtype=torch.float64)).sum().backward()
+        assert ((energy - expected).abs() / expected).max() < 1e-8, scale
+        assert (mine.grad - ref.grad).abs().max() < 1e-8 * ref.grad.abs().max(), scale
+        with torch.no_grad():
+            assert torch.equal(displacement_strain_energy(d, op, w), energy.detach())  # no gradient made
+    d = (0.3 * torch.randn(2, len(vertices), 3, dtype=torch.float64, generator=g)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: displacement_strain_energy(x, op, w), (d,), eps=1e-6, atol=1e-7)
+    inv.mul_(2.0)  # changed in place: the operator is made again
+    assert strain_operator(inv, cells, len(vertices)) is not op

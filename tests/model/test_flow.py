@@ -142,3 +142,26 @@ def test_gradients_reach_every_layer():
     loss.backward()
     for name, p in flow.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_written_out_backward_matches_autograd():
+    # the MLP's backward by hand (model/flow.py _Mlp) against autograd through the same layers, float64
+    torch.manual_seed(2)
+    flow = FlowGenerator(2, 6, hidden=8, layers=3, init_std_a=0.5).double()
+    z = torch.randn(5, 2, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(5, 6, 3, dtype=torch.float64)
+    (flow(z) * w).sum().backward()
+    mine = [z.grad] + [p.grad for p in flow.parameters()]
+    z.grad = None
+    flow.zero_grad(set_to_none=True)
+    x = z
+    for layer in flow.hidden:
+        x = layer(x)
+    ((flow.out(x).reshape(5, 6, 3) * flow.vertex_mask[:, None]) * w).sum().backward()
+    reference = [z.grad] + [p.grad for p in flow.parameters()]
+    for a, b in zip(mine, reference):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    params = [t.detach().requires_grad_(True) for t in flow.parameters()]
+    from napari_flex3d.model.flow import _Mlp
+
+    assert torch.autograd.gradcheck(lambda zz, *ps: _Mlp.apply(zz, *ps), (z.detach().requires_grad_(True), *params))

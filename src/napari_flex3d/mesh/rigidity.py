@@ -17,7 +17,8 @@ strains ``s - 1`` formed without cancellation) in about 60 elementwise operation
 whole batch of cells, in float64, and writes out the gradient (``sum_l (s^_l - 1)^2 =
 |F|^2 - 2 p + 3`` with ``p = s1 + s2 + sign(det F) s3 = max_R tr(R^T F)``, whose gradient is
 the polar rotation of ``F``: exactly zero at ``F = I``; not unique where a cell collapses or
-is inverted with ``s2 = s3``). The energy's backward pass keeps only ``F - I`` and ``p``.
+is inverted with ``s2 = s3``). The energy's backward pass keeps only its gradient with respect
+to ``F``, made in the forward pass.
 
 ``w_j`` is the cell's mean canonical density scaled so the densest cell is 1, floored at
 a minimum (cryoSPARC: 0.5), then raised for cells the user marked rigid.
@@ -44,7 +45,7 @@ from scipy import ndimage
 
 from ..config import RIGIDITY_FLOOR, RIGIDITY_REFERENCE_VOLUME_A3
 from .mesh import Mesh, cell_signed_volumes
-from .strain import rotation_trace, strain_energy
+from .strain import displacement_strain_energy, rotation_trace, strain_operator
 
 __all__ = [
     "edge_matrices",
@@ -145,20 +146,13 @@ _CHUNK_BYTES = 1 << 27
 def _energy(rest_inv: torch.Tensor, disp: torch.Tensor, cells: torch.Tensor, weights) -> torch.Tensor:
     """``(b,)`` energy of ``disp (b, v, 3)`` given ``D^-1 (t, 3, 3)`` (no SVD, see the module notes),
     in pieces of the batch of at most ``_CHUNK_BYTES`` per ``(b, t, 3, 3)`` float64 tensor."""
-    inv = rest_inv.detach().to(torch.float64)
+    op = strain_operator(rest_inv, cells, disp.shape[1])  # F - I of every cell as one sparse product, made once
     w = None if weights is None else torch.as_tensor(weights, device=disp.device)
     step = max(1, _CHUNK_BYTES // (72 * max(1, cells.shape[0])))
-    out = []
-    for k in range(0, disp.shape[0], step):
-        # F = I + dD D^-1 in float64, so that small strains keep their digits
-        dD = edge_matrices(disp[k : k + step].to(torch.float64), cells)  # (b', t, 3, 3)
-        per_cell = strain_energy(dD, inv).to(disp.dtype)  # (b', t)
-        if w is not None:
-            per_cell = per_cell * w.to(per_cell.dtype)
-        out.append(per_cell.sum(-1))
-    if len(out) == 1:
-        return out[0]
-    return torch.cat(out) if out else disp.new_zeros(0)  # (b,)
+    if disp.shape[0] <= step:
+        return displacement_strain_energy(disp, op, w)  # (b,)
+    out = [displacement_strain_energy(disp[k : k + step], op, w) for k in range(0, disp.shape[0], step)]
+    return torch.cat(out)  # (b,)
 
 
 class RigidityPrior(torch.nn.Module):
