@@ -94,7 +94,7 @@ def test_train_stop_resume_then_explore_and_export(make_napari_viewer, qtbot, sa
     ex = LatentExplorerWidget(viewer)
     assert ex.run_dir_text == str(run_dir)  # filled in from the shared session
     qtbot.mouseClick(ex.open_btn, Qt.MouseButton.LeftButton)  # the run is read in a worker
-    qtbot.waitUntil(lambda: ex.run is not None, timeout=60_000)
+    qtbot.waitUntil(lambda: ex.run is not None and ex.idle, timeout=60_000)  # the latents follow a timer tick later
     assert ex.latents.shape == (96, 2) and len(ex._sliders) == 2
     # click a point: a preview then the refined volume appear as a layer
     ex.preview_box = 16
