@@ -11,7 +11,7 @@ def test_path_latents_lie_on_segments_to_another_row():
     z = torch.randn(9, 2, generator=torch.Generator().manual_seed(1))
     path = path_latents(z, torch.Generator().manual_seed(2))
     assert path.shape == z.shape and not path.requires_grad
-    for i in range(len(z)):
+    for i in range(len(z)):  # m = n: never the row itself
         found = False
         for j in range(len(z)):
             if j == i:
@@ -53,3 +53,23 @@ def test_the_step_prior_is_half_at_the_particles_and_half_between(tiny_sim, tiny
         expected = 0.5 * (at_particles + between) if on else at_particles
         assert abs(float(rigid) - float(expected)) <= 1e-5 * float(expected), (on, float(rigid), float(expected))
     assert figures[True] != figures[False]
+
+
+def test_micro_batches_see_the_same_path_latents(tiny_sim, tiny_config, tmp_path):
+    """The path latents are drawn once a step: a minibatch split into micro-batches takes the
+    same step (losses and the flow's weights after it) as the whole one."""
+    from napari_flex3d.training.run_state import new_run
+    from napari_flex3d.training.schedule import WARMUP
+    from napari_flex3d.training.step import train_step
+
+    after = {}
+    for micro in (None, 5):
+        out = tmp_path / f"run_{micro}"
+        cfg = tiny_config(tiny_sim, out, rigidity_path=True, rigidity_choice="fixed", rigidity_lambda=0.5,
+                          micro_batch=micro)
+        run = new_run(cfg, out, torch.device("cpu"), write_files=False)
+        losses = train_step(run, run.train_idx[:16], WARMUP, band=0.5)
+        after[micro] = (losses, [p.detach().clone() for p in run.model.flow.parameters()])
+    torch.testing.assert_close(after[5][0], after[None][0], rtol=1e-6, atol=0)
+    for a, b in zip(after[5][1], after[None][1]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)  # Adam's first step divides by |g|

@@ -201,15 +201,24 @@ def local_rows(run: RunState, idx: np.ndarray) -> np.ndarray:
     return idx[shard(idx, run.dist)]
 
 
-def path_latents(z: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def path_latents(z: torch.Tensor, generator: torch.Generator, pos: np.ndarray | None = None,
+                 n_global: int | None = None) -> torch.Tensor:
     """``(m, K)`` latents on the segments between each of ``z (m, K)`` and a random other row,
-    at a uniform random fraction of the way (``generator``: the run's CPU generator, so a run
-    stays reproducible): where ``--rigidity-path`` evaluates half the rigidity prior, so that
-    the states between the particles' own (few, when most particles sit at two ends) are
-    held locally rigid too; a chord between the ends of a rotation is not."""
-    m = len(z)
-    partner = (torch.arange(m) + torch.randint(1, m, (m,), generator=generator)) % m  # never the row itself
-    u = torch.rand((m, 1), generator=generator)
+    at a uniform random fraction of the way: where ``--rigidity-path`` evaluates half the
+    rigidity prior, so that the states between the particles' own (few, when most particles sit
+    at two ends) are held locally rigid too; a chord between the ends of a rotation is not.
+    Drawn once a step from the run's CPU ``generator`` for the global minibatch of ``n_global``
+    rows (default ``m``) and taken at this rank's rows ``pos``, so every rank's generator stays in
+    step; under torchrun each rank pairs its rows among its own share."""
+    m, n = len(z), len(z) if n_global is None else n_global
+    if m == 0:  # a rank with no particles in a short last batch draws the same numbers
+        torch.randint(1, max(n, 2), (n,), generator=generator), torch.rand((n, 1), generator=generator)
+        return z.detach()
+    offset = torch.randint(1, max(n, 2), (n,), generator=generator)
+    u = torch.rand((n, 1), generator=generator)
+    if pos is not None:
+        offset, u = offset[torch.as_tensor(pos)], u[torch.as_tensor(pos)]
+    partner = (torch.arange(m) + offset) % m  # another row where m > 1 (in a short share, possibly itself)
     partner, u = host_to_device(partner, z.device), host_to_device(u, z.device).to(z.dtype)
     return (z + u * (z[partner] - z)).detach()
 
@@ -247,6 +256,9 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
     if ctx.active:
         noise = noise[torch.as_tensor(pos)]
     z_noisy = z + host_to_device(noise, run.device)
+    z_path = None  # half the prior between the particles' latents (drawn once a step: micro-batches slice it)
+    if cfg.rigidity_path and phase != STRUCTURE and b_global > 1:
+        z_path = path_latents(z_noisy, run.generator, pos if ctx.active else None, b_global)
     if phase == WARMUP:
         params, opts = list(model.flow.parameters()) + [model.canonical.values], [run.opt_flow, run.opt_canonical]
     elif phase == FLOW:
@@ -272,8 +284,8 @@ def train_step(run: RunState, idx: np.ndarray, phase: str, band: float, batch: d
             else:
                 rigid = model.rigidity(z_part, displacements=d)  # (m,)
                 lam = cfg.rigidity_weight()
-                if cfg.rigidity_path and len(z_part) > 1:  # half the prior between particles' latents
-                    rigid = 0.5 * (rigid + model.rigidity(path_latents(z_part, run.generator)))
+                if z_path is not None:
+                    rigid = 0.5 * (rigid + model.rigidity(z_path[rows]))
             if ctx.active or not whole:  # this piece's part of the global batch mean
                 loss = total_loss(data, rigid, lam, reduction="sum") / b_global
             else:
