@@ -66,7 +66,7 @@ def test_reconstruct_and_explorer_clicks_never_freeze(make_napari_viewer, qtbot,
     monitor = StallMonitor()
     rec.run_dir = str(tiny_run)
     rec.out_dir = str(tmp_path / "rec")
-    rec.iterations = 1
+    rec.iterations = 3  # long enough for the monitor to see the solver (1 took 0.3 s on a quiet CI machine)
     rec.rigid = False
     monitor.start("reconstruct")
     rec.reconstruct()
