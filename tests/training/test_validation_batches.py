@@ -22,7 +22,7 @@ def test_validation_reads_its_particles_once_per_run(tiny_sim, tiny_config, tmp_
     second = metrics.validation_losses(run, 0.5, infer=False)
     assert sum(reads) == len(run.val_idx) and len(reads) > 2
     monkeypatch.setattr(metrics, "KEEP_VALIDATION_BYTES", 0)
-    metrics._KEPT.pop(id(run))
+    run.validation_batches = None
     fresh = [metrics.validation_losses(run, 0.5, infer=False) for _ in range(2)]
     assert sum(reads) == 3 * len(run.val_idx)  # read again, and not kept
     np.testing.assert_array_equal(fresh[0], second)

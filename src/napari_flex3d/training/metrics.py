@@ -6,8 +6,6 @@ The validation loss is the data term of the held-out particles at their inferred
 
 from __future__ import annotations
 
-import weakref
-
 import numpy as np
 import torch
 
@@ -22,7 +20,6 @@ __all__ = ["validation_loss", "validation_losses", "model_fsc", "peak_memory_mb"
 #: transformed once per run and kept on its device while they take at most this many bytes (about 10 per
 #: pixel and particle: 6,700 particles at box 32, 400 at box 128); a larger validation set is read every epoch.
 KEEP_VALIDATION_BYTES = 1 << 26
-_KEPT: dict = {}  # id(run) -> its validation minibatches, dropped with the run
 
 
 def validation_loss(run: RunState, band: float, values: torch.Tensor | None = None) -> float:
@@ -63,9 +60,10 @@ def validation_losses(run: RunState, band: float, infer: bool = True, values: to
 def _validation_batches(run: RunState) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
     """This rank's held-out particles as ``(rows (m,), slots (m,), batch)`` per minibatch: their rows of
     ``run.latents``, their places in ``run.val_idx`` and the minibatch with its spectrum (transformed
-    once, for the inference and the loss); kept for the run's later epochs (:data:`KEEP_VALIDATION_BYTES`)."""
+    once, for the inference and the loss); kept in ``run.validation_batches`` for the run's later epochs
+    (:data:`KEEP_VALIDATION_BYTES`)."""
     key = (run.box, str(run.device), run.config.batch, len(run.val_idx))
-    kept = _KEPT.get(id(run))
+    kept = run.validation_batches
     if kept is not None and kept[0] == key:
         return kept[1]
     val_idx = local_rows(run, run.val_idx)
@@ -76,12 +74,8 @@ def _validation_batches(run: RunState) -> list[tuple[torch.Tensor, torch.Tensor,
         rows = host_to_device(torch.as_tensor(idx, dtype=torch.long), run.device)
         slots = host_to_device(torch.as_tensor(where[s : s + len(idx)], dtype=torch.long), run.device)
         batches.append((rows, slots, with_spectrum(read_batch(run, idx))))
-    if 10 * len(val_idx) * run.box**2 > KEEP_VALIDATION_BYTES:
-        _KEPT.pop(id(run), None)
-        return batches
-    if id(run) not in _KEPT:
-        weakref.finalize(run, _KEPT.pop, id(run), None)
-    _KEPT[id(run)] = (key, batches)
+    small = 10 * len(val_idx) * run.box**2 <= KEEP_VALIDATION_BYTES
+    run.validation_batches = (key, batches) if small else None
     return batches
 
 

@@ -69,6 +69,8 @@ class RunState:
     latents_before: np.ndarray | None = None  # (n_particles, K) the latents at its start (latent agreement)
     checkpoint_clock: float = field(default_factory=time.monotonic)  # when the last checkpoint was written
     notices: list = field(default_factory=list)  # events raised inside a step (micro-batch halved), for the loop to yield
+    # (key, minibatches) of the held-out particles, read and transformed once (training.metrics); not checkpointed
+    validation_batches: tuple | None = None
 
     @property
     def box(self) -> int:

@@ -211,11 +211,10 @@ def path_latents(z: torch.Tensor, generator: torch.Generator, pos: np.ndarray | 
     rows (default ``m``) and taken at this rank's rows ``pos``, so every rank's generator stays in
     step; under torchrun each rank pairs its rows among its own share."""
     m, n = len(z), len(z) if n_global is None else n_global
-    if m == 0:  # a rank with no particles in a short last batch draws the same numbers
-        torch.randint(1, max(n, 2), (n,), generator=generator), torch.rand((n, 1), generator=generator)
-        return z.detach()
-    offset = torch.randint(1, max(n, 2), (n,), generator=generator)
+    offset = torch.randint(1, max(n, 2), (n,), generator=generator)  # drawn on every rank, its share or none
     u = torch.rand((n, 1), generator=generator)
+    if m == 0:  # a rank with no particles in a short last batch
+        return z.detach()
     if pos is not None:
         offset, u = offset[torch.as_tensor(pos)], u[torch.as_tensor(pos)]
     partner = (torch.arange(m) + offset) % m  # another row where m > 1 (in a short share, possibly itself)
